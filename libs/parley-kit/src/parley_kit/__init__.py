@@ -1,0 +1,1 @@
+"""Parley shared kit: cross-cutting code used by every service."""

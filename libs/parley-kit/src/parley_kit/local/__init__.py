@@ -1,0 +1,1 @@
+"""Local NATS and PostgreSQL servers and the `make run` launcher."""

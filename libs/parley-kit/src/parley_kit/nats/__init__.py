@@ -1,0 +1,1 @@
+"""NATS JetStream: provisioning, publishing, consuming, outbox."""

@@ -1,0 +1,1 @@
+"""Pytest fixtures: real PostgreSQL and NATS JetStream, test tokens."""
