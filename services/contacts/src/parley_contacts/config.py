@@ -1,0 +1,15 @@
+"""Settings of the contacts service (environment prefix PARLEY_)."""
+
+from __future__ import annotations
+
+from parley_kit.settings import ServiceSettings
+from pydantic import Field
+
+
+class Settings(ServiceSettings):
+    service_name: str = "contacts"
+    contacts_count_limit: int = Field(
+        default=0,
+        ge=0,
+        description="Stop counting a list's total_count at this many rows (0: always exact)",
+    )
