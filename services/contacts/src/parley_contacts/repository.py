@@ -225,9 +225,12 @@ class Repository:
         stmt = (
             update(m.Contact)
             .where(C.id == contact_id, or_(C.last_interaction_at.is_(None), C.last_interaction_at < at))
-            .values(last_interaction_at=at, last_interaction_channel_id=channel_id,
-                    last_interaction_channel_type=channel_type)
-        )  # fmt: skip
+            .values(
+                last_interaction_at=at,
+                last_interaction_channel_id=channel_id,
+                last_interaction_channel_type=channel_type,
+            )
+        )
         return (await s.execute(stmt)).rowcount > 0
 
     async def fill_empty(self, s: AsyncSession, contact_id: uuid.UUID, hints: dict[str, str], now: datetime) -> dict:
@@ -244,9 +247,15 @@ class Repository:
         await s.execute(insert(m.Contact).values(**values))
 
     async def add_identity(
-        self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, channel_id: str, channel_type: int,
-        external_id: str, now: datetime,
-    ) -> bool:  # fmt: skip
+        self,
+        s: AsyncSession,
+        space_id: str,
+        contact_id: uuid.UUID,
+        channel_id: str,
+        channel_type: int,
+        external_id: str,
+        now: datetime,
+    ) -> bool:
         return await self.claim_identity(s, space_id, channel_id, channel_type, external_id, contact_id, now)
 
     async def identity_owner(self, s: AsyncSession, space_id: str, channel_id: str, external_id: str) -> Any:
@@ -355,15 +364,24 @@ class Repository:
     async def update_contact(self, s: AsyncSession, contact_id: uuid.UUID, values: dict[str, Any]) -> None:
         await s.execute(update(m.Contact).where(C.id == contact_id).values(**values))
 
+    async def aliases_of(self, s: AsyncSession, survivor_id: uuid.UUID) -> list[uuid.UUID]:
+        stmt = select(m.ContactAlias.merged_id).where(m.ContactAlias.survivor_id == survivor_id)
+        return list((await s.execute(stmt)).scalars())
+
     async def delete_contact(self, s: AsyncSession, space_id: str, contact_id: uuid.UUID) -> bool:
         """Erase a contact: identities, values and aliases go by cascade, tags live on the row."""
         stmt = delete(m.Contact).where(C.space_id == space_id, C.id == contact_id)
         return (await s.execute(stmt)).rowcount > 0
 
     async def set_assignee(
-        self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID], user_id: str | None, team_id: str | None,
+        self,
+        s: AsyncSession,
+        space_id: str,
+        ids: Sequence[uuid.UUID],
+        user_id: str | None,
+        team_id: str | None,
         now: datetime,
-    ) -> list[tuple[uuid.UUID, str | None, str | None]]:  # fmt: skip
+    ) -> list[tuple[uuid.UUID, str | None, str | None]]:
         """Assign contacts; returns (id, previous user, previous team) of those that changed."""
         if not ids:
             return []
@@ -508,11 +526,17 @@ class Repository:
     async def insert_tag(self, s: AsyncSession, space_id: str, tag: Tag) -> bool:
         stmt = (
             pg_insert(m.Tag)
-            .values(id=tag.id, space_id=space_id, name=tag.name, color=tag.color, description=tag.description,
-                    created_at=tag.created_at)
+            .values(
+                id=tag.id,
+                space_id=space_id,
+                name=tag.name,
+                color=tag.color,
+                description=tag.description,
+                created_at=tag.created_at,
+            )
             .on_conflict_do_nothing()
             .returning(m.Tag.id)
-        )  # fmt: skip
+        )
         return (await s.execute(stmt)).first() is not None
 
     async def update_tag(self, s: AsyncSession, tag: Tag) -> None:
@@ -528,18 +552,25 @@ class Repository:
     async def insert_view(self, s: AsyncSession, view: View) -> None:
         await s.execute(
             insert(m.View).values(
-                id=view.id, space_id=view.space_id, name=view.name, owner=view.owner, shared=view.shared,
-                criteria=criteria_to_json(view.criteria), created_at=view.created_at, updated_at=view.updated_at,
+                id=view.id,
+                space_id=view.space_id,
+                name=view.name,
+                owner=view.owner,
+                shared=view.shared,
+                criteria=criteria_to_json(view.criteria),
+                created_at=view.created_at,
+                updated_at=view.updated_at,
             )
-        )  # fmt: skip
+        )
 
     async def update_view(self, s: AsyncSession, view: View) -> None:
         await s.execute(
             update(m.View)
             .where(m.View.id == view.id)
-            .values(name=view.name, shared=view.shared, criteria=criteria_to_json(view.criteria),
-                    updated_at=view.updated_at)
-        )  # fmt: skip
+            .values(
+                name=view.name, shared=view.shared, criteria=criteria_to_json(view.criteria), updated_at=view.updated_at
+            )
+        )
 
     async def get_view(self, s: AsyncSession, space_id: str, view_id: uuid.UUID) -> View | None:
         row = (await s.execute(select(m.View).where(m.View.space_id == space_id, m.View.id == view_id))).scalar()
@@ -561,9 +592,14 @@ class Repository:
     # -- merge ----------------------------------------------------------------------------------
 
     async def merge_into(
-        self, s: AsyncSession, space_id: str, survivor: Contact, merged: Contact, profile: dict[str, Any],
+        self,
+        s: AsyncSession,
+        space_id: str,
+        survivor: Contact,
+        merged: Contact,
+        profile: dict[str, Any],
         now: datetime,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Move identities, tags and values of `merged` onto `survivor`, then erase `merged` leaving an alias.
 
         Values: the survivor's value wins for a field both have; the merged contact's value
@@ -587,9 +623,10 @@ class Repository:
         )
         await s.execute(delete(m.Contact).where(C.id == merged.id))
         await s.execute(
-            insert(m.ContactAlias).values(merged_id=merged.id, space_id=space_id, survivor_id=survivor.id,
-                                          merged_at=now)
-        )  # fmt: skip
+            insert(m.ContactAlias).values(
+                merged_id=merged.id, space_id=space_id, survivor_id=survivor.id, merged_at=now
+            )
+        )
 
 
 _VALUE_COLS = ("value_text", "value_number", "value_date", "value_datetime", "value_bool")

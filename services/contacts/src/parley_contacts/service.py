@@ -78,6 +78,19 @@ class IdentityInput:
 
 
 @dataclass(frozen=True)
+class ImportRow:
+    profile: dict[str, str | None]
+    field_values: dict[str, str]
+    tag_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    contact_id: uuid.UUID | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class ContactPage:
     contacts: list[Contact]
     next_token: str
@@ -273,6 +286,46 @@ class ContactsService:
             )
         return contact
 
+    async def import_contacts(self, space_id: str, actor: Actor, rows: Sequence[ImportRow]) -> list[ImportOutcome]:
+        """Create one contact per row, each in its own transaction: a bad row is reported, the rest kept.
+
+        Tags are named; missing ones are created in the catalog.
+        """
+        if len(rows) > MAX_BULK:
+            raise InvalidArgument(f"at most {MAX_BULK} rows per import call; split the file")
+        tag_ids: dict[str, uuid.UUID] = {}
+        outcomes: list[ImportOutcome] = []
+        for row in rows:
+            try:
+                ids = []
+                for name in row.tag_names:
+                    key = _tag_name(name).lower()
+                    if key not in tag_ids:
+                        tag_ids[key] = (await self._tag_named(space_id, name)).id
+                    ids.append(str(tag_ids[key]))
+                contact = await self.create_contact(space_id, actor, row.profile, row.field_values, ids)
+                outcomes.append(ImportOutcome(contact.id))
+                metrics.IMPORT_ROWS.labels("created").inc()
+            except (InvalidArgument, AlreadyExists, NotFound) as exc:
+                outcomes.append(ImportOutcome(None, exc.message))
+                metrics.IMPORT_ROWS.labels("failed").inc()
+        return outcomes
+
+    async def _tag_named(self, space_id: str, name: str) -> Tag:
+        """The tag with this name, created when missing (race-safe)."""
+        async with self.repo.unit() as unit:
+            found = await self.repo.tag_by_name(unit.session, space_id, name.strip())
+            if found is not None:
+                return found
+            tag = Tag(uuid.uuid4(), _tag_name(name), "", "", self.clock())
+            if await self.repo.insert_tag(unit.session, space_id, tag):
+                return tag
+        async with self.repo.unit() as unit:
+            found = await self.repo.tag_by_name(unit.session, space_id, name.strip())
+        if found is None:
+            raise FailedPrecondition(f"tag '{name}' changed concurrently; retry")
+        return found
+
     async def get_contact(self, space_id: str, contact_id: str) -> tuple[Contact, dict[uuid.UUID, FieldDef]]:
         async with self.repo.unit() as unit:
             contact = await self._require_contact(unit, space_id, contact_id)
@@ -313,9 +366,15 @@ class ContactsService:
         return result
 
     async def _apply_values(
-        self, unit: Unit, space_id: str, actor: Actor, contact: Contact, defs: dict[str, FieldDef],
-        typed: dict[str, Any], now: datetime,
-    ) -> None:  # fmt: skip
+        self,
+        unit: Unit,
+        space_id: str,
+        actor: Actor,
+        contact: Contact,
+        defs: dict[str, FieldDef],
+        typed: dict[str, Any],
+        now: datetime,
+    ) -> None:
         touched = False
         for key, value in typed.items():
             definition = defs[key]
@@ -328,9 +387,15 @@ class ContactsService:
                 await self.repo.set_value(unit.session, space_id, contact.id, definition, value)
             touched = True
             self._event(
-                unit, "field.updated", space_id, actor, contact_id=contact.id, field=definition,
-                old=format_value(definition.type, old), new=format_value(definition.type, value),
-            )  # fmt: skip
+                unit,
+                "field.updated",
+                space_id,
+                actor,
+                contact_id=contact.id,
+                field=definition,
+                old=format_value(definition.type, old),
+                new=format_value(definition.type, value),
+            )
         if touched:
             await self.repo.update_contact(unit.session, contact.id, {"updated_at": now})
 
@@ -338,8 +403,9 @@ class ContactsService:
         """Erase a contact: its identities, field values and tags go with it; contact.deleted tells others."""
         async with self.repo.unit() as unit:
             contact = await self._require_contact(unit, space_id, contact_id, lock=True)
+            merged_ids = await self.repo.aliases_of(unit.session, contact.id)
             await self.repo.delete_contact(unit.session, space_id, contact.id)
-            self._event(unit, "contact.deleted", space_id, actor, contact=contact)
+            self._event(unit, "contact.deleted", space_id, actor, contact=contact, merged_ids=merged_ids)
         return contact.id
 
     async def add_identity(self, space_id: str, actor: Actor, contact_id: str, ident: IdentityInput) -> Contact:
@@ -363,9 +429,13 @@ class ContactsService:
                     self.clock(),
                 )
                 self._event(
-                    unit, "contact.updated", space_id, actor, contact_id=contact.id,
+                    unit,
+                    "contact.updated",
+                    space_id,
+                    actor,
+                    contact_id=contact.id,
                     changes=[Change("identities", "", f"{ident.channel_id}:{ident.external_id}")],
-                )  # fmt: skip
+                )
             result = await self.repo.get_contact(unit.session, space_id, contact.id)
             assert result is not None
         return result
@@ -413,9 +483,15 @@ class ContactsService:
                 except ValueError:
                     raise InvalidArgument("page_token is malformed; pass back next_page_token unchanged") from None
             page: Page = await self.repo.list_contacts(
-                s, space_id, criteria=resolved, search=search or None, after=after, limit=limit,
-                count=with_total, count_limit=self.count_limit,
-            )  # fmt: skip
+                s,
+                space_id,
+                criteria=resolved,
+                search=search or None,
+                after=after,
+                limit=limit,
+                count=with_total,
+                count_limit=self.count_limit,
+            )
         token = ""
         if page.has_more and page.contacts:
             last = page.contacts[-1]
@@ -535,9 +611,16 @@ class ContactsService:
             )
             for contact_id, prev_user, prev_team in changed:
                 self._event(
-                    unit, "contact.assigned", space_id, actor, contact_id=contact_id, user_id=user_id,
-                    team_id=team_id, previous_user_id=prev_user or "", previous_team_id=prev_team or "",
-                )  # fmt: skip
+                    unit,
+                    "contact.assigned",
+                    space_id,
+                    actor,
+                    contact_id=contact_id,
+                    user_id=user_id,
+                    team_id=team_id,
+                    previous_user_id=prev_user or "",
+                    previous_team_id=prev_team or "",
+                )
         return len(changed)
 
     # -- custom fields --------------------------------------------------------------------------
@@ -662,9 +745,15 @@ class ContactsService:
         return views, token
 
     async def update_view(
-        self, space_id: str, actor: Actor, view_id: str, *, name: str | None, criteria: Group | None,
+        self,
+        space_id: str,
+        actor: Actor,
+        view_id: str,
+        *,
+        name: str | None,
+        criteria: Group | None,
         shared: bool | None,
-    ) -> View:  # fmt: skip
+    ) -> View:
         async with self.repo.unit() as unit:
             view = await self._visible_view(unit, space_id, actor, view_id)
             self._check_editable(actor, view)
@@ -726,7 +815,8 @@ class ContactsService:
             await self.repo.merge_into(s, space_id, survivor, merged, profile, self.clock())
             result = await self.repo.get_contact(s, space_id, survivor.id)
             assert result is not None
-            self._event(unit, "contact.merged", space_id, actor, survivor=result, merged=merged)
+            defs = {d.id: d for d in await self.repo.list_fields(s, space_id)}
+            self._event(unit, "contact.merged", space_id, actor, survivor=result, merged=merged, field_defs=defs)
         return result
 
 
