@@ -13,3 +13,7 @@ class Settings(ServiceSettings):
         ge=0,
         description="Stop counting a list's total_count at this many rows (0: always exact)",
     )
+    contacts_migrate_on_start: bool = Field(
+        default=True,
+        description="Apply database migrations (under an advisory lock) before serving",
+    )
