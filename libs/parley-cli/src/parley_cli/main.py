@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from parley_cli.commands.contacts import GROUPS as CONTACTS_GROUPS
 from parley_cli.commands.status import status
 
 
@@ -13,3 +14,5 @@ def cli() -> None:
 
 
 cli.add_command(status)
+for _group in CONTACTS_GROUPS:
+    cli.add_command(_group)

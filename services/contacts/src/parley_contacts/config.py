@@ -14,6 +14,6 @@ class Settings(ServiceSettings):
         description="Stop counting a list's total_count at this many rows (0: always exact)",
     )
     contacts_migrate_on_start: bool = Field(
-        default=True,
-        description="Apply database migrations (under an advisory lock) before serving",
+        default=False,
+        description="Apply database migrations (under an advisory lock) before serving; `make run` migrates first",
     )
