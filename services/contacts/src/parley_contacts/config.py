@@ -13,6 +13,7 @@ class Settings(ServiceSettings):
         ge=0,
         description="Stop counting a list's total_count at this many rows (0: always exact)",
     )
+    contacts_pool_size: int = Field(default=20, ge=1, le=200, description="Database connections (doubled at peak)")
     contacts_migrate_on_start: bool = Field(
         default=False,
         description="Apply database migrations (under an advisory lock) before serving; `make run` migrates first",

@@ -592,5 +592,12 @@ def _from_json(data: dict[str, Any]) -> Group | Cond:
     raise InvalidArgument(f"malformed criteria: unknown node '{kind}'")
 
 
+def referenced_tags(node: Group | Cond) -> set[uuid.UUID]:
+    """Every tag id the criteria name."""
+    if isinstance(node, Group):
+        return set().union(*(referenced_tags(c) for c in node.children)) if node.children else set()
+    return set(node.tag_ids) if isinstance(node, TagCond) else set()
+
+
 def as_group(node: Group | Cond) -> Group:
     return node if isinstance(node, Group) else Group(any=False, children=(node,))

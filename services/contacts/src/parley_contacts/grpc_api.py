@@ -142,9 +142,8 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
             page_token=request.page.page_token,
             with_total=not request.skip_total,
         )
-        defs = await self.service.field_defs(space)
         return pb.ListContactsResponse(
-            contacts=[contact_to_pb(c, defs) for c in page.contacts],
+            contacts=[contact_to_pb(c, page.field_defs) for c in page.contacts],
             page=common_pb2.PageResponse(next_page_token=page.next_token, total_count=page.total or 0),
         )
 

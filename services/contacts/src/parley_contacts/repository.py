@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     and_,
+    bindparam,
     delete,
     exists,
     false,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     true,
     tuple_,
     union,
@@ -34,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from parley_contacts import models as m
 from parley_contacts.domain import (
@@ -166,6 +168,7 @@ class Repository:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], sink: EventSink) -> None:
         self.sessions = sessions
         self._sink = sink
+        self._engine: AsyncEngine = sessions.kw["bind"]
 
     @asynccontextmanager
     async def unit(self) -> AsyncIterator[Unit]:
@@ -177,6 +180,22 @@ class Repository:
                 await self._sink(session, event)
 
     # -- contacts: identities and the inbound fast path ----------------------------------------
+
+    async def touch_by_identity(
+        self, space_id: str, channel_id: str, channel_type: int, external_id: str, at: datetime | None
+    ) -> Any:
+        """The inbound fast path in ONE statement and round trip (autocommit): find the contact of an
+        identity through the unique index and, when `at` is later, move its last interaction forward.
+
+        Returns the contact's id and profile as they were (None when the identity is unknown).
+        """
+        stmt = _TOUCH if at is not None else _LOOKUP
+        params = {"p_space": space_id, "p_channel": channel_id, "p_external": external_id}
+        if at is not None:
+            params.update(p_at=at, p_channel_type=channel_type)
+        async with self._engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return (await conn.execute(stmt, params)).first()
 
     async def find_by_identity(self, s: AsyncSession, space_id: str, channel_id: str, external_id: str) -> Any:
         """The contact owning an identity (one indexed lookup), with what UpsertByIdentity needs."""
@@ -309,14 +328,34 @@ class Repository:
         for r in await s.execute(stmt):
             identities[r.contact_id].append(Identity(r.id, r.channel_id, r.channel_type, r.external_id, r.created_at))
         values: dict[uuid.UUID, dict[uuid.UUID, Any]] = {i: {} for i in ids}
-        stmt2 = (
-            select(V.contact_id, V.field_id, m.FieldDefinition.type, *(getattr(V, c) for c in _VALUE_COLS))
-            .join(m.FieldDefinition, m.FieldDefinition.id == V.field_id)
-            .where(V.contact_id.in_(ids))
-        )
+        stmt2 = select(V.contact_id, V.field_id, *(getattr(V, c) for c in _VALUE_COLS)).where(V.contact_id.in_(ids))
         for r in await s.execute(stmt2):
-            values[r.contact_id][r.field_id] = getattr(r, value_column(FieldType(r.type)))
+            # Exactly one value column is set: the one of the field's type.
+            values[r.contact_id][r.field_id] = next((v for v in r[2:] if v is not None), None)
         return [_contact(r, identities[r.id], values[r.id]) for r in rows]
+
+    def _list_statements(
+        self,
+        space_id: str,
+        criteria: ResolvedGroup | None,
+        search: str | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+        count_limit: int | None,
+    ) -> tuple[Any, Any]:
+        where = [C.space_id == space_id]
+        if criteria is not None:
+            where.append(compile_criteria(criteria))
+        if search:
+            where.append(C.id.in_(_search_ids(space_id, search)))
+        stmt = select(*_CONTACT_COLUMNS).where(*where)
+        if after is not None:
+            stmt = stmt.where(tuple_(C.created_at, C.id) < tuple_(literal(after[0]), literal(after[1])))
+        stmt = stmt.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
+        inner = select(literal(1)).select_from(m.Contact.__table__).where(*where)
+        if count_limit:
+            inner = inner.limit(count_limit)
+        return stmt, select(func.count()).select_from(inner.subquery())
 
     async def list_contacts(
         self,
@@ -331,25 +370,25 @@ class Repository:
         count_limit: int | None = None,
     ) -> Page:
         """One page in the stable order (created_at desc, id desc), with the total when asked."""
-        where = [C.space_id == space_id]
-        if criteria is not None:
-            where.append(compile_criteria(criteria))
-        if search:
-            where.append(C.id.in_(_search_ids(space_id, search)))
-        stmt = select(*_CONTACT_COLUMNS).where(*where)
-        if after is not None:
-            stmt = stmt.where(tuple_(C.created_at, C.id) < tuple_(literal(after[0]), literal(after[1])))
-        stmt = stmt.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
+        stmt, count_stmt = self._list_statements(space_id, criteria, search, after, limit, count_limit)
         rows = (await s.execute(stmt)).all()
         has_more = len(rows) > limit
         contacts = await self._hydrate(s, rows[:limit])
-        total = None
-        if count:
-            inner = select(literal(1)).select_from(m.Contact.__table__).where(*where)
-            if count_limit:
-                inner = inner.limit(count_limit)
-            total = (await s.execute(select(func.count()).select_from(inner.subquery()))).scalar_one()
+        total = (await s.execute(count_stmt)).scalar_one() if count else None
         return Page(contacts, total, has_more)
+
+    async def explain_list(
+        self, s: AsyncSession, space_id: str, criteria: ResolvedGroup | None, search: str | None, limit: int
+    ) -> str:
+        """EXPLAIN ANALYZE of a first page and of its count (for the benchmark and operators)."""
+        from sqlalchemy.dialects import postgresql
+
+        out = []
+        for stmt in self._list_statements(space_id, criteria, search, None, limit, None):
+            compiled = stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+            plan = await s.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + str(compiled)))
+            out.append("\n".join(r[0] for r in plan))
+        return "\n\n".join(out)
 
     async def contact_ids(self, s: AsyncSession, space_id: str, ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
         """The ids among `ids` that are live contacts of the space (in the given order)."""
@@ -514,6 +553,13 @@ class Repository:
         stmt = select(m.Tag).where(m.Tag.space_id == space_id).order_by(func.lower(m.Tag.name), m.Tag.id)
         return [_tag(r) for r in (await s.execute(stmt)).scalars()]
 
+    async def existing_tags(self, s: AsyncSession, space_id: str, ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+        wanted = list(ids)
+        if not wanted:
+            return []
+        stmt = select(m.Tag.id).where(m.Tag.space_id == space_id, m.Tag.id.in_(wanted))
+        return list((await s.execute(stmt)).scalars())
+
     async def get_tag(self, s: AsyncSession, space_id: str, tag_id: uuid.UUID) -> Tag | None:
         row = (await s.execute(select(m.Tag).where(m.Tag.space_id == space_id, m.Tag.id == tag_id))).scalar()
         return _tag(row) if row else None
@@ -628,6 +674,39 @@ class Repository:
             )
         )
 
+
+def _touch_statements() -> tuple[Any, Any]:
+    """The inbound fast path's statements, built once (bind parameters p_space, p_channel, p_external;
+    and p_at, p_channel_type for the one that moves the last interaction)."""
+    ident = (
+        select(I.contact_id)
+        .where(
+            I.space_id == bindparam("p_space"),
+            I.channel_id == bindparam("p_channel"),
+            I.external_id == bindparam("p_external"),
+        )
+        .cte("ident")
+    )
+    lookup = select(C.id, C.last_interaction_at, *(getattr(C, n) for n in PROFILE_COLUMNS)).select_from(
+        ident.join(m.Contact.__table__, C.id == ident.c.contact_id)
+    )
+    at = bindparam("p_at", type_=C.last_interaction_at.type)
+    moved = (
+        update(m.Contact)
+        .where(C.id.in_(select(ident.c.contact_id)), or_(C.last_interaction_at.is_(None), C.last_interaction_at < at))
+        .values(
+            last_interaction_at=at,
+            last_interaction_channel_id=bindparam("p_channel"),
+            last_interaction_channel_type=bindparam("p_channel_type"),
+        )
+        .returning(C.id)
+        .cte("moved")
+    )
+    touch = lookup.add_columns(select(func.count()).select_from(moved).scalar_subquery().label("moved"))
+    return lookup, touch
+
+
+_LOOKUP, _TOUCH = _touch_statements()
 
 _VALUE_COLS = ("value_text", "value_number", "value_date", "value_datetime", "value_bool")
 

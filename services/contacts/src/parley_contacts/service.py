@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from parley_kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from parley_kit.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 from parley_contacts import metrics
 from parley_contacts.domain import (
@@ -47,6 +47,7 @@ from parley_contacts.domain import (
     format_value,
     normalize_phone,
     parse_value,
+    referenced_tags,
     resolve_criteria,
 )
 from parley_contacts.repository import PROFILE_COLUMNS, DomainEvent, Page, Repository, Unit
@@ -95,6 +96,7 @@ class ContactPage:
     contacts: list[Contact]
     next_token: str
     total: int | None
+    field_defs: dict[uuid.UUID, FieldDef]
 
 
 def parse_id(raw: str, what: str = "contact") -> uuid.UUID:
@@ -187,11 +189,13 @@ class ContactsService:
         _check_identity(identity)
         clean = _clean_hints(hints)
         started = time.perf_counter()
-        async with self.repo.unit() as unit:
-            s = unit.session
-            row = await self.repo.find_by_identity(s, space_id, identity.channel_id, identity.external_id)
-            created = False
-            if row is None:
+        row = await self.repo.touch_by_identity(
+            space_id, identity.channel_id, identity.channel_type, identity.external_id, interaction_at
+        )
+        created = False
+        if row is None:
+            async with self.repo.unit() as unit:
+                s = unit.session
                 now = self.clock()
                 contact_id = uuid.uuid4()
                 if await self.repo.claim_identity(
@@ -215,21 +219,19 @@ class ContactsService:
                     assert contact is not None
                     self._event(unit, "contact.created", space_id, actor, contact=contact, field_defs={})
                     created = True
-                else:
-                    row = await self.repo.find_by_identity(s, space_id, identity.channel_id, identity.external_id)
-                    if row is None:  # the winner rolled back in between: let the caller retry
-                        raise FailedPrecondition("identity changed concurrently; retry")
             if not created:
-                contact_id = row.id
-                if interaction_at is not None and (
-                    row.last_interaction_at is None or row.last_interaction_at < interaction_at
-                ):
-                    await self.repo.touch_interaction(
-                        s, contact_id, interaction_at, identity.channel_id, identity.channel_type
-                    )
-                missing = {k: v for k, v in clean.items() if getattr(row, k) is None}
-                if missing:
-                    filled = await self.repo.fill_empty(s, contact_id, missing, self.clock())
+                # Another caller claimed the identity first (its transaction has committed): use its contact.
+                row = await self.repo.touch_by_identity(
+                    space_id, identity.channel_id, identity.channel_type, identity.external_id, interaction_at
+                )
+                if row is None:
+                    raise Aborted("the identity changed concurrently; retry")
+        if not created:
+            contact_id = row.id
+            missing = {k: v for k, v in clean.items() if getattr(row, k) is None}
+            if missing:
+                async with self.repo.unit() as unit:
+                    filled = await self.repo.fill_empty(unit.session, contact_id, missing, self.clock())
                     if filled:
                         changes = [Change(k, "", v) for k, v in filled.items()]
                         self._event(unit, "contact.updated", space_id, actor, contact_id=contact_id, changes=changes)
@@ -467,9 +469,10 @@ class ContactsService:
                 view = await self._visible_view(unit, space_id, actor, view_id)
                 group = view.criteria
             resolved: ResolvedGroup | None = None
+            fields = await self._fields(unit, space_id)
             if group is not None:
-                fields = await self._fields(unit, space_id)
-                tags = {t.id for t in await self.repo.list_tags(s, space_id)}
+                wanted = referenced_tags(group)
+                tags = set(await self.repo.existing_tags(s, space_id, wanted)) if wanted and not view_id else set()
                 # Stored views may name tags deleted since: those simply match nothing.
                 resolved = resolve_criteria(
                     group, fields=fields, tag_ids=tags, me=actor.user_id, now=self.clock(), check_tags=not view_id
@@ -496,7 +499,7 @@ class ContactsService:
         if page.has_more and page.contacts:
             last = page.contacts[-1]
             token = _encode_token([last.created_at.isoformat(), str(last.id)], fingerprint)
-        return ContactPage(page.contacts, token, page.total)
+        return ContactPage(page.contacts, token, page.total, {d.id: d for d in fields.values()})
 
     async def field_defs(self, space_id: str) -> dict[uuid.UUID, FieldDef]:
         async with self.repo.unit() as unit:
@@ -708,7 +711,7 @@ class ContactsService:
 
     async def _validate_criteria(self, unit: Unit, space_id: str, actor: Actor, criteria: Group) -> None:
         fields = await self._fields(unit, space_id)
-        tags = {t.id for t in await self.repo.list_tags(unit.session, space_id)}
+        tags = set(await self.repo.existing_tags(unit.session, space_id, referenced_tags(criteria)))
         resolve_criteria(criteria, fields=fields, tag_ids=tags, me=actor.user_id, now=self.clock())
 
     def _check_share(self, actor: Actor, shared: bool) -> None:
