@@ -142,7 +142,8 @@ async def test_handled_message_is_decoded_and_acked_once(make_bench: Callable[..
     assert delivery.message == TextPart(text="hello")
     assert (delivery.subject, delivery.msg_id, delivery.num_delivered) == (bench.subject, "m-1", 1)
     assert delivery.event_type == "parley.channel_gateway.v1.TextPart"
-    assert (await bench.info()).ack_floor.stream_seq == 1
+    ack_floor = (await bench.info()).ack_floor
+    assert ack_floor is not None and ack_floor.stream_seq == 1
     assert bench.processed("ack") == 1
 
 
@@ -217,7 +218,8 @@ async def test_undecodable_payload_is_dead_lettered_without_reaching_the_handler
     assert dead.headers is not None
     assert dead.headers[h.DEAD_LETTER_REASON].startswith("undecodable payload: ")
     assert calls == []
-    assert (await bench.info()).delivered.consumer_seq == 1  # terminated on its first delivery
+    delivered = (await bench.info()).delivered
+    assert delivered is not None and delivered.consumer_seq == 1  # terminated on its first delivery
 
 
 async def test_poison_message_is_dead_lettered_on_its_first_attempt(
