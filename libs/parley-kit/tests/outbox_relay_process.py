@@ -13,9 +13,9 @@ from typing import Any
 
 import nats
 from nats.js.api import PubAck
-from parley_kit.db import create_engine, session_factory
+from parley_kit.db import create_engine, new_metadata, session_factory
 from parley_kit.nats import Publisher
-from parley_kit.outbox import OutboxRelay
+from parley_kit.outbox import OutboxRelay, outbox_table
 
 
 class SlowPublisher(Publisher):
@@ -31,7 +31,8 @@ async def main(database_url: str, nats_url: str, delay: float) -> None:
     engine = create_engine(database_url, pool_size=2)
     publisher = SlowPublisher(nc.jetstream(), "kit-outbox-test")
     publisher.delay = delay
-    relay = OutboxRelay(session_factory(engine), publisher, batch_size=50, poll_interval=0.1)
+    table = outbox_table(new_metadata())
+    relay = OutboxRelay(session_factory(engine), table, publisher, "kit-outbox-test", batch_size=50, poll_interval=0.1)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await relay.start()

@@ -97,7 +97,7 @@ async def test_committed_event_is_relayed_with_its_trace_and_a_rolled_back_one_n
             await enqueue(session, subject, TextPart(text="gone"), msg_id=f"{service}-rolled-back")
             raise RuntimeError("the request failed after enqueueing")
 
-    async with running(OutboxRelay(sessions, Publisher(js, service), poll_interval=0.05)):
+    async with running(OutboxRelay(sessions, OUTBOX, Publisher(js, service), service, poll_interval=0.05)):
         await eventually(lambda: stored(js, service))
         await eventually(lambda: unpublished(sessions, service), lambda n: n == 0)
 
@@ -122,7 +122,7 @@ async def test_enqueueing_the_same_msg_id_twice_stores_one_row(
 async def test_relay_wakes_on_notify_without_waiting_for_its_poll_interval(
     js: JetStreamContext, sessions: async_sessionmaker[AsyncSession], service: str
 ) -> None:
-    async with running(OutboxRelay(sessions, Publisher(js, service), poll_interval=30.0)):
+    async with running(OutboxRelay(sessions, OUTBOX, Publisher(js, service), service, poll_interval=30.0)):
         await asyncio.sleep(0.3)  # the relay has found nothing and sleeps
         async with transaction(sessions) as session:
             await enqueue(session, f"{service}.contact.created", TextPart(text="now"), msg_id=f"{service}-now")
@@ -136,7 +136,7 @@ async def test_relay_keeps_events_while_jetstream_refuses_them_and_relays_them_i
     async with transaction(sessions) as session:
         for n in range(3):
             await enqueue(session, f"{service}.contact.created", TextPart(text="x"), msg_id=f"{service}-{n}")
-    relay = OutboxRelay(sessions, Publisher(js, service), poll_interval=0.05, error_backoff=0.1)
+    relay = OutboxRelay(sessions, OUTBOX, Publisher(js, service), service, poll_interval=0.05, error_backoff=0.1)
     async with running(relay):
         await asyncio.sleep(0.5)  # several attempts, all refused: no stream takes these subjects yet
         assert await unpublished(sessions, service) == 3
@@ -158,7 +158,10 @@ async def test_relay_prunes_rows_published_longer_ago_than_the_retention(
         async with sessions() as session:
             return int(await session.scalar(select(func.count()).where(OUTBOX.c.msg_id.startswith(service))) or 0)
 
-    relay = OutboxRelay(sessions, Publisher(js, service), poll_interval=0.05, retention=timedelta(0), prune_interval=0)
+    publisher = Publisher(js, service)
+    relay = OutboxRelay(
+        sessions, OUTBOX, publisher, service, poll_interval=0.05, retention=timedelta(0), prune_interval=0
+    )
     async with running(relay):
         await eventually(lambda: stored(js, service))
         await eventually(rows, lambda n: n == 0)
