@@ -130,7 +130,7 @@ def _parse_item(raw: Any, entry_id: str, flavor: Flavor) -> ParsedItem:
         body = raw.get(key)
         if isinstance(body, dict):
             return ParsedItem(handler(item, body), item.keys)
-    return _unknown(flavor, raw, item.keys)
+    return ParsedItem(item.event(ev.INBOUND_KIND_UNKNOWN, "unknown", ""), item.keys)
 
 
 def _unknown(flavor: Flavor, raw: Any, keys: tuple[str, ...]) -> ParsedItem:
@@ -147,12 +147,12 @@ def _message(item: _Item, message: JsonObject) -> ev.InboundEvent:
     kind = ev.INBOUND_KIND_ECHO if flag(message.get("is_echo")) else ev.INBOUND_KIND_MESSAGE
     event = item.event(kind, "" if mid else "message", mid)
     event.provider_message_id = mid
-    event.parts.extend(message_parts(message))
+    event.parts.extend(_message_parts(message))
     event.target_provider_message_id = text(obj(message.get("reply_to")).get("mid"))
     return event
 
 
-def message_parts(message: JsonObject) -> list[ev.ContentPart]:
+def _message_parts(message: JsonObject) -> list[ev.ContentPart]:
     """The content of a Messenger/Instagram `message`: text, attachments, sticker, quick reply, story reply."""
     parts = []
     body = text(message.get("text"))

@@ -88,7 +88,7 @@ class _Update:
         event.target_provider_message_id = (
             event.provider_message_id if edited else _message_ref(reply_chat, text(reply.get("message_id")))
         )
-        event.parts.extend(message_parts(message))
+        event.parts.extend(_message_parts(message))
         if not event.parts:  # service messages (members joined, pinned, ...), polls, games
             event.kind = ev.INBOUND_KIND_UNKNOWN
         return event
@@ -157,7 +157,7 @@ def _profile(sender: JsonObject, chat: JsonObject) -> ev.ProfileHints:
     )
 
 
-def message_parts(message: JsonObject) -> list[ev.ContentPart]:
+def _message_parts(message: JsonObject) -> list[ev.ContentPart]:
     """The content of a Telegram Message: text, the largest photo, files, sticker, location or venue, contact."""
     parts = []
     body = text(message.get("text"))
