@@ -45,7 +45,7 @@ class Flavor:
     """What differs between Messenger and Instagram: the envelope `object`, the channel type, the id prefix."""
 
     object_name: str
-    channel_type: ChannelType
+    channel_type: ChannelType.ValueType
     prefix: str
 
 
@@ -97,7 +97,9 @@ class _Item:
     def page(self) -> str:
         return self.keys[0] if self.keys else ""
 
-    def event(self, kind: ev.InboundKind, name: str, *parts: str, at_ms: int | None = None) -> ev.InboundEvent:
+    def event(
+        self, kind: ev.InboundKind.ValueType, name: str, *parts: str, at_ms: int | None = None
+    ) -> ev.InboundEvent:
         """An event of `kind` whose id is `<prefix>:<name>:<parts>` (a digest of the item when a part is missing)."""
         prefix = f"{self.flavor.prefix}:{name}" if name else self.flavor.prefix
         event_id = joined_id(prefix, parts, [self.keys, self.raw])
@@ -236,7 +238,9 @@ def _postback(item: _Item, postback: JsonObject) -> ev.InboundEvent:
     return event
 
 
-def _receipt(item: _Item, receipt: JsonObject, kind: ev.InboundKind, status: ev.DeliveryStatus) -> ev.InboundEvent:
+def _receipt(
+    item: _Item, receipt: JsonObject, kind: ev.InboundKind.ValueType, status: ev.DeliveryStatus.ValueType
+) -> ev.InboundEvent:
     watermark_ms = epoch_ms(receipt.get("watermark"), seconds=False)
     mids = [text(mid) for mid in arr(receipt.get("mids")) if text(mid)]
     read_mid = text(receipt.get("mid"))  # Instagram's messaging_seen names the message, not a watermark

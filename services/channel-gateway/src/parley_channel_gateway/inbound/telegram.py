@@ -52,7 +52,9 @@ class _Update:
     channel_id: str
     update_id: int
 
-    def new(self, kind: ev.InboundKind, name: str, parts: list[str], raw: Any, **fields: Any) -> ev.InboundEvent:
+    def new(
+        self, kind: ev.InboundKind.ValueType, name: str, parts: list[str], raw: Any, **fields: Any
+    ) -> ev.InboundEvent:
         """An event whose id is `telegram:<channel>:<name>:<parts>`, ordered by `update_id`."""
         event_id = joined_id(f"telegram:{self.channel_id}:{name}", parts, [self.update_id, raw])
         return new_event(_CHANNEL, kind, event_id, raw, sequence=self.update_id, **fields)
@@ -207,7 +209,7 @@ def _area(size: JsonObject) -> int:
     return (integer(size.get("width")) or 0) * (integer(size.get("height")) or 0)
 
 
-def _media(kind: ev.MediaKind, file: Any) -> ev.ContentPart:
+def _media(kind: ev.MediaKind.ValueType, file: Any) -> ev.ContentPart:
     file = obj(file)
     size = integer(file.get("file_size"))
     media = ev.MediaPart(
