@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from parley_kit.db import new_metadata
+from parley_kit.outbox import outbox_table
 from sqlalchemy import (
     Boolean,
     Date,
@@ -33,6 +34,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 metadata = new_metadata()
+# Events waiting to be relayed to stream CONTACTS (written in the changing transaction).
+outbox = outbox_table(metadata)
 
 
 class Base(DeclarativeBase):
