@@ -2,8 +2,8 @@
 
 Every row carries its `space_id`; every query filters on it. Text fields store NULL for
 "not set" (the domain turns empty strings into None), so "is set" is `IS NOT NULL`.
-Tags live on the contact as an array of tag ids (GIN-indexed) so tag criteria are one
-index probe; the tag catalog is its own table.
+Tags on contacts and custom values are narrow rows with covering indexes, so criteria and
+counts over them are index-only scans rather than visits to the wide contact rows.
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ class Contact(Base):
     avatar_url: Mapped[str | None] = mapped_column(Text)
     assignee_user_id: Mapped[str | None] = mapped_column(String(64))
     assignee_team_id: Mapped[str | None] = mapped_column(String(64))
-    tag_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(Uuid), server_default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_interaction_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -71,7 +70,6 @@ class Contact(Base):
     __table_args__ = (
         # The stable sort of every list: newest first, id as tie-breaker.
         Index("ix_contacts_space_created", "space_id", created_at.desc(), id.desc()),
-        Index("ix_contacts_tag_ids", "tag_ids", postgresql_using="gin"),
         Index("ix_contacts_space_assignee_user", "space_id", "assignee_user_id"),
         Index("ix_contacts_space_assignee_team", "space_id", "assignee_team_id"),
         Index("ix_contacts_space_last_interaction", "space_id", "last_interaction_at"),
@@ -128,6 +126,20 @@ class ContactIdentity(Base):
     )
 
 
+class ContactTag(Base):
+    """A tag on a contact."""
+
+    __tablename__ = "contact_tags"
+
+    contact_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    tag_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
+    space_id: Mapped[str] = mapped_column(String(64))
+
+    # The primary key (contact_id, tag_id) answers "tags of these contacts" and "has this contact tag X";
+    # this one answers "contacts with tag X" (and counts them) from the index alone.
+    __table_args__ = (Index("ix_contact_tags_tag", "tag_id", "contact_id"),)
+
+
 class FieldDefinition(Base):
     __tablename__ = "field_definitions"
 
@@ -160,15 +172,18 @@ class FieldValue(Base):
     value_datetime: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     value_bool: Mapped[bool | None] = mapped_column(Boolean)
 
+    # Covering (contact_id, and the raw text for the lower() index): value criteria are index-only scans.
     __table_args__ = (
-        Index("ix_field_values_number", "field_id", "value_number"),
-        Index("ix_field_values_date", "field_id", "value_date"),
-        Index("ix_field_values_datetime", "field_id", "value_datetime"),
+        Index("ix_field_values_number", "field_id", "value_number", postgresql_include=["contact_id"]),
+        Index("ix_field_values_date", "field_id", "value_date", postgresql_include=["contact_id"]),
+        Index("ix_field_values_datetime", "field_id", "value_datetime", postgresql_include=["contact_id"]),
+        Index("ix_field_values_bool", "field_id", "value_bool", postgresql_include=["contact_id"]),
         Index(
             "ix_field_values_text",
             "field_id",
             func.lower(value_text).label("lower_value_text"),
             postgresql_ops={"lower_value_text": "text_pattern_ops"},
+            postgresql_include=["contact_id", "value_text"],
         ),
     )
 

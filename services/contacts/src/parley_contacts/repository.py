@@ -34,7 +34,6 @@ from sqlalchemy import (
     union,
     update,
 )
-from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -63,6 +62,7 @@ from parley_contacts.domain import (
 )
 
 C = m.Contact.__table__.c
+T = m.ContactTag.__table__.c
 I = m.ContactIdentity.__table__.c  # noqa: E741
 V = m.FieldValue.__table__.c
 
@@ -73,7 +73,6 @@ _CONTACT_COLUMNS = [
     *(getattr(C, n) for n in PROFILE_COLUMNS),
     C.assignee_user_id,
     C.assignee_team_id,
-    C.tag_ids,
     C.created_at,
     C.updated_at,
     C.last_interaction_at,
@@ -123,10 +122,13 @@ class Unit:
         self.events.append(event)
 
 
-def _contact(row: Any, identities: Sequence[Identity] = (), values: dict[uuid.UUID, Any] | None = None) -> Contact:
-    data = dict(row._mapping)
-    data["tag_ids"] = tuple(data["tag_ids"] or ())
-    return Contact(**data, identities=tuple(identities), values=values or {})
+def _contact(
+    row: Any,
+    identities: Sequence[Identity] = (),
+    values: dict[uuid.UUID, Any] | None = None,
+    tag_ids: Sequence[uuid.UUID] = (),
+) -> Contact:
+    return Contact(**row._mapping, tag_ids=tuple(tag_ids), identities=tuple(identities), values=values or {})
 
 
 def _field(row: Any) -> FieldDef:
@@ -332,7 +334,10 @@ class Repository:
         for r in await s.execute(stmt2):
             # Exactly one value column is set: the one of the field's type.
             values[r.contact_id][r.field_id] = next((v for v in r[2:] if v is not None), None)
-        return [_contact(r, identities[r.id], values[r.id]) for r in rows]
+        tags: dict[uuid.UUID, list[uuid.UUID]] = {i: [] for i in ids}
+        for r in await s.execute(select(T.contact_id, T.tag_id).where(T.contact_id.in_(ids)).order_by(T.tag_id)):
+            tags[r.contact_id].append(r.tag_id)
+        return [_contact(r, identities[r.id], values[r.id], tags[r.id]) for r in rows]
 
     def _list_statements(
         self,
@@ -400,6 +405,13 @@ class Repository:
 
     # -- contacts: writes -----------------------------------------------------------------------
 
+    async def add_tag_rows(
+        self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, tag_ids: Sequence[uuid.UUID]
+    ) -> None:
+        if tag_ids:
+            rows = [{"contact_id": contact_id, "tag_id": t, "space_id": space_id} for t in tag_ids]
+            await s.execute(pg_insert(m.ContactTag).values(rows).on_conflict_do_nothing())
+
     async def update_contact(self, s: AsyncSession, contact_id: uuid.UUID, values: dict[str, Any]) -> None:
         await s.execute(update(m.Contact).where(C.id == contact_id).values(**values))
 
@@ -448,29 +460,32 @@ class Repository:
     async def add_tag(
         self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID], tag_id: uuid.UUID, now: datetime
     ) -> list[uuid.UUID]:
-        """Add a tag to contacts lacking it (atomic per row); returns the ids that changed."""
+        """Tag contacts of the space that lack the tag; returns the ids that changed (race-safe)."""
+        if not ids:
+            return []
+        rows = select(C.id, literal(tag_id), literal(space_id)).where(C.space_id == space_id, C.id.in_(ids))
         stmt = (
-            update(m.Contact)
-            .where(C.space_id == space_id, C.id.in_(ids), not_(C.tag_ids.contains(array([tag_id]))))
-            .values(tag_ids=func.array_append(C.tag_ids, tag_id), updated_at=now)
-            .returning(C.id)
+            pg_insert(m.ContactTag)
+            .from_select(["contact_id", "tag_id", "space_id"], rows)
+            .on_conflict_do_nothing()
+            .returning(T.contact_id)
         )
-        return list((await s.execute(stmt)).scalars())
+        changed = list((await s.execute(stmt)).scalars())
+        if changed:
+            await s.execute(update(m.Contact).where(C.id.in_(changed)).values(updated_at=now))
+        return changed
 
     async def remove_tag(
         self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID] | None, tag_id: uuid.UUID, now: datetime
     ) -> list[uuid.UUID]:
-        """Remove a tag from contacts having it (all of the space's when `ids` is None)."""
-        where = [C.space_id == space_id, C.tag_ids.contains(array([tag_id]))]
+        """Untag contacts having the tag (all of the space's when `ids` is None); returns those that changed."""
+        where = [T.space_id == space_id, T.tag_id == tag_id]
         if ids is not None:
-            where.append(C.id.in_(ids))
-        stmt = (
-            update(m.Contact)
-            .where(*where)
-            .values(tag_ids=func.array_remove(C.tag_ids, tag_id), updated_at=now)
-            .returning(C.id)
-        )
-        return list((await s.execute(stmt)).scalars())
+            where.append(T.contact_id.in_(ids))
+        changed = list((await s.execute(delete(m.ContactTag).where(*where).returning(T.contact_id))).scalars())
+        if changed and ids is not None:
+            await s.execute(update(m.Contact).where(C.id.in_(changed)).values(updated_at=now))
+        return changed
 
     # -- custom field values ----------------------------------------------------------------------
 
@@ -661,8 +676,8 @@ class Repository:
             )
             .values(contact_id=survivor.id)
         )
-        tags = list(dict.fromkeys([*survivor.tag_ids, *merged.tag_ids]))
-        await s.execute(update(m.Contact).where(C.id == survivor.id).values(**profile, tag_ids=tags, updated_at=now))
+        await self.add_tag_rows(s, space_id, survivor.id, merged.tag_ids)
+        await s.execute(update(m.Contact).where(C.id == survivor.id).values(**profile, updated_at=now))
         # Earlier merges into the merged contact now resolve to the survivor too.
         await s.execute(
             update(m.ContactAlias).where(m.ContactAlias.survivor_id == merged.id).values(survivor_id=survivor.id)
@@ -742,12 +757,10 @@ def _compile(node: Any) -> ColumnElement[bool]:
     if isinstance(node, ResolvedGroup):
         return compile_criteria(node)
     if isinstance(node, TagCond):
-        ids = array(list(node.tag_ids))
-        if node.match is TagMatch.ANY:
-            return C.tag_ids.overlap(ids)
         if node.match is TagMatch.ALL:
-            return C.tag_ids.contains(ids)
-        return not_(C.tag_ids.overlap(ids))
+            return and_(*(exists().where(T.contact_id == C.id, T.tag_id == t) for t in node.tag_ids))
+        tagged = exists().where(T.contact_id == C.id, T.tag_id.in_(list(node.tag_ids)))
+        return tagged if node.match is TagMatch.ANY else ~tagged
     if isinstance(node, ResolvedField):
         return _compile_field(node)
     if isinstance(node, ChannelCond):

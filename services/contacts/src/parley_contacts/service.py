@@ -264,11 +264,11 @@ class ContactsService:
                     **{c: cleaned.get(c) for c in PROFILE_COLUMNS},
                     "id": contact_id,
                     "space_id": space_id,
-                    "tag_ids": tags,
                     "created_at": now,
                     "updated_at": now,
                 },
             )
+            await self.repo.add_tag_rows(s, space_id, contact_id, tags)
             for ident in identities:
                 _check_identity(ident)
                 claimed = await self.repo.add_identity(

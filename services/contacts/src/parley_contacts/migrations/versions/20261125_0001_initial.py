@@ -25,7 +25,9 @@ EXPRESSION_INDEXES = {
     "ix_contacts_search_email": "contacts (space_id, lower(email) text_pattern_ops)",
     "ix_contacts_search_phone": "contacts (space_id, phone text_pattern_ops)",
     "ix_contact_identities_search": "contact_identities (space_id, lower(external_id) text_pattern_ops)",
-    "ix_field_values_text": "field_values (field_id, lower(value_text) text_pattern_ops)",
+    "ix_field_values_text": (
+        "field_values (field_id, lower(value_text) text_pattern_ops) INCLUDE (contact_id, value_text)"
+    ),
 }
 
 
@@ -43,7 +45,6 @@ def upgrade() -> None:
         sa.Column("avatar_url", sa.Text(), nullable=True),
         sa.Column("assignee_user_id", sa.String(length=64), nullable=True),
         sa.Column("assignee_team_id", sa.String(length=64), nullable=True),
-        sa.Column("tag_ids", postgresql.ARRAY(sa.Uuid()), server_default="{}", nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_interaction_at", sa.DateTime(timezone=True), nullable=True),
@@ -59,7 +60,6 @@ def upgrade() -> None:
     op.create_index("ix_contacts_space_assignee_team", "contacts", ["space_id", "assignee_team_id"])
     op.create_index("ix_contacts_space_assignee_user", "contacts", ["space_id", "assignee_user_id"])
     op.create_index("ix_contacts_space_last_interaction", "contacts", ["space_id", "last_interaction_at"])
-    op.create_index("ix_contacts_tag_ids", "contacts", ["tag_ids"], postgresql_using="gin")
     op.create_table(
         "field_definitions",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -153,9 +153,22 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("contact_id", "field_id", name=op.f("pk_field_values")),
     )
-    op.create_index("ix_field_values_date", "field_values", ["field_id", "value_date"])
-    op.create_index("ix_field_values_datetime", "field_values", ["field_id", "value_datetime"])
-    op.create_index("ix_field_values_number", "field_values", ["field_id", "value_number"])
+    for kind in ("number", "date", "datetime", "bool"):
+        op.create_index(
+            f"ix_field_values_{kind}", "field_values", ["field_id", f"value_{kind}"], postgresql_include=["contact_id"]
+        )
+    op.create_table(
+        "contact_tags",
+        sa.Column("contact_id", sa.Uuid(), nullable=False),
+        sa.Column("tag_id", sa.Uuid(), nullable=False),
+        sa.Column("space_id", sa.String(length=64), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["contact_id"], ["contacts.id"], name=op.f("fk_contact_tags_contact_id_contacts"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(["tag_id"], ["tags.id"], name=op.f("fk_contact_tags_tag_id_tags"), ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("contact_id", "tag_id", name=op.f("pk_contact_tags")),
+    )
+    op.create_index("ix_contact_tags_tag", "contact_tags", ["tag_id", "contact_id"])
     for name, target in EXPRESSION_INDEXES.items():
         op.execute(f"CREATE INDEX {name} ON {target}")
 
@@ -163,6 +176,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for name in EXPRESSION_INDEXES:
         op.execute(f"DROP INDEX IF EXISTS {name}")
+    op.drop_table("contact_tags")
     op.drop_table("field_values")
     op.drop_table("contact_identities")
     op.drop_table("contact_aliases")
