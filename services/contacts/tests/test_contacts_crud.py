@@ -146,3 +146,16 @@ async def test_search_is_prefix_and_case_insensitive_over_name_email_phone_and_e
     assert await ids("ima") == set()  # prefix, not substring
     assert await ids("1%") == set()  # wildcards are literal
     assert len(await ids("100%_")) == 1
+
+
+async def test_count_limit_caps_total_and_says_so(engine, sink, space: str, agent: Actor) -> None:
+    from parley_contacts.repository import Repository
+    from parley_kit.db import session_factory
+
+    capped = ContactsService(Repository(session_factory(engine), sink), count_limit=3)
+    for i in range(5):
+        await capped.create_contact(space, agent, {"first_name": f"n{i}"})
+    page = await capped.list_contacts(space, agent, page_size=2)
+    assert (page.total, page.total_capped) == (3, True)
+    small = await capped.list_contacts(space, agent, search="n4")
+    assert (small.total, small.total_capped) == (1, False)

@@ -145,6 +145,7 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
         return pb.ListContactsResponse(
             contacts=[contact_to_pb(c, page.field_defs) for c in page.contacts],
             page=common_pb2.PageResponse(next_page_token=page.next_token, total_count=page.total or 0),
+            total_count_capped=page.total_capped,
         )
 
     async def AddIdentity(self, request: pb.AddIdentityRequest, context: Ctx) -> pb.AddIdentityResponse:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Uuid,
     func,
     literal,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -74,25 +75,38 @@ class Contact(Base):
         Index("ix_contacts_space_assignee_team", "space_id", "assignee_team_id"),
         Index("ix_contacts_space_last_interaction", "space_id", "last_interaction_at"),
         # Prefix, case-insensitive search (LIKE 'q%' on lower(...)).
+        # Membership of a space from the index alone (counts join on it instead of the wide rows).
+        Index("ix_contacts_space_id", "space_id", "id"),
+        # Prefix search: each index also carries what ranking candidates needs (id, created_at) and the
+        # columns of its expression, so candidates come from index-only scans.
         Index(
             "ix_contacts_search_name",
             "space_id",
             _full_name(first_name, last_name).label("full_name"),
             postgresql_ops={"full_name": "text_pattern_ops"},
+            postgresql_include=["id", "created_at", "first_name", "last_name"],
         ),
         Index(
             "ix_contacts_search_last_name",
             "space_id",
             func.lower(last_name).label("lower_last_name"),
             postgresql_ops={"lower_last_name": "text_pattern_ops"},
+            postgresql_include=["id", "created_at", "last_name"],
         ),
         Index(
             "ix_contacts_search_email",
             "space_id",
             func.lower(email).label("lower_email"),
             postgresql_ops={"lower_email": "text_pattern_ops"},
+            postgresql_include=["id", "created_at", "email"],
         ),
-        Index("ix_contacts_search_phone", "space_id", "phone", postgresql_ops={"phone": "text_pattern_ops"}),
+        Index(
+            "ix_contacts_search_phone",
+            "space_id",
+            "phone",
+            postgresql_ops={"phone": "text_pattern_ops"},
+            postgresql_include=["id", "created_at"],
+        ),
     )
 
 
@@ -173,17 +187,25 @@ class FieldValue(Base):
     value_bool: Mapped[bool | None] = mapped_column(Boolean)
 
     # Covering (contact_id, and the raw text for the lower() index): value criteria are index-only scans.
+    # Partial: each typed index holds only the rows of its type.
     __table_args__ = (
-        Index("ix_field_values_number", "field_id", "value_number", postgresql_include=["contact_id"]),
-        Index("ix_field_values_date", "field_id", "value_date", postgresql_include=["contact_id"]),
-        Index("ix_field_values_datetime", "field_id", "value_datetime", postgresql_include=["contact_id"]),
-        Index("ix_field_values_bool", "field_id", "value_bool", postgresql_include=["contact_id"]),
+        *(
+            Index(
+                f"ix_field_values_{kind}",
+                "field_id",
+                f"value_{kind}",
+                postgresql_include=["contact_id"],
+                postgresql_where=text(f"value_{kind} IS NOT NULL"),
+            )
+            for kind in ("number", "date", "datetime", "bool")
+        ),
         Index(
             "ix_field_values_text",
             "field_id",
             func.lower(value_text).label("lower_value_text"),
             postgresql_ops={"lower_value_text": "text_pattern_ops"},
             postgresql_include=["contact_id", "value_text"],
+            postgresql_where=text("value_text IS NOT NULL"),
         ),
     )
 

@@ -348,6 +348,8 @@ class Repository:
         limit: int,
         count_limit: int | None,
     ) -> tuple[Any, Any]:
+        if search and criteria is None:
+            return _search_statements(space_id, search, after, limit, count_limit)
         where = [C.space_id == space_id]
         if criteria is not None:
             where.append(compile_criteria(criteria))
@@ -727,6 +729,55 @@ _VALUE_COLS = ("value_text", "value_number", "value_date", "value_datetime", "va
 
 
 # -- criteria → SQL ---------------------------------------------------------------------------------
+
+
+def _search_statements(
+    space_id: str, query: str, after: tuple[datetime, uuid.UUID] | None, limit: int, count_limit: int | None
+) -> tuple[Any, Any]:
+    """Search alone: rank the candidates (id, created_at, straight from the search indexes) and fetch
+    only the page's rows, instead of visiting every candidate's row."""
+    cands = _search_candidates(space_id, query).subquery("cands")
+    top = select(cands.c.id, cands.c.created_at)
+    if after is not None:
+        top = top.where(tuple_(cands.c.created_at, cands.c.id) < tuple_(literal(after[0]), literal(after[1])))
+    page = top.order_by(cands.c.created_at.desc(), cands.c.id.desc()).limit(limit + 1).subquery("page")
+    stmt = (
+        select(*_CONTACT_COLUMNS)
+        .select_from(m.Contact.__table__.join(page, C.id == page.c.id))
+        .where(C.space_id == space_id)
+        .order_by(C.created_at.desc(), C.id.desc())
+    )
+    counted = select(cands.c.id)
+    if count_limit:
+        counted = counted.limit(count_limit)
+    return stmt, select(func.count()).select_from(counted.subquery())
+
+
+def _search_patterns(query: str) -> tuple[str, str | None]:
+    q = query.strip().lower()
+    digits = "".join(ch for ch in q if ch.isdigit())
+    phone = None
+    if len(digits) >= 3 and all(ch.isdigit() or ch in "+ -()." for ch in q):
+        phone = "+" + digits + "%"
+    return like_prefix(q), phone
+
+
+def _search_candidates(space_id: str, query: str) -> Any:
+    """(id, created_at) of the space's contacts whose name, email, phone or an external id starts with `query`."""
+    pattern, phone = _search_patterns(query)
+    parts = [
+        select(C.id, C.created_at).where(
+            C.space_id == space_id, m._full_name(C.first_name, C.last_name).like(pattern, escape="\\")
+        ),
+        select(C.id, C.created_at).where(C.space_id == space_id, func.lower(C.last_name).like(pattern, escape="\\")),
+        select(C.id, C.created_at).where(C.space_id == space_id, func.lower(C.email).like(pattern, escape="\\")),
+        select(C.id, C.created_at)
+        .select_from(m.ContactIdentity.__table__.join(m.Contact.__table__, C.id == I.contact_id))
+        .where(I.space_id == space_id, func.lower(I.external_id).like(pattern, escape="\\")),
+    ]
+    if phone:
+        parts.append(select(C.id, C.created_at).where(C.space_id == space_id, C.phone.like(phone)))
+    return union(*parts)
 
 
 def _search_ids(space_id: str, query: str) -> Any:

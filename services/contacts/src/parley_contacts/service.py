@@ -97,6 +97,7 @@ class ContactPage:
     next_token: str
     total: int | None
     field_defs: dict[uuid.UUID, FieldDef]
+    total_capped: bool = False
 
 
 def parse_id(raw: str, what: str = "contact") -> uuid.UUID:
@@ -499,7 +500,8 @@ class ContactsService:
         if page.has_more and page.contacts:
             last = page.contacts[-1]
             token = _encode_token([last.created_at.isoformat(), str(last.id)], fingerprint)
-        return ContactPage(page.contacts, token, page.total, {d.id: d for d in fields.values()})
+        capped = bool(self.count_limit and page.total is not None and page.total >= self.count_limit)
+        return ContactPage(page.contacts, token, page.total, {d.id: d for d in fields.values()}, capped)
 
     async def field_defs(self, space_id: str) -> dict[uuid.UUID, FieldDef]:
         async with self.repo.unit() as unit:

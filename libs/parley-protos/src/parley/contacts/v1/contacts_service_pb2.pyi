@@ -407,19 +407,27 @@ class ListContactsResponse(_message.Message):
 
     CONTACTS_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
+    TOTAL_COUNT_CAPPED_FIELD_NUMBER: _builtins.int
+    total_count_capped: _builtins.bool
+    """True when counting stopped at the service's limit (PARLEY_CONTACTS_COUNT_LIMIT): there are at
+    least page.total_count matching contacts.
+    """
     @_builtins.property
     def contacts(self) -> _containers.RepeatedCompositeFieldContainer[_contact_pb2.Contact]: ...
     @_builtins.property
-    def page(self) -> _common_pb2.PageResponse: ...
+    def page(self) -> _common_pb2.PageResponse:
+        """page.total_count is exact unless total_count_capped."""
+
     def __init__(
         self,
         *,
         contacts: _abc.Iterable[_contact_pb2.Contact] | None = ...,
         page: _common_pb2.PageResponse | None = ...,
+        total_count_capped: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts", b"contacts", "page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts", b"contacts", "page", b"page", "total_count_capped", b"total_count_capped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,16 +17,23 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # Expression indexes for prefix, case-insensitive search (LIKE 'q%' on lower(...)) and text criteria.
+# Each carries (INCLUDE) the columns its expression reads and what callers need, for index-only scans.
 EXPRESSION_INDEXES = {
     "ix_contacts_search_name": (
         "contacts (space_id, lower(coalesce(first_name, '') || ' ' || coalesce(last_name, '')) text_pattern_ops)"
+        " INCLUDE (id, created_at, first_name, last_name)"
     ),
-    "ix_contacts_search_last_name": "contacts (space_id, lower(last_name) text_pattern_ops)",
-    "ix_contacts_search_email": "contacts (space_id, lower(email) text_pattern_ops)",
-    "ix_contacts_search_phone": "contacts (space_id, phone text_pattern_ops)",
-    "ix_contact_identities_search": "contact_identities (space_id, lower(external_id) text_pattern_ops)",
+    "ix_contacts_search_last_name": (
+        "contacts (space_id, lower(last_name) text_pattern_ops) INCLUDE (id, created_at, last_name)"
+    ),
+    "ix_contacts_search_email": "contacts (space_id, lower(email) text_pattern_ops) INCLUDE (id, created_at, email)",
+    "ix_contacts_search_phone": "contacts (space_id, phone text_pattern_ops) INCLUDE (id, created_at)",
+    "ix_contact_identities_search": (
+        "contact_identities (space_id, lower(external_id) text_pattern_ops) INCLUDE (contact_id, external_id)"
+    ),
     "ix_field_values_text": (
         "field_values (field_id, lower(value_text) text_pattern_ops) INCLUDE (contact_id, value_text)"
+        " WHERE value_text IS NOT NULL"
     ),
 }
 
@@ -57,6 +64,7 @@ def upgrade() -> None:
         "contacts",
         ["space_id", sa.literal_column("created_at DESC"), sa.literal_column("id DESC")],
     )
+    op.create_index("ix_contacts_space_id", "contacts", ["space_id", "id"])
     op.create_index("ix_contacts_space_assignee_team", "contacts", ["space_id", "assignee_team_id"])
     op.create_index("ix_contacts_space_assignee_user", "contacts", ["space_id", "assignee_user_id"])
     op.create_index("ix_contacts_space_last_interaction", "contacts", ["space_id", "last_interaction_at"])
@@ -155,7 +163,11 @@ def upgrade() -> None:
     )
     for kind in ("number", "date", "datetime", "bool"):
         op.create_index(
-            f"ix_field_values_{kind}", "field_values", ["field_id", f"value_{kind}"], postgresql_include=["contact_id"]
+            f"ix_field_values_{kind}",
+            "field_values",
+            ["field_id", f"value_{kind}"],
+            postgresql_include=["contact_id"],
+            postgresql_where=sa.text(f"value_{kind} IS NOT NULL"),
         )
     op.create_table(
         "contact_tags",
