@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from parley_contacts.models import metadata
 from parley_kit.db import create_engine, run_migrations
 from sqlalchemy import inspect
-
-from parley_contacts.models import metadata
 
 
 async def _tables(url: str) -> set[str]:
