@@ -217,6 +217,7 @@ class Repository:
         external_id: str,
         contact_id: uuid.UUID,
         now: datetime,
+        identity_id: uuid.UUID | None = None,
     ) -> bool:
         """Insert the identity for `contact_id` unless it exists; True when this call inserted it.
 
@@ -226,7 +227,7 @@ class Repository:
         stmt = (
             pg_insert(m.ContactIdentity)
             .values(
-                id=uuid.uuid4(),
+                id=identity_id or uuid.uuid4(),
                 space_id=space_id,
                 contact_id=contact_id,
                 channel_id=channel_id,

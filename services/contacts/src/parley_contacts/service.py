@@ -40,6 +40,7 @@ from parley_contacts.domain import (
     FieldDef,
     FieldType,
     Group,
+    Identity,
     ResolvedGroup,
     Tag,
     View,
@@ -198,26 +199,33 @@ class ContactsService:
             async with self.repo.unit() as unit:
                 s = unit.session
                 now = self.clock()
-                contact_id = uuid.uuid4()
+                contact_id, identity_id = uuid.uuid4(), uuid.uuid4()
                 if await self.repo.claim_identity(
-                    s, space_id, identity.channel_id, identity.channel_type, identity.external_id, contact_id, now
+                    s,
+                    space_id,
+                    identity.channel_id,
+                    identity.channel_type,
+                    identity.external_id,
+                    contact_id,
+                    now,
+                    identity_id,
                 ):
                     values: dict[str, Any] = {c: clean.get(c) for c in PROFILE_COLUMNS}
-                    await self.repo.insert_contact(
-                        s,
-                        {
-                            **values,
-                            "id": contact_id,
-                            "space_id": space_id,
-                            "created_at": now,
-                            "updated_at": now,
-                            "last_interaction_at": interaction_at,
-                            "last_interaction_channel_id": identity.channel_id if interaction_at else None,
-                            "last_interaction_channel_type": identity.channel_type if interaction_at else 0,
-                        },
-                    )
-                    contact = await self.repo.get_contact(s, space_id, contact_id)
-                    assert contact is not None
+                    record = {
+                        **values,
+                        "id": contact_id,
+                        "space_id": space_id,
+                        "assignee_user_id": None,
+                        "assignee_team_id": None,
+                        "created_at": now,
+                        "updated_at": now,
+                        "last_interaction_at": interaction_at,
+                        "last_interaction_channel_id": identity.channel_id if interaction_at else None,
+                        "last_interaction_channel_type": identity.channel_type if interaction_at else 0,
+                    }
+                    await self.repo.insert_contact(s, record)
+                    ident = Identity(identity_id, identity.channel_id, identity.channel_type, identity.external_id, now)
+                    contact = Contact(**record, tag_ids=(), identities=(ident,))
                     self._event(unit, "contact.created", space_id, actor, contact=contact, field_defs={})
                     created = True
             if not created:
