@@ -236,8 +236,8 @@ class ContactsService:
                 if row is None:
                     raise Aborted("the identity changed concurrently; retry")
         if not created:
-            contact_id = row.id
-            missing = {k: v for k, v in clean.items() if getattr(row, k) is None}
+            contact_id = row["id"]
+            missing = {k: v for k, v in clean.items() if row[k] is None}
             if missing:
                 async with self.repo.unit() as unit:
                     filled = await self.repo.fill_empty(unit.session, contact_id, missing, self.clock())
