@@ -1,12 +1,31 @@
-"""Fixtures: a migrated workspace database and the domain service on it."""
+"""Fixtures: a migrated workspace database, the domain service on it, and the gRPC service."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
 
+import grpc
 import pytest
-from parley_kit.auth import SigningKey
+from parley.workspace.v1 import (
+    api_key_service_pb2_grpc,
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+    availability_service_pb2_grpc,
+    organization_service_pb2_grpc,
+    resources_pb2,
+    space_service_pb2_grpc,
+    team_service_pb2_grpc,
+    user_service_pb2_grpc,
+)
+from parley_kit.auth import SigningKey, TokenVerifier, jwks
 from parley_kit.db import create_engine, run_migrations, session_factory
+from parley_kit.grpc_client import create_channel
+from parley_kit.grpc_server import GrpcServer
+from parley_workspace.grpc_api import PUBLIC_METHODS, LocalAuthenticator, servicers
 from parley_workspace.repository import Store
 from parley_workspace.security import PasswordHasher
 from parley_workspace.service import Config, WorkspaceService
@@ -14,6 +33,30 @@ from parley_workspace.service import Config, WorkspaceService
 # Cheap argon2 parameters keep the suite fast; production uses the defaults of Settings.
 FAST_ARGON2 = {"time_cost": 1, "memory_kib": 64, "parallelism": 1}
 PASSWORD = "correct horse battery staple"
+OPERATOR_SECRET = "operator-secret-for-tests"
+
+STUBS = {
+    "auth": auth_service_pb2_grpc.AuthServiceStub,
+    "orgs": organization_service_pb2_grpc.OrganizationServiceStub,
+    "spaces": space_service_pb2_grpc.SpaceServiceStub,
+    "users": user_service_pb2_grpc.UserServiceStub,
+    "teams": team_service_pb2_grpc.TeamServiceStub,
+    "keys": api_key_service_pb2_grpc.ApiKeyServiceStub,
+    "availability": availability_service_pb2_grpc.AvailabilityServiceStub,
+}
+ROLE = {
+    "agent": resources_pb2.SPACE_ROLE_AGENT,
+    "manager": resources_pb2.SPACE_ROLE_MANAGER,
+    "owner": resources_pb2.SPACE_ROLE_OWNER,
+}
+
+
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}@example.com"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix} {uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +65,91 @@ async def migrated(database_url: str) -> str:
     return database_url
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list = []
+def make_service(engine: Any, key: SigningKey, writer: Any = None, **config: Any) -> WorkspaceService:
+    defaults: dict[str, Any] = {
+        "operator_secret": OPERATOR_SECRET,
+        "lockout_threshold": 3,
+        "lockout_base_seconds": 1,
+        "lockout_max_seconds": 8,
+    }
+    return WorkspaceService(
+        Store(session_factory(engine), writer),
+        signing_key=key,
+        hasher=PasswordHasher(**FAST_ARGON2),
+        config=Config(**{**defaults, **config}),
+        verification_jwks=jwks(key),
+    )
 
-    async def __call__(self, session, event) -> None:  # type: ignore[no-untyped-def]
+
+@dataclass
+class Workspace:
+    """A running workspace gRPC service and a client for it."""
+
+    target: str
+    service: WorkspaceService
+    key: SigningKey
+    engine: Any
+
+    def stub(self, name: str, token: str | None = None) -> Any:
+        channel = create_channel(self.target, token=token, timeout=10, max_attempts=2)
+        return STUBS[name](channel)
+
+    async def call(self, name: str, method: str, request: Any, token: str | None = None) -> Any:
+        async with create_channel(self.target, token=token, timeout=10, max_attempts=2) as channel:
+            return await getattr(STUBS[name](channel), method)(request)
+
+    async def error(self, name: str, method: str, request: Any, token: str | None = None) -> tuple[Any, str]:
+        """The status code and message of a call that must fail."""
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await self.call(name, method, request, token)
+        return info.value.code(), info.value.details() or ""
+
+    async def bootstrap(self, **overrides: Any) -> auth_service_pb2.BootstrapResponse:
+        request = auth_service_pb2.BootstrapRequest(
+            operator_secret=OPERATOR_SECRET,
+            organization_name=unique("Org"),
+            space_name="Support",
+            email=unique_email("owner"),
+            password=PASSWORD,
+            force=True,
+        )
+        for k, v in overrides.items():
+            setattr(request, k, v)
+        return await self.call("auth", "Bootstrap", request)
+
+    def verify(self, token: str) -> Any:
+        return TokenVerifier.from_jwks(jwks(self.key)).verify(token)
+
+
+@pytest.fixture(scope="module")
+async def workspace(migrated: str, signing_key: SigningKey) -> AsyncIterator[Workspace]:
+    """The workspace gRPC services on a free port, with the same wiring as the real process."""
+    engine = create_engine(migrated)
+    service = make_service(engine, signing_key, writer=None)
+    server = GrpcServer(
+        "workspace",
+        authenticator=LocalAuthenticator(TokenVerifier.from_jwks(json.dumps(jwks(signing_key))), service),
+        public_methods=PUBLIC_METHODS,
+    )
+    for register, servicer, name in servicers(service):
+        server.add(register, servicer, name)
+    port = await server.start("127.0.0.1", 0)
+    await server.set_serving(True)
+    yield Workspace(f"127.0.0.1:{port}", service, signing_key, engine)
+    await server.stop(1)
+    await engine.dispose()
+
+
+Factory = Callable[..., Any]
+
+
+class Recorder:
+    """Collects the events the domain emits (the outbox writer's place in these domain-level tests)."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    async def __call__(self, session: Any, event: Any) -> None:
         self.events.append(event)
 
 
@@ -34,11 +157,5 @@ class Recorder:
 async def domain(migrated: str, signing_key: SigningKey) -> AsyncIterator[tuple[WorkspaceService, Recorder]]:
     engine = create_engine(migrated)
     recorder = Recorder()
-    service = WorkspaceService(
-        Store(session_factory(engine), recorder),
-        signing_key=signing_key,
-        hasher=PasswordHasher(**FAST_ARGON2),
-        config=Config(operator_secret="op-secret", lockout_threshold=3, lockout_base_seconds=1, lockout_max_seconds=8),
-    )
-    yield service, recorder
+    yield make_service(engine, signing_key, recorder), recorder
     await engine.dispose()

@@ -4,14 +4,14 @@ import uuid
 
 from parley_kit.auth import TokenVerifier, jwks
 
-from .conftest import PASSWORD
+from .conftest import OPERATOR_SECRET, PASSWORD
 
 
 async def test_bootstrap_login_and_space_flow(domain, signing_key) -> None:  # type: ignore[no-untyped-def]
     svc, rec = domain
     email = f"owner-{uuid.uuid4().hex[:6]}@example.com"
     result = await svc.bootstrap(
-        "op-secret", org_name="Acme " + email, space_name="Support", email=email, password=PASSWORD
+        OPERATOR_SECRET, org_name="Acme " + email, space_name="Support", email=email, password=PASSWORD
     )
     caller = TokenVerifier.from_jwks(jwks(signing_key)).verify(result.tokens.access_token)
     assert caller.role == "owner" and caller.space_id == result.space.id

@@ -178,12 +178,16 @@ def clean_email(value: str) -> tuple[str, str]:
 
 
 def space_role(value: str) -> str:
+    if not value:
+        raise InvalidArgument("role is required: owner, manager or agent")
     if value not in SPACE_ROLES:
         raise InvalidArgument(f"role '{value}' is not a space role; use owner, manager or agent")
     return value
 
 
 def org_role(value: str) -> str:
+    if not value:
+        raise InvalidArgument("role is required: admin, billing_admin or member")
     if value not in ORG_ROLES:
         raise InvalidArgument(f"role '{value}' is not an organization role; use admin, billing_admin or member")
     return value
