@@ -1110,6 +1110,8 @@ class WorkspaceService:
         if not same_secret(operator_secret, self._cfg.operator_secret):
             await self._fail(throttle_key)
             raise PermissionDenied("the operator secret is incorrect")
+        async with self._store.tx() as tx:
+            await tx.reset_login_failures(throttle_key)
         org_name, org_key = clean_name(org_name, "organization")
         space_name, space_key = clean_name(space_name, "space")
         email, email_key = clean_email(email)
