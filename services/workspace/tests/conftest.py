@@ -24,10 +24,12 @@ from parley.workspace.v1 import (
 from parley_kit.auth import SigningKey, TokenVerifier, jwks
 from parley_kit.db import create_engine, run_migrations, session_factory
 from parley_kit.grpc_client import create_channel
-from parley_kit.grpc_server import GrpcServer
-from parley_workspace.grpc_api import PUBLIC_METHODS, LocalAuthenticator, servicers
+from parley_kit.runtime import ServiceRuntime
+from parley_kit.testing.service import running
+from parley_workspace.config import Settings
 from parley_workspace.repository import Store
 from parley_workspace.security import PasswordHasher
+from parley_workspace.server import build
 from parley_workspace.service import Config, WorkspaceService
 
 # Cheap argon2 parameters keep the suite fast; production uses the defaults of Settings.
@@ -86,7 +88,7 @@ class Workspace:
     """A running workspace gRPC service and a client for it."""
 
     target: str
-    service: WorkspaceService
+    runtime: ServiceRuntime
     key: SigningKey
     engine: Any
 
@@ -121,23 +123,34 @@ class Workspace:
         return TokenVerifier.from_jwks(jwks(self.key)).verify(token)
 
 
+def settings_for(database_url: str, nats_url: str, key: SigningKey, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "service_name": "workspace",
+        "database_url": database_url,
+        "nats_url": nats_url,
+        "grpc_port": 0,
+        "metrics_port": 0,
+        "auth_jwks": json.dumps(jwks(key)),
+        "signing_key": key.private_pem(),
+        "signing_key_id": key.kid,
+        "workspace_operator_secret": OPERATOR_SECRET,
+        "login_lockout_threshold": 3,
+        "login_lockout_base_seconds": 1,
+        "login_lockout_max_seconds": 8,
+        "argon2_time_cost": FAST_ARGON2["time_cost"],
+        "argon2_memory_kib": FAST_ARGON2["memory_kib"],
+        "argon2_parallelism": FAST_ARGON2["parallelism"],
+        "shutdown_grace_seconds": 1,
+    }
+    return Settings(**{**values, **overrides})
+
+
 @pytest.fixture(scope="module")
-async def workspace(migrated: str, signing_key: SigningKey) -> AsyncIterator[Workspace]:
-    """The workspace gRPC services on a free port, with the same wiring as the real process."""
-    engine = create_engine(migrated)
-    service = make_service(engine, signing_key, writer=None)
-    server = GrpcServer(
-        "workspace",
-        authenticator=LocalAuthenticator(TokenVerifier.from_jwks(json.dumps(jwks(signing_key))), service),
-        public_methods=PUBLIC_METHODS,
-    )
-    for register, servicer, name in servicers(service):
-        server.add(register, servicer, name)
-    port = await server.start("127.0.0.1", 0)
-    await server.set_serving(True)
-    yield Workspace(f"127.0.0.1:{port}", service, signing_key, engine)
-    await server.stop(1)
-    await engine.dispose()
+async def workspace(migrated: str, nats_url: str, signing_key: SigningKey) -> AsyncIterator[Workspace]:
+    """The real workspace process wiring (runtime, NATS, outbox relay) in the test's event loop."""
+    runtime = await build(settings_for(migrated, nats_url, signing_key))
+    async with running(runtime) as target:
+        yield Workspace(target, runtime, signing_key, runtime.engine)
 
 
 Factory = Callable[..., Any]

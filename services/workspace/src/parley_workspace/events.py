@@ -7,12 +7,16 @@ so a change and its event are committed together or not at all.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.common.v1 import common_pb2
 from parley.workspace.v1 import events_pb2 as ev
+from parley_kit.nats.streams import StreamSpec
+from parley_kit.outbox import enqueue
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_workspace import grpc_api as g
 from parley_workspace.service import Event
@@ -20,6 +24,11 @@ from parley_workspace.service import Event
 STREAM = "WORKSPACE"
 SUBJECT_PREFIX = "workspace."
 SUBJECTS = [f"{SUBJECT_PREFIX}>"]
+
+
+def stream_spec(replicas: int = 1) -> StreamSpec:
+    """The WORKSPACE stream: every workspace event, kept a week (consumers keep their own copies)."""
+    return StreamSpec(name=STREAM, subjects=tuple(SUBJECTS), max_age=timedelta(days=7), replicas=replicas)
 
 
 def subject_of(kind: str) -> str:
@@ -91,3 +100,8 @@ def to_message(event: Event) -> Message:
         common_pb2.EventMeta(event_id=event.event_id, occurred_at=occurred, space_id=event.space_id, actor=event.actor)
     )
     return message
+
+
+async def write_event(session: AsyncSession, event: Event) -> None:
+    """The repository's event writer: the event goes to the outbox in the change's own transaction."""
+    await enqueue(session, subject_of(event.kind), to_message(event), msg_id=event.event_id)

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from parley_kit.db import new_metadata
+from parley_kit.outbox import outbox_table
 from sqlalchemy import (
     CheckConstraint,
     Date,
@@ -23,6 +24,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 metadata = new_metadata()
+# Events waiting to be published, written in the transaction of their change (see events.py).
+outbox = outbox_table(metadata)
 
 Timestamp = DateTime(timezone=True)
 

@@ -9,7 +9,9 @@ from parley_kit.auth import SigningKey
 from parley_kit.runtime import ServiceRuntime, verifier_from_settings
 
 from parley_workspace.config import Settings
+from parley_workspace.events import stream_spec, write_event
 from parley_workspace.grpc_api import PUBLIC_METHODS, LocalAuthenticator, servicers
+from parley_workspace.models import outbox
 from parley_workspace.repository import Store
 from parley_workspace.security import PasswordHasher
 from parley_workspace.service import Config, WorkspaceService
@@ -44,10 +46,16 @@ async def build(settings: Settings) -> ServiceRuntime:
         parallelism=settings.argon2_parallelism,
     )
     authenticator = LocalAuthenticator(verifier_from_settings(settings))
-    rt = ServiceRuntime(settings, public_methods=PUBLIC_METHODS, authenticator=authenticator)
+    rt = ServiceRuntime(
+        settings,
+        streams=[stream_spec(settings.stream_replicas)],
+        public_methods=PUBLIC_METHODS,
+        authenticator=authenticator,
+        outbox=outbox,
+    )
     await rt.connect()
     service = WorkspaceService(
-        Store(rt.sessions),
+        Store(rt.sessions, write_event),
         signing_key=key,
         hasher=hasher,
         config=domain_config(settings),
