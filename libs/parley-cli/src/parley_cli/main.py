@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from parley_cli.commands.status import status
+from parley_cli.commands.workspace import GROUPS as WORKSPACE_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,3 +14,5 @@ def cli() -> None:
 
 
 cli.add_command(status)
+for _command in WORKSPACE_COMMANDS:
+    cli.add_command(_command)
