@@ -80,7 +80,7 @@ async def test_cli_bootstrap_login_and_every_group(cli_env: dict[str, str]) -> N
     monday_morning = await parley_json(cli_env, "hours", "check", "--at", "2026-12-21T10:30:00+01:00")
     assert monday_morning["within_business_hours"] is True
     holiday = await parley_json(cli_env, "hours", "check", "--at", "2026-12-28T10:30:00+01:00")
-    assert holiday.get("within_business_hours", False) is False and holiday["exception_name"] == "Holiday"
+    assert holiday["within_business_hours"] is False and holiday["exception_name"] == "Holiday"
     await parley_json(cli_env, "availability", "set", "online")
     online = await parley_json(cli_env, "availability", "list", "--status", "online")
     assert [m["user_id"] for m in online] == [boot["user_id"]]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.common.v1 import common_pb2
@@ -29,7 +30,7 @@ from parley.workspace.v1 import user_service_pb2 as us_pb
 from parley.workspace.v1 import user_service_pb2_grpc as us_grpc
 
 from parley_cli import common
-from parley_cli.common import command, emit, json_option, to_dict, token_option
+from parley_cli.common import command, emit, json_option, token_option
 
 SPACE_ROLES = {"agent": res.SPACE_ROLE_AGENT, "manager": res.SPACE_ROLE_MANAGER, "owner": res.SPACE_ROLE_OWNER}
 ORG_ROLES = {
@@ -63,6 +64,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """Every field, defaults included (so `false` and `0` show up in tables and JSON)."""
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
 def out(data: Any, as_json: bool, columns: list[str] | None = None) -> None:
