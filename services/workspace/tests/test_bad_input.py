@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -321,3 +322,36 @@ async def test_pages_walk_every_member_once_in_a_stable_order(workspace: Workspa
         if not token:
             break
     assert seen == [m.user_id for m in everyone.members] and len(seen) == len(set(seen)) >= 6
+
+
+async def test_concurrent_duplicates_answer_already_exists_once_created(
+    workspace: Workspace, setup: dict[str, Any]
+) -> None:
+    owner = setup["owner"]
+    results = await asyncio.gather(
+        *(workspace.call("teams", "CreateTeam", tm.CreateTeamRequest(name="Racing"), owner) for _ in range(8)),
+        return_exceptions=True,
+    )
+    created = [r for r in results if not isinstance(r, BaseException)]
+    codes = {r.code() for r in results if isinstance(r, grpc.aio.AioRpcError)}
+    assert len(created) == 1 and codes == {EXISTS}
+
+
+async def test_concurrent_refreshes_of_one_token_yield_one_new_session_token(workspace: Workspace) -> None:
+    email = unique_email("race")
+    await workspace.bootstrap(email=email)
+    login = await workspace.call("auth", "Login", auth.LoginRequest(email=email, password=PASSWORD))
+    request = auth.RefreshRequest(refresh_token=login.tokens.refresh_token)
+    results = await asyncio.gather(
+        *(workspace.call("auth", "Refresh", request) for _ in range(5)), return_exceptions=True
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) <= 1
+    assert all(r.code() == grpc.StatusCode.UNAUTHENTICATED for r in results if isinstance(r, grpc.aio.AioRpcError))
+
+
+async def test_overlong_password_never_logs_in_even_when_it_starts_with_the_password(workspace: Workspace) -> None:
+    email, password = unique_email("long"), "p" * 10 + "assphrase-" * 24 + "xyz"  # 253 characters
+    await workspace.bootstrap(email=email, password=password)
+    assert await workspace.call("auth", "Login", auth.LoginRequest(email=email, password=password))
+    code, _ = await workspace.error("auth", "Login", auth.LoginRequest(email=email, password=password + "abcdef"))
+    assert code == grpc.StatusCode.UNAUTHENTICATED

@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from parley_kit.errors import AlreadyExists
 from sqlalchemy import Select, and_, delete, exists, func, null, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from parley_workspace import models as m
@@ -80,8 +82,16 @@ class Store:
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Tx]:
-        async with self._sessions() as session, session.begin():
-            yield Tx(session, self._event_writer)
+        """One transaction; a unique violation that a concurrent request won is ALREADY_EXISTS."""
+        try:
+            async with self._sessions() as session, session.begin():
+                yield Tx(session, self._event_writer)
+        except IntegrityError as exc:
+            if getattr(exc.orig, "sqlstate", None) == "23505" or "unique" in str(exc.orig).lower():
+                raise AlreadyExists(
+                    "that name, email or membership was just taken by a concurrent request; nothing was changed"
+                ) from exc
+            raise
 
 
 class Tx:

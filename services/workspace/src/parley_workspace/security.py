@@ -68,14 +68,16 @@ class PasswordHasher:
         return await asyncio.to_thread(self._argon.hash, password)
 
     def _verify(self, stored: str | None, password: str) -> bool:
+        too_long = len(password) > MAX_PASSWORD_LENGTH  # never a valid password; same work anyway
         try:
-            return self._argon.verify(stored or self._dummy, password) and stored is not None
+            matched = self._argon.verify(stored or self._dummy, password[:MAX_PASSWORD_LENGTH])
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
+        return matched and stored is not None and not too_long
 
     async def verify(self, stored: str | None, password: str) -> bool:
         """Whether `password` matches `stored`; with no stored hash, hash a dummy anyway (same timing)."""
-        return await asyncio.to_thread(self._verify, stored, password[:MAX_PASSWORD_LENGTH])
+        return await asyncio.to_thread(self._verify, stored, password)
 
     def needs_rehash(self, stored: str) -> bool:
         return self._argon.check_needs_rehash(stored)
