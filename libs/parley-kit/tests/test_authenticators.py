@@ -63,3 +63,19 @@ async def test_unreachable_workspace_is_unavailable_not_unauthenticated() -> Non
     with pytest.raises(Unavailable):
         await auth.authenticate("pk_k1_s3cret")
     await auth.close()
+
+
+def test_runtime_accepts_api_keys_only_when_the_workspace_address_is_set() -> None:
+    from parley_kit.grpc_server import JwtAuthenticator
+    from parley_kit.runtime import authenticator_from_settings
+    from parley_kit.settings import ServiceSettings
+
+    base = {
+        "service_name": "x",
+        "database_url": "postgresql://u@h/d",
+        "auth_jwks": '{"keys": []}',
+        "service_token": "t",
+    }
+    assert isinstance(authenticator_from_settings(ServiceSettings(**base)), JwtAuthenticator)
+    chosen = authenticator_from_settings(ServiceSettings(**base, workspace_addr="127.0.0.1:50051"))
+    assert isinstance(chosen, WorkspaceAuthenticator)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from parley_kit.settings import ServiceSettings
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 
 class Settings(ServiceSettings):
@@ -16,7 +16,9 @@ class Settings(ServiceSettings):
         default=None, description="PEM file of the Ed25519 key tokens are signed with"
     )
     signing_key: str = Field(default="", description="The signing key's PEM inline (instead of the file)")
-    signing_key_id: str = Field(default="", description="Key id (kid) of the signing key, published in the JWKS")
+    signing_key_id: str = Field(
+        default="", validate_default=True, description="Key id (kid) of the signing key, published in the JWKS"
+    )
     workspace_operator_secret: str = Field(
         default="", description="Secret the operator gives to Bootstrap; empty disables Bootstrap"
     )
@@ -32,15 +34,17 @@ class Settings(ServiceSettings):
     argon2_memory_kib: int = Field(default=65_536, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
 
-    @model_validator(mode="after")
-    def _one_signing_key(self) -> Settings:
-        if not self.signing_key and self.signing_key_file is None:
+    @field_validator("signing_key_id")
+    @classmethod
+    def _signing_key_given(cls, kid: str, info: ValidationInfo) -> str:
+        # Reported under PARLEY_SIGNING_KEY_ID (declared after the key fields, so they are in info.data).
+        if not info.data.get("signing_key") and info.data.get("signing_key_file") is None:
             raise ValueError(
                 "set PARLEY_SIGNING_KEY_FILE (or PARLEY_SIGNING_KEY) to the Ed25519 PEM key tokens are signed with"
             )
-        if not self.signing_key_id:
+        if not kid:
             raise ValueError("set PARLEY_SIGNING_KEY_ID, the key id published with the public key")
-        return self
+        return kid
 
     def signing_key_pem(self) -> str:
         if self.signing_key:
