@@ -445,6 +445,8 @@ class WorkspaceService:
             if not (org_admin and await self._org_role(tx, caller, space.organization_id) == "admin"):
                 check(await self._space_role(tx, caller, space_id), permission)
         elif space is None or not org_admin or await self._org_role(tx, caller, space.organization_id) != "admin":
+            if not caller.space_id:
+                raise PermissionDenied(f"this token is for no space; switch to space '{space_id}' first")
             raise PermissionDenied(f"this token is for space '{caller.space_id}', not '{space_id}'")
         if write and space.archived_at is not None:
             raise FailedPrecondition(f"space '{space.name}' is archived; it can no longer be changed")
