@@ -68,27 +68,29 @@ async def test_unknown_email_takes_as_long_as_a_wrong_password(workspace: Worksp
             await service.login(address, "definitely wrong password")
         return time.perf_counter() - start
 
-    known = sorted([await timed(email) for _ in range(5)])[2]
-    unknown = sorted([await timed(unique_email("ghost")) for _ in range(5)])[2]
-    assert unknown > 0.5 * known and known > 0.5 * unknown, (known, unknown)
+    # The fastest of several runs: robust to a busy machine, and what an attacker would measure.
+    known = min([await timed(email) for _ in range(7)])
+    unknown = min([await timed(unique_email("ghost")) for _ in range(7)])
+    assert unknown > 0.6 * known and known > 0.6 * unknown, (known, unknown)
 
 
 async def test_repeated_failures_lock_the_account_with_growing_delays(workspace: Workspace) -> None:
     _, email = await _owner(workspace)
     bad = auth.LoginRequest(email=email, password="wrong password 123")
+    good = auth.LoginRequest(email=email, password=PASSWORD)
     for _ in range(3):  # threshold 3 in tests: the 3rd failure locks for 1 s
         assert (await workspace.error("auth", "Login", bad))[0] == UNAUTH
-    code, message = await workspace.error("auth", "Login", auth.LoginRequest(email=email, password=PASSWORD))
+    code, message = await workspace.error("auth", "Login", good)  # even the right password waits
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "try again in" in message
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(1.3)
     assert (await workspace.error("auth", "Login", bad))[0] == UNAUTH  # 4th failure: locked 2 s
-    await asyncio.sleep(1.2)
-    assert (await workspace.error("auth", "Login", bad))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
-    await asyncio.sleep(1.0)
-    ok = await workspace.call("auth", "Login", auth.LoginRequest(email=email, password=PASSWORD))
-    assert ok.tokens.access_token
-    # success resets the count
+    code, message = await workspace.error("auth", "Login", good)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "try again in" in message
+    await asyncio.sleep(2.3)
+    assert (await workspace.call("auth", "Login", good)).tokens.access_token
+    # success resets the count: the next failure is an ordinary one
     assert (await workspace.error("auth", "Login", bad))[0] == UNAUTH
+    assert (await workspace.call("auth", "Login", good)).tokens.access_token
 
 
 async def test_lockout_is_shared_by_replicas_and_applies_to_unknown_emails_alike(workspace: Workspace) -> None:
