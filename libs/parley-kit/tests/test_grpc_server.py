@@ -1,0 +1,121 @@
+"""The server interceptor: authentication, error mapping, caller context, health and RED metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from parley_kit import errors, metrics
+from parley_kit.auth import SigningKey, TokenIssuer, TokenVerifier, current_caller, jwks
+from parley_kit.grpc_client import create_channel
+from parley_kit.grpc_server import GrpcServer, JwtAuthenticator
+from parley_kit.permissions import Permission
+
+# A tiny service built from generic handlers, reusing health messages as payloads:
+# the request's `service` field carries the space the caller wants to touch.
+Req, Resp = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+
+
+async def touch(request: Req, context: grpc.aio.ServicerContext) -> Resp:
+    caller = current_caller()
+    if request.service == "boom":
+        raise RuntimeError("unexpected")
+    if request.service == "missing":
+        raise errors.NotFound("contact c1 not found")
+    caller.require(Permission.CONTACTS_DELETE, space_id=request.service)
+    return Resp(status=Resp.SERVING)
+
+
+async def whoami_public(request: Req, context: grpc.aio.ServicerContext) -> Resp:
+    return Resp(status=Resp.SERVICE_UNKNOWN)
+
+
+def _handlers() -> grpc.GenericRpcHandler:
+    def h(fn: Callable[..., object]) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=Req.FromString, response_serializer=Resp.SerializeToString
+        )
+
+    return grpc.method_handlers_generic_handler("test.Spaces", {"Touch": h(touch), "Public": h(whoami_public)})
+
+
+@pytest.fixture(scope="module")
+def key() -> SigningKey:
+    return SigningKey.generate("k")
+
+
+@pytest.fixture(scope="module")
+async def target(key: SigningKey) -> AsyncIterator[str]:
+    server = GrpcServer(
+        "testsvc",
+        authenticator=JwtAuthenticator(TokenVerifier.from_jwks(jwks(key))),
+        public_methods={"/test.Spaces/Public"},
+    )
+    server.server.add_generic_rpc_handlers((_handlers(),))
+    port = await server.start("127.0.0.1", 0)
+    await server.set_serving(True)
+    yield f"127.0.0.1:{port}"
+    await server.stop(1)
+
+
+async def call(target: str, service: str, token: str | None, method: str = "Touch") -> Resp:
+    async with create_channel(target, token=token, timeout=5) as channel:
+        rpc = channel.unary_unary(
+            f"/test.Spaces/{method}", request_serializer=Req.SerializeToString, response_deserializer=Resp.FromString
+        )
+        return await rpc(Req(service=service))
+
+
+async def code_of(target: str, service: str, token: str | None) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call(target, service, token)
+    return info.value.code(), info.value.details() or ""
+
+
+async def test_manager_token_for_its_space_is_served(target: str, key: SigningKey) -> None:
+    token = TokenIssuer(key).issue(space_id="A", role="manager")
+    assert (await call(target, "A", token)).status == Resp.SERVING
+
+
+async def test_missing_token_is_unauthenticated(target: str) -> None:
+    code, details = await code_of(target, "A", None)
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "authorization" in details
+
+
+async def test_expired_and_foreign_tokens_are_unauthenticated(target: str, key: SigningKey) -> None:
+    expired = TokenIssuer(key).issue(space_id="A", role="owner", ttl=-30)
+    assert (await code_of(target, "A", expired))[0] == grpc.StatusCode.UNAUTHENTICATED
+    forged = TokenIssuer(SigningKey.generate("k")).issue(space_id="A", role="owner")
+    assert (await code_of(target, "A", forged))[0] == grpc.StatusCode.UNAUTHENTICATED
+    header, payload, _ = expired.split(".")
+    assert (await code_of(target, "A", f"{header}.{payload}.AAAA"))[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_other_space_and_low_role_are_permission_denied(target: str, key: SigningKey) -> None:
+    manager_a = TokenIssuer(key).issue(space_id="A", role="manager")
+    code, details = await code_of(target, "B", manager_a)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "space" in details
+    agent_a = TokenIssuer(key).issue(space_id="A", role="agent")
+    code, details = await code_of(target, "A", agent_a)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "contacts.delete" in details
+
+
+async def test_domain_errors_map_to_status_and_crashes_to_internal(target: str, key: SigningKey) -> None:
+    token = TokenIssuer(key).issue(space_id="A", role="owner")
+    assert await code_of(target, "missing", token) == (grpc.StatusCode.NOT_FOUND, "contact c1 not found")
+    code, details = await code_of(target, "boom", token)
+    assert code == grpc.StatusCode.INTERNAL and "unexpected" not in details
+
+
+async def test_public_method_needs_no_token_and_rpcs_are_counted(target: str) -> None:
+    before = metrics.RPC_REQUESTS.labels("testsvc", "Public", "OK")._value.get()
+    assert (await call(target, "", None, method="Public")).status == Resp.SERVICE_UNKNOWN
+    assert metrics.RPC_REQUESTS.labels("testsvc", "Public", "OK")._value.get() == before + 1
+
+
+async def test_health_reports_serving(target: str) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
