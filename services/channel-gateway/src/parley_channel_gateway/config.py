@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
-
 from parley_kit.settings import ServiceSettings
+from pydantic import Field, field_validator
 
 # Sends per second and burst per channel, from each provider's documented limits: the Messenger Send API
 # allows 300 requests/s per Page (we keep a margin), Instagram 100 calls/s per account, WhatsApp Cloud API

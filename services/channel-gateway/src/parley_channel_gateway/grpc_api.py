@@ -9,12 +9,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from parley.channel_gateway.v1 import channel_service_pb2 as pb
 from parley.channel_gateway.v1 import channel_service_pb2_grpc as pb_grpc
 from parley.common.v1 import common_pb2
-
-from parley_channel_gateway.models import ACTIVE, ChannelRow
-from parley_channel_gateway.service import ChannelService, Credentials, validate_credentials
 from parley_kit.auth import current_caller
 from parley_kit.errors import InvalidArgument
 from parley_kit.permissions import Permission
+
+from parley_channel_gateway.models import ACTIVE, ChannelRow
+from parley_channel_gateway.service import ChannelService, Credentials, validate_credentials
 
 TYPE_TO_PB = {
     "messenger": common_pb2.CHANNEL_TYPE_MESSENGER,
@@ -101,7 +101,9 @@ class ChannelApi(pb_grpc.ChannelServiceServicer):
             page=common_pb2.PageResponse(next_page_token=page.next_token, total_count=page.total),
         )
 
-    async def GetChannel(self, request: pb.GetChannelRequest, context: grpc.aio.ServicerContext) -> pb.GetChannelResponse:
+    async def GetChannel(
+        self, request: pb.GetChannelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetChannelResponse:
         caller = current_caller()
         space_id = caller.scoped_space(request.space_id)
         caller.require(Permission.CHANNELS_READ, space_id=space_id)

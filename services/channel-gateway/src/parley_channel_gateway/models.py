@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Float, Index, Integer, LargeBinary, Text, func, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
 from parley_kit.db import new_metadata
 from parley_kit.outbox import outbox_table
+from sqlalchemy import DateTime, Float, Index, Integer, LargeBinary, Text, func, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 metadata = new_metadata()
 outbox = outbox_table(metadata)

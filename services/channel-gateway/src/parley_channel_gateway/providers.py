@@ -6,8 +6,6 @@ retryable (timeouts, 5xx, rate limits, with the provider's wait when it gives on
 from __future__ import annotations
 
 import email.utils
-import hashlib
-import hmac
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from typing import Any
 import httpx
 
 from parley_channel_gateway import window
+from parley_channel_gateway.inbound.signatures import CUSTOM_HEADER, sign_custom
 
 # -- what to send ---------------------------------------------------------------------------------------------
 
@@ -195,7 +194,9 @@ def meta_message(msg: OutboundMessage) -> dict[str, Any]:
         message = {"attachment": {"type": "template", "payload": payload}}
     elif msg.attachments:
         if msg.text:
-            raise InvalidContent("Messenger and Instagram send text and an attachment as two messages: send two requests")
+            raise InvalidContent(
+                "Messenger and Instagram send text and an attachment as two messages: send two requests"
+            )
         attachment = msg.attachments[0]
         media = _META_MEDIA.get(attachment.kind)
         if media is None or not attachment.url:
@@ -230,7 +231,11 @@ _WA_MEDIA = {"image": "image", "video": "video", "audio": "audio", "file": "docu
 
 def whatsapp_request(msg: OutboundMessage) -> dict[str, Any]:
     """A WhatsApp Cloud API /messages body: template, interactive buttons, media or text."""
-    body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": msg.contact_external_id}
+    body: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": msg.contact_external_id,
+    }
     if msg.template is not None:
         if not msg.template.name or not msg.template.language:
             raise InvalidContent("a WhatsApp template needs its name and language code")
@@ -281,7 +286,11 @@ def telegram_request(msg: OutboundMessage) -> tuple[str, dict[str, Any]]:
     choices = list(msg.buttons) + [Button(q.title, q.payload) for q in msg.quick_replies]
     if choices:
         keyboard = [
-            [{"text": b.title, "url": b.url} if b.url else {"text": b.title, "callback_data": (b.payload or b.title)[:64]}]
+            [
+                {"text": b.title, "url": b.url}
+                if b.url
+                else {"text": b.title, "callback_data": (b.payload or b.title)[:64]}
+            ]
             for b in choices
         ]
         body["reply_markup"] = {"inline_keyboard": keyboard}
@@ -336,8 +345,6 @@ class Providers:
     graph_api_url: str
     telegram_api_url: str
     timeout: float = 10.0
-    sign: Any = None
-    """`sign(secret, timestamp, body) -> str` for custom channel webhooks (the inbound signature scheme)."""
     http: httpx.AsyncClient = field(init=False)
 
     def __post_init__(self) -> None:
@@ -393,7 +400,9 @@ class Providers:
             raise ProviderError("timeout", f"Telegram did not answer {method} in time", retryable=True) from exc
         except httpx.HTTPError as exc:
             # The URL holds the bot token: never put the exception's URL in the message.
-            raise ProviderError("unreachable", f"cannot reach the Telegram API ({type(exc).__name__})", retryable=True) from None
+            raise ProviderError(
+                "unreachable", f"cannot reach the Telegram API ({type(exc).__name__})", retryable=True
+            ) from None
         data = _json(response)
         if response.status_code >= 300 or not data.get("ok"):
             raise telegram_error(response)
@@ -402,12 +411,11 @@ class Providers:
 
     async def _custom(self, target: Target, msg: OutboundMessage) -> str:
         body = json.dumps(custom_payload(msg), separators=(",", ":")).encode()
-        timestamp = str(int(time.time()))
-        sign = self.sign or sign_custom
+        timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
-            CUSTOM_TIMESTAMP_HEADER: timestamp,
-            CUSTOM_SIGNATURE_HEADER: sign(target.webhook_secret, timestamp, body),
+            CUSTOM_TIMESTAMP_HEADER: str(timestamp),
+            CUSTOM_HEADER: sign_custom(body, target.webhook_secret, timestamp=timestamp),
             CUSTOM_DELIVERY_HEADER: msg.request_id,
         }
         try:
@@ -425,13 +433,7 @@ class Providers:
         return str(data.get("message_id") or msg.request_id)
 
 
-# Custom channel webhook headers (both directions).
+# Custom channel outbound headers, beside X-Parley-Signature (`t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`,
+# the same scheme as inbound custom webhooks).
 CUSTOM_TIMESTAMP_HEADER = "X-Parley-Timestamp"
-CUSTOM_SIGNATURE_HEADER = "X-Parley-Signature"
 CUSTOM_DELIVERY_HEADER = "X-Parley-Delivery-Id"
-
-
-def sign_custom(secret: str, timestamp: str, body: bytes) -> str:
-    """`sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">` with the channel's secret."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"sha256={mac}"

@@ -6,13 +6,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from parley_kit.errors import AlreadyExists
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from parley_channel_gateway.models import ACTIVE, ChannelRow, RateBucketRow, SendLogRow
-from parley_kit.errors import AlreadyExists
 
 UNIQUE_ACCOUNT = "uq_channels_active_account"
 
@@ -54,7 +54,9 @@ class Repository:
     async def channel(self, session: AsyncSession, channel_id: str) -> ChannelRow | None:
         return await session.get(ChannelRow, channel_id)
 
-    async def active_channel_for_account(self, session: AsyncSession, type_: str, external_id: str) -> ChannelRow | None:
+    async def active_channel_for_account(
+        self, session: AsyncSession, type_: str, external_id: str
+    ) -> ChannelRow | None:
         query = select(ChannelRow).where(
             ChannelRow.type == type_, ChannelRow.external_id == external_id, ChannelRow.status == ACTIVE
         )
@@ -103,7 +105,9 @@ class Repository:
             await session.execute(
                 update(ChannelRow)
                 .where(ChannelRow.id.in_(ids))
-                .values(last_inbound_at=func.greatest(func.coalesce(ChannelRow.last_inbound_at, func.now()), func.now()))
+                .values(
+                    last_inbound_at=func.greatest(func.coalesce(ChannelRow.last_inbound_at, func.now()), func.now())
+                )
             )
 
     async def record_send_outcome(
@@ -126,7 +130,9 @@ class Repository:
     async def claim_send(self, session: AsyncSession, row: SendLogRow) -> SendLogRow:
         """Insert the request's log row if new, then return it locked FOR UPDATE (inside the caller's transaction)."""
         values = {c.key: getattr(row, c.key) for c in SendLogRow.__table__.columns if getattr(row, c.key) is not None}
-        await session.execute(pg_insert(SendLogRow).values(**values).on_conflict_do_nothing(index_elements=["request_id"]))
+        await session.execute(
+            pg_insert(SendLogRow).values(**values).on_conflict_do_nothing(index_elements=["request_id"])
+        )
         query = select(SendLogRow).where(SendLogRow.request_id == row.request_id).with_for_update()
         return (await session.execute(query.execution_options(populate_existing=True))).scalar_one()
 
@@ -164,7 +170,8 @@ class Repository:
                             FROM rate_buckets WHERE channel_id = :id FOR UPDATE
                         )
                         UPDATE rate_buckets AS b
-                        SET tokens = CASE WHEN cur.avail - 1 >= CAST(:floor AS float8) THEN cur.avail - 1 ELSE cur.avail END,
+                        SET tokens = CASE WHEN cur.avail - 1 >= CAST(:floor AS float8)
+                                          THEN cur.avail - 1 ELSE cur.avail END,
                             refilled_at = statement_timestamp()
                         FROM cur WHERE b.channel_id = :id
                         RETURNING b.tokens AS tokens, (cur.avail - 1 >= CAST(:floor AS float8)) AS granted

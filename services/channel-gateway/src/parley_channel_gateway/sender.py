@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from parley_kit.db import transaction
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_channel_gateway import metrics
@@ -37,7 +38,6 @@ from parley_channel_gateway.models import ACTIVE, FAILED, RETRYING, SENDING, SEN
 from parley_channel_gateway.providers import OutboundMessage, ProviderError, Providers, Target
 from parley_channel_gateway.repository import Repository
 from parley_channel_gateway.window import WindowClosed
-from parley_kit.db import transaction
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,9 @@ class OutboundSender:
                 await self._mark_retrying(msg, exc)
                 wait = exc.retry_after if exc.retry_after is not None else backoff
                 if wait > self.config.max_inline_wait:
-                    raise RetryLater(f"{target.type} asked to wait {wait:.0f}s ({exc.code}: {exc.message})", wait) from None
+                    raise RetryLater(
+                        f"{target.type} asked to wait {wait:.0f}s ({exc.code}: {exc.message})", wait
+                    ) from None
                 await asyncio.sleep(wait)
                 backoff = min(backoff * 2, self.config.max_inline_wait)
                 continue
@@ -180,7 +182,9 @@ class OutboundSender:
 
     async def _rate(self, target: Target) -> None:
         rate = self.config.rate_for(target.type)
-        grant = await self.repo.take_token(target.channel_id, rate=rate, burst=max(1.0, rate), max_wait=self.config.rate_wait)
+        grant = await self.repo.take_token(
+            target.channel_id, rate=rate, burst=max(1.0, rate), max_wait=self.config.rate_wait
+        )
         if not grant.granted:
             metrics.RATE_LIMITED.labels(target.type).inc()
             raise RetryLater(f"channel {target.channel_id} is at its rate limit ({rate:g}/s)", grant.wait_seconds)
@@ -206,7 +210,9 @@ class OutboundSender:
             row.claimed_until = None
             row.error_code, row.error_message = exc.code, exc.message[:1000]
             row.updated_at = self.clock()
-            await self.repo.record_send_outcome(session, msg.channel_id, ok=False, error_code=exc.code, error_message=exc.message)
+            await self.repo.record_send_outcome(
+                session, msg.channel_id, ok=False, error_code=exc.code, error_message=exc.message
+            )
 
     async def _finish(self, msg: OutboundMessage, status: str, *, provider_message_id: str = "",
                       error_code: str = "", error_message: str = "") -> Outcome:  # fmt: skip

@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from parley_kit.db import transaction
+from parley_kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+
 from parley_channel_gateway.crypto import SecretBox
 from parley_channel_gateway.models import ACTIVE, DISCONNECTED, ChannelRow
 from parley_channel_gateway.providers import ProviderError, Providers
 from parley_channel_gateway.repository import Repository
-from parley_kit.db import transaction
-from parley_kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,9 @@ def validate_credentials(type_: str, fields: dict[str, str]) -> Credentials:
         token = fields.get("bot_token", "").strip()
         match = _BOT_TOKEN.match(token)
         if not match:
-            raise InvalidArgument("telegram.bot_token must be the token BotFather gave: '<bot id>:<35-character secret>'")
+            raise InvalidArgument(
+                "telegram.bot_token must be the token BotFather gave: '<bot id>:<35-character secret>'"
+            )
         return Credentials(type_, match.group(1), token)
     if type_ == "custom":
         return Credentials(type_, None, webhook_url=_webhook_url(fields.get("outbound_webhook_url", "")))
@@ -212,7 +215,9 @@ class ChannelService:
         self, space_id: str, *, type_: str | None, include_disconnected: bool, page_size: int, page_token: str
     ) -> Page:
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
-            raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE_SIZE} (0 for the default {DEFAULT_PAGE_SIZE})")
+            raise InvalidArgument(
+                f"page_size must be between 1 and {MAX_PAGE_SIZE} (0 for the default {DEFAULT_PAGE_SIZE})"
+            )
         size = page_size or DEFAULT_PAGE_SIZE
         after = _decode_token(page_token) if page_token else None
         async with self.repo.sessions() as session:
@@ -244,7 +249,9 @@ class ChannelService:
             if row is None:
                 raise NotFound(f"channel {channel_id} not found in this space")
             if row.status != ACTIVE:
-                raise FailedPrecondition("the channel is disconnected; connect the account again instead of updating it")
+                raise FailedPrecondition(
+                    "the channel is disconnected; connect the account again instead of updating it"
+                )
             stored = self.box.open(row.secrets)
             telegram_changed = False
             if name is not None:

@@ -42,9 +42,7 @@ def _age(last_inbound_at: datetime | None, now: datetime) -> timedelta | None:
     return None if last_inbound_at is None else now - last_inbound_at
 
 
-def meta_delivery(
-    channel_type: str, tag: str, last_inbound_at: datetime | None, now: datetime
-) -> MetaDelivery:
+def meta_delivery(channel_type: str, tag: str, last_inbound_at: datetime | None, now: datetime) -> MetaDelivery:
     """The messaging type (and tag) for a Messenger or Instagram send, or WindowClosed."""
     age = _age(last_inbound_at, now)
     if age is not None and age <= STANDARD_WINDOW:
@@ -58,8 +56,13 @@ def meta_delivery(
         if channel_type == "messenger":
             return MetaDelivery("MESSAGE_TAG", tag)
         raise WindowClosed(f"Instagram accepts only the HUMAN_AGENT tag outside the 24-hour window, not {tag}")
-    hint = "use the HUMAN_AGENT tag (within 7 days) for a person's reply" if channel_type == "instagram" else (
-        "use the HUMAN_AGENT tag (within 7 days) for a person's reply, or an update tag for a non-promotional update"
+    hint = (
+        "use the HUMAN_AGENT tag (within 7 days) for a person's reply"
+        if channel_type == "instagram"
+        else (
+            "use the HUMAN_AGENT tag (within 7 days) for a person's reply, "
+            "or an update tag for a non-promotional update"
+        )
     )
     raise WindowClosed(f"outside the 24-hour messaging window ({since}); {hint}")
 
@@ -72,7 +75,9 @@ def whatsapp_allows(is_template: bool, last_inbound_at: datetime | None, now: da
     if age is not None and age <= STANDARD_WINDOW:
         return
     since = "no message from the contact is known" if age is None else f"the contact last wrote {_human(age)} ago"
-    raise WindowClosed(f"outside WhatsApp's 24-hour customer service window ({since}); only template messages may be sent")
+    raise WindowClosed(
+        f"outside WhatsApp's 24-hour customer service window ({since}); only template messages may be sent"
+    )
 
 
 def _human(age: timedelta) -> str:

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
 from parley_kit.outbox import create_outbox_table_op, drop_outbox_table_op
 
 revision: str = "20261125_0001"
