@@ -72,6 +72,7 @@ def _error(status: int, error: str, message: str) -> Response:
 
 def create_app(settings: Settings, bridge: Bridge | None = None) -> Flask:
     """The webhook app. Starts a Bridge (NATS, database) unless one is given."""
+    telemetry.configure_tracing(settings.service_name)
     app = Flask("parley_channel_gateway")
     app.config["MAX_CONTENT_LENGTH"] = settings.channel_gateway_max_body_bytes
     bridge = bridge or Bridge(settings).start()
