@@ -136,7 +136,7 @@ def test_meta_verification_echoes_the_challenge_only_for_the_right_token(gateway
     assert bad_mode.status_code == 403
 
 
-# -- signed bodies reach JetStream ---------------------------------------------------------------------------------------
+# -- signed bodies reach JetStream -------------------------------------------------------------------------------
 
 CASES = [
     ("messenger", "message_text", ev.INBOUND_KIND_MESSAGE),
@@ -206,8 +206,8 @@ def test_a_batched_body_publishes_every_item(gateway: Gateway) -> None:
          "message": {"mid": f"m_batch_{uuid.uuid4().hex[:10]}", "text": "hi"}}
         for i in range(4)
     ]  # fmt: skip
-    raw = json.dumps({"object": "page", "entry": [{"id": PAGE_ID, "time": 1, "messaging": items[:2]},
-                                                  {"id": PAGE_ID, "time": 2, "messaging": items[2:]}]}).encode()  # fmt: skip
+    entries = [{"id": PAGE_ID, "time": 1, "messaging": items[:2]}, {"id": PAGE_ID, "time": 2, "messaging": items[2:]}]
+    raw = json.dumps({"object": "page", "entry": entries}).encode()
     response = gateway.post_meta("messenger", raw)
     assert response.status_code == 200 and response.json["published"] == 4
     mids = {p.event.provider_message_id for p in gateway.events("messenger")}
