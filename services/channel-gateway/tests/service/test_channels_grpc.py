@@ -12,11 +12,10 @@ import pytest
 from parley.channel_gateway.v1 import channel_service_pb2 as pb
 from parley.channel_gateway.v1 import channel_service_pb2_grpc as pb_grpc
 from parley.common.v1 import common_pb2
-from sqlalchemy import text
-
 from parley_channel_gateway.app import build_serve
 from parley_kit import db
 from parley_kit.testing.service import running
+from sqlalchemy import text
 
 BOT_TOKEN = "555666777:AAbbCCddEEffGGhhIIjjKKllMMnnOOppQQrr"
 
@@ -73,12 +72,16 @@ async def test_connect_messenger_returns_the_channel_without_its_token(client: C
 async def test_every_channel_type_connects_with_valid_credentials(client: Client, fake_provider: Any) -> None:
     s = space()
     requests = [
-        pb.ConnectChannelRequest(instagram=pb.InstagramCredentials(ig_account_id=page_id(), access_token="IGQVJtoken0123456789abcdef")),
         pb.ConnectChannelRequest(
-            whatsapp=pb.WhatsAppCredentials(phone_number_id=page_id(), waba_id="10203040", access_token="EAAGwhatsapptoken0123456789")
+            instagram=pb.InstagramCredentials(ig_account_id=page_id(), access_token="IGQVJtoken0123456789abcdef")
+        ),
+        pb.ConnectChannelRequest(
+            whatsapp=pb.WhatsAppCredentials(
+                phone_number_id=page_id(), waba_id="10203040", access_token="EAAGwhatsapptoken0123456789"
+            )
         ),
         pb.ConnectChannelRequest(custom=pb.CustomChannelConfig(outbound_webhook_url="https://app.example.com/parley")),
-    ]  # fmt: skip
+    ]
     replies = [await client.call("ConnectChannel", r, space=s) for r in requests]
     assert [r.channel.type for r in replies] == [
         common_pb2.CHANNEL_TYPE_INSTAGRAM,
@@ -126,15 +129,21 @@ async def test_a_bot_token_telegram_refuses_is_invalid_and_nothing_is_stored(
 
 
 BAD = [
-    pb.ConnectChannelRequest(messenger=pb.MessengerCredentials(page_id="not-a-number", page_access_token="EAAG0123456789012345678")),
+    pb.ConnectChannelRequest(
+        messenger=pb.MessengerCredentials(page_id="not-a-number", page_access_token="EAAG0123456789012345678")
+    ),
     pb.ConnectChannelRequest(messenger=pb.MessengerCredentials(page_id="123", page_access_token="short")),
-    pb.ConnectChannelRequest(instagram=pb.InstagramCredentials(ig_account_id="123", access_token="has spaces in it 0123456789")),
-    pb.ConnectChannelRequest(whatsapp=pb.WhatsAppCredentials(phone_number_id="123", access_token="EAAG0123456789012345678")),
+    pb.ConnectChannelRequest(
+        instagram=pb.InstagramCredentials(ig_account_id="123", access_token="has spaces in it 0123456789")
+    ),
+    pb.ConnectChannelRequest(
+        whatsapp=pb.WhatsAppCredentials(phone_number_id="123", access_token="EAAG0123456789012345678")
+    ),
     pb.ConnectChannelRequest(telegram=pb.TelegramCredentials(bot_token="123:short")),
     pb.ConnectChannelRequest(custom=pb.CustomChannelConfig(outbound_webhook_url="ftp://example.com/x")),
     pb.ConnectChannelRequest(custom=pb.CustomChannelConfig(outbound_webhook_url="https://user:pw@example.com/x")),
     pb.ConnectChannelRequest(name="nothing"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("request_", BAD, ids=[str(i) for i in range(len(BAD))])
@@ -224,11 +233,13 @@ async def test_update_renames_rotates_and_guards_the_account(client: Client) -> 
     updated = await client.call(
         "UpdateChannel",
         pb.UpdateChannelRequest(
-            channel_id=channel_id, name="Website", custom=pb.CustomChannelConfig(outbound_webhook_url="https://a.example/2"),
+            channel_id=channel_id,
+            name="Website",
+            custom=pb.CustomChannelConfig(outbound_webhook_url="https://a.example/2"),
             rotate_secret=True,
         ),
         space=s,
-    )  # fmt: skip
+    )
     assert updated.channel.name == "Website" and updated.channel.outbound_webhook_url == "https://a.example/2"
     assert updated.webhook_secret and updated.webhook_secret != reply.webhook_secret
     messenger = (await connect_messenger(client, s)).channel

@@ -15,13 +15,12 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from parley.channel_gateway.v1 import events_pb2 as ev
-from sqlalchemy import text
-
 from parley_channel_gateway.app import build_worker
 from parley_channel_gateway.inbound.signatures import Verdict, verify_custom_signature
 from parley_kit import db
 from parley_kit.contracts import channel_gateway as contract
 from parley_kit.testing.service import running
+from sqlalchemy import text
 
 PAGE_ID = "200000000000001"
 IG_ID = "300000000000001"
@@ -149,7 +148,7 @@ def clean_fake(fake_provider: Any) -> None:
     fake_provider.reset()
 
 
-# -- Messenger and Instagram --------------------------------------------------------------------------------------------
+# -- Messenger and Instagram --
 
 
 async def test_messenger_text_inside_24h_is_sent_as_response_and_recorded(world: World) -> None:
@@ -159,10 +158,7 @@ async def test_messenger_text_inside_24h_is_sent_as_response_and_recorded(world:
     row = await world.final(rid)
     assert row.status == "sent" and row.provider_message_id.startswith("m_") and row.attempts == 1
     [call] = world.calls("messenger")
-    assert (
-        call.headers["Authorization"]
-        == f"Bearer {world.channels['messenger'].channel and 'EAAGtestpageaccesstoken1234567890'}"
-    )
+    assert call.headers["Authorization"] == "Bearer EAAGtestpageaccesstoken1234567890"
     assert call.json == {
         "recipient": {"id": "5923481234567890"},
         "messaging_type": "RESPONSE",
@@ -187,9 +183,19 @@ async def test_messenger_button_template_and_attachment_by_url(world: World) -> 
     )
     assert (await world.final(rid1)).status == "sent" and (await world.final(rid2)).status == "sent"
     bodies = [c.json["message"] for c in world.calls("messenger")]
-    assert {"attachment": {"type": "template", "payload": {"template_type": "button", "text": "Choose", "buttons": [
-        {"type": "web_url", "url": "https://shop.example/t/1", "title": "Track"},
-        {"type": "postback", "title": "Help", "payload": "HELP"}]}}} in bodies  # fmt: skip
+    assert {
+        "attachment": {
+            "type": "template",
+            "payload": {
+                "template_type": "button",
+                "text": "Choose",
+                "buttons": [
+                    {"type": "web_url", "url": "https://shop.example/t/1", "title": "Track"},
+                    {"type": "postback", "title": "Help", "payload": "HELP"},
+                ],
+            },
+        }
+    } in bodies
     assert {
         "attachment": {"type": "image", "payload": {"url": "https://cdn.example/a.png", "is_reusable": True}}
     } in bodies
@@ -290,14 +296,19 @@ async def test_retries_are_bounded_and_end_failed(world: World) -> None:
     assert len(world.calls("instagram")) == 4
 
 
-# -- exactly once ----------------------------------------------------------------------------------------------------------
+# -- exactly once --
 
 
 async def test_a_redelivered_request_is_never_sent_twice(world: World) -> None:
     rid = await world.request("messenger", text="once")
     assert (await world.final(rid)).status == "sent"
-    message = ev.OutboundSendRequest(request_id=rid, space_id=world.space_id, channel_id=world.channels["messenger"].channel.id,
-                                     contact_external_id="5923481234567890", text="once")  # fmt: skip
+    message = ev.OutboundSendRequest(
+        request_id=rid,
+        space_id=world.space_id,
+        channel_id=world.channels["messenger"].channel.id,
+        contact_external_id="5923481234567890",
+        text="once",
+    )
     await world.publish(message, msg_id=f"{rid}-again")  # past JetStream's de-duplication
     await world.publish(message, msg_id=f"{rid}-and-again")
     await asyncio.sleep(1.5)
@@ -327,7 +338,7 @@ async def test_a_send_interrupted_by_a_crash_is_not_sent_again(world: World) -> 
     assert world.calls("messenger") == []
 
 
-# -- WhatsApp, Telegram, custom ----------------------------------------------------------------------------------------------
+# -- WhatsApp, Telegram, custom --
 
 
 async def test_whatsapp_outside_24h_sends_only_templates(world: World) -> None:
@@ -343,26 +354,44 @@ async def test_whatsapp_outside_24h_sends_only_templates(world: World) -> None:
     assert row.status == "sent" and row.provider_message_id.startswith("wamid.")
     [call] = world.calls("whatsapp")
     assert call.json == {
-        "messaging_product": "whatsapp", "recipient_type": "individual", "to": "4915112345678", "type": "template",
-        "template": {"name": "order_shipped", "language": {"code": "en_US"}, "components": [
-            {"type": "body", "parameters": [{"type": "text", "text": "Lena"}, {"type": "text", "text": "#42"}]}]},
-    }  # fmt: skip
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "4915112345678",
+        "type": "template",
+        "template": {
+            "name": "order_shipped",
+            "language": {"code": "en_US"},
+            "components": [
+                {"type": "body", "parameters": [{"type": "text", "text": "Lena"}, {"type": "text", "text": "#42"}]}
+            ],
+        },
+    }
 
 
 async def test_whatsapp_interactive_buttons_and_media(world: World) -> None:
     buttons = [ev.OutboundButton(title="Yes", payload="Y"), ev.OutboundButton(title="No", payload="N")]
     rid1 = await world.request("whatsapp", text="Confirm?", buttons=buttons, contact="4915100000001")
     rid2 = await world.request(
-        "whatsapp", contact="4915100000002",
-        attachments=[ev.OutboundAttachment(kind=ev.MEDIA_KIND_FILE, url="https://cdn.example/i.pdf", caption="Invoice", filename="i.pdf")],
-    )  # fmt: skip
+        "whatsapp",
+        contact="4915100000002",
+        attachments=[
+            ev.OutboundAttachment(
+                kind=ev.MEDIA_KIND_FILE, url="https://cdn.example/i.pdf", caption="Invoice", filename="i.pdf"
+            )
+        ],
+    )
     assert (await world.final(rid1)).status == "sent" and (await world.final(rid2)).status == "sent"
     bodies = {c.json["to"]: c.json for c in world.calls("whatsapp")}
     assert bodies["4915100000001"]["interactive"] == {
-        "type": "button", "body": {"text": "Confirm?"},
-        "action": {"buttons": [{"type": "reply", "reply": {"id": "Y", "title": "Yes"}},
-                               {"type": "reply", "reply": {"id": "N", "title": "No"}}]},
-    }  # fmt: skip
+        "type": "button",
+        "body": {"text": "Confirm?"},
+        "action": {
+            "buttons": [
+                {"type": "reply", "reply": {"id": "Y", "title": "Yes"}},
+                {"type": "reply", "reply": {"id": "N", "title": "No"}},
+            ]
+        },
+    }
     assert bodies["4915100000002"]["document"] == {
         "link": "https://cdn.example/i.pdf",
         "caption": "Invoice",
@@ -371,15 +400,30 @@ async def test_whatsapp_interactive_buttons_and_media(world: World) -> None:
 
 
 async def test_telegram_send_message_with_inline_keyboard_and_photo(world: World) -> None:
-    rid1 = await world.request("telegram", text="Pick", contact="1001", hours_ago=None,
-                               buttons=[ev.OutboundButton(title="A", payload="a"), ev.OutboundButton(title="Site", url="https://x.example")])  # fmt: skip
-    rid2 = await world.request("telegram", text="A photo", contact="1001", hours_ago=None,
-                               attachments=[ev.OutboundAttachment(kind=ev.MEDIA_KIND_IMAGE, url="https://cdn.example/p.jpg")])  # fmt: skip
+    rid1 = await world.request(
+        "telegram",
+        text="Pick",
+        contact="1001",
+        hours_ago=None,
+        buttons=[ev.OutboundButton(title="A", payload="a"), ev.OutboundButton(title="Site", url="https://x.example")],
+    )
+    rid2 = await world.request(
+        "telegram",
+        text="A photo",
+        contact="1001",
+        hours_ago=None,
+        attachments=[ev.OutboundAttachment(kind=ev.MEDIA_KIND_IMAGE, url="https://cdn.example/p.jpg")],
+    )
     row1, row2 = await world.final(rid1), await world.final(rid2)
     assert row1.status == row2.status == "sent" and row1.provider_message_id.startswith("1001:")
     calls = {c.path.rsplit("/", 1)[-1]: c.json for c in world.calls("telegram")}
-    assert calls["sendMessage"] == {"chat_id": "1001", "text": "Pick", "reply_markup": {"inline_keyboard": [
-        [{"text": "A", "callback_data": "a"}], [{"text": "Site", "url": "https://x.example"}]]}}  # fmt: skip
+    assert calls["sendMessage"] == {
+        "chat_id": "1001",
+        "text": "Pick",
+        "reply_markup": {
+            "inline_keyboard": [[{"text": "A", "callback_data": "a"}], [{"text": "Site", "url": "https://x.example"}]]
+        },
+    }
     assert calls["sendPhoto"] == {"chat_id": "1001", "photo": "https://cdn.example/p.jpg", "caption": "A photo"}
 
 
@@ -409,8 +453,11 @@ async def test_channel_health_records_sends_and_errors(world: World) -> None:
     engine = db.create_engine(world.settings.database_url, pool_size=1)
     try:
         async with engine.connect() as conn:
-            channel = (await conn.execute(text("SELECT * FROM channels WHERE id = :i"),
-                                          {"i": world.channels["custom"].channel.id})).one()  # fmt: skip
+            channel = (
+                await conn.execute(
+                    text("SELECT * FROM channels WHERE id = :i"), {"i": world.channels["custom"].channel.id}
+                )
+            ).one()
     finally:
         await engine.dispose()
     assert channel.last_error_code == "http_400" and channel.consecutive_failures >= 1

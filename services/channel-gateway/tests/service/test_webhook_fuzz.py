@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from parley_channel_gateway.crypto import SecretBox
 from parley_channel_gateway.inbound.signatures import sign_custom
 from parley_channel_gateway.webapp import create_app
@@ -25,10 +24,37 @@ WA_PHONE_ID = "109876543210987"
 scalars = st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False)
 scalars = scalars | st.text(max_size=30) | st.sampled_from([PAGE_ID, IG_ID, WA_PHONE_ID, "message", "text", "mid"])
 keys = st.text(max_size=12) | st.sampled_from(
-    ["id", "sender", "recipient", "message", "mid", "text", "attachments", "type", "payload", "timestamp",
-     "postback", "reaction", "delivery", "read", "messaging", "changes", "value", "metadata", "messages",
-     "statuses", "contacts", "from", "chat", "message_id", "callback_query", "data", "contact", "external_id"]
-)  # fmt: skip
+    [
+        "id",
+        "sender",
+        "recipient",
+        "message",
+        "mid",
+        "text",
+        "attachments",
+        "type",
+        "payload",
+        "timestamp",
+        "postback",
+        "reaction",
+        "delivery",
+        "read",
+        "messaging",
+        "changes",
+        "value",
+        "metadata",
+        "messages",
+        "statuses",
+        "contacts",
+        "from",
+        "chat",
+        "message_id",
+        "callback_query",
+        "data",
+        "contact",
+        "external_id",
+    ]
+)
 json_values = st.recursive(
     scalars,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=5),
@@ -56,7 +82,7 @@ bodies = {
             "entry": [{"changes": [{"value": {"metadata": {"phone_number_id": WA_PHONE_ID}, **value}}]}],
         },
         st.dictionaries(keys, json_values, max_size=5),
-    ),  # fmt: skip
+    ),
     "telegram": json_values
     | st.builds(
         lambda u, rest: {"update_id": u, **rest}, st.integers(), st.dictionaries(keys, json_values, max_size=4)

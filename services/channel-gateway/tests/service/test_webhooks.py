@@ -136,7 +136,7 @@ def test_meta_verification_echoes_the_challenge_only_for_the_right_token(gateway
     assert bad_mode.status_code == 403
 
 
-# -- signed bodies reach JetStream -------------------------------------------------------------------------------
+# -- signed bodies reach JetStream --
 
 CASES = [
     ("messenger", "message_text", ev.INBOUND_KIND_MESSAGE),
@@ -191,8 +191,12 @@ def test_one_contacts_events_share_a_partition_subject_in_order(gateway: Gateway
     psid = "77" + uuid.uuid4().hex[:10].translate(str.maketrans("abcdef", "123456"))
     mids = [f"m_order_{uuid.uuid4().hex[:8]}_{i}" for i in range(5)]
     for i, mid in enumerate(mids):
-        item = {"sender": {"id": psid}, "recipient": {"id": PAGE_ID}, "timestamp": 1735725600000 + i,
-                "message": {"mid": mid, "text": f"message {i}"}}  # fmt: skip
+        item = {
+            "sender": {"id": psid},
+            "recipient": {"id": PAGE_ID},
+            "timestamp": 1735725600000 + i,
+            "message": {"mid": mid, "text": f"message {i}"},
+        }
         raw = json.dumps({"object": "page", "entry": [{"id": PAGE_ID, "time": 1, "messaging": [item]}]}).encode()
         assert gateway.post_meta("messenger", raw).status_code == 200
     mine = [p for p in gateway.events("messenger") if p.event.contact_external_id == psid]
@@ -202,10 +206,14 @@ def test_one_contacts_events_share_a_partition_subject_in_order(gateway: Gateway
 
 def test_a_batched_body_publishes_every_item(gateway: Gateway) -> None:
     items = [
-        {"sender": {"id": f"5{i}00{i}"}, "recipient": {"id": PAGE_ID}, "timestamp": 1735725600000 + i,
-         "message": {"mid": f"m_batch_{uuid.uuid4().hex[:10]}", "text": "hi"}}
+        {
+            "sender": {"id": f"5{i}00{i}"},
+            "recipient": {"id": PAGE_ID},
+            "timestamp": 1735725600000 + i,
+            "message": {"mid": f"m_batch_{uuid.uuid4().hex[:10]}", "text": "hi"},
+        }
         for i in range(4)
-    ]  # fmt: skip
+    ]
     entries = [{"id": PAGE_ID, "time": 1, "messaging": items[:2]}, {"id": PAGE_ID, "time": 2, "messaging": items[2:]}]
     raw = json.dumps({"object": "page", "entry": entries}).encode()
     response = gateway.post_meta("messenger", raw)
@@ -214,13 +222,17 @@ def test_a_batched_body_publishes_every_item(gateway: Gateway) -> None:
     assert {i["message"]["mid"] for i in items} <= mids
 
 
-# -- refusals publish nothing ------------------------------------------------------------------------------------------
+# -- refusals publish nothing --
 
 
 def _fresh_messenger_body(text: str = "hello") -> tuple[bytes, str]:
     mid = f"m_{uuid.uuid4().hex}"
-    item = {"sender": {"id": "5923481234567890"}, "recipient": {"id": PAGE_ID}, "timestamp": 1735725600000,
-            "message": {"mid": mid, "text": text}}  # fmt: skip
+    item = {
+        "sender": {"id": "5923481234567890"},
+        "recipient": {"id": PAGE_ID},
+        "timestamp": 1735725600000,
+        "message": {"mid": mid, "text": text},
+    }
     return json.dumps({"object": "page", "entry": [{"id": PAGE_ID, "time": 1, "messaging": [item]}]}).encode(), mid
 
 
