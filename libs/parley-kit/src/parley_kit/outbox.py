@@ -85,7 +85,7 @@ def drop_outbox_table_op() -> None:
     op.drop_table(OUTBOX)
 
 
-_outbox = outbox_table(MetaData())
+_outbox = outbox_table(MetaData())  # what enqueue() writes to: the same table in any service's database
 
 
 async def enqueue(
@@ -110,7 +110,7 @@ async def enqueue(
 
 
 class OutboxRelay:
-    """Publishes committed outbox rows in id order and marks them published.
+    """Publishes committed rows of `table` (from `outbox_table()`) in id order and marks them published.
 
     Wakes on `NOTIFY parley_outbox` and otherwise every `poll_interval` seconds; deletes rows
     published more than `retention` ago; keeps the `parley_outbox_pending_events` gauge current.
@@ -119,7 +119,9 @@ class OutboxRelay:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
+        table: Table,
         publisher: Publisher,
+        service: str,
         *,
         batch_size: int = 100,
         poll_interval: float = 1.0,
@@ -128,7 +130,9 @@ class OutboxRelay:
         error_backoff: float = 1.0,
     ) -> None:
         self._sessions = sessions
+        self._table = table
         self._publisher = publisher
+        self._service = service
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._retention = retention
@@ -173,7 +177,7 @@ class OutboxRelay:
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def _relay_batch(self) -> int:
-        t = _outbox.c
+        t = self._table.c
         failure: Exception | None = None
         published: list[int] = []
         async with self._sessions() as session, session.begin():
@@ -199,10 +203,10 @@ class OutboxRelay:
                     break
                 published.append(row.id)
             if published:
-                await session.execute(update(_outbox).where(t.id.in_(published)).values(published_at=func.now()))
+                await session.execute(update(self._table).where(t.id.in_(published)).values(published_at=func.now()))
             pending = await session.scalar(select(func.count()).where(t.published_at.is_(None)))
-        metrics.OUTBOX_RELAYED.labels(self._publisher.service).inc(len(published))
-        metrics.OUTBOX_PENDING.labels(self._publisher.service).set(pending or 0)
+        metrics.OUTBOX_RELAYED.labels(self._service).inc(len(published))
+        metrics.OUTBOX_PENDING.labels(self._service).set(pending or 0)
         if failure is not None:
             raise failure
         return len(published)
@@ -212,7 +216,8 @@ class OutboxRelay:
             return
         self._next_prune = time.monotonic() + self._prune_interval
         async with self._sessions() as session, session.begin():
-            await session.execute(delete(_outbox).where(_outbox.c.published_at < func.now() - self._retention))
+            table = self._table
+            await session.execute(delete(table).where(table.c.published_at < func.now() - self._retention))
 
     async def _listen(self) -> None:
         """LISTEN for enqueues on a dedicated connection; on failure the relay just polls."""

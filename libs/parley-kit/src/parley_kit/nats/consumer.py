@@ -35,6 +35,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from parley_kit import metrics, telemetry
 from parley_kit.nats import headers as h
@@ -239,7 +240,7 @@ class ConsumerRunner:
             trace_context=telemetry.extract(headers),
         )
 
-    def _span_attributes(self, subject: str) -> dict[str, str]:
+    def _span_attributes(self, subject: str) -> dict[str, AttributeValue]:
         return {
             "messaging.system": "nats",
             "messaging.operation.type": "process",
@@ -248,7 +249,7 @@ class ConsumerRunner:
         }
 
     async def _handle_one(self, delivery: Delivery) -> Mapping[Delivery, BaseException]:
-        attributes = {
+        attributes: dict[str, AttributeValue] = {
             **self._span_attributes(delivery.subject),
             "messaging.message.id": delivery.msg_id,
             "messaging.message.delivery_count": delivery.num_delivered,

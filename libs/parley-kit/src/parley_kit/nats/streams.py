@@ -57,6 +57,7 @@ class StreamSpec:
             raise ValueError(f"stream {self.name} needs at least one subject")
 
     def config(self) -> StreamConfig:
+        """The server-side config this spec provisions."""
         return StreamConfig(
             name=self.name,
             subjects=list(self.subjects),
@@ -105,6 +106,7 @@ class ConsumerSpec:
         return self.backoff[min(num_delivered, len(self.backoff)) - 1].total_seconds()
 
     def config(self) -> ConsumerConfig:
+        """The server-side config this spec provisions (see the module docstring on max_deliver)."""
         filters = list(self.filter_subjects)
         return ConsumerConfig(
             name=self.durable,

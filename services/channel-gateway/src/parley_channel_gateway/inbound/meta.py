@@ -45,7 +45,7 @@ class Flavor:
     """What differs between Messenger and Instagram: the envelope `object`, the channel type, the id prefix."""
 
     object_name: str
-    channel_type: ChannelType
+    channel_type: ChannelType.ValueType
     prefix: str
 
 
@@ -97,7 +97,9 @@ class _Item:
     def page(self) -> str:
         return self.keys[0] if self.keys else ""
 
-    def event(self, kind: ev.InboundKind, name: str, *parts: str, at_ms: int | None = None) -> ev.InboundEvent:
+    def event(
+        self, kind: ev.InboundKind.ValueType, name: str, *parts: str, at_ms: int | None = None
+    ) -> ev.InboundEvent:
         """An event of `kind` whose id is `<prefix>:<name>:<parts>` (a digest of the item when a part is missing)."""
         prefix = f"{self.flavor.prefix}:{name}" if name else self.flavor.prefix
         event_id = joined_id(prefix, parts, [self.keys, self.raw])
@@ -130,7 +132,7 @@ def _parse_item(raw: Any, entry_id: str, flavor: Flavor) -> ParsedItem:
         body = raw.get(key)
         if isinstance(body, dict):
             return ParsedItem(handler(item, body), item.keys)
-    return _unknown(flavor, raw, item.keys)
+    return ParsedItem(item.event(ev.INBOUND_KIND_UNKNOWN, "unknown", ""), item.keys)
 
 
 def _unknown(flavor: Flavor, raw: Any, keys: tuple[str, ...]) -> ParsedItem:
@@ -147,12 +149,12 @@ def _message(item: _Item, message: JsonObject) -> ev.InboundEvent:
     kind = ev.INBOUND_KIND_ECHO if flag(message.get("is_echo")) else ev.INBOUND_KIND_MESSAGE
     event = item.event(kind, "" if mid else "message", mid)
     event.provider_message_id = mid
-    event.parts.extend(message_parts(message))
+    event.parts.extend(_message_parts(message))
     event.target_provider_message_id = text(obj(message.get("reply_to")).get("mid"))
     return event
 
 
-def message_parts(message: JsonObject) -> list[ev.ContentPart]:
+def _message_parts(message: JsonObject) -> list[ev.ContentPart]:
     """The content of a Messenger/Instagram `message`: text, attachments, sticker, quick reply, story reply."""
     parts = []
     body = text(message.get("text"))
@@ -236,7 +238,9 @@ def _postback(item: _Item, postback: JsonObject) -> ev.InboundEvent:
     return event
 
 
-def _receipt(item: _Item, receipt: JsonObject, kind: ev.InboundKind, status: ev.DeliveryStatus) -> ev.InboundEvent:
+def _receipt(
+    item: _Item, receipt: JsonObject, kind: ev.InboundKind.ValueType, status: ev.DeliveryStatus.ValueType
+) -> ev.InboundEvent:
     watermark_ms = epoch_ms(receipt.get("watermark"), seconds=False)
     mids = [text(mid) for mid in arr(receipt.get("mids")) if text(mid)]
     read_mid = text(receipt.get("mid"))  # Instagram's messaging_seen names the message, not a watermark

@@ -19,8 +19,3 @@ class ParsedItem:
 
     event: InboundEvent
     channel_keys: tuple[str, ...] = ()
-
-    @property
-    def channel_key(self) -> str:
-        """The most authoritative channel key, or "" when the channel comes from the URL."""
-        return self.channel_keys[0] if self.channel_keys else ""

@@ -52,7 +52,9 @@ class _Update:
     channel_id: str
     update_id: int
 
-    def new(self, kind: ev.InboundKind, name: str, parts: list[str], raw: Any, **fields: Any) -> ev.InboundEvent:
+    def new(
+        self, kind: ev.InboundKind.ValueType, name: str, parts: list[str], raw: Any, **fields: Any
+    ) -> ev.InboundEvent:
         """An event whose id is `telegram:<channel>:<name>:<parts>`, ordered by `update_id`."""
         event_id = joined_id(f"telegram:{self.channel_id}:{name}", parts, [self.update_id, raw])
         return new_event(_CHANNEL, kind, event_id, raw, sequence=self.update_id, **fields)
@@ -88,7 +90,7 @@ class _Update:
         event.target_provider_message_id = (
             event.provider_message_id if edited else _message_ref(reply_chat, text(reply.get("message_id")))
         )
-        event.parts.extend(message_parts(message))
+        event.parts.extend(_message_parts(message))
         if not event.parts:  # service messages (members joined, pinned, ...), polls, games
             event.kind = ev.INBOUND_KIND_UNKNOWN
         return event
@@ -157,7 +159,7 @@ def _profile(sender: JsonObject, chat: JsonObject) -> ev.ProfileHints:
     )
 
 
-def message_parts(message: JsonObject) -> list[ev.ContentPart]:
+def _message_parts(message: JsonObject) -> list[ev.ContentPart]:
     """The content of a Telegram Message: text, the largest photo, files, sticker, location or venue, contact."""
     parts = []
     body = text(message.get("text"))
@@ -207,7 +209,7 @@ def _area(size: JsonObject) -> int:
     return (integer(size.get("width")) or 0) * (integer(size.get("height")) or 0)
 
 
-def _media(kind: ev.MediaKind, file: Any) -> ev.ContentPart:
+def _media(kind: ev.MediaKind.ValueType, file: Any) -> ev.ContentPart:
     file = obj(file)
     size = integer(file.get("file_size"))
     media = ev.MediaPart(

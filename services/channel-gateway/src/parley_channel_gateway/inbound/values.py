@@ -170,8 +170,8 @@ def joined_id(prefix: str, parts: Iterable[str], fallback: Any) -> str:
 
 
 def new_event(
-    channel_type: ChannelType,
-    kind: ev.InboundKind,
+    channel_type: ChannelType.ValueType,
+    kind: ev.InboundKind.ValueType,
     event_id: str,
     raw: Any,
     *,

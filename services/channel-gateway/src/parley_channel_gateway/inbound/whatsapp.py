@@ -125,13 +125,13 @@ def _message(raw: Any, context: _Value, *, echo: bool) -> ev.InboundEvent:
     if special is not None:
         special(event, message, context)
     else:
-        event.parts.extend(content_parts(kind_name, message))
+        event.parts.extend(_content_parts(kind_name, message))
         if not event.parts:
             event.kind = ev.INBOUND_KIND_UNKNOWN
     return event
 
 
-def content_parts(kind_name: str, message: JsonObject) -> list[ev.ContentPart]:
+def _content_parts(kind_name: str, message: JsonObject) -> list[ev.ContentPart]:
     """The content of a message of type `kind_name` (text, media, sticker, location, contacts, order)."""
     content = obj(message.get(kind_name))
     if kind_name == "text":
@@ -252,7 +252,7 @@ def _edit(event: ev.InboundEvent, message: JsonObject, _: _Value) -> None:
     edited = obj(edit.get("message"))
     event.kind = ev.INBOUND_KIND_EDIT
     event.target_provider_message_id = text(edit.get("original_message_id"))
-    event.parts.extend(content_parts(text(edited.get("type")), edited))
+    event.parts.extend(_content_parts(text(edited.get("type")), edited))
 
 
 def _revoke(event: ev.InboundEvent, message: JsonObject, _: _Value) -> None:
