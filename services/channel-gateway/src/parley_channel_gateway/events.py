@@ -15,7 +15,7 @@ from parley_kit import outbox
 from parley_kit.contracts import channel_gateway as contract
 from parley_kit.nats.consumer import Delivery
 from parley_kit.nats.errors import PoisonMessage, TransientError
-from parley_kit.nats.streams import ConsumerSpec, StreamSpec, dead_letter_stream, dead_letter_subject
+from parley_kit.nats.streams import ConsumerSpec, StreamSpec, dead_letter_subject
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_channel_gateway.models import FAILED, SENT, SendLogRow
@@ -37,7 +37,8 @@ _TAGS = {value: name.removeprefix("MESSAGE_TAG_") for name, value in ev.MessageT
 
 
 def streams(replicas: int) -> list[StreamSpec]:
-    return [contract.stream_spec(replicas), dead_letter_stream(SERVICE, replicas=replicas)]
+    """The gateway's stream (the runtime adds the dead-letter stream of its consumers)."""
+    return [contract.stream_spec(replicas)]
 
 
 def outbound_consumer() -> ConsumerSpec:
