@@ -21,6 +21,11 @@ _settings = load_settings(Settings)
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="parley-gateway-metrics-")
 
+# Import the app's modules once in the master (forked workers share them); each worker still builds its own
+# app, NATS connection and loop thread after the fork (preload_app stays off). PROMETHEUS_MULTIPROC_DIR is set
+# above, before prometheus_client creates the kit's metrics.
+import parley_channel_gateway.webapp  # noqa: E402, F401
+
 bind = [f"0.0.0.0:{_settings.http_port}"]
 workers = _settings.channel_gateway_http_workers
 worker_class = "gthread"
@@ -28,7 +33,7 @@ threads = _settings.channel_gateway_http_threads
 backlog = 2048
 keepalive = 5
 timeout = 30
-graceful_timeout = _settings.shutdown_grace_seconds
+graceful_timeout = max(1, round(_settings.shutdown_grace_seconds))
 preload_app = False  # each worker builds its own app, NATS connection and loop thread after the fork
 accesslog = None
 errorlog = "-"
