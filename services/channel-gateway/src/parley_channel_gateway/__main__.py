@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from parley_channel_gateway.config import Settings
 from parley_kit.settings import load_settings
+
+from parley_channel_gateway.config import Settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,8 +23,9 @@ def main(argv: list[str] | None = None) -> None:
 
         asyncio.run(worker(load_settings(Settings)))
     else:
-        from parley_channel_gateway.app import serve
         from parley_kit.runtime import service_main
+
+        from parley_channel_gateway.app import serve
 
         service_main("parley_channel_gateway", Settings, serve, args)
 

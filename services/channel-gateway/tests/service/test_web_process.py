@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-
 from parley_kit.local.servers import free_port
 
 
