@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from parley_cli.commands.channels import channels
 from parley_cli.commands.status import status
 
 
@@ -13,3 +14,4 @@ def cli() -> None:
 
 
 cli.add_command(status)
+cli.add_command(channels)
