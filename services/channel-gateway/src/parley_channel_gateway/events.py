@@ -144,7 +144,7 @@ class OutboundHandler:
                     "send %s: %s%s", message.request_id, outcome.status, " (already done)" if outcome.duplicate else ""
                 )
             except RetryLater as exc:
-                blocked = failures[delivery] = TransientError(str(exc))
+                blocked = failures[delivery] = TransientError(str(exc), retry_after=exc.delay)
             except Exception as exc:
                 log.exception("send %s failed unexpectedly", message.request_id)
                 blocked = failures[delivery] = exc

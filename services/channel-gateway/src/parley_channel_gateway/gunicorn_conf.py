@@ -42,6 +42,11 @@ proc_name = "parley-channel-gateway-web"
 
 
 def post_fork(server: Any, worker: Any) -> None:
+    import sys
+
+    # Request threads and the asyncio loop thread share the GIL: a short switch interval lets the loop thread
+    # take JetStream acks promptly instead of waiting out the default 5 ms behind a busy request thread.
+    sys.setswitchinterval(0.0005)
     from parley_kit import telemetry
     from parley_kit.logs import configure_logging
 
