@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from parley_cli.commands.channels import channels
 from parley_cli.commands.contacts import GROUPS as CONTACTS_GROUPS
 from parley_cli.commands.status import status
+from parley_cli.commands.workspace import GROUPS as WORKSPACE_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,5 +16,8 @@ def cli() -> None:
 
 
 cli.add_command(status)
+cli.add_command(channels)
+for _command in WORKSPACE_COMMANDS:
+    cli.add_command(_command)
 for _group in CONTACTS_GROUPS:
     cli.add_command(_group)
