@@ -213,15 +213,6 @@ class Repository:
             self._sql_cache[id(stmt)] = found
         return found
 
-    async def find_by_identity(self, s: AsyncSession, space_id: str, channel_id: str, external_id: str) -> Any:
-        """The contact owning an identity (one indexed lookup), with what UpsertByIdentity needs."""
-        stmt = (
-            select(C.id, C.last_interaction_at, *(getattr(C, n) for n in PROFILE_COLUMNS))
-            .select_from(m.ContactIdentity.__table__.join(m.Contact.__table__, C.id == I.contact_id))
-            .where(I.space_id == space_id, I.channel_id == channel_id, I.external_id == external_id)
-        )
-        return (await s.execute(stmt)).first()
-
     async def claim_identity(
         self,
         s: AsyncSession,
@@ -411,14 +402,6 @@ class Repository:
             plan = await s.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + str(compiled)))
             out.append("\n".join(r[0] for r in plan))
         return "\n\n".join(out)
-
-    async def contact_ids(self, s: AsyncSession, space_id: str, ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
-        """The ids among `ids` that are live contacts of the space (in the given order)."""
-        wanted = list(dict.fromkeys(ids))
-        if not wanted:
-            return []
-        found = set((await s.execute(select(C.id).where(C.space_id == space_id, C.id.in_(wanted)))).scalars())
-        return [i for i in wanted if i in found]
 
     # -- contacts: writes -----------------------------------------------------------------------
 
