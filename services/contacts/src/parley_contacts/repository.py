@@ -24,6 +24,7 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    intersect,
     literal,
     not_,
     or_,
@@ -365,6 +366,9 @@ class Repository:
         if after is not None:
             stmt = stmt.where(tuple_(C.created_at, C.id) < tuple_(literal(after[0]), literal(after[1])))
         stmt = stmt.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
+        narrow = _count_statement(space_id, criteria, count_limit) if criteria is not None and not search else None
+        if narrow is not None:
+            return stmt, narrow
         inner = select(literal(1)).select_from(m.Contact.__table__).where(*where)
         if count_limit:
             inner = inner.limit(count_limit)
@@ -794,31 +798,35 @@ def _search_ids(space_id: str, query: str) -> Any:
     return union(*parts)
 
 
-def compile_criteria(group: ResolvedGroup) -> ColumnElement[bool]:
-    """The WHERE clause selecting the contacts (rows of `contacts`) that match resolved criteria."""
-    parts = [_compile(child) for child in group.children]
+def compile_criteria(group: ResolvedGroup, cid: Any = C.id) -> ColumnElement[bool]:
+    """The WHERE clause selecting the contacts that match resolved criteria.
+
+    `cid` is the contact id the tag, value and identity conditions correlate with: `contacts.id`,
+    or a narrow table's contact_id when counting without the contact rows (see `_count_statement`).
+    """
+    parts = [_compile(child, cid) for child in group.children]
     if not parts:
         return true()
     return or_(*parts) if group.any else and_(*parts)
 
 
-def _compile(node: Any) -> ColumnElement[bool]:
+def _compile(node: Any, cid: Any = C.id) -> ColumnElement[bool]:
     if isinstance(node, ResolvedGroup):
-        return compile_criteria(node)
+        return compile_criteria(node, cid)
     if isinstance(node, TagCond):
         if node.match is TagMatch.ALL:
-            return and_(*(exists().where(T.contact_id == C.id, T.tag_id == t) for t in node.tag_ids))
-        tagged = exists().where(T.contact_id == C.id, T.tag_id.in_(list(node.tag_ids)))
+            return and_(*(exists().where(T.contact_id == cid, T.tag_id == t) for t in node.tag_ids))
+        tagged = exists().where(T.contact_id == cid, T.tag_id.in_(list(node.tag_ids)))
         return tagged if node.match is TagMatch.ANY else ~tagged
     if isinstance(node, ResolvedField):
-        return _compile_field(node)
+        return _compile_field(node, cid)
     if isinstance(node, ChannelCond):
         match = []
         if node.channel_ids:
             match.append(I.channel_id.in_(list(node.channel_ids)))
         if node.channel_types:
             match.append(I.channel_type.in_(list(node.channel_types)))
-        return exists().where(I.contact_id == C.id, or_(*match))
+        return exists().where(I.contact_id == cid, or_(*match))
     if isinstance(node, ResolvedAssignee):
         if node.unassigned:
             return and_(C.assignee_user_id.is_(None), C.assignee_team_id.is_(None))
@@ -829,6 +837,65 @@ def _compile(node: Any) -> ColumnElement[bool]:
         column = C.last_interaction_at if node.target is TimeTarget.LAST_INTERACTION else C.created_at
         return column >= node.bound if node.op is TimeOp.WITHIN else column < node.bound
     raise TypeError(f"cannot compile {node!r}")
+
+
+def _uses_contact_row(node: Any) -> bool:
+    """Whether a condition reads columns of the contact row (not only tags, values or identities)."""
+    if isinstance(node, ResolvedGroup):
+        return any(_uses_contact_row(c) for c in node.children)
+    if isinstance(node, ResolvedField):
+        return node.field_id is None
+    return isinstance(node, ResolvedAssignee | ResolvedTime)
+
+
+def _narrow_ids(node: Any) -> Any:
+    """A SELECT of the ids of the contacts matching `node`, read from a narrow table alone (tags or
+    values, whose ids were resolved in the caller's space), without duplicates; None when `node`
+    cannot be answered that way (negations, contact columns, groups)."""
+    if isinstance(node, TagCond):
+        if node.match is TagMatch.ALL:
+            return intersect(*(select(T.contact_id).where(T.tag_id == t) for t in node.tag_ids))
+        if node.match is TagMatch.ANY:
+            one = select(T.contact_id).where(T.tag_id.in_(list(node.tag_ids)))
+            return one if len(node.tag_ids) == 1 else one.distinct()  # (contact, tag) is unique
+        return None
+    if isinstance(node, ResolvedField) and node.field_id is not None:
+        if node.op is FieldOp.IS_SET:
+            return select(V.contact_id).where(V.field_id == node.field_id)
+        if node.op in (FieldOp.NOT_EQUALS, FieldOp.IS_NOT_SET):
+            return None
+        if node.type is FieldType.CHECKBOX and False in node.operands:
+            return None  # "false" includes unset
+        text = node.type not in ORDERED and node.type is not FieldType.CHECKBOX
+        column = getattr(V, value_column(node.type))
+        return select(V.contact_id).where(V.field_id == node.field_id, _value_predicate(column, node, text))
+    return None
+
+
+def _count_statement(space_id: str, criteria: ResolvedGroup, count_limit: int | None) -> Any:
+    """COUNT of the contacts matching AND-criteria, driven by narrow tables when it can.
+
+    Counting reads every match. When the criteria are an AND including tag or custom-value conditions,
+    those matches come from index-only scans of `contact_tags` / `field_values` (intersected), and the
+    remaining conditions are checked per match, joining the contact row only if they read it. Other
+    criteria fall back to filtering the contacts.
+    """
+    drivers = [(n, q) for n in criteria.children if (q := _narrow_ids(n)) is not None] if not criteria.any else []
+    if not drivers:
+        return None
+    rest = [n for n in criteria.children if all(n is not d for d, _ in drivers)]
+    ids = drivers[0][1] if len(drivers) == 1 else intersect(*(q for _, q in drivers))
+    matched = ids.subquery("matched")
+    cid = matched.c.contact_id
+    source: Any = matched
+    where = [_compile(n, cid) for n in rest]
+    if any(_uses_contact_row(n) for n in rest):
+        source = matched.join(m.Contact.__table__, C.id == cid)
+        where.append(C.space_id == space_id)
+    inner = select(literal(1)).select_from(source).where(*where)
+    if count_limit:
+        inner = inner.limit(count_limit)
+    return select(func.count()).select_from(inner.subquery())
 
 
 def _value_predicate(column: Any, f: ResolvedField, text: bool) -> ColumnElement[bool]:
@@ -853,7 +920,7 @@ def _value_predicate(column: Any, f: ResolvedField, text: bool) -> ColumnElement
     raise TypeError(f"no predicate for {f.op}")
 
 
-def _compile_field(f: ResolvedField) -> ColumnElement[bool]:
+def _compile_field(f: ResolvedField, cid: Any = C.id) -> ColumnElement[bool]:
     text = f.type not in ORDERED and f.type is not FieldType.CHECKBOX
     negate = f.op is FieldOp.NOT_EQUALS
     checkbox_false = f.type is FieldType.CHECKBOX and f.op in (FieldOp.EQUALS, FieldOp.NOT_EQUALS)
@@ -871,7 +938,7 @@ def _compile_field(f: ResolvedField) -> ColumnElement[bool]:
             return column.is_(None)
         positive = and_(column.is_not(None), _value_predicate(column, f, text))
         return not_(positive) if negate else positive
-    in_field = and_(V.contact_id == C.id, V.field_id == f.field_id)
+    in_field = and_(V.contact_id == cid, V.field_id == f.field_id)
     if f.op is FieldOp.IS_SET:
         return exists().where(in_field)
     if f.op is FieldOp.IS_NOT_SET:
