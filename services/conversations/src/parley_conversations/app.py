@@ -1,0 +1,106 @@
+"""Wiring: build the conversations runtime from settings (the seam tests and the launcher use)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from parley.channel_gateway.v1 import events_pb2 as gw
+from parley.conversations.v1 import conversations_service_pb2_grpc as pb_grpc
+from parley_kit.contracts import channel_gateway as cg
+from parley_kit.runtime import ServiceRuntime
+
+from parley_conversations import events, metrics
+from parley_conversations.config import Settings
+from parley_conversations.grpc_api import SERVICE_NAME, ConversationsApi
+from parley_conversations.ingest import ContactsResolver, InboundIngest
+from parley_conversations.models import outbox
+from parley_conversations.repository import Repository
+from parley_conversations.service import ConversationsService
+
+log = logging.getLogger(__name__)
+
+
+class Conversations:
+    """The pieces of one conversations process, for tests that reach inside."""
+
+    def __init__(self, rt: ServiceRuntime, service: ConversationsService, ingest: InboundIngest | None) -> None:
+        self.rt = rt
+        self.service = service
+        self.ingest = ingest
+
+
+async def build(settings: Settings, *, contacts: ContactsResolver | None = None) -> ServiceRuntime:
+    return (await build_app(settings, contacts=contacts)).rt
+
+
+async def build_app(settings: Settings, *, contacts: ContactsResolver | None = None) -> Conversations:
+    """A connected runtime serving ConversationsService, consuming inbound events and outbound statuses,
+    relaying its outbox, and auto-closing idle conversations."""
+    replicas = settings.stream_replicas
+    rt = ServiceRuntime(
+        settings,
+        streams=[cg.stream_spec(replicas), events.conversations_stream(replicas), events.dead_letters(replicas)],
+        consumers=[events.outbound_status_consumer()],
+        outbox=outbox,
+    )
+    await rt.connect()
+    repo = Repository(rt.sessions, events.write_events)
+    service = ConversationsService(repo)
+    rt.add_servicer(pb_grpc.add_ConversationsServiceServicer_to_server, ConversationsApi(service), SERVICE_NAME)
+    rt.add_consumer(
+        events.outbound_status_consumer(),
+        events.OutboundStatusHandler(service),
+        message_type=gw.OutboundStatusEvent,
+        concurrency=8,
+    )
+    ingest: InboundIngest | None = None
+    if settings.ingest_enabled:
+        assert rt.js is not None
+        ingest = InboundIngest(
+            js=rt.js,
+            engine=rt.engine,
+            repo=repo,
+            service=service,
+            contacts=contacts
+            or ContactsResolver.connect(
+                settings.contacts_addr, settings.service_token, settings.contacts_timeout_seconds
+            ),
+            service_name=settings.service_name,
+            batch_size=settings.ingest_batch_size,
+            fetch_timeout=settings.ingest_fetch_timeout_seconds,
+            ack_wait=settings.ingest_ack_wait_seconds,
+            rebalance_seconds=settings.ingest_rebalance_seconds,
+            max_partitions=settings.ingest_max_partitions,
+        )
+        rt.add_background(_run_ingest(rt, ingest))
+    rt.add_background(_auto_close_loop(rt, service, settings))
+    return Conversations(rt, service, ingest)
+
+
+async def _run_ingest(rt: ServiceRuntime, ingest: InboundIngest) -> None:
+    """Start claiming partitions once the runtime serves; stop (finishing batches) when it is cancelled."""
+    await rt.ready.wait()
+    try:
+        await ingest.start()
+        await asyncio.Event().wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(ingest.stop())
+
+
+async def _auto_close_loop(rt: ServiceRuntime, service: ConversationsService, settings: Settings) -> None:
+    await rt.ready.wait()
+    while True:
+        try:
+            while (closed := await service.auto_close_due(settings.auto_close_batch)) >= settings.auto_close_batch:
+                metrics.AUTO_CLOSED.inc(closed)
+            metrics.AUTO_CLOSED.inc(closed)
+        except Exception:
+            log.warning("auto-close pass failed; retrying", exc_info=True)
+        await asyncio.sleep(settings.auto_close_interval_seconds)
+
+
+async def serve(settings: Settings) -> None:
+    await (await build(settings)).run()
