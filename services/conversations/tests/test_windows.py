@@ -18,7 +18,7 @@ def test_meta_reply_within_24_hours_is_allowed(channel: str) -> None:
 
 @pytest.mark.parametrize("channel", ["messenger", "instagram"])
 def test_meta_reply_after_24_hours_is_refused_with_the_reason(channel: str) -> None:
-    with pytest.raises(FailedPrecondition, match="24-hour messaging window.*HUMAN_AGENT"):
+    with pytest.raises(FailedPrecondition, match=r"24-hour messaging window.*HUMAN_AGENT"):
         check_window(Outgoing(channel), NOW - timedelta(hours=25), NOW)
 
 

@@ -357,8 +357,9 @@ class InboundIngest:
         assert self._member is not None
         count = await self._member.scalar(
             text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
-                "AND classid::bigint = :cls AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+                " AND classid::bigint = :cls"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ),
             {"cls": CLASS_MEMBER},
         )

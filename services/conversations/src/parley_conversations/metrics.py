@@ -53,7 +53,7 @@ AUTO_CLOSED = Counter("parley_conversations_auto_closed_total", "Conversations c
 
 
 def count_event(event: domain.DomainEvent) -> None:
-    if isinstance(event, domain.ConversationOpened) or isinstance(event, domain.ConversationReopened):
+    if isinstance(event, domain.ConversationOpened | domain.ConversationReopened):
         OPENED.labels(event.conversation.source).inc()
     elif isinstance(event, domain.ConversationClosed):
         CLOSED.labels(str(bool(event.conversation.auto_closed)).lower()).inc()
