@@ -27,7 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
-    text,
+    text as sql_text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -147,7 +147,7 @@ class Conversation(Base):
             "contact_id",
             "channel_id",
             unique=True,
-            postgresql_where=text("status = 'open'"),
+            postgresql_where=sql_text("status = 'open'"),
         ),
         Index("ix_conversations_inbox", "space_id", "status", "last_activity_at", "id"),
         Index("ix_conversations_opened", "space_id", "opened_at", "id"),
@@ -158,7 +158,7 @@ class Conversation(Base):
         Index(
             "ix_conversations_auto_close",
             "last_agent_message_at",
-            postgresql_where=text("status = 'open' AND last_agent_message_at IS NOT NULL"),
+            postgresql_where=sql_text("status = 'open' AND last_agent_message_at IS NOT NULL"),
         ),
     )
 
@@ -208,7 +208,7 @@ class Message(Base):
             "conversation_id",
             "client_request_id",
             unique=True,
-            postgresql_where=text("client_request_id IS NOT NULL"),
+            postgresql_where=sql_text("client_request_id IS NOT NULL"),
         ),
         Index("ix_messages_conversation_seq", "conversation_id", "seq"),
         Index(
@@ -216,7 +216,7 @@ class Message(Base):
             "channel_id",
             "contact_id",
             "sent_at",
-            postgresql_where=text("direction = 'outbound' AND status IN ('queued', 'sent', 'delivered')"),
+            postgresql_where=sql_text("direction = 'outbound' AND status IN ('queued', 'sent', 'delivered')"),
         ),
     )
 
@@ -276,7 +276,7 @@ class ClosingCategory(Base):
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(_TS)
 
-    __table_args__ = (Index("uq_closing_categories_space_name", "space_id", text("lower(name)"), unique=True),)
+    __table_args__ = (Index("uq_closing_categories_space_name", "space_id", sql_text("lower(name)"), unique=True),)
 
 
 class SpaceSettings(Base):
