@@ -39,10 +39,14 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
     """A connected runtime serving ConversationsService, consuming inbound events and outbound statuses,
     relaying its outbox, and auto-closing idle conversations."""
     replicas = settings.stream_replicas
+    inbound = [
+        events.inbound_consumer(p, ack_wait=settings.ingest_ack_wait_seconds, batch_size=settings.ingest_batch_size)
+        for p in range(cg.INBOUND_PARTITIONS)
+    ]
     rt = ServiceRuntime(
         settings,
         streams=[cg.stream_spec(replicas), events.conversations_stream(replicas), events.dead_letters(replicas)],
-        consumers=[events.outbound_status_consumer()],
+        consumers=[events.outbound_status_consumer(), *inbound],
         outbox=outbox,
     )
     await rt.connect()

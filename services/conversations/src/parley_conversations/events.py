@@ -73,8 +73,9 @@ def inbound_durable(partition: int) -> str:
     return f"{INBOUND_DURABLE_PREFIX}-{partition:02d}"
 
 
-def inbound_consumer(partition: int, *, ack_wait: float = 30.0, max_ack_pending: int = 1000) -> ConsumerSpec:
+def inbound_consumer(partition: int, *, ack_wait: float = 30.0, batch_size: int = 200) -> ConsumerSpec:
     """One durable per inbound partition subject; only the replica owning the partition fetches from it."""
+    max_ack_pending = max(batch_size * 2, 100)
     durable = inbound_durable(partition)
     return ConsumerSpec(
         stream=cg.STREAM,

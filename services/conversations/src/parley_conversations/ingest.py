@@ -291,15 +291,17 @@ class InboundIngest:
         self._stopping = asyncio.Event()
 
     def consumer_spec(self, partition: int) -> ConsumerSpec:
-        return inbound_consumer(partition, ack_wait=self.ack_wait, max_ack_pending=max(self.batch_size * 2, 100))
+        return inbound_consumer(partition, ack_wait=self.ack_wait, batch_size=self.batch_size)
 
     def consumer_specs(self) -> list[ConsumerSpec]:
         return [self.consumer_spec(p) for p in range(self.partitions)]
 
     # -- life ---------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        await provision(self.js, [], self.consumer_specs())
+    async def start(self, *, provision_consumers: bool = False) -> None:
+        """Join the replicas and claim a share of the partitions (the runtime provisions the durables)."""
+        if provision_consumers:
+            await provision(self.js, [], self.consumer_specs())
         self._member = await self.engine.connect()
         for slot in range(MAX_MEMBER_SLOTS):
             if await self._try_lock(self._member, CLASS_MEMBER, slot):

@@ -29,6 +29,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
@@ -156,7 +157,7 @@ class Tx:
         stmt = (
             select(Conversation)
             .where(tuple_(Conversation.space_id, Conversation.contact_id, Conversation.channel_id).in_(keys))
-            .distinct(Conversation.space_id, Conversation.contact_id, Conversation.channel_id)
+            .ext(distinct_on(Conversation.space_id, Conversation.contact_id, Conversation.channel_id))
             .order_by(
                 Conversation.space_id, Conversation.contact_id, Conversation.channel_id, Conversation.opened_at.desc()
             )
