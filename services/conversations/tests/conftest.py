@@ -215,5 +215,32 @@ def helpers() -> Any:
         wait_for = staticmethod(wait_for)
         ts = staticmethod(ts)
         serve = staticmethod(serve)
+        read_stream = staticmethod(read_stream)
+        subject_counts = staticmethod(subject_counts)
 
     return H
+
+
+async def read_stream(js: Any, subject: str, message_type: Any, stream: str | None = None) -> list[Any]:
+    """Every message on `subject` so far, decoded (an ephemeral consumer from the start)."""
+    sub = await js.pull_subscribe(subject, stream=stream)
+    out: list[Any] = []
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(256, timeout=0.3)
+            except TimeoutError:
+                break
+            for m in msgs:
+                decoded = message_type()
+                decoded.ParseFromString(m.data)
+                out.append(decoded)
+                await m.ack()
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def subject_counts(js: Any, stream: str, subjects: str = ">") -> dict[str, int]:
+    info = await js.stream_info(stream, subjects_filter=subjects)
+    return dict(info.state.subjects or {})
