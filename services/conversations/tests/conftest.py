@@ -4,6 +4,7 @@ test double of the contacts service (FakeContactsService) until the real one is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -80,10 +81,8 @@ async def fresh_streams(nats_url: str) -> str:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     for name in STREAMS:
-        try:
+        with contextlib.suppress(NotFoundError):
             await js.delete_stream(name)
-        except NotFoundError:
-            pass
     await nc.close()
     return nats_url
 
@@ -187,10 +186,13 @@ def inbound(
 
 
 async def publish_inbound(js: Any, events: list[gw.InboundEvent]) -> None:
-    """Publish in order as the gateway does: on the contact's partition subject, Nats-Msg-Id = event_id."""
+    """Publish in order as the gateway does: on the contact's partition subject, Nats-Msg-Id = event_id.
+
+    Pipelined on one connection (JetStream stores them in publish order), then every ack awaited."""
     for ev in events:
         subject = cg.inbound_subject(ev.space_id, ev.channel_id, ev.contact_external_id)
-        await js.publish(subject, ev.SerializeToString(), headers={"Nats-Msg-Id": ev.event_id})
+        await js.publish_async(subject, ev.SerializeToString(), headers={"Nats-Msg-Id": ev.event_id})
+    await js.publish_async_completed()
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> Any:

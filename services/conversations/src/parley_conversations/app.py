@@ -10,6 +10,8 @@ from parley.channel_gateway.v1 import events_pb2 as gw
 from parley.conversations.v1 import conversations_service_pb2_grpc as pb_grpc
 from parley_kit.contracts import channel_gateway as cg
 from parley_kit.runtime import ServiceRuntime
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from parley_conversations import events, metrics
 from parley_conversations.config import Settings
@@ -64,7 +66,7 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
         assert rt.js is not None
         ingest = InboundIngest(
             js=rt.js,
-            engine=rt.engine,
+            engine=ingest_engine(settings.database_url),
             repo=repo,
             service=service,
             contacts=contacts
@@ -83,6 +85,13 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
     return Conversations(rt, service, ingest)
 
 
+def ingest_engine(url: str) -> AsyncEngine:
+    """Connections that really close: a partition's advisory lock lives exactly as long as its connection."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+asyncpg://" + url.removeprefix("postgresql://")
+    return create_async_engine(url, poolclass=NullPool)
+
+
 async def _run_ingest(rt: ServiceRuntime, ingest: InboundIngest) -> None:
     """Start claiming partitions once the runtime serves; stop (finishing batches) when it is cancelled."""
     await rt.ready.wait()
@@ -92,6 +101,7 @@ async def _run_ingest(rt: ServiceRuntime, ingest: InboundIngest) -> None:
     finally:
         with contextlib.suppress(Exception):
             await asyncio.shield(ingest.stop())
+        await ingest.engine.dispose()
 
 
 async def _auto_close_loop(rt: ServiceRuntime, service: ConversationsService, settings: Settings) -> None:

@@ -24,7 +24,7 @@ from parley.common.v1 import common_pb2 as common
 from parley.conversations.v1 import events_pb2 as ev
 from parley_kit.contracts import channel_gateway as cg
 from parley_kit.nats import ConsumerSpec, Delivery, PoisonMessage, StreamSpec, dead_letter_stream, dead_letter_subject
-from parley_kit.outbox import enqueue
+from parley_kit.outbox import enqueue_many
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_conversations import mapping, metrics
@@ -209,9 +209,8 @@ def to_outbox(event: DomainEvent, now: datetime) -> tuple[str, PbMessage, str]:
 async def write_events(session: AsyncSession, events: Sequence[DomainEvent]) -> None:
     """The repository's EventWriter: every domain event into the outbox, in order, in the caller's transaction."""
     now = datetime.now(UTC)
+    await enqueue_many(session, [to_outbox(event, now) for event in events])
     for event in events:
-        subject, message, msg_id = to_outbox(event, now)
-        await enqueue(session, subject, message, msg_id=msg_id)
         metrics.count_event(event)
 
 

@@ -27,6 +27,8 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+)
+from sqlalchemy import (
     text as sql_text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
