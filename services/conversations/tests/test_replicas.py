@@ -133,7 +133,7 @@ async def test_events_held_by_a_dead_owner_are_applied_before_newer_ones(make_se
         assert len(held) == 3
         await dead_owner.unsubscribe()
         await helpers.publish_inbound(js, events[3:])
-        async with helpers.serve(settings) as (app, _):
+        async with helpers.serve(settings):
             engine = create_async_engine(settings.database_url.replace("postgresql://", "postgresql+asyncpg://"))
             try:
 
