@@ -167,7 +167,7 @@ def inbound(
     """A canonical inbound event as the gateway publishes it."""
     at = at or datetime.now(UTC)
     ev = gw.InboundEvent(
-        event_id=f"{channel_id}:{mid}:{kind}",
+        event_id=f"{space_id}:{channel_id}:{mid}:{kind}",
         space_id=space_id,
         channel_id=channel_id,
         channel_type=channel_type,  # type: ignore[arg-type]
@@ -188,11 +188,12 @@ def inbound(
 async def publish_inbound(js: Any, events: list[gw.InboundEvent]) -> None:
     """Publish in order as the gateway does: on the contact's partition subject, Nats-Msg-Id = event_id.
 
-    Pipelined on one connection (JetStream stores them in publish order), then every ack awaited."""
+    Pipelined on one connection (JetStream stores them in publish order); every ack is checked."""
+    acks = []
     for ev in events:
         subject = cg.inbound_subject(ev.space_id, ev.channel_id, ev.contact_external_id)
-        await js.publish_async(subject, ev.SerializeToString(), headers={"Nats-Msg-Id": ev.event_id})
-    await js.publish_async_completed()
+        acks.append(await js.publish_async(subject, ev.SerializeToString(), headers={"Nats-Msg-Id": ev.event_id}))
+    await asyncio.gather(*acks)
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> Any:
