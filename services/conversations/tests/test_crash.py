@@ -47,10 +47,9 @@ async def _sigkill_mid_stream(make_settings, helpers, tmp_path: Path, total: int
     settings = make_settings()
     sp = f"sp-{uuid.uuid4().hex[:8]}"
     contacts = 50
+    channel = f"ch-{sp}"  # channel ids are global: a provider message id is unique per channel
     events = [
-        helpers.inbound(
-            sp, f"ch-{sp}", f"k{i % contacts:02d}", f"k-{i:05d}", text=f"{i // contacts}", seq=i // contacts
-        )
+        helpers.inbound(sp, channel, f"k{i % contacts:02d}", f"k-{i:05d}", text=f"{i // contacts}", seq=i // contacts)
         for i in range(total)
     ]
     engine = create_async_engine(settings.database_url.replace("postgresql://", "postgresql+asyncpg://"))
