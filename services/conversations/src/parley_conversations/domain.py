@@ -212,9 +212,15 @@ class MessageSent:
 
 @dataclass(frozen=True)
 class MessageStatusChanged:
+    """A status move, with the values as they were at that move (the message may move again in the same transaction)."""
+
     actor: Actor
     message: Message
     previous_status: str | None
+    status: str
+    provider_message_id: str = ""
+    error_code: str = ""
+    error_message: str = ""
 
 
 @dataclass(frozen=True)

@@ -182,11 +182,11 @@ def to_outbox(event: DomainEvent, now: datetime) -> tuple[str, PbMessage, str]:
             message_id=msg.id,
             conversation_id=msg.conversation_id,
             contact_id=msg.contact_id,
-            status=mapping.DELIVERY_PB.get(msg.status or "", gw.DELIVERY_STATUS_UNSPECIFIED),
+            status=mapping.DELIVERY_PB.get(event.status, gw.DELIVERY_STATUS_UNSPECIFIED),
             previous_status=mapping.DELIVERY_PB.get(event.previous_status or "", gw.DELIVERY_STATUS_UNSPECIFIED),
-            provider_message_id=msg.provider_message_id or "",
-            error_code=msg.error_code,
-            error_message=msg.error_message,
+            provider_message_id=event.provider_message_id,
+            error_code=event.error_code,
+            error_message=event.error_message,
         )
         subject = MESSAGE_STATUS_CHANGED
     elif isinstance(event, MessageUpdated):

@@ -60,4 +60,4 @@ def count_event(event: domain.DomainEvent) -> None:
     elif isinstance(event, domain.MessageReceived | domain.MessageSent):
         MESSAGES.labels(event.message.direction, event.message.sender_type).inc()
     elif isinstance(event, domain.MessageStatusChanged):
-        STATUS_CHANGES.labels(event.message.status or "").inc()
+        STATUS_CHANGES.labels(event.status).inc()

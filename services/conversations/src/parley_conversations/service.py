@@ -1081,7 +1081,11 @@ class ConversationsService:
             msg.delivered_at = at
         if new == DeliveryStatus.READ:
             msg.read_at = at
-        tx.emit(MessageStatusChanged(SYSTEM, msg, cur.value))
+        tx.emit(
+            MessageStatusChanged(
+                SYSTEM, msg, cur.value, new.value, msg.provider_message_id or "", msg.error_code, msg.error_message
+            )
+        )
         if stats is not None:
             stats.statuses += 1
         return True
