@@ -20,8 +20,9 @@ def space() -> str:
     return f"sp-{uuid.uuid4().hex[:8]}"
 
 
-async def _conversation(app, stub, helpers, sp, *, contact="psid-1", at=None, channel_type=common.CHANNEL_TYPE_MESSENGER,
-                        first_name="Ada"):  # fmt: skip
+async def _conversation(
+    app, stub, helpers, sp, *, contact="psid-1", at=None, channel_type=common.CHANNEL_TYPE_MESSENGER, first_name="Ada"
+):
     before = {c.conversation_id for c in (await stub.ListConversations(pb.ListConversationsRequest())).conversations}
     await helpers.publish_inbound(
         app.rt.js,
