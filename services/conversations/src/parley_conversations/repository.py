@@ -171,7 +171,10 @@ class Tx:
         stmt = self._conversation_filter(select(Conversation), space_id, f)
         key = Conversation.last_activity_at if f.order == "last_activity" else Conversation.opened_at
         if after is not None:
-            stmt = stmt.where(tuple_(key, Conversation.id) < tuple_(literal(after[0]), literal(after[1])))
+            stmt = stmt.where(
+                tuple_(key, Conversation.id)
+                < tuple_(literal(after[0], key.type), literal(after[1], Conversation.id.type))
+            )
         stmt = stmt.order_by(key.desc(), Conversation.id.desc()).limit(limit)
         return list((await self.session.execute(stmt)).scalars().all())
 
@@ -422,7 +425,8 @@ class Tx:
             stmt = stmt.where(ClosingCategory.archived == false())
         if after is not None:
             stmt = stmt.where(
-                tuple_(ClosingCategory.name, ClosingCategory.id) > tuple_(literal(after[0]), literal(after[1]))
+                tuple_(ClosingCategory.name, ClosingCategory.id)
+                > tuple_(literal(after[0], ClosingCategory.name.type), literal(after[1], ClosingCategory.id.type))
             )
         stmt = stmt.order_by(ClosingCategory.name, ClosingCategory.id).limit(limit)
         return list((await self.session.execute(stmt)).scalars().all())
