@@ -30,7 +30,7 @@ async def _seed(app, stub, helpers, sp: str, contacts: list[str], *, at=None, pe
                     f"{contact}-{j}",
                     text=f"{contact} #{j}",
                     at=base + timedelta(seconds=i * 10 + j),
-                )  # fmt: skip
+                )
             )
     await helpers.publish_inbound(app.rt.js, events)
 
@@ -171,7 +171,7 @@ async def test_metrics_and_report_over_a_controlled_history(service, stub_for, h
         r = await owner.ListConversations(pb.ListConversationsRequest())
         return sorted(r.conversations, key=lambda c: c.opened_at.ToDatetime()) if len(r.conversations) == 4 else None
 
-    c1, c2, c3, c4 = [c.conversation_id for c in await helpers.wait_for(four)]
+    c1, c2, _c3, c4 = [c.conversation_id for c in await helpers.wait_for(four)]
     real = app.service.clock
 
     def at(dt: datetime) -> None:
