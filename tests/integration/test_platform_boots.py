@@ -13,9 +13,10 @@ from pathlib import Path
 from parley_cli.commands.status import installed_services
 
 
-def test_launcher_brings_every_service_to_serving_and_stops_cleanly(tmp_path: Path) -> None:
+def test_launcher_brings_every_service_to_serving_and_stops_cleanly(parley_tmp: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-    data = tmp_path / "parley"
+    # Not pytest's tmp_path: pytest keeps that 0700, and PostgreSQL runs as another user.
+    data = parley_tmp / "launcher"
     proc = subprocess.Popen(
         [sys.executable, "-m", "parley_kit.local.launcher", "run", "--free-ports", "--data-dir", str(data)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

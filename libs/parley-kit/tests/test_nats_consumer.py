@@ -169,6 +169,24 @@ async def test_transient_error_is_retried_after_its_backoff_then_acked(
     assert await bench.dead_letters() == []
 
 
+async def test_transient_error_with_retry_after_is_redelivered_after_that_delay_not_the_backoff(
+    make_bench: Callable[..., Awaitable[Bench]],
+) -> None:
+    bench = await make_bench(backoff=(timedelta(milliseconds=100),))
+    attempts: list[float] = []
+
+    async def handler(delivery: Delivery) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise TransientError("provider rate limit", retry_after=1.0)
+
+    await bench.runner(handler).start()
+    await bench.publish("wait as told", "m-1")
+    await eventually(lambda: len(attempts) == 2)
+    await eventually(bench.settled)
+    assert attempts[1] - attempts[0] >= 0.95
+
+
 async def test_message_failing_every_attempt_is_dead_lettered_after_max_deliver_and_not_redelivered(
     make_bench: Callable[..., Awaitable[Bench]],
 ) -> None:

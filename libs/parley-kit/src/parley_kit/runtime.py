@@ -27,11 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from parley_kit import db, metrics, telemetry
 from parley_kit.auth import TokenVerifier
+from parley_kit.authenticators import WorkspaceAuthenticator
 from parley_kit.grpc_server import Authenticator, GrpcServer, JwtAuthenticator
 from parley_kit.logs import configure_logging
 from parley_kit.nats.consumer import ConsumerRunner
 from parley_kit.nats.publisher import Publisher
-from parley_kit.nats.streams import ConsumerSpec, StreamSpec, provision
+from parley_kit.nats.streams import ConsumerSpec, StreamSpec, dead_letter_stream, provision
 from parley_kit.outbox import OutboxRelay
 from parley_kit.settings import ServiceSettings, load_settings
 
@@ -45,6 +46,14 @@ def verifier_from_settings(settings: ServiceSettings) -> TokenVerifier:
     if settings.auth_jwks:
         return TokenVerifier.from_jwks(settings.auth_jwks)
     raise SystemExit("invalid configuration: set PARLEY_AUTH_JWKS or PARLEY_AUTH_JWKS_FILE (token verification keys)")
+
+
+def authenticator_from_settings(settings: ServiceSettings) -> Authenticator:
+    """JWTs with the configured keys; with PARLEY_WORKSPACE_ADDR set, API keys too (verified by the workspace)."""
+    verifier = verifier_from_settings(settings)
+    if settings.workspace_addr:
+        return WorkspaceAuthenticator(verifier, settings.workspace_addr, settings.service_token)
+    return JwtAuthenticator(verifier)
 
 
 class ServiceRuntime:
@@ -65,7 +74,7 @@ class ServiceRuntime:
         self._streams = streams
         self._consumer_specs = consumers
         self._outbox_table = outbox
-        self._authenticator = authenticator or JwtAuthenticator(verifier_from_settings(settings))
+        self._authenticator = authenticator or authenticator_from_settings(settings)
         self.grpc = GrpcServer(self.name, authenticator=self._authenticator, public_methods=public_methods)
         self.engine: AsyncEngine = db.create_engine(settings.database_url)
         self.sessions: async_sessionmaker[AsyncSession] = db.session_factory(self.engine)
@@ -96,7 +105,10 @@ class ServiceRuntime:
             reconnected_cb=self._on_nats_up,
         )
         self.js = self.nc.jetstream()
-        await provision(self.js, self._streams, self._consumer_specs)
+        streams = list(self._streams)
+        if self._consumer_specs:
+            streams.append(dead_letter_stream(self.name, replicas=self.settings.stream_replicas))
+        await provision(self.js, streams, self._consumer_specs)
         self.publisher = Publisher(self.js, self.name)
 
     def add_servicer(self, register: Callable[[Any, Any], None], servicer: Any, full_name: str) -> None:
@@ -143,13 +155,15 @@ class ServiceRuntime:
         self._ready = False
         await self.grpc.health.enter_graceful_shutdown()
         for runner in self._runners:
-            await runner.stop()
+            await runner.stop(self.settings.shutdown_grace_seconds)
         if self._relay is not None:
             await self._relay.stop()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.grpc.stop(self.settings.shutdown_grace_seconds)
+        if isinstance(self._authenticator, WorkspaceAuthenticator):
+            await self._authenticator.close()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.drain()
         await self.engine.dispose()

@@ -148,11 +148,13 @@ class PostgresServer:
             os.chown(self.data_dir, user.pw_uid, user.pw_gid)
         os.chmod(self.data_dir, 0o700)
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
+            result = subprocess.run(
                 [str(_pg_bin() / "initdb"), "-D", str(self.data_dir), "-U", PG_SUPERUSER, "--auth=trust",
                  "-E", "utf8", "--no-sync"],
-                user=uid, check=True, capture_output=True,
+                user=uid, capture_output=True, text=True,
             )  # fmt: skip
+            if result.returncode != 0:
+                raise RuntimeError(f"initdb failed for {self.data_dir}: {result.stderr.strip() or result.stdout}")
         if not self.port:
             self.port = free_port(self.host)
         options = ["-c", "max_connections=400", "-c", "shared_buffers=256MB"]

@@ -5,7 +5,8 @@ Outcome of one message:
 - the handler returns: `ack` (the handler commits its own transaction before returning);
 - it raises `PoisonMessage`, or the payload does not decode: dead-letter, then `term`;
 - it raises anything else on attempt `max_deliver` (or later): dead-letter, then `term`;
-- it raises anything else before that: `nak` with the spec's backoff delay. Transient errors
+- it raises anything else before that: `nak` with the spec's backoff delay (a `TransientError` with
+  `retry_after` sets its own delay). Transient errors
   (`is_transient`) are logged as warnings, others with their traceback;
 - a message delivered more than `max_deliver` times (earlier attempts ended without an
   outcome: crash, or a handler stuck past `ack_wait`) is dead-lettered without running the
@@ -38,7 +39,7 @@ from opentelemetry.util.types import AttributeValue
 
 from parley_kit import metrics, telemetry
 from parley_kit.nats import headers as h
-from parley_kit.nats.errors import PoisonMessage, ProvisioningError, is_transient
+from parley_kit.nats.errors import PoisonMessage, ProvisioningError, TransientError, is_transient
 from parley_kit.nats.publisher import Publisher
 from parley_kit.nats.streams import ConsumerSpec
 
@@ -310,6 +311,9 @@ class ConsumerRunner:
             await self._dead_letter(msg, delivery.event_type, reason + _describe(error))
         else:
             delay = self.spec.retry_delay(delivery.num_delivered)
+            asked = getattr(error, "retry_after", None)
+            if isinstance(error, TransientError) and asked is not None and asked >= 0:
+                delay = asked
             where = (self.spec.durable, delivery.subject, delivery.stream_sequence, delivery.num_delivered)
             if is_transient(error):
                 log.warning("%s: %s #%d attempt %d failed (%s); retry in %ss", *where, _describe(error), delay)

@@ -17,7 +17,15 @@ from parley_kit.errors import Aborted, ResourceExhausted, Unavailable
 
 
 class TransientError(Exception):
-    """A dependency failed in a way that may pass: retry the message later."""
+    """A dependency failed in a way that may pass: retry the message later.
+
+    `retry_after` (seconds), when given, replaces the consumer's backoff delay for this redelivery, e.g.
+    when a provider said how long to wait (HTTP Retry-After).
+    """
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after = retry_after
 
 
 class PoisonMessage(Exception):

@@ -37,7 +37,7 @@ class Publisher:
         msg_id: str,
         event_type: str | None = None,
         headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - how long JetStream may take to acknowledge
+        timeout: float | None = None,
     ) -> PubAck:
         """Publish `message`; `event_type` defaults to its full protobuf name."""
         return await self.publish_raw(
@@ -57,7 +57,7 @@ class Publisher:
         msg_id: str,
         event_type: str,
         headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - how long JetStream may take to acknowledge
+        timeout: float | None = None,
         context: Context | None = None,
     ) -> PubAck:
         """Publish already-encoded `data`. The producer span's parent is `context` (the

@@ -1,0 +1,439 @@
+"""Provider send APIs over httpx: Messenger/Instagram Send API, WhatsApp Cloud API, Telegram Bot API, and
+custom channels' signed webhooks. Building each provider's request is pure; errors are classified into
+retryable (timeouts, 5xx, rate limits, with the provider's wait when it gives one) and permanent ones.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from parley_channel_gateway import window
+from parley_channel_gateway.inbound.signatures import CUSTOM_HEADER, sign_custom
+
+# -- what to send ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attachment:
+    kind: str  # image, video, audio, file
+    url: str
+    caption: str = ""
+    filename: str = ""
+
+
+@dataclass(frozen=True)
+class Button:
+    title: str
+    payload: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class QuickReply:
+    title: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    language: str
+    body_parameters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One send request, as the domain sees it."""
+
+    request_id: str
+    space_id: str
+    channel_id: str
+    contact_external_id: str
+    text: str = ""
+    attachments: tuple[Attachment, ...] = ()
+    quick_replies: tuple[QuickReply, ...] = ()
+    buttons: tuple[Button, ...] = ()
+    template: Template | None = None
+    tag: str = ""
+    contact_last_inbound_at: datetime | None = None
+    origin: str = ""
+    origin_ref: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and with which credentials a channel sends."""
+
+    channel_id: str
+    type: str
+    external_id: str = ""
+    access_token: str = ""
+    webhook_url: str = ""
+    webhook_secret: str = ""
+
+
+# -- errors ---------------------------------------------------------------------------------------------------
+
+
+class ProviderError(Exception):
+    """A send the provider refused or that could not reach it.
+
+    `retryable`: timeouts, connection errors, 5xx and rate limits (`retry_after` seconds when the provider
+    said how long). Otherwise permanent: the send is recorded failed with `code` and `message`.
+    """
+
+    def __init__(self, code: str, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class InvalidContent(ProviderError):
+    """The request asks for something the channel cannot send (permanent)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unsupported_content", message, retryable=False)
+
+
+# Graph API error codes that mean "try again later": unknown/temporary errors and rate limits
+# (4 app, 17 user, 32 page, 613 calls, 80007 WhatsApp business account), WhatsApp 130429 (throughput),
+# 131056 (pair rate limit), 131016 (service unavailable), 133004 (server temporarily unavailable), 131000.
+GRAPH_RETRYABLE = frozenset({1, 2, 4, 17, 32, 341, 613, 80007, 130429, 131000, 131016, 131056, 133004})
+GRAPH_RATE_LIMITS = frozenset({4, 17, 32, 613, 80007, 130429, 131056})
+
+
+def retry_after_header(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from an HTTP Retry-After header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        value = response.json()
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def graph_error(response: httpx.Response) -> ProviderError:
+    """Classify a Graph API (Messenger, Instagram, WhatsApp) error answer."""
+    error = _json(response).get("error")
+    error = error if isinstance(error, dict) else {}
+    code = error.get("code")
+    subcode = error.get("error_subcode")
+    message = str(error.get("message") or response.reason_phrase or "error")
+    if isinstance(error.get("error_data"), dict) and error["error_data"].get("details"):
+        message = f"{message} ({error['error_data']['details']})"
+    if subcode:
+        message = f"{message} [subcode {subcode}]"
+    retry_after = retry_after_header(response.headers.get("Retry-After"))
+    code_str = str(code) if code is not None else f"http_{response.status_code}"
+    retryable = response.status_code >= 500 or response.status_code == 429 or code in GRAPH_RETRYABLE
+    return ProviderError(code_str, message, retryable=retryable, retry_after=retry_after)
+
+
+def telegram_error(response: httpx.Response) -> ProviderError:
+    body = _json(response)
+    code = body.get("error_code") or response.status_code
+    message = str(body.get("description") or response.reason_phrase or "error")
+    params = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+    retry_after: float | None = None
+    if isinstance(params.get("retry_after"), int | float):
+        retry_after = float(params["retry_after"])
+    retry_after = retry_after if retry_after is not None else retry_after_header(response.headers.get("Retry-After"))
+    retryable = code == 429 or (isinstance(code, int) and code >= 500) or response.status_code >= 500
+    return ProviderError(str(code), message, retryable=retryable, retry_after=retry_after)
+
+
+# -- request builders (pure) ------------------------------------------------------------------------------------
+
+_META_MEDIA = {"image": "image", "video": "video", "audio": "audio", "file": "file"}
+
+
+def meta_message(msg: OutboundMessage) -> dict[str, Any]:
+    """The `message` object of a Messenger/Instagram Send API request."""
+    if msg.template is not None:
+        raise InvalidContent("template messages are WhatsApp's; Messenger and Instagram send text, media or buttons")
+    if len(msg.attachments) > 1:
+        raise InvalidContent("Messenger and Instagram send one attachment per message; send one request per file")
+    message: dict[str, Any]
+    if msg.buttons:
+        if msg.attachments:
+            raise InvalidContent("a button template carries text, not an attachment")
+        if not msg.text:
+            raise InvalidContent("a button template needs text")
+        if len(msg.buttons) > 3:
+            raise InvalidContent("a button template has at most 3 buttons")
+        buttons = [
+            {"type": "web_url", "url": b.url, "title": b.title}
+            if b.url
+            else {"type": "postback", "title": b.title, "payload": b.payload or b.title}
+            for b in msg.buttons
+        ]
+        payload = {"template_type": "button", "text": msg.text, "buttons": buttons}
+        message = {"attachment": {"type": "template", "payload": payload}}
+    elif msg.attachments:
+        if msg.text:
+            raise InvalidContent(
+                "Messenger and Instagram send text and an attachment as two messages: send two requests"
+            )
+        attachment = msg.attachments[0]
+        media = _META_MEDIA.get(attachment.kind)
+        if media is None or not attachment.url:
+            raise InvalidContent(f"attachment needs a kind of {sorted(_META_MEDIA)} and a URL")
+        message = {"attachment": {"type": media, "payload": {"url": attachment.url, "is_reusable": True}}}
+    elif msg.text:
+        message = {"text": msg.text}
+    else:
+        raise InvalidContent("nothing to send: give text, an attachment or buttons")
+    if msg.quick_replies:
+        if len(msg.quick_replies) > 13:
+            raise InvalidContent("at most 13 quick replies")
+        message["quick_replies"] = [
+            {"content_type": "text", "title": q.title, "payload": q.payload or q.title} for q in msg.quick_replies
+        ]
+    return message
+
+
+def meta_request(target: Target, msg: OutboundMessage, delivery: window.MetaDelivery) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "recipient": {"id": msg.contact_external_id},
+        "messaging_type": delivery.messaging_type,
+        "message": meta_message(msg),
+    }
+    if delivery.tag:
+        body["tag"] = delivery.tag
+    return body
+
+
+_WA_MEDIA = {"image": "image", "video": "video", "audio": "audio", "file": "document"}
+
+
+def whatsapp_request(msg: OutboundMessage) -> dict[str, Any]:
+    """A WhatsApp Cloud API /messages body: template, interactive buttons, media or text."""
+    body: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": msg.contact_external_id,
+    }
+    if msg.template is not None:
+        if not msg.template.name or not msg.template.language:
+            raise InvalidContent("a WhatsApp template needs its name and language code")
+        template: dict[str, Any] = {"name": msg.template.name, "language": {"code": msg.template.language}}
+        if msg.template.body_parameters:
+            parameters = [{"type": "text", "text": p} for p in msg.template.body_parameters]
+            template["components"] = [{"type": "body", "parameters": parameters}]
+        return {**body, "type": "template", "template": template}
+    choices = list(msg.buttons) + [Button(q.title, q.payload) for q in msg.quick_replies]
+    if choices:
+        if any(b.url for b in choices):
+            raise InvalidContent("WhatsApp reply buttons carry a payload, not a URL")
+        if len(choices) > 3:
+            raise InvalidContent("WhatsApp interactive messages have at most 3 reply buttons")
+        if not msg.text:
+            raise InvalidContent("WhatsApp interactive buttons need body text")
+        buttons = [{"type": "reply", "reply": {"id": b.payload or b.title, "title": b.title}} for b in choices]
+        interactive = {"type": "button", "body": {"text": msg.text}, "action": {"buttons": buttons}}
+        return {**body, "type": "interactive", "interactive": interactive}
+    if msg.attachments:
+        if len(msg.attachments) > 1:
+            raise InvalidContent("WhatsApp sends one media file per message; send one request per file")
+        attachment = msg.attachments[0]
+        kind = _WA_MEDIA.get(attachment.kind)
+        if kind is None or not attachment.url:
+            raise InvalidContent(f"attachment needs a kind of {sorted(_WA_MEDIA)} and a URL")
+        media: dict[str, Any] = {"link": attachment.url}
+        caption = attachment.caption or msg.text
+        if caption and kind != "audio":
+            media["caption"] = caption
+        if kind == "document" and attachment.filename:
+            media["filename"] = attachment.filename
+        return {**body, "type": kind, kind: media}
+    if msg.text:
+        return {**body, "type": "text", "text": {"body": msg.text, "preview_url": False}}
+    raise InvalidContent("nothing to send: give text, media, buttons or a template")
+
+
+_TG_MEDIA = {"image": ("sendPhoto", "photo"), "file": ("sendDocument", "document"),
+             "video": ("sendVideo", "video"), "audio": ("sendAudio", "audio")}  # fmt: skip
+
+
+def telegram_request(msg: OutboundMessage) -> tuple[str, dict[str, Any]]:
+    """The Bot API method and its body: sendMessage, or sendPhoto/sendDocument/... with the text as caption."""
+    if msg.template is not None:
+        raise InvalidContent("template messages are WhatsApp's; Telegram sends text, media and buttons")
+    body: dict[str, Any] = {"chat_id": msg.contact_external_id}
+    choices = list(msg.buttons) + [Button(q.title, q.payload) for q in msg.quick_replies]
+    if choices:
+        keyboard = [
+            [
+                {"text": b.title, "url": b.url}
+                if b.url
+                else {"text": b.title, "callback_data": (b.payload or b.title)[:64]}
+            ]
+            for b in choices
+        ]
+        body["reply_markup"] = {"inline_keyboard": keyboard}
+    if msg.attachments:
+        if len(msg.attachments) > 1:
+            raise InvalidContent("Telegram sends one file per message here; send one request per file")
+        attachment = msg.attachments[0]
+        if attachment.kind not in _TG_MEDIA or not attachment.url:
+            raise InvalidContent(f"attachment needs a kind of {sorted(_TG_MEDIA)} and a URL")
+        method, field_name = _TG_MEDIA[attachment.kind]
+        body[field_name] = attachment.url
+        caption = attachment.caption or msg.text
+        if caption:
+            body["caption"] = caption
+        return method, body
+    if not msg.text:
+        raise InvalidContent("nothing to send: give text or a file")
+    body["text"] = msg.text
+    return "sendMessage", body
+
+
+def custom_payload(msg: OutboundMessage) -> dict[str, Any]:
+    """What a custom channel's webhook receives for one outbound message."""
+    payload: dict[str, Any] = {
+        "type": "message",
+        "delivery_id": msg.request_id,
+        "channel_id": msg.channel_id,
+        "contact_external_id": msg.contact_external_id,
+        "text": msg.text,
+        "attachments": [
+            {"kind": a.kind, "url": a.url, "caption": a.caption, "filename": a.filename} for a in msg.attachments
+        ],
+        "quick_replies": [{"title": q.title, "payload": q.payload} for q in msg.quick_replies],
+        "buttons": [{"title": b.title, "payload": b.payload, "url": b.url} for b in msg.buttons],
+    }
+    if msg.template is not None:
+        payload["template"] = {
+            "name": msg.template.name,
+            "language": msg.template.language,
+            "body_parameters": list(msg.template.body_parameters),
+        }
+    return payload
+
+
+# -- the HTTP client ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Providers:
+    """Calls the providers; base URLs come from settings so tests reach a local fake server."""
+
+    graph_api_url: str
+    telegram_api_url: str
+    timeout: float = 10.0
+    http: httpx.AsyncClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.graph_api_url = self.graph_api_url.rstrip("/")
+        self.telegram_api_url = self.telegram_api_url.rstrip("/")
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        self.http = httpx.AsyncClient(timeout=self.timeout, limits=limits, follow_redirects=False)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def send(self, target: Target, msg: OutboundMessage, now: datetime) -> str:
+        """Send `msg`; returns the provider's message id. Raises WindowClosed or ProviderError."""
+        if target.type in ("messenger", "instagram"):
+            delivery = window.meta_delivery(target.type, msg.tag, msg.contact_last_inbound_at, now)
+            body = meta_request(target, msg, delivery)
+            data = await self._graph(f"/{target.external_id}/messages", target.access_token, body)
+            return str(data.get("message_id") or "")
+        if target.type == "whatsapp":
+            window.whatsapp_allows(msg.template is not None, msg.contact_last_inbound_at, now)
+            data = await self._graph(f"/{target.external_id}/messages", target.access_token, whatsapp_request(msg))
+            messages = data.get("messages")
+            first = messages[0] if isinstance(messages, list) and messages and isinstance(messages[0], dict) else {}
+            return str(first.get("id") or "")
+        if target.type == "telegram":
+            method, body = telegram_request(msg)
+            result = await self.telegram(target.access_token, method, body)
+            chat = result.get("chat") if isinstance(result.get("chat"), dict) else {}
+            return f"{chat.get('id', msg.contact_external_id)}:{result.get('message_id', '')}"
+        if target.type == "custom":
+            return await self._custom(target, msg)
+        raise InvalidContent(f"unknown channel type {target.type!r}")
+
+    async def _graph(self, path: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self.http.post(
+                self.graph_api_url + path, json=body, headers={"Authorization": f"Bearer {token}"}
+            )
+        except httpx.TimeoutException as exc:
+            raise ProviderError("timeout", f"the Graph API did not answer in time ({exc})", retryable=True) from exc
+        except httpx.HTTPError as exc:
+            raise ProviderError("unreachable", f"cannot reach the Graph API: {exc}", retryable=True) from exc
+        if response.status_code >= 300:
+            raise graph_error(response)
+        return _json(response)
+
+    async def telegram(self, bot_token: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Call a Bot API method; returns its `result` (a dict, or {"value": result} for plain results)."""
+        url = f"{self.telegram_api_url}/bot{bot_token}/{method}"
+        try:
+            response = await self.http.post(url, json=body)
+        except httpx.TimeoutException as exc:
+            raise ProviderError("timeout", f"Telegram did not answer {method} in time", retryable=True) from exc
+        except httpx.HTTPError as exc:
+            # The URL holds the bot token: never put the exception's URL in the message.
+            raise ProviderError(
+                "unreachable", f"cannot reach the Telegram API ({type(exc).__name__})", retryable=True
+            ) from None
+        data = _json(response)
+        if response.status_code >= 300 or not data.get("ok"):
+            raise telegram_error(response)
+        result = data.get("result")
+        return result if isinstance(result, dict) else {"value": result}
+
+    async def _custom(self, target: Target, msg: OutboundMessage) -> str:
+        body = json.dumps(custom_payload(msg), separators=(",", ":")).encode()
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            CUSTOM_TIMESTAMP_HEADER: str(timestamp),
+            CUSTOM_HEADER: sign_custom(body, target.webhook_secret, timestamp=timestamp),
+            CUSTOM_DELIVERY_HEADER: msg.request_id,
+        }
+        try:
+            response = await self.http.post(target.webhook_url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise ProviderError("timeout", "the channel's webhook did not answer in time", retryable=True) from exc
+        except httpx.HTTPError as exc:
+            raise ProviderError("unreachable", f"cannot reach the channel's webhook: {exc}", retryable=True) from exc
+        if response.status_code >= 300:
+            retry_after = retry_after_header(response.headers.get("Retry-After"))
+            retryable = response.status_code >= 500 or response.status_code in (408, 425, 429)
+            text = response.text[:300] if response.text else response.reason_phrase
+            raise ProviderError(f"http_{response.status_code}", text, retryable=retryable, retry_after=retry_after)
+        data = _json(response)
+        return str(data.get("message_id") or msg.request_id)
+
+
+# Custom channel outbound headers, beside X-Parley-Signature (`t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`,
+# the same scheme as inbound custom webhooks).
+CUSTOM_TIMESTAMP_HEADER = "X-Parley-Timestamp"
+CUSTOM_DELIVERY_HEADER = "X-Parley-Delivery-Id"

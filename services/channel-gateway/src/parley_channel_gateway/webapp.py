@@ -1,0 +1,275 @@
+"""The webhook HTTP app (Flask, served by gunicorn): verify, parse, resolve the channel, publish, answer.
+
+A POST is answered 200 only after JetStream acknowledged every event of its body. Refusals never publish
+anything and always carry a JSON body: 413 too large, 415 not JSON, 401 signature missing, 403 signature
+wrong or stale, 400 malformed body, 404 unknown channel URL, 503 NATS or the database unavailable (the
+provider retries; the retry is de-duplicated by Nats-Msg-Id).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from parley.channel_gateway.v1 import events_pb2 as ev
+from parley_kit import metrics, telemetry
+from parley_kit.contracts import channel_gateway as contract
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from parley_channel_gateway import metrics as gw_metrics
+from parley_channel_gateway.bridge import Bridge, ChannelInfo, LookupUnavailable, NatsUnavailable
+from parley_channel_gateway.config import Settings
+from parley_channel_gateway.inbound import (
+    InvalidEnvelope,
+    ParsedItem,
+    Verdict,
+    parse_custom,
+    parse_instagram,
+    parse_messenger,
+    parse_telegram,
+    parse_whatsapp,
+    verify_custom_signature,
+    verify_meta_signature,
+    verify_telegram_secret,
+)
+from parley_channel_gateway.inbound.signatures import CUSTOM_HEADER, META_HEADER, TELEGRAM_HEADER
+
+log = logging.getLogger(__name__)
+_tracer = telemetry.tracer("parley_channel_gateway.web")
+
+META_PARSERS: dict[str, Callable[[bytes], list[ParsedItem]]] = {
+    "messenger": parse_messenger,
+    "instagram": parse_instagram,
+    "whatsapp": parse_whatsapp,
+}
+KIND_NAMES = {value: name.removeprefix("INBOUND_KIND_").lower() for name, value in ev.InboundKind.items()}
+
+
+class Refused(Exception):
+    """A webhook refused before anything was published."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+def _error(status: int, error: str, message: str) -> Response:
+    response = jsonify({"error": error, "message": message})
+    response.status_code = status
+    return response
+
+
+def create_app(settings: Settings, bridge: Bridge | None = None) -> Flask:
+    """The webhook app. Starts a Bridge (NATS, database) unless one is given."""
+    telemetry.configure_tracing(settings.service_name)
+    app = Flask("parley_channel_gateway")
+    app.config["MAX_CONTENT_LENGTH"] = settings.channel_gateway_max_body_bytes
+    bridge = bridge or Bridge(settings).start()
+    app.extensions["parley_bridge"] = bridge
+    service = settings.service_name
+    limit = settings.channel_gateway_max_body_bytes
+    timeout = settings.channel_gateway_publish_timeout_seconds
+    lookup_timeout = max(timeout, 5.0)
+
+    # -- observability ------------------------------------------------------------------------------------------
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        metrics.HTTP_REQUESTS.labels(service, route, request.method, str(response.status_code)).inc()
+        metrics.HTTP_DURATION.labels(service, route, request.method).observe(elapsed)
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, RequestEntityTooLarge):
+            return _error(413, "body_too_large", f"the body is larger than {limit} bytes")
+        return _error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("webhook handling failed")
+        return _error(500, "internal", "the gateway failed to handle this request; it has been logged")
+
+    # -- checks shared by every POST ------------------------------------------------------------------------------
+
+    def read_json_body(channel_type: str) -> bytes:
+        if request.content_length is not None and request.content_length > limit:
+            raise Refused(413, "body_too_large", f"the body is larger than {limit} bytes")
+        if request.mimetype != "application/json":
+            raise Refused(415, "unsupported_media_type", "send the webhook as Content-Type: application/json")
+        data = request.get_data(cache=False)  # raises RequestEntityTooLarge past MAX_CONTENT_LENGTH
+        if len(data) > limit:
+            raise Refused(413, "body_too_large", f"the body is larger than {limit} bytes")
+        return data
+
+    def check(verdict: Verdict, what: str) -> None:
+        if verdict is Verdict.MISSING:
+            raise Refused(401, "signature_missing", f"the {what} header is missing")
+        if verdict is Verdict.STALE:
+            raise Refused(403, "signature_stale", f"the {what} timestamp is outside the accepted window")
+        if not verdict.ok:
+            raise Refused(403, "signature_invalid", f"the {what} does not match this body")
+
+    def webhook(channel_type: str, handle: Callable[[], dict[str, Any]]) -> Response:
+        parent = telemetry.extract(dict(request.headers))
+        route = request.url_rule.rule if request.url_rule is not None else request.path
+        with _tracer.start_as_current_span(
+            f"POST {route}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": "POST", "http.route": route, "parley.channel_type": channel_type},
+        ) as span:
+            try:
+                body = handle()
+            except Refused as exc:
+                gw_metrics.WEBHOOK_REJECTED.labels(channel_type, exc.error).inc()
+                span.set_attribute("http.response.status_code", exc.status)
+                return _error(exc.status, exc.error, exc.message)
+            except InvalidEnvelope as exc:
+                gw_metrics.WEBHOOK_REJECTED.labels(channel_type, "invalid_body").inc()
+                span.set_attribute("http.response.status_code", 400)
+                response = jsonify(exc.as_json())
+                response.status_code = 400
+                return response
+            except (NatsUnavailable, LookupUnavailable) as exc:
+                gw_metrics.WEBHOOK_REJECTED.labels(channel_type, "unavailable").inc()
+                log.warning("webhook answered 503: %s", exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                span.set_attribute("http.response.status_code", 503)
+                response = _error(503, "unavailable", "events could not be stored right now; retry later")
+                response.headers["Retry-After"] = "1"
+                return response
+            span.set_attribute("http.response.status_code", 200)
+            return jsonify(body)
+
+    async def deliver(channel_type: str, items: list[ParsedItem], fixed: ChannelInfo | None) -> dict[str, Any]:
+        """On the bridge loop: resolve each item's channel, publish the known ones, count the rest."""
+        if fixed is not None:
+            channels: list[ChannelInfo | None] = [fixed] * len(items)
+        else:
+            channels = await bridge.resolve_accounts(channel_type, [item.channel_keys for item in items])
+        now = datetime.now(UTC)
+        batch: list[tuple[str, ev.InboundEvent]] = []
+        unknown = 0
+        for item, channel in zip(items, channels, strict=True):
+            if channel is None or not channel.active:
+                unknown += 1
+                gw_metrics.UNKNOWN_CHANNEL.labels(channel_type).inc()
+                log.info(
+                    "webhook item for no active %s channel (keys %s); answered 200, not published",
+                    channel_type,
+                    ",".join(item.channel_keys) or (fixed.id if fixed else ""),
+                )
+                continue
+            event = item.event
+            event.space_id, event.channel_id = channel.space_id, channel.id
+            event.received_at.FromDatetime(now)
+            subject = contract.inbound_subject(channel.space_id, channel.id, event.contact_external_id)
+            batch.append((subject, event))
+        await bridge.publish(batch)
+        kinds = Counter(KIND_NAMES.get(event.kind, "unknown") for _, event in batch)
+        for kind, count in kinds.items():
+            gw_metrics.INBOUND_EVENTS.labels(channel_type, kind).inc(count)
+        bridge.note_inbound({event.channel_id for _, event in batch})
+        return {"status": "ok", "published": len(batch), "ignored": unknown}
+
+    # -- Meta: Messenger, Instagram, WhatsApp -----------------------------------------------------------------------
+
+    def meta_verify(channel_type: str) -> Response:
+        mode = request.args.get("hub.mode", "")
+        token = request.args.get("hub.verify_token", "")
+        challenge = request.args.get("hub.challenge", "")
+        expected = settings.channel_gateway_meta_verify_token
+        if mode == "subscribe" and expected and hmac.compare_digest(token.encode(), expected.encode()):
+            return Response(challenge, status=200, mimetype="text/plain")
+        gw_metrics.WEBHOOK_REJECTED.labels(channel_type, "verification_failed").inc()
+        return _error(403, "verification_failed", "hub.mode must be 'subscribe' and hub.verify_token must match")
+
+    def meta_post(channel_type: str) -> Response:
+        def handle() -> dict[str, Any]:
+            body = read_json_body(channel_type)
+            if not settings.channel_gateway_meta_app_secret:
+                raise Refused(403, "signature_invalid", "the gateway has no Meta app secret configured")
+            check(
+                verify_meta_signature(body, request.headers.get(META_HEADER), settings.channel_gateway_meta_app_secret),
+                META_HEADER,
+            )
+            items = META_PARSERS[channel_type](body)
+            return bridge.run(deliver(channel_type, items, None), timeout + lookup_timeout)
+
+        return webhook(channel_type, handle)
+
+    for name in META_PARSERS:
+        app.add_url_rule(f"/webhooks/{name}", f"{name}_verify", lambda name=name: meta_verify(name), methods=["GET"])
+        app.add_url_rule(f"/webhooks/{name}", f"{name}_post", lambda name=name: meta_post(name), methods=["POST"])
+
+    # -- Telegram and custom channels: the channel is in the URL ------------------------------------------------------
+
+    def by_url(channel_type: str, channel_id: str) -> ChannelInfo:
+        channel = bridge.run(bridge.channel_by_id(channel_id), lookup_timeout) if len(channel_id) <= 64 else None
+        if channel is None or channel.type != channel_type:
+            raise Refused(404, "unknown_channel", f"no {channel_type} channel {channel_id[:64]}")
+        return channel
+
+    @app.post("/webhooks/telegram/<channel_id>")
+    def telegram_post(channel_id: str) -> Response:
+        def handle() -> dict[str, Any]:
+            body = read_json_body("telegram")
+            channel = by_url("telegram", channel_id)
+            check(verify_telegram_secret(request.headers.get(TELEGRAM_HEADER), channel.secret), TELEGRAM_HEADER)
+            items = parse_telegram(body, channel_id=channel.id)
+            return bridge.run(deliver("telegram", items, channel), timeout + lookup_timeout)
+
+        return webhook("telegram", handle)
+
+    @app.post("/webhooks/custom/<channel_id>")
+    def custom_post(channel_id: str) -> Response:
+        def handle() -> dict[str, Any]:
+            body = read_json_body("custom")
+            channel = by_url("custom", channel_id)
+            check(verify_custom_signature(body, request.headers.get(CUSTOM_HEADER), channel.secret), CUSTOM_HEADER)
+            items = parse_custom(body, channel_id=channel.id)
+            return bridge.run(deliver("custom", items, channel), timeout + lookup_timeout)
+
+        return webhook("custom", handle)
+
+    # -- probes and metrics -----------------------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        if bridge.ready:
+            return jsonify({"status": "ready"})
+        return _error(503, "not_ready", "not connected to NATS yet")
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        registry: CollectorRegistry = REGISTRY
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+    return app

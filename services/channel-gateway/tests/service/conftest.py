@@ -1,0 +1,260 @@
+"""Fixtures for the gateway's I/O tests: real PostgreSQL and NATS (kit fixtures), a local fake provider
+server (Graph API, Telegram Bot API, custom webhooks) recording what it received, and helpers to read
+JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import nats
+import pytest
+from cryptography.fernet import Fernet
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from parley.channel_gateway.v1 import events_pb2 as ev
+from parley_channel_gateway.config import Settings
+from parley_channel_gateway.crypto import SecretBox
+from parley_channel_gateway.providers import Providers
+from parley_channel_gateway.repository import Repository
+from parley_channel_gateway.service import ChannelService, validate_credentials
+from parley_kit import db
+from parley_kit.auth import jwks
+
+APP_SECRET = "test-app-secret"
+VERIFY_TOKEN = "test-verify-token"
+BOT_TOKEN = "123456789:AAbbCCddEEffGGhhIIjjKKllMMnnOOppQQ"
+META_TOKEN = "EAAGtestpageaccesstoken1234567890"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+@dataclass
+class FakeProvider:
+    """A local HTTP server standing in for graph.facebook.com, api.telegram.org and custom webhooks."""
+
+    requests: list[Recorded] = field(default_factory=list)
+    scripts: list[tuple[re.Pattern[str], list[tuple[int, Any, dict[str, str]]]]] = field(default_factory=list)
+    counter: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def script(self, path_pattern: str, *responses: tuple[int, Any] | tuple[int, Any, dict[str, str]]) -> None:
+        """The next requests whose path matches get these (status, json[, headers]) answers, in order."""
+        queue = [(r[0], r[1], r[2] if len(r) > 2 else {}) for r in responses]
+        with self.lock:
+            self.scripts.append((re.compile(path_pattern), queue))
+
+    def received(self, path_pattern: str = "") -> list[Recorded]:
+        pattern = re.compile(path_pattern)
+        with self.lock:
+            return [r for r in self.requests if pattern.search(r.path)]
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.scripts.clear()
+
+    def answer(self, method: str, path: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        with self.lock:
+            self.counter += 1
+            n = self.counter
+            for pattern, queue in self.scripts:
+                if queue and pattern.search(path):
+                    return queue.pop(0)
+        data = json.loads(body) if body else {}
+        if "/bot" in path:
+            method_name = path.rsplit("/", 1)[-1]
+            if method_name == "getMe":
+                return 200, {"ok": True, "result": {"id": 123456789, "is_bot": True, "username": "parley_test_bot"}}, {}
+            if method_name.startswith("send"):
+                result = {"message_id": n, "chat": {"id": int(data.get("chat_id", 0) or 0)}}
+                return 200, {"ok": True, "result": result}, {}
+            return 200, {"ok": True, "result": True}, {}
+        if path.endswith("/messages"):
+            if data.get("messaging_product") == "whatsapp":
+                return 200, {"messaging_product": "whatsapp", "messages": [{"id": f"wamid.{n}"}]}, {}
+            return 200, {"recipient_id": data.get("recipient", {}).get("id"), "message_id": f"m_{n}"}, {}
+        return 200, {"message_id": f"custom-{n}"}, {}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeProvider
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        with self.fake.lock:
+            self.fake.requests.append(Recorded("POST", self.path, dict(self.headers), body, time.time()))
+        status, payload, headers = self.fake.answer("POST", self.path, body)
+        if isinstance(payload, float | int) and status == 0:  # (0, seconds): hang to provoke a timeout
+            time.sleep(payload)
+            return
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def fake_provider() -> Iterator[FakeProvider]:
+    fake = FakeProvider()
+    handler = type("Handler", (_Handler,), {"fake": fake})
+    fake.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    fake.server.daemon_threads = True
+    thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
+    thread.start()
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def encryption_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+@pytest.fixture(scope="module")
+def make_settings(
+    database_url: str, nats_url: str, fake_provider: FakeProvider, encryption_key: str, signing_key: Any
+) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "nats_url": nats_url,
+            "grpc_host": "127.0.0.1",
+            "grpc_port": 0,
+            "metrics_port": 0,
+            "auth_jwks": json.dumps(jwks(signing_key)),
+            "channel_gateway_encryption_key": encryption_key,
+            "channel_gateway_meta_app_secret": APP_SECRET,
+            "channel_gateway_meta_verify_token": VERIFY_TOKEN,
+            "channel_gateway_graph_api_url": fake_provider.url + "/graph",
+            "channel_gateway_telegram_api_url": fake_provider.url + "/telegram",
+            "channel_gateway_public_url": "https://gateway.test",
+            "channel_gateway_channel_cache_seconds": 0.5,
+            "channel_gateway_provider_timeout_seconds": 2.0,
+            "shutdown_grace_seconds": 2.0,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def migrated(database_url: str) -> str:
+    asyncio.run(db.run_migrations("parley_channel_gateway", database_url))
+    return database_url
+
+
+def run(coro: Any) -> Any:
+    """Run a coroutine from a synchronous test on a fresh loop."""
+    return asyncio.run(coro)
+
+
+async def connect_channel(settings: Settings, space_id: str, type_: str, name: str = "", **fields: str) -> Any:
+    """Connect a channel through the domain service (as ConnectChannel does); returns Connected."""
+    engine = db.create_engine(settings.database_url, pool_size=1)
+    providers = Providers(settings.channel_gateway_graph_api_url, settings.channel_gateway_telegram_api_url)
+    try:
+        service = ChannelService(
+            Repository(db.session_factory(engine)),
+            SecretBox(settings.channel_gateway_encryption_key),
+            providers,
+            settings.channel_gateway_public_url,
+        )
+        return await service.connect(space_id, name, validate_credentials(type_, fields))
+    finally:
+        await providers.aclose()
+        await engine.dispose()
+
+
+@dataclass
+class Published:
+    subject: str
+    headers: dict[str, str]
+    event: ev.InboundEvent
+
+
+async def inbound_events(
+    nats_url: str, *, channel_id: str = "", space_id: str = "", wait: float = 0.3
+) -> list[Published]:
+    """Every InboundEvent in the stream for `channel_id` (or `space_id`), in stream order."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=5)
+        sub = await js.pull_subscribe("channel_gateway.inbound.*", stream="CHANNEL_GATEWAY", config=config)
+        found: list[Published] = []
+        while True:
+            try:
+                msgs = await sub.fetch(500, timeout=wait)
+            except (nats.errors.TimeoutError, TimeoutError):
+                break
+            for msg in msgs:
+                event = ev.InboundEvent.FromString(msg.data)
+                if (channel_id and event.channel_id == channel_id) or (space_id and event.space_id == space_id):
+                    found.append(Published(msg.subject, dict(msg.headers or {}), event))
+            if not msgs:
+                break
+        await sub.unsubscribe()
+        return found
+    finally:
+        await nc.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def gw() -> Any:
+    """Helpers and constants for the gateway tests (test modules cannot import conftest)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        run=run,
+        connect_channel=connect_channel,
+        inbound_events=inbound_events,
+        wait_until=wait_until,
+        APP_SECRET=APP_SECRET,
+        VERIFY_TOKEN=VERIFY_TOKEN,
+        BOT_TOKEN=BOT_TOKEN,
+        META_TOKEN=META_TOKEN,
+    )

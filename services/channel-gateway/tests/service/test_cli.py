@@ -1,0 +1,65 @@
+"""`parley channels ...` against a running ChannelService."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from parley_channel_gateway.app import build_serve
+from parley_cli.main import cli
+from parley_kit.testing.service import running
+
+
+@pytest.fixture(scope="module")
+async def address(migrated: str, make_settings: Callable[..., Any]) -> AsyncIterator[str]:
+    async with running(await build_serve(make_settings())) as target:
+        yield target
+
+
+async def parley(address: str, token: str, *args: str, input: str | None = None) -> Any:
+    env = {"PARLEY_CHANNEL_GATEWAY_ADDR": address, "PARLEY_TOKEN": token}
+    return await asyncio.to_thread(CliRunner().invoke, cli, list(args), env=env, input=input)
+
+
+async def test_cli_connects_lists_shows_checks_health_and_disconnects(
+    address: str, mint_token: Callable[..., str]
+) -> None:
+    token = mint_token(space_id=f"space-{uuid.uuid4().hex[:8]}", role="manager")
+    page = str(uuid.uuid4().int)[:15]
+    connected = await parley(
+        address, token, "channels", "connect", "messenger", "--page-id", page, "--name", "Shop", "--json",
+        input="EAAGclitoken0123456789abcdef\n",
+    )  # fmt: skip
+    assert connected.exit_code == 0, connected.output
+    channel = json.loads(connected.output[connected.output.index("{") :])
+    assert channel["external_id"] == page and channel["type"] == "messenger" and channel["status"] == "active"
+
+    custom = await parley(address, token, "channels", "connect", "custom", "--webhook-url", "https://app.example/h")
+    assert custom.exit_code == 0 and "webhook secret (shown once" in custom.output
+
+    listed = await parley(address, token, "channels", "list", "--json")
+    assert listed.exit_code == 0
+    assert {c["type"] for c in json.loads(listed.output)} == {"messenger", "custom"}
+    table = await parley(address, token, "channels", "list", "--type", "messenger")
+    assert "CHANNEL_ID" in table.output and page in table.output
+
+    shown = await parley(address, token, "channels", "show", channel["channel_id"], "--json")
+    assert json.loads(shown.output)["name"] == "Shop"
+    health = await parley(address, token, "channels", "health", channel["channel_id"], "--json")
+    assert json.loads(health.output)["status"] == "active"
+
+    gone = await parley(address, token, "channels", "disconnect", channel["channel_id"], "--yes", "--json")
+    assert json.loads(gone.output)["status"] == "disconnected"
+
+
+async def test_cli_errors_are_one_line_and_exit_1(address: str, mint_token: Callable[..., str]) -> None:
+    token = mint_token(space_id="space-x", role="agent")
+    denied = await parley(address, token, "channels", "connect", "custom", "--webhook-url", "https://a.example/x")
+    assert denied.exit_code == 1 and denied.output.strip().startswith("error: PERMISSION_DENIED")
+    missing = await parley(address, token, "channels", "show", str(uuid.uuid4()))
+    assert missing.exit_code == 1 and "NOT_FOUND" in missing.output
