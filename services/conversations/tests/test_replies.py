@@ -248,7 +248,8 @@ async def test_gateway_statuses_update_the_reply_and_early_receipts_wait_for_its
             return await c.scalar(text("SELECT count(*) FROM pending_receipts WHERE provider_message_id = 'mid.reply'"))
 
     await helpers.wait_for(pending_receipt)
-    for status, event_id in ((gw.DELIVERY_STATUS_SENT, "st-1"), (gw.DELIVERY_STATUS_QUEUED, "st-0")):
+
+    async def status(status, event_id):
         status_event = gw.OutboundStatusEvent(
             event_id=event_id, request_id=msg.message_id, space_id=sp, channel_id=conv.channel_id,
             origin="conversations", origin_ref=msg.message_id, status=status, provider_message_id="mid.reply",
@@ -260,6 +261,16 @@ async def test_gateway_statuses_update_the_reply_and_early_receipts_wait_for_its
         m = (await agent.ListMessages(pb.ListMessagesRequest(conversation_id=conv.conversation_id))).messages[-1]
         return m if m.status == gw.DELIVERY_STATUS_DELIVERED else None
 
+    await status(gw.DELIVERY_STATUS_SENT, "st-1")
+    await helpers.wait_for(delivered)
+    await status(gw.DELIVERY_STATUS_QUEUED, "st-0")  # stale and late: must not move the status back
+    await status(gw.DELIVERY_STATUS_SENT, "st-1-again")
+
+    async def statuses_consumed():
+        info = await app.rt.js.consumer_info(cg.STREAM, "conversations--outbound-status")
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await helpers.wait_for(statuses_consumed)
     m = await helpers.wait_for(delivered)
     assert m.provider_message_id == "mid.reply" and m.HasField("delivered_at")
     changes = await helpers.wait_for(lambda: _n(_status_events(app, helpers, msg.message_id), 2))
