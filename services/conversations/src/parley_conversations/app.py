@@ -62,7 +62,12 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
         concurrency=8,
     )
     ingest: InboundIngest | None = None
-    if settings.ingest_enabled:
+    if settings.ingest_enabled and not settings.contacts_addr and contacts is None:
+        log.warning(
+            "PARLEY_CONTACTS_ADDR is not set: inbound events are not consumed (they wait in JetStream) "
+            "until the service restarts with the contacts service's address"
+        )
+    elif settings.ingest_enabled:
         assert rt.js is not None
         ingest = InboundIngest(
             js=rt.js,

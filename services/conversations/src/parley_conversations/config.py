@@ -8,7 +8,10 @@ from pydantic import Field
 
 class Settings(ServiceSettings):
     service_name: str = "conversations"
-    contacts_addr: str = Field(description="host:port of the contacts service (UpsertByIdentity)")
+    contacts_addr: str = Field(
+        default="",
+        description="host:port of the contacts service (UpsertByIdentity); without it inbound events wait in JetStream",
+    )
     contacts_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # Ingest of the gateway's inbound events (one durable consumer per partition subject).
