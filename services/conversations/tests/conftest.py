@@ -22,6 +22,9 @@ from parley.common.v1 import common_pb2 as common
 from parley.contacts.v1 import contacts_service_pb2 as cpb
 from parley.contacts.v1 import contacts_service_pb2_grpc as cpb_grpc
 from parley.conversations.v1 import conversations_service_pb2_grpc as pb_grpc
+from parley.workspace.v1 import resources_pb2 as wres
+from parley.workspace.v1 import user_service_pb2 as upb
+from parley.workspace.v1 import user_service_pb2_grpc as upb_grpc
 from parley_conversations.app import Conversations, build_app
 from parley_conversations.config import Settings
 from parley_kit.auth import jwks
@@ -66,6 +69,29 @@ async def fake_contacts() -> AsyncIterator[tuple[FakeContactsService, str]]:
     await server.stop(0)
 
 
+class FakeWorkspaceUsers(upb_grpc.UserServiceServicer):
+    """TEST DOUBLE of the workspace's UserService.GetUser: display names from a dict."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+
+    async def GetUser(self, request: upb.GetUserRequest, context: grpc.aio.ServicerContext) -> upb.GetUserResponse:
+        if request.user_id not in self.names:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"user '{request.user_id}' not found")
+        return upb.GetUserResponse(user=wres.User(id=request.user_id, display_name=self.names[request.user_id]))
+
+
+@pytest.fixture(scope="module")
+async def fake_workspace() -> AsyncIterator[tuple[FakeWorkspaceUsers, str]]:
+    server = grpc.aio.server()
+    fake = FakeWorkspaceUsers()
+    upb_grpc.add_UserServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield fake, f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
 @pytest.fixture(scope="module")
 async def migrated(database_url: str) -> str:
     await run_migrations("parley_conversations", database_url)
@@ -89,7 +115,12 @@ async def fresh_streams(nats_url: str) -> str:
 
 @pytest.fixture(scope="module")
 def make_settings(
-    migrated: str, fresh_streams: str, signing_key: Any, fake_contacts: tuple[FakeContactsService, str], mint_token: Any
+    migrated: str,
+    fresh_streams: str,
+    signing_key: Any,
+    fake_contacts: tuple[FakeContactsService, str],
+    fake_workspace: tuple[FakeWorkspaceUsers, str],
+    mint_token: Any,
 ) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -101,6 +132,7 @@ def make_settings(
             "metrics_port": 0,
             "auth_jwks": json.dumps(jwks(signing_key)),
             "contacts_addr": fake_contacts[1],
+            "workspace_addr": fake_workspace[1],
             "service_token": mint_token(space_id="*", role="system", subject="service:conversations"),
             "ingest_rebalance_seconds": 0.5,
             "ingest_fetch_timeout_seconds": 0.5,

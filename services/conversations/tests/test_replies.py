@@ -312,3 +312,28 @@ async def test_gateway_failure_marks_the_reply_failed_with_the_reason(service, s
 
     m = await helpers.wait_for(is_failed)
     assert (m.error_code, m.error_message) == ("10", "outside the allowed window")
+
+
+async def test_user_name_comes_from_the_workspace_when_the_token_has_none(service, stub_for, helpers, fake_workspace):
+    app, _ = service
+    fake, _ = fake_workspace
+    fake.names["u-named"] = "Katherine Johnson"
+    sp = space()
+    manager = stub_for(sp, role="manager")
+    await manager.CreateShortcut(pb.CreateShortcutRequest(name="sig", text="{{user.first_name}} from support"))
+    await manager.CreateShortcut(pb.CreateShortcutRequest(name="sig2", text="{{user.name|Your team}} here"))
+    named = stub_for(sp, subject="user:u-named")
+    conv = await _conversation(app, named, helpers, sp)
+    msg = (
+        await named.SendMessage(pb.SendMessageRequest(conversation_id=conv.conversation_id, shortcut_name="sig"))
+    ).message
+    assert msg.text == "Katherine from support"
+    unknown = stub_for(sp, subject="user:u-unknown")
+    code, details = await _code(
+        unknown.SendMessage(pb.SendMessageRequest(conversation_id=conv.conversation_id, shortcut_name="sig"))
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "{{user.first_name}}" in details
+    fallback = await unknown.RenderShortcut(
+        pb.RenderShortcutRequest(shortcut_name="sig2", conversation_id=conv.conversation_id)
+    )
+    assert fallback.text == "Your team here"

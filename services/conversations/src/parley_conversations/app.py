@@ -15,6 +15,7 @@ from sqlalchemy.pool import NullPool
 
 from parley_conversations import events, metrics
 from parley_conversations.config import Settings
+from parley_conversations.directory import WorkspaceUsers
 from parley_conversations.grpc_api import SERVICE_NAME, ConversationsApi
 from parley_conversations.ingest import ContactsResolver, InboundIngest
 from parley_conversations.models import outbox
@@ -53,7 +54,8 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
     )
     await rt.connect()
     repo = Repository(rt.sessions, events.write_events)
-    service = ConversationsService(repo)
+    users = WorkspaceUsers.connect(settings.workspace_addr, settings.service_token) if settings.workspace_addr else None
+    service = ConversationsService(repo, user_names=users.display_name if users else None)
     rt.add_servicer(pb_grpc.add_ConversationsServiceServicer_to_server, ConversationsApi(service), SERVICE_NAME)
     rt.add_consumer(
         events.outbound_status_consumer(),

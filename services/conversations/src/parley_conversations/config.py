@@ -12,6 +12,9 @@ class Settings(ServiceSettings):
         default="",
         description="host:port of the contacts service (UpsertByIdentity); without it inbound events wait in JetStream",
     )
+    workspace_addr: str = Field(
+        default="", description="host:port of the workspace service, for {{user.name}} in shortcuts (optional)"
+    )
     contacts_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # Ingest of the gateway's inbound events (one durable consumer per partition subject).

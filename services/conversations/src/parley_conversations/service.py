@@ -13,7 +13,7 @@ Conversation metrics (kept on the conversation row as messages come and go):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -138,10 +138,14 @@ def _later(a: datetime | None, b: datetime) -> datetime:
     return b if a is None or b > a else a
 
 
+UserNames = Callable[[str], Awaitable[str]]
+
+
 class ConversationsService:
-    def __init__(self, repo: Repository, *, clock: Clock = utcnow) -> None:
+    def __init__(self, repo: Repository, *, clock: Clock = utcnow, user_names: UserNames | None = None) -> None:
         self.repo = repo
         self.clock = clock
+        self.user_names = user_names
 
     # ==== queries ================================================================================
 
@@ -451,7 +455,7 @@ class ConversationsService:
             if inp.shortcut_id or inp.shortcut_name:
                 shortcut = await self._shortcut(tx, space_id, inp.shortcut_id, inp.shortcut_name)
                 if not text and shortcut.text:
-                    text = templates.render(shortcut.text, await self._render_context(tx, conv, actor))
+                    text = templates.render(shortcut.text, await self._render_context(tx, conv, actor, shortcut.text))
                 attachments = attachments or list(shortcut.attachments)
                 quick_replies = quick_replies or list(shortcut.quick_replies)
             self._validate_reply(conv.channel_type, text, attachments, quick_replies, inp)
@@ -543,19 +547,22 @@ class ConversationsService:
         async with self.repo.transaction() as tx:
             conv = await self._conversation(tx, space_id, conversation_id)
             shortcut = await self._shortcut(tx, space_id, shortcut_id, shortcut_name)
-            return templates.render(shortcut.text, await self._render_context(tx, conv, actor))
+            return templates.render(shortcut.text, await self._render_context(tx, conv, actor, shortcut.text))
 
-    @staticmethod
-    async def _render_context(tx: Tx, conv: Conversation, actor: Actor) -> templates.RenderContext:
+    async def _render_context(self, tx: Tx, conv: Conversation, actor: Actor, template: str) -> templates.RenderContext:
+        user_name = actor.name
+        wants_user = any(v.startswith("user.") for v in templates.variables(template))
+        if wants_user and not user_name and actor.user_id and self.user_names is not None:
+            user_name = await self.user_names(actor.user_id)
         contact = await tx.contact(conv.contact_id)
         if contact is None:
-            return templates.RenderContext(user_name=actor.name)
+            return templates.RenderContext(user_name=user_name)
         return templates.RenderContext(
             contact_first_name=contact.first_name,
             contact_last_name=contact.last_name,
             contact_name=contact.display_name,
             contact_fields=contact.fields or {},
-            user_name=actor.name,
+            user_name=user_name,
         )
 
     # ==== shortcuts ==============================================================================
