@@ -6,6 +6,7 @@ import click
 
 from parley_cli.commands.channels import channels
 from parley_cli.commands.contacts import GROUPS as CONTACTS_GROUPS
+from parley_cli.commands.conversations import GROUPS as CONVERSATIONS_COMMANDS
 from parley_cli.commands.status import status
 from parley_cli.commands.workspace import GROUPS as WORKSPACE_COMMANDS
 
@@ -21,3 +22,5 @@ for _command in WORKSPACE_COMMANDS:
     cli.add_command(_command)
 for _group in CONTACTS_GROUPS:
     cli.add_command(_group)
+for _command in CONVERSATIONS_COMMANDS:
+    cli.add_command(_command)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -106,6 +107,28 @@ async def enqueue(
         )
         .on_conflict_do_nothing(index_elements=["msg_id"])
     )
+    await session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
+
+
+async def enqueue_many(session: AsyncSession, events: Sequence[tuple[str, Message, str]]) -> None:
+    """Add several events, given as (subject, message, msg_id), in order, with one INSERT and one NOTIFY.
+
+    The same as calling `enqueue` for each, for handlers that apply a whole batch in one transaction.
+    """
+    if not events:
+        return
+    headers = dict(telemetry.inject({}))
+    rows = [
+        {
+            "subject": subject,
+            "msg_id": msg_id,
+            "event_type": message.DESCRIPTOR.full_name,
+            "payload": message.SerializeToString(),
+            "headers": headers,
+        }
+        for subject, message, msg_id in events
+    ]
+    await session.execute(pg_insert(_outbox).values(rows).on_conflict_do_nothing(index_elements=["msg_id"]))
     await session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
 
 

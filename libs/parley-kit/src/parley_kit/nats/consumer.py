@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, overload
 
-import nats.errors
 from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -178,7 +177,7 @@ class ConsumerRunner:
                 msgs = await self._sub.fetch(
                     self._batch_size if self._batch else min(self._batch_size, free), timeout=self._fetch_timeout
                 )
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError, or the builtin one nats-py's fetch also raises
                 continue
             except Exception:
                 log.exception("%s: fetch failed; retrying in 1s", self.spec.durable)

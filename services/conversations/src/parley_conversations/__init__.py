@@ -1,0 +1,1 @@
+"""Parley's conversations service: the inbox."""

@@ -1,0 +1,30 @@
+"""Settings of the conversations service (environment prefix PARLEY_)."""
+
+from __future__ import annotations
+
+from parley_kit.settings import ServiceSettings
+from pydantic import Field
+
+
+class Settings(ServiceSettings):
+    service_name: str = "conversations"
+    contacts_addr: str = Field(
+        default="",
+        description="host:port of the contacts service (UpsertByIdentity); without it inbound events wait in JetStream",
+    )
+    workspace_addr: str = Field(
+        default="", description="host:port of the workspace service, for {{user.name}} in shortcuts (optional)"
+    )
+    contacts_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Ingest of the gateway's inbound events (one durable consumer per partition subject).
+    ingest_batch_size: int = Field(default=200, ge=1, le=1000, description="Inbound events per fetch and transaction")
+    ingest_fetch_timeout_seconds: float = Field(default=1.0, gt=0)
+    ingest_ack_wait_seconds: float = Field(default=30.0, gt=0)
+    ingest_rebalance_seconds: float = Field(default=2.0, gt=0, description="How often replicas rebalance partitions")
+    ingest_max_partitions: int = Field(default=16, ge=0, description="Most partitions one replica owns (0: none)")
+    ingest_enabled: bool = Field(default=True, description="Run the inbound consumers in this process")
+
+    # Auto-close of inactive conversations.
+    auto_close_interval_seconds: float = Field(default=30.0, gt=0, description="How often auto-close looks")
+    auto_close_batch: int = Field(default=200, ge=1)

@@ -1,0 +1,249 @@
+"""Subjects, streams and consumers of the conversations service, the outbox writer for its domain
+events, and the handler of the gateway's outbound statuses.
+
+Publishes (stream CONVERSATIONS, through the outbox):
+  conversations.conversation.opened|assigned|closed|reopened
+  conversations.message.received|sent|status_changed|updated
+  channel_gateway.outbound.requested (stream CHANNEL_GATEWAY): OutboundSendRequest, request_id = message id
+Consumes:
+  channel_gateway.inbound.<NN> (durables conversations--inbound-<NN>, see ingest.py)
+  channel_gateway.outbound.status (durable conversations--outbound-status)
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.json_format import ParseDict
+from google.protobuf.message import Message as PbMessage
+from parley.channel_gateway.v1 import events_pb2 as gw
+from parley.common.v1 import common_pb2 as common
+from parley.conversations.v1 import events_pb2 as ev
+from parley_kit.contracts import channel_gateway as cg
+from parley_kit.nats import ConsumerSpec, Delivery, PoisonMessage, StreamSpec, dead_letter_stream, dead_letter_subject
+from parley_kit.outbox import enqueue_many
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parley_conversations import mapping, metrics
+from parley_conversations.domain import (
+    Actor,
+    ConversationAssigned,
+    ConversationClosed,
+    ConversationOpened,
+    ConversationReopened,
+    DomainEvent,
+    MessageReceived,
+    MessageSent,
+    MessageStatusChanged,
+    MessageUpdated,
+    OutboundSend,
+    StatusUpdate,
+)
+from parley_conversations.service import ConversationsService
+
+log = logging.getLogger(__name__)
+
+SERVICE = "conversations"
+STREAM = "CONVERSATIONS"
+CONVERSATION_OPENED = "conversations.conversation.opened"
+CONVERSATION_ASSIGNED = "conversations.conversation.assigned"
+CONVERSATION_CLOSED = "conversations.conversation.closed"
+CONVERSATION_REOPENED = "conversations.conversation.reopened"
+MESSAGE_RECEIVED = "conversations.message.received"
+MESSAGE_SENT = "conversations.message.sent"
+MESSAGE_STATUS_CHANGED = "conversations.message.status_changed"
+MESSAGE_UPDATED = "conversations.message.updated"
+
+OUTBOUND_STATUS_DURABLE = "conversations--outbound-status"
+INBOUND_DURABLE_PREFIX = "conversations--inbound"
+
+
+def conversations_stream(replicas: int = 1) -> StreamSpec:
+    return StreamSpec(name=STREAM, subjects=("conversations.>",), max_age=timedelta(days=7), replicas=replicas)
+
+
+def dead_letters(replicas: int = 1) -> StreamSpec:
+    return dead_letter_stream(SERVICE, replicas=replicas)
+
+
+def inbound_durable(partition: int) -> str:
+    return f"{INBOUND_DURABLE_PREFIX}-{partition:02d}"
+
+
+def inbound_consumer(partition: int, *, ack_wait: float = 30.0, batch_size: int = 200) -> ConsumerSpec:
+    """One durable per inbound partition subject; only the replica owning the partition fetches from it."""
+    max_ack_pending = max(batch_size * 2, 100)
+    durable = inbound_durable(partition)
+    return ConsumerSpec(
+        stream=cg.STREAM,
+        durable=durable,
+        filter_subjects=(cg.inbound_partition_subject(partition),),
+        ack_wait=timedelta(seconds=ack_wait),
+        max_deliver=10,
+        backoff=(timedelta(seconds=1), timedelta(seconds=5), timedelta(seconds=30)),
+        max_ack_pending=max_ack_pending,
+        dead_letter_subject=dead_letter_subject(SERVICE, durable),
+    )
+
+
+def outbound_status_consumer() -> ConsumerSpec:
+    return ConsumerSpec(
+        stream=cg.STREAM,
+        durable=OUTBOUND_STATUS_DURABLE,
+        filter_subjects=(cg.OUTBOUND_STATUS,),
+        ack_wait=timedelta(seconds=30),
+        max_deliver=10,
+        backoff=(timedelta(seconds=1), timedelta(seconds=5), timedelta(seconds=30)),
+        max_ack_pending=500,
+        dead_letter_subject=dead_letter_subject(SERVICE, OUTBOUND_STATUS_DURABLE),
+    )
+
+
+# -- domain events -> outbox -------------------------------------------------------------------
+
+
+def _meta(actor: Actor, space_id: str, now: datetime) -> common.EventMeta:
+    return common.EventMeta(
+        event_id=str(uuid.uuid4()), occurred_at=mapping.ts(now), space_id=space_id, actor=actor.subject
+    )
+
+
+def to_outbox(event: DomainEvent, now: datetime) -> tuple[str, PbMessage, str]:
+    """(subject, message, msg_id) of one domain event."""
+    if isinstance(event, OutboundSend):
+        msg = event.message
+        request = gw.OutboundSendRequest(
+            request_id=msg.id,
+            space_id=msg.space_id,
+            channel_id=msg.channel_id,
+            contact_external_id=event.contact_external_id,
+            text=msg.text,
+            attachments=[ParseDict(a, gw.OutboundAttachment()) for a in msg.attachments or []],
+            quick_replies=[ParseDict(q, gw.OutboundQuickReply()) for q in msg.quick_replies or []],
+            template=ParseDict(msg.template, gw.OutboundTemplate()) if msg.template else None,
+            tag=mapping.TAGS_PB.get(msg.tag or "", gw.MESSAGE_TAG_UNSPECIFIED),
+            contact_last_inbound_at=mapping.ts(event.contact_last_inbound_at),
+            origin=SERVICE,
+            origin_ref=msg.id,
+        )
+        return cg.OUTBOUND_REQUESTED, request, msg.id
+    out: PbMessage
+    if isinstance(event, ConversationOpened):
+        c = event.conversation
+        out = ev.ConversationOpened(meta=_meta(event.actor, c.space_id, now), conversation=mapping.conversation(c))
+        subject = CONVERSATION_OPENED
+    elif isinstance(event, ConversationAssigned):
+        c = event.conversation
+        out = ev.ConversationAssigned(
+            meta=_meta(event.actor, c.space_id, now),
+            conversation=mapping.conversation(c),
+            user_id=c.assignee_user_id or "",
+            team_id=c.assignee_team_id or "",
+            previous_user_id=event.previous_user_id or "",
+            previous_team_id=event.previous_team_id or "",
+        )
+        subject = CONVERSATION_ASSIGNED
+    elif isinstance(event, ConversationClosed):
+        c = event.conversation
+        out = ev.ConversationClosed(
+            meta=_meta(event.actor, c.space_id, now),
+            conversation=mapping.conversation(c),
+            closing_note=mapping.closing_note(c),
+            auto_closed=c.auto_closed,
+        )
+        subject = CONVERSATION_CLOSED
+    elif isinstance(event, ConversationReopened):
+        c = event.conversation
+        out = ev.ConversationReopened(
+            meta=_meta(event.actor, c.space_id, now),
+            conversation=mapping.conversation(c),
+            previous_conversation_id=event.previous_conversation_id,
+        )
+        subject = CONVERSATION_REOPENED
+    elif isinstance(event, MessageReceived):
+        msg = event.message
+        out = ev.MessageReceived(
+            meta=_meta(event.actor, msg.space_id, now),
+            message=mapping.message(msg),
+            opened_conversation=event.opened_conversation,
+        )
+        subject = MESSAGE_RECEIVED
+    elif isinstance(event, MessageSent):
+        msg = event.message
+        out = ev.MessageSent(meta=_meta(event.actor, msg.space_id, now), message=mapping.message(msg))
+        subject = MESSAGE_SENT
+    elif isinstance(event, MessageStatusChanged):
+        msg = event.message
+        out = ev.MessageStatusChanged(
+            meta=_meta(event.actor, msg.space_id, now),
+            message_id=msg.id,
+            conversation_id=msg.conversation_id,
+            contact_id=msg.contact_id,
+            status=mapping.DELIVERY_PB.get(event.status, gw.DELIVERY_STATUS_UNSPECIFIED),
+            previous_status=mapping.DELIVERY_PB.get(event.previous_status or "", gw.DELIVERY_STATUS_UNSPECIFIED),
+            provider_message_id=event.provider_message_id,
+            error_code=event.error_code,
+            error_message=event.error_message,
+        )
+        subject = MESSAGE_STATUS_CHANGED
+    elif isinstance(event, MessageUpdated):
+        msg = event.message
+        out = ev.MessageUpdated(
+            meta=_meta(event.actor, msg.space_id, now),
+            message=mapping.message(msg),
+            change={
+                "reaction": ev.MESSAGE_CHANGE_REACTION,
+                "edit": ev.MESSAGE_CHANGE_EDIT,
+                "delete": ev.MESSAGE_CHANGE_DELETE,
+            }[event.change],
+        )
+        subject = MESSAGE_UPDATED
+    else:  # pragma: no cover - exhaustive
+        raise TypeError(f"unknown domain event {event!r}")
+    return subject, out, out.meta.event_id  # type: ignore[attr-defined]
+
+
+async def write_events(session: AsyncSession, events: Sequence[DomainEvent]) -> None:
+    """The repository's EventWriter: every domain event into the outbox, in order, in the caller's transaction."""
+    now = datetime.now(UTC)
+    await enqueue_many(session, [to_outbox(event, now) for event in events])
+    for event in events:
+        metrics.count_event(event)
+
+
+# -- consumers ----------------------------------------------------------------------------------
+
+
+class OutboundStatusHandler:
+    """channel_gateway.outbound.status -> message status (only requests this service made)."""
+
+    def __init__(self, service: ConversationsService) -> None:
+        self.service = service
+
+    async def __call__(self, delivery: Delivery) -> None:
+        event = delivery.message
+        assert isinstance(event, gw.OutboundStatusEvent)
+        if event.origin != SERVICE:
+            return
+        status = mapping.DELIVERY.get(event.status)
+        if status is None:
+            raise PoisonMessage(f"outbound status event {event.event_id} has no status")
+        try:
+            uuid.UUID(event.origin_ref or event.request_id)
+        except ValueError:
+            raise PoisonMessage(f"outbound status event {event.event_id} names no message id") from None
+        await self.service.apply_status(
+            StatusUpdate(
+                space_id=event.space_id,
+                channel_id=event.channel_id,
+                message_id=event.origin_ref or event.request_id,
+                status=status.value,
+                provider_message_id=event.provider_message_id,
+                error_code=event.error_code,
+                error_message=event.error_message,
+                occurred_at=mapping.from_ts(event.occurred_at),
+            )
+        )

@@ -1,0 +1,478 @@
+"""Ingest of the gateway's inbound events: ordered per contact, once, with any number of replicas.
+
+Design (the guarantees and why they hold):
+
+1. Partitions. The gateway publishes every event of one contact on the same subject
+   `channel_gateway.inbound.<NN>` (NN = crc32(space:channel:contact) mod 16), in provider order.
+   Each partition has its own durable pull consumer `conversations--inbound-<NN>`.
+
+2. One owner per partition. A replica consumes a partition only while it holds the PostgreSQL
+   advisory lock (CLASS_PARTITION, NN) on a dedicated connection, and it applies every batch of
+   that partition in a transaction ON THAT CONNECTION. A batch can therefore only commit while its
+   replica still owns the partition: if the replica dies or its connection drops, the lock and the
+   open transaction go together, and another replica may take the lock. There is never a window
+   with two writers for one partition (fencing by construction, no lease clocks).
+
+3. Order. The owner fetches a batch (up to `ingest_batch_size`), applies it in stream order in
+   one transaction, and records the partition's last applied stream sequence (`ingest_offsets`)
+   in the same transaction. Events at or below the offset are already applied and are only
+   acknowledged. JetStream may hold older events of the partition elsewhere (delivered to an
+   owner that died, waiting for ack_wait, or nak'ed after a failed batch) while it delivers newer
+   ones: before applying a batch the owner asks the stream for the next message on the
+   partition's subject after its offset; if that is older than the batch, the missing events are
+   read directly from the stream and applied first. So events of one partition, hence of one
+   contact, are applied strictly in stream order, whatever JetStream redelivers and when.
+
+4. Once. The offset makes a redelivered event a no-op; the unique (channel_id,
+   provider_message_id) makes a provider's re-sent webhook (a new stream message) a no-op too.
+
+5. Balance. Replicas count each other through advisory locks on (CLASS_MEMBER, slot) that each
+   holds while alive; each aims for ceil(16 / replicas) partitions (at most
+   `ingest_max_partitions`), releases extras after its current batch, and takes free ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import grpc
+from google.protobuf.message import DecodeError
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from parley.channel_gateway.v1 import events_pb2 as gw
+from parley.contacts.v1 import contacts_service_pb2 as cpb
+from parley.contacts.v1 import contacts_service_pb2_grpc as cpb_grpc
+from parley_kit.contracts import channel_gateway as cg
+from parley_kit.grpc_client import create_channel
+from parley_kit.nats import ConsumerRunner, ConsumerSpec, Delivery, PoisonMessage, TransientError, is_transient
+from parley_kit.nats.streams import provision
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from parley_conversations import mapping, metrics
+from parley_conversations.domain import CONTACT_ACTIVITY_KINDS, RECEIPT_KINDS, InboundItem
+from parley_conversations.events import inbound_consumer, inbound_durable
+from parley_conversations.repository import Repository
+from parley_conversations.service import ConversationsService, utcnow
+
+log = logging.getLogger(__name__)
+
+CLASS_MEMBER = 0x50430001
+CLASS_PARTITION = 0x50430002
+MAX_MEMBER_SLOTS = 1024
+GAP_LIMIT = 2000
+
+
+class ContactsResolver:
+    """Finds or creates the contact of each identity in a batch (ContactsService.UpsertByIdentity)."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, concurrency: int = 16, timeout: float = 5.0) -> None:
+        self._stub = cpb_grpc.ContactsServiceStub(channel)
+        self._limit = asyncio.Semaphore(concurrency)
+        self._timeout = timeout
+
+    @classmethod
+    def connect(cls, target: str, token: str, timeout: float = 5.0) -> ContactsResolver:
+        return cls(create_channel(target, token=token, timeout=timeout), timeout=timeout)
+
+    async def resolve(
+        self, items: Sequence[InboundItem]
+    ) -> tuple[dict[tuple[str, str, str], str], dict[tuple[str, str, str], str]]:
+        """(contact id per identity key, error per identity key the contacts service refused for good).
+
+        Receipts need no contact; every other item gets one call per identity per batch, with the
+        identity's latest interaction time. Raises TransientError when the contacts service is down.
+        """
+        first: dict[tuple[str, str, str], InboundItem] = {}
+        interaction: dict[tuple[str, str, str], datetime | None] = {}
+        for it in items:
+            if it.kind in RECEIPT_KINDS:
+                continue
+            first.setdefault(it.contact_key, it)
+            if it.kind in CONTACT_ACTIVITY_KINDS:
+                prev = interaction.get(it.contact_key)
+                interaction[it.contact_key] = it.occurred_at if prev is None else max(prev, it.occurred_at)
+            else:
+                interaction.setdefault(it.contact_key, None)
+        ids: dict[tuple[str, str, str], str] = {}
+        refused: dict[tuple[str, str, str], str] = {}
+
+        async def one(key: tuple[str, str, str]) -> None:
+            it = first[key]
+            p = it.profile
+            request = cpb.UpsertByIdentityRequest(
+                space_id=it.space_id,
+                channel_id=it.channel_id,
+                channel_type=mapping.CHANNEL_TYPE_PB.get(it.channel_type, 0),
+                external_id=it.contact_external_id,
+                profile=cpb.IdentityProfile(
+                    display_name=p.display_name,
+                    first_name=p.first_name,
+                    last_name=p.last_name,
+                    username=p.username,
+                    phone=p.phone,
+                    language=p.language,
+                    avatar_url=p.avatar_url,
+                ),
+                interaction_at=mapping.ts(interaction.get(key)),
+            )
+            async with self._limit:
+                try:
+                    reply = await self._stub.UpsertByIdentity(request, timeout=self._timeout)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in (
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        grpc.StatusCode.NOT_FOUND,
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                    ):
+                        refused[key] = f"contacts refused the identity: {exc.code().name}: {exc.details()}"
+                        return
+                    raise TransientError(
+                        f"contacts.UpsertByIdentity failed: {exc.code().name}: {exc.details()}"
+                    ) from exc
+            ids[key] = reply.contact_id
+
+        await asyncio.gather(*(one(k) for k in first))
+        return ids, refused
+
+
+@dataclass
+class _Unit:
+    """One inbound event to apply: from this fetch (delivery) or read from the stream to fill a gap."""
+
+    sequence: int
+    event: gw.InboundEvent | None
+    delivery: Delivery | None
+    error: str = ""
+
+
+class PartitionWorker:
+    """Consumes one partition while holding its advisory lock on `conn`."""
+
+    def __init__(self, owner: InboundIngest, partition: int, conn: AsyncConnection) -> None:
+        self.owner = owner
+        self.partition = partition
+        self.conn = conn
+        self.subject = f"{owner.inbound_prefix}.{partition:02d}"
+        self.spec: ConsumerSpec = owner.consumer_spec(partition)
+        self.runner: ConsumerRunner | None = None
+        self.offset: int | None = None
+        self.failed = False
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self.runner = ConsumerRunner(
+            self.owner.js,
+            self.spec,
+            self.handle,
+            service=self.owner.service_name,
+            message_type=gw.InboundEvent,
+            batch=True,
+            batch_size=self.owner.batch_size,
+            fetch_timeout=self.owner.fetch_timeout,
+            concurrency=1,
+        )
+        await self.runner.start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.stop()
+        with contextlib.suppress(Exception):
+            await self.conn.close()  # releases the advisory lock
+
+    async def handle(self, deliveries: list[Delivery]) -> Mapping[Delivery, BaseException] | None:
+        async with self._lock:
+            try:
+                return await self._handle(deliveries)
+            except Exception as exc:
+                if not is_transient(exc) and not isinstance(exc, TransientError):
+                    log.exception("partition %02d: batch failed", self.partition)
+                if self.conn.invalidated or self.conn.closed:
+                    self.failed = True  # the lock went with the connection: give the partition up
+                raise
+
+    async def _handle(self, deliveries: list[Delivery]) -> Mapping[Delivery, BaseException] | None:
+        if self.failed:
+            raise TransientError(f"partition {self.partition:02d} is being released")
+        if self.offset is None:
+            self.offset = await self.owner.initial_offset(self)
+        offset = self.offset
+        fresh = sorted((d for d in deliveries if d.stream_sequence > offset), key=lambda d: d.stream_sequence)
+        if not fresh:
+            return None  # every one already applied: ack them
+        units = await self._gap(offset, fresh[0].stream_sequence)
+        failures: dict[Delivery, BaseException] = {}
+        if len(units) >= GAP_LIMIT:
+            # Too many older events to add to this batch: apply them now, retry this fetch later.
+            log.warning("partition %02d: %d older events pending; applying them first", self.partition, len(units))
+            failures = {d: TransientError("older events of the partition are being applied first") for d in fresh}
+            fresh = []
+        units += [_Unit(d.stream_sequence, d.message, d) for d in fresh]  # type: ignore[arg-type]
+        metrics.INGEST_GAP_FILLED.inc(sum(1 for u in units if u.delivery is None))
+        await self.owner.apply(self, units)
+        self.offset = max(u.sequence for u in units)
+        for u in units:
+            if u.error and u.delivery is not None:
+                failures[u.delivery] = PoisonMessage(u.error)
+            elif u.error:
+                await self.owner.dead_letter(self, u)
+        return failures or None
+
+    async def _gap(self, offset: int, first: int) -> list[_Unit]:
+        """Events of this partition in the stream after `offset` and before `first` (not applied yet)."""
+        out: list[_Unit] = []
+        seq = offset + 1
+        while seq < first and len(out) < GAP_LIMIT:
+            try:
+                raw = await self.owner.js.get_msg(self.owner.stream, seq=seq, subject=self.subject, next=True)
+            except NotFoundError:
+                break
+            if raw.seq is None or raw.seq >= first:
+                break
+            event: gw.InboundEvent | None = gw.InboundEvent()
+            error = ""
+            try:
+                event.ParseFromString(raw.data or b"")  # type: ignore[union-attr]
+            except DecodeError as exc:
+                event, error = None, f"undecodable payload: {exc}"
+            unit = _Unit(raw.seq, event, None, error)
+            unit.raw = raw  # type: ignore[attr-defined]
+            out.append(unit)
+            seq = raw.seq + 1
+        return out
+
+
+class InboundIngest:
+    """Claims inbound partitions (see the module docstring) and applies their batches."""
+
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        engine: AsyncEngine,
+        repo: Repository,
+        service: ConversationsService,
+        contacts: ContactsResolver,
+        service_name: str = "conversations",
+        batch_size: int = 200,
+        fetch_timeout: float = 1.0,
+        ack_wait: float = 30.0,
+        rebalance_seconds: float = 2.0,
+        max_partitions: int = cg.INBOUND_PARTITIONS,
+        partitions: int = cg.INBOUND_PARTITIONS,
+        stream: str = cg.STREAM,
+        inbound_prefix: str = cg.INBOUND_PREFIX,
+    ) -> None:
+        self.js = js
+        self.engine = engine
+        self.repo = repo
+        self.service = service
+        self.contacts = contacts
+        self.service_name = service_name
+        self.batch_size = batch_size
+        self.fetch_timeout = fetch_timeout
+        self.ack_wait = ack_wait
+        self.rebalance_seconds = rebalance_seconds
+        self.max_partitions = max_partitions
+        self.partitions = partitions
+        self.stream = stream
+        self.inbound_prefix = inbound_prefix
+        self.workers: dict[int, PartitionWorker] = {}
+        self._member: AsyncConnection | None = None
+        self._slot: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    def consumer_spec(self, partition: int) -> ConsumerSpec:
+        return inbound_consumer(partition, ack_wait=self.ack_wait, batch_size=self.batch_size)
+
+    def consumer_specs(self) -> list[ConsumerSpec]:
+        return [self.consumer_spec(p) for p in range(self.partitions)]
+
+    # -- life ---------------------------------------------------------------------------------------
+
+    async def start(self, *, provision_consumers: bool = False) -> None:
+        """Join the replicas and claim a share of the partitions (the runtime provisions the durables)."""
+        if provision_consumers:
+            await provision(self.js, [], self.consumer_specs())
+        self._member = await self.engine.connect()
+        for slot in range(MAX_MEMBER_SLOTS):
+            if await self._try_lock(self._member, CLASS_MEMBER, slot):
+                self._slot = slot
+                break
+        else:  # pragma: no cover
+            raise RuntimeError("no free ingest member slot")
+        await self._member.commit()
+        self._stopping.clear()
+        await self.rebalance()
+        self._task = asyncio.create_task(self._loop(), name="ingest rebalance")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.gather(*(self._release(p) for p in list(self.workers)), return_exceptions=True)
+        if self._member is not None:
+            with contextlib.suppress(Exception):
+                await self._member.close()
+        metrics.PARTITIONS_OWNED.set(0)
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.rebalance_seconds)
+            if self._stopping.is_set():
+                return
+            try:
+                await self.rebalance()
+            except Exception:
+                log.warning("ingest rebalance failed; retrying", exc_info=True)
+
+    async def rebalance(self) -> None:
+        """Release failed and surplus partitions, then claim free ones up to this replica's share."""
+        for p in [p for p, w in self.workers.items() if w.failed]:
+            await self._release(p)
+        members = max(await self._members(), 1)
+        target = min(math.ceil(self.partitions / members), self.max_partitions)
+        while len(self.workers) > target:
+            await self._release(max(self.workers))
+        if len(self.workers) < target:
+            start = ((self._slot or 0) * target) % self.partitions
+            for i in range(self.partitions):
+                if len(self.workers) >= target:
+                    break
+                p = (start + i) % self.partitions
+                if p not in self.workers:
+                    await self._claim(p)
+        metrics.PARTITIONS_OWNED.set(len(self.workers))
+
+    async def _members(self) -> int:
+        assert self._member is not None
+        count = await self._member.scalar(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+                " AND classid::bigint = :cls"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"cls": CLASS_MEMBER},
+        )
+        await self._member.commit()
+        return int(count or 0)
+
+    async def _claim(self, partition: int) -> None:
+        conn = await self.engine.connect()
+        try:
+            locked = await self._try_lock(conn, CLASS_PARTITION, partition)
+            await conn.commit()
+        except Exception:
+            await conn.close()
+            raise
+        if not locked:
+            await conn.close()
+            return
+        worker = PartitionWorker(self, partition, conn)
+        try:
+            await worker.start()
+        except Exception:
+            await worker.stop()
+            raise
+        self.workers[partition] = worker
+        log.info("ingest: claimed partition %02d", partition)
+
+    async def _release(self, partition: int) -> None:
+        worker = self.workers.pop(partition, None)
+        if worker is not None:
+            await worker.stop()
+            log.info("ingest: released partition %02d", partition)
+
+    @staticmethod
+    async def _try_lock(conn: AsyncConnection, cls: int, key: int) -> bool:
+        return bool(await conn.scalar(text("SELECT pg_try_advisory_lock(:c, :k)"), {"c": cls, "k": key}))
+
+    # -- one batch ---------------------------------------------------------------------------------
+
+    async def initial_offset(self, worker: PartitionWorker) -> int:
+        """The partition's committed offset; for a partition never applied, the consumer's ack floor."""
+        async with self.repo.on_connection(worker.conn) as tx:
+            offset = await tx.ingest_offset(worker.partition)
+        if offset is not None:
+            return offset
+        info = await self.js.consumer_info(self.stream, worker.spec.durable)
+        return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+
+    async def apply(self, worker: PartitionWorker, units: list[_Unit]) -> None:
+        """Resolve contacts, then apply every unit in one transaction on the partition's connection."""
+        items: list[InboundItem] = []
+        item_units: list[_Unit] = []
+        for u in units:
+            if u.event is None:
+                continue
+            try:
+                item = mapping.inbound_item(u.event)
+            except ValueError as exc:
+                u.error = str(exc)
+                continue
+            items.append(item)
+            item_units.append(u)
+        started = time.perf_counter()
+        contact_ids, refused = await self._with_retries(lambda: self.contacts.resolve(items))
+        metrics.INGEST_SECONDS.labels("contacts").observe(time.perf_counter() - started)
+        if refused:
+            for it, u in zip(items, item_units, strict=True):
+                if it.contact_key in refused:
+                    u.error = refused[it.contact_key]
+            items = [it for it in items if it.contact_key not in refused]
+        started = time.perf_counter()
+        async with self.repo.on_connection(worker.conn) as tx:
+            stats = await self.service.apply_inbound(tx, items, contact_ids)
+            await tx.set_ingest_offset(worker.partition, max(u.sequence for u in units), utcnow())
+        metrics.INGEST_SECONDS.labels("database").observe(time.perf_counter() - started)
+        metrics.INGEST_BATCH.observe(len(units))
+        metrics.INGEST_DUPLICATES.inc(stats.duplicates)
+        metrics.INGEST_UNMATCHED.inc(stats.unmatched)
+        poison = sum(1 for u in units if u.error)
+        if poison:
+            metrics.INGEST_POISON.inc(poison)
+
+    @staticmethod
+    async def _with_retries(call, attempts: int = 3):  # type: ignore[no-untyped-def]
+        delay = 0.2
+        for attempt in range(attempts):
+            try:
+                return await call()
+            except TransientError:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(delay)
+                delay *= 3
+        raise AssertionError("unreachable")
+
+    async def dead_letter(self, worker: PartitionWorker, unit: _Unit) -> None:
+        """Dead-letter an event read from the stream (not delivered to us) that can never be applied."""
+        raw = getattr(unit, "raw", None)
+        headers = {
+            "Parley-Dead-Letter-Reason": unit.error[:1000],
+            "Parley-Original-Subject": worker.subject,
+            "Parley-Original-Stream": self.stream,
+            "Parley-Original-Sequence": str(unit.sequence),
+            "Parley-Consumer": worker.spec.durable,
+            "Nats-Msg-Id": f"{worker.spec.durable}:{self.stream}:{unit.sequence}",
+        }
+        try:
+            await self.js.publish(worker.spec.dead_letter_subject, (raw.data if raw else b"") or b"", headers=headers)
+        except Exception:
+            log.exception("partition %02d: could not dead-letter #%d", worker.partition, unit.sequence)
+        log.error("partition %02d: dead-lettered #%d: %s", worker.partition, unit.sequence, unit.error)
+
+
+def partition_durables(partitions: int = cg.INBOUND_PARTITIONS) -> list[str]:
+    return [inbound_durable(p) for p in range(partitions)]

@@ -1,0 +1,63 @@
+"""Business metrics of the conversations service (the shared RPC/event/outbox metrics are the kit's)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from parley_conversations import domain
+
+MESSAGES = Counter(
+    "parley_conversations_messages_total",
+    "Messages stored, by direction (inbound, outbound) and sender type",
+    ["direction", "sender_type"],
+)
+OPENED = Counter("parley_conversations_opened_total", "Conversations opened, by source", ["source"])
+CLOSED = Counter("parley_conversations_closed_total", "Conversations closed; auto is true for auto-close", ["auto"])
+STATUS_CHANGES = Counter(
+    "parley_conversations_message_status_changes_total", "Outbound message status changes, by new status", ["status"]
+)
+REPLIES_REFUSED = Counter(
+    "parley_conversations_replies_refused_total",
+    "SendMessage calls refused before sending, by reason (window, closed, invalid, shortcut)",
+    ["reason"],
+)
+INGEST_BATCH = Histogram(
+    "parley_conversations_ingest_batch_events",
+    "Inbound events applied per batch (one transaction)",
+    buckets=(1, 5, 10, 25, 50, 100, 200, 500, 1000),
+)
+INGEST_SECONDS = Histogram(
+    "parley_conversations_ingest_batch_seconds",
+    "Time to apply one inbound batch, by stage (contacts, database)",
+    ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+INGEST_DUPLICATES = Counter(
+    "parley_conversations_ingest_duplicates_total", "Inbound messages skipped because they were already stored"
+)
+INGEST_UNMATCHED = Counter(
+    "parley_conversations_ingest_unmatched_total",
+    "Receipts, reactions and edits naming a message this service does not (yet) know",
+)
+INGEST_GAP_FILLED = Counter(
+    "parley_conversations_ingest_gap_filled_total",
+    "Inbound events read directly from the stream because an earlier owner of the partition left them pending",
+)
+INGEST_POISON = Counter(
+    "parley_conversations_ingest_poison_total", "Inbound events dead-lettered because they can never be applied"
+)
+PARTITIONS_OWNED = Gauge(
+    "parley_conversations_ingest_partitions_owned", "Inbound partitions this replica currently consumes"
+)
+AUTO_CLOSED = Counter("parley_conversations_auto_closed_total", "Conversations closed by the inactivity timer")
+
+
+def count_event(event: domain.DomainEvent) -> None:
+    if isinstance(event, domain.ConversationOpened | domain.ConversationReopened):
+        OPENED.labels(event.conversation.source).inc()
+    elif isinstance(event, domain.ConversationClosed):
+        CLOSED.labels(str(bool(event.conversation.auto_closed)).lower()).inc()
+    elif isinstance(event, domain.MessageReceived | domain.MessageSent):
+        MESSAGES.labels(event.message.direction, event.message.sender_type).inc()
+    elif isinstance(event, domain.MessageStatusChanged):
+        STATUS_CHANGES.labels(event.status).inc()

@@ -1,0 +1,593 @@
+"""The only place that speaks SQL.
+
+`Repository.transaction()` yields a `Tx`: one database transaction with the queries the domain
+needs. `Repository.on_connection(conn)` does the same on a connection the caller holds (the ingest
+runs each partition's batches on the connection that holds the partition's advisory lock, so a
+batch can only commit while its replica still owns the partition).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from parley_kit import db
+from parley_kit.errors import AlreadyExists, FailedPrecondition
+from sqlalchemy import (
+    Select,
+    and_,
+    case,
+    delete,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+
+from parley_conversations.domain import ConversationFilter, DomainEvent
+from parley_conversations.models import (
+    Assignment,
+    ClosingCategory,
+    Contact,
+    ContactChannel,
+    Conversation,
+    ConversationStatus,
+    Direction,
+    IngestOffset,
+    Message,
+    PendingReceipt,
+    Shortcut,
+    SpaceSettings,
+)
+
+EventWriter = Callable[[AsyncSession, Sequence[DomainEvent]], Awaitable[None]]
+
+OPEN = ConversationStatus.OPEN.value
+ContactKey = tuple[str, str, str]  # (space_id, contact_id, channel_id)
+
+
+class Repository:
+    """Opens transactions; `events` writes domain events to the outbox inside them."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], events: EventWriter) -> None:
+        self.sessions = sessions
+        self._events = events
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """One transaction for an API call; a unique-constraint race becomes a domain error."""
+        try:
+            async with db.transaction(self.sessions) as session:
+                tx = Tx(session)
+                yield tx
+                await tx.flush_events(self._events)
+        except IntegrityError as exc:
+            raise _domain_error(exc) from exc
+
+    @asynccontextmanager
+    async def on_connection(self, conn: AsyncConnection) -> AsyncIterator[Tx]:
+        """A transaction on `conn` (which must not be in a transaction)."""
+        async with AsyncSession(bind=conn, expire_on_commit=False) as session, session.begin():
+            tx = Tx(session)
+            yield tx
+            await tx.flush_events(self._events)
+
+
+class Tx:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self._pending: list[DomainEvent] = []
+
+    # -- unit of work -------------------------------------------------------------------------------
+
+    def add(self, *objs: Any) -> None:
+        self.session.add_all(objs)
+
+    def emit(self, *events: DomainEvent) -> None:
+        """Queue events; they go to the outbox at the end of the transaction, in order."""
+        self._pending.extend(events)
+
+    async def flush(self) -> None:
+        await self.session.flush()
+
+    async def flush_events(self, writer: EventWriter) -> None:
+        await self.session.flush()
+        if self._pending:
+            events, self._pending = self._pending, []
+            await writer(self.session, events)
+
+    async def delete(self, obj: Any) -> None:
+        await self.session.delete(obj)
+
+    # -- conversations ------------------------------------------------------------------------------
+
+    async def conversation(self, space_id: str, conversation_id: str, *, lock: bool = False) -> Conversation | None:
+        if not _is_uuid(conversation_id):
+            return None
+        stmt = select(Conversation).where(Conversation.id == conversation_id, Conversation.space_id == space_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def open_conversation(
+        self, space_id: str, contact_id: str, channel_id: str, *, lock: bool = False
+    ) -> Conversation | None:
+        stmt = select(Conversation).where(
+            Conversation.space_id == space_id,
+            Conversation.contact_id == contact_id,
+            Conversation.channel_id == channel_id,
+            Conversation.status == OPEN,
+        )
+        if lock:
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def open_conversations(self, keys: Iterable[ContactKey]) -> dict[ContactKey, Conversation]:
+        """The open conversation of each (space, contact, channel), locked, in id order (no deadlocks)."""
+        keys = list(set(keys))
+        if not keys:
+            return {}
+        stmt = (
+            select(Conversation)
+            .where(
+                tuple_(Conversation.space_id, Conversation.contact_id, Conversation.channel_id).in_(keys),
+                Conversation.status == OPEN,
+            )
+            .order_by(Conversation.id)
+            .with_for_update()
+        )
+        rows = (await self.session.execute(stmt)).scalars().all()
+        return {(c.space_id, c.contact_id, c.channel_id): c for c in rows}
+
+    async def latest_conversations(self, keys: Iterable[ContactKey]) -> dict[ContactKey, Conversation]:
+        """The most recently opened conversation of each (space, contact, channel), not locked."""
+        keys = list(set(keys))
+        if not keys:
+            return {}
+        stmt = (
+            select(Conversation)
+            .where(tuple_(Conversation.space_id, Conversation.contact_id, Conversation.channel_id).in_(keys))
+            .ext(distinct_on(Conversation.space_id, Conversation.contact_id, Conversation.channel_id))
+            .order_by(
+                Conversation.space_id, Conversation.contact_id, Conversation.channel_id, Conversation.opened_at.desc()
+            )
+        )
+        rows = (await self.session.execute(stmt)).scalars().all()
+        return {(c.space_id, c.contact_id, c.channel_id): c for c in rows}
+
+    async def list_conversations(
+        self, space_id: str, f: ConversationFilter, limit: int, after: list[Any] | None
+    ) -> list[Conversation]:
+        stmt = self._conversation_filter(select(Conversation), space_id, f)
+        key = Conversation.last_activity_at if f.order == "last_activity" else Conversation.opened_at
+        if after is not None:
+            stmt = stmt.where(
+                tuple_(key, Conversation.id)
+                < tuple_(literal(after[0], key.type), literal(after[1], Conversation.id.type))
+            )
+        stmt = stmt.order_by(key.desc(), Conversation.id.desc()).limit(limit)
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    async def count_conversations(self, space_id: str, f: ConversationFilter) -> int:
+        stmt = self._conversation_filter(select(func.count()).select_from(Conversation), space_id, f)
+        return int((await self.session.execute(stmt)).scalar_one())
+
+    @staticmethod
+    def _conversation_filter(stmt: Select[Any], space_id: str, f: ConversationFilter) -> Select[Any]:
+        stmt = stmt.where(Conversation.space_id == space_id)
+        if f.status:
+            stmt = stmt.where(Conversation.status == f.status)
+        if f.assignee_user_id:
+            stmt = stmt.where(Conversation.assignee_user_id == f.assignee_user_id)
+        if f.unassigned:
+            stmt = stmt.where(Conversation.assignee_user_id.is_(None))
+        if f.assignee_team_id:
+            stmt = stmt.where(Conversation.assignee_team_id == f.assignee_team_id)
+        if f.channel_id:
+            stmt = stmt.where(Conversation.channel_id == f.channel_id)
+        if f.contact_id:
+            stmt = stmt.where(Conversation.contact_id == f.contact_id)
+        return stmt
+
+    async def assignments(self, conversation_id: str) -> list[Assignment]:
+        stmt = select(Assignment).where(Assignment.conversation_id == conversation_id).order_by(Assignment.id)
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    async def current_assignment(self, conversation_id: str) -> Assignment | None:
+        stmt = (
+            select(Assignment)
+            .where(Assignment.conversation_id == conversation_id, Assignment.ended_at.is_(None))
+            .order_by(Assignment.id.desc())
+            .limit(1)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def inbox_counts(self, space_id: str, user_id: str | None) -> dict[str, Any]:
+        c = Conversation
+        totals = (
+            await self.session.execute(
+                select(
+                    func.count().filter(c.status == OPEN),
+                    func.count().filter(c.status != OPEN),
+                    func.count().filter(and_(c.status == OPEN, c.assignee_user_id.is_(None))),
+                    func.count().filter(and_(c.status == OPEN, c.assignee_user_id == (user_id or ""))),
+                ).where(c.space_id == space_id)
+            )
+        ).one()
+        by_user = (
+            await self.session.execute(
+                select(c.assignee_user_id, func.count())
+                .where(c.space_id == space_id, c.status == OPEN, c.assignee_user_id.is_not(None))
+                .group_by(c.assignee_user_id)
+                .order_by(func.count().desc(), c.assignee_user_id)
+            )
+        ).all()
+        by_team = (
+            await self.session.execute(
+                select(c.assignee_team_id, func.count())
+                .where(c.space_id == space_id, c.status == OPEN, c.assignee_team_id.is_not(None))
+                .group_by(c.assignee_team_id)
+                .order_by(func.count().desc(), c.assignee_team_id)
+            )
+        ).all()
+        return {
+            "open": totals[0],
+            "closed": totals[1],
+            "unassigned": totals[2],
+            "mine": totals[3],
+            "by_user": [(u, n) for u, n in by_user],
+            "by_team": [(t, n) for t, n in by_team],
+        }
+
+    async def due_for_auto_close(self, now: datetime, limit: int) -> list[tuple[Conversation, int]]:
+        """Open conversations whose last human agent message is older than the space's auto-close
+        period and that the contact has not answered since; locked, skipping rows other replicas hold."""
+        c, s = Conversation, SpaceSettings
+        stmt = (
+            select(c, s.auto_close_after_seconds)
+            .join(s, s.space_id == c.space_id)
+            .where(
+                c.status == OPEN,
+                s.auto_close_after_seconds > 0,
+                c.last_agent_message_at.is_not(None),
+                c.last_agent_message_at
+                <= literal(now) - func.make_interval(0, 0, 0, 0, 0, 0, s.auto_close_after_seconds),
+                or_(c.last_inbound_at.is_(None), c.last_inbound_at <= c.last_agent_message_at),
+            )
+            .order_by(c.last_agent_message_at)
+            .limit(limit)
+            .with_for_update(of=c, skip_locked=True)
+        )
+        return [(row[0], row[1]) for row in (await self.session.execute(stmt)).all()]
+
+    # -- messages -----------------------------------------------------------------------------------
+
+    async def message(self, space_id: str, message_id: str, *, lock: bool = False) -> Message | None:
+        if not _is_uuid(message_id):
+            return None
+        stmt = select(Message).where(Message.id == message_id, Message.space_id == space_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def message_by_client_request(self, conversation_id: str, key: str) -> Message | None:
+        stmt = select(Message).where(Message.conversation_id == conversation_id, Message.client_request_id == key)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def messages_by_provider_ids(
+        self, pairs: Iterable[tuple[str, str]], *, lock: bool = False
+    ) -> dict[tuple[str, str], Message]:
+        pairs = list(set(pairs))
+        if not pairs:
+            return {}
+        stmt = select(Message).where(tuple_(Message.channel_id, Message.provider_message_id).in_(pairs))
+        if lock:
+            stmt = stmt.order_by(Message.id).with_for_update()
+        rows = (await self.session.execute(stmt)).scalars().all()
+        return {(m.channel_id, m.provider_message_id or ""): m for m in rows}
+
+    async def existing_provider_ids(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        pairs = list(set(pairs))
+        if not pairs:
+            return set()
+        stmt = select(Message.channel_id, Message.provider_message_id).where(
+            tuple_(Message.channel_id, Message.provider_message_id).in_(pairs)
+        )
+        return {(ch, pid or "") for ch, pid in (await self.session.execute(stmt)).all()}
+
+    async def list_messages(self, conversation_id: str, limit: int, after_seq: int | None) -> list[Message]:
+        stmt = select(Message).where(Message.conversation_id == conversation_id)
+        if after_seq is not None:
+            stmt = stmt.where(Message.seq > after_seq)
+        stmt = stmt.order_by(Message.seq).limit(limit)
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    async def count_messages(self, conversation_id: str) -> int:
+        stmt = select(func.count()).select_from(Message).where(Message.conversation_id == conversation_id)
+        return int((await self.session.execute(stmt)).scalar_one())
+
+    async def outbound_up_to(
+        self, channel_id: str, contact_id: str, watermark: datetime, below: Sequence[str]
+    ) -> list[Message]:
+        """Outbound messages to a contact, sent at or before `watermark`, whose status is in `below`; locked."""
+        stmt = (
+            select(Message)
+            .where(
+                Message.channel_id == channel_id,
+                Message.contact_id == contact_id,
+                Message.direction == Direction.OUTBOUND.value,
+                Message.status.in_(list(below)),
+                Message.sent_at <= watermark,
+            )
+            .order_by(Message.id)
+            .with_for_update()
+        )
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    # -- contacts as this service knows them ------------------------------------------------------
+
+    async def upsert_contact_channels(self, rows: list[dict[str, Any]]) -> None:
+        """Rows: channel_id, external_id, space_id, contact_id, channel_type, last_inbound_at (may be None)."""
+        if not rows:
+            return
+        stmt = pg_insert(ContactChannel).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[ContactChannel.channel_id, ContactChannel.external_id],
+            set_={
+                "contact_id": stmt.excluded.contact_id,
+                "last_inbound_at": func.greatest(ContactChannel.last_inbound_at, stmt.excluded.last_inbound_at),
+            },
+        )
+        await self.session.execute(stmt)
+
+    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> None:
+        """Rows: contact_id, space_id, first_name, last_name, display_name, updated_at. Fill empty names only."""
+        if not rows:
+            return
+        stmt = pg_insert(Contact).values(rows)
+        cols = Contact.__table__.c
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Contact.contact_id],
+            set_={
+                name: case((cols[name] == "", stmt.excluded[name]), else_=cols[name])
+                for name in ("first_name", "last_name", "display_name")
+            },
+        )
+        await self.session.execute(stmt)
+
+    async def raise_watermark(self, channel_id: str, external_id: str, *, read: bool, at: datetime) -> None:
+        """Move a contact's delivery (and, for read receipts, read) watermark forward."""
+        cc = ContactChannel
+        values: dict[str, Any] = {"delivered_watermark": func.greatest(cc.delivered_watermark, at)}
+        if read:
+            values["read_watermark"] = func.greatest(cc.read_watermark, at)
+        await self.session.execute(
+            update(cc).where(cc.channel_id == channel_id, cc.external_id == external_id).values(**values)
+        )
+
+    async def contact(self, contact_id: str) -> Contact | None:
+        return await self.session.get(Contact, contact_id)
+
+    async def contact_channel(self, space_id: str, contact_id: str, channel_id: str) -> ContactChannel | None:
+        stmt = (
+            select(ContactChannel)
+            .where(
+                ContactChannel.space_id == space_id,
+                ContactChannel.contact_id == contact_id,
+                ContactChannel.channel_id == channel_id,
+            )
+            .order_by(ContactChannel.last_inbound_at.desc().nulls_last())
+            .limit(1)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def contact_ids_by_external(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        pairs = list(set(pairs))
+        if not pairs:
+            return {}
+        stmt = select(ContactChannel.channel_id, ContactChannel.external_id, ContactChannel.contact_id).where(
+            tuple_(ContactChannel.channel_id, ContactChannel.external_id).in_(pairs)
+        )
+        return {(ch, ext): cid for ch, ext, cid in (await self.session.execute(stmt)).all()}
+
+    # -- settings, categories, shortcuts -------------------------------------------------------------
+
+    async def space_settings(self, space_id: str) -> SpaceSettings | None:
+        return await self.session.get(SpaceSettings, space_id)
+
+    async def category(self, space_id: str, category_id: str) -> ClosingCategory | None:
+        if not _is_uuid(category_id):
+            return None
+        stmt = select(ClosingCategory).where(ClosingCategory.id == category_id, ClosingCategory.space_id == space_id)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def category_by_name(self, space_id: str, name: str) -> ClosingCategory | None:
+        stmt = select(ClosingCategory).where(
+            ClosingCategory.space_id == space_id, func.lower(ClosingCategory.name) == name.lower()
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def list_categories(
+        self, space_id: str, include_archived: bool, limit: int, after: list[Any] | None
+    ) -> list[ClosingCategory]:
+        stmt = select(ClosingCategory).where(ClosingCategory.space_id == space_id)
+        if not include_archived:
+            stmt = stmt.where(ClosingCategory.archived == false())
+        if after is not None:
+            stmt = stmt.where(
+                tuple_(ClosingCategory.name, ClosingCategory.id)
+                > tuple_(literal(after[0], ClosingCategory.name.type), literal(after[1], ClosingCategory.id.type))
+            )
+        stmt = stmt.order_by(ClosingCategory.name, ClosingCategory.id).limit(limit)
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    async def shortcut(self, space_id: str, shortcut_id: str) -> Shortcut | None:
+        if not _is_uuid(shortcut_id):
+            return None
+        stmt = select(Shortcut).where(Shortcut.id == shortcut_id, Shortcut.space_id == space_id)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def shortcut_by_name(self, space_id: str, name: str) -> Shortcut | None:
+        stmt = select(Shortcut).where(Shortcut.space_id == space_id, Shortcut.name == name)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def list_shortcuts(self, space_id: str, prefix: str, limit: int, after: str | None) -> list[Shortcut]:
+        stmt = select(Shortcut).where(Shortcut.space_id == space_id)
+        if prefix:
+            stmt = stmt.where(Shortcut.name.startswith(prefix, autoescape=True))
+        if after is not None:
+            stmt = stmt.where(Shortcut.name > after)
+        stmt = stmt.order_by(Shortcut.name).limit(limit)
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    # -- ingest bookkeeping ------------------------------------------------------------------------
+
+    async def ingest_offset(self, partition: int) -> int | None:
+        row = await self.session.get(IngestOffset, partition)
+        return None if row is None else row.stream_sequence
+
+    async def set_ingest_offset(self, partition: int, sequence: int, now: datetime) -> None:
+        stmt = pg_insert(IngestOffset).values(partition=partition, stream_sequence=sequence, updated_at=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[IngestOffset.partition],
+            set_={"stream_sequence": func.greatest(IngestOffset.stream_sequence, sequence), "updated_at": now},
+        )
+        await self.session.execute(stmt)
+
+    async def add_pending_receipts(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        stmt = pg_insert(PendingReceipt).values(rows).on_conflict_do_nothing()
+        await self.session.execute(stmt)
+
+    async def take_pending_receipts(self, channel_id: str, provider_message_id: str) -> list[PendingReceipt]:
+        stmt = (
+            delete(PendingReceipt)
+            .where(PendingReceipt.channel_id == channel_id, PendingReceipt.provider_message_id == provider_message_id)
+            .returning(PendingReceipt)
+        )
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    # -- reports ----------------------------------------------------------------------------------
+
+    async def report(self, space_id: str, start: datetime, end: datetime, period: str, tz: str) -> dict[str, Any]:
+        c = Conversation
+        opened_in = and_(c.space_id == space_id, c.opened_at >= start, c.opened_at < end)
+        closed_in = and_(c.space_id == space_id, c.closed_at >= start, c.closed_at < end)
+
+        def bucket(col: Any) -> Any:
+            return func.timezone(tz, func.date_trunc(period, func.timezone(tz, col)))
+
+        opened_rows = (
+            await self.session.execute(
+                select(bucket(c.opened_at).label("p"), func.count()).where(opened_in).group_by(text("p"))
+            )
+        ).all()
+        closed_rows = (
+            await self.session.execute(
+                select(bucket(c.closed_at).label("p"), func.count()).where(closed_in).group_by(text("p"))
+            )
+        ).all()
+        by_category = (
+            await self.session.execute(
+                select(c.close_category_id, func.max(c.close_category_name), func.count())
+                .where(closed_in)
+                .group_by(c.close_category_id)
+                .order_by(func.count().desc())
+            )
+        ).all()
+
+        def by_assignee(col: Any) -> Select[Any]:
+            return (
+                select(
+                    col,
+                    func.count().filter(opened_in),
+                    func.count().filter(closed_in),
+                    func.avg(c.first_response_seconds).filter(opened_in),
+                    func.avg(c.resolution_seconds).filter(closed_in),
+                )
+                .where(c.space_id == space_id, col.is_not(None), or_(opened_in, closed_in))
+                .group_by(col)
+                .order_by(col)
+            )
+
+        users = (await self.session.execute(by_assignee(c.assignee_user_id))).all()
+        teams = (await self.session.execute(by_assignee(c.assignee_team_id))).all()
+        frt = (
+            await self.session.execute(
+                select(
+                    func.count(c.first_response_seconds),
+                    func.avg(c.first_response_seconds),
+                    func.percentile_cont(0.5).within_group(c.first_response_seconds),
+                ).where(opened_in, c.first_response_seconds.is_not(None))
+            )
+        ).one()
+        resolution = (
+            await self.session.execute(
+                select(
+                    func.count(c.resolution_seconds),
+                    func.avg(c.resolution_seconds),
+                    func.percentile_cont(0.5).within_group(c.resolution_seconds),
+                ).where(closed_in, c.resolution_seconds.is_not(None))
+            )
+        ).one()
+        edges = [30, 120, 300, 600, 1800, 3600]
+        frt_bucket = case(
+            *[(c.first_response_seconds < edge, i) for i, edge in enumerate(edges)], else_=len(edges)
+        ).label("b")
+        buckets = (
+            await self.session.execute(
+                select(frt_bucket, func.count())
+                .where(opened_in, c.first_response_seconds.is_not(None))
+                .group_by(text("b"))
+            )
+        ).all()
+        return {
+            "opened": opened_rows,
+            "closed": closed_rows,
+            "by_category": by_category,
+            "by_user": users,
+            "by_team": teams,
+            "frt": frt,
+            "resolution": resolution,
+            "frt_buckets": dict(buckets),
+            "frt_edges": edges,
+        }
+
+
+_CONFLICTS = {
+    "uq_conversations_one_open_per_contact_channel": (
+        FailedPrecondition,
+        "the contact already has an open conversation on this channel (opened at the same moment); refresh and use it",
+    ),
+    "uq_shortcuts_space_name": (AlreadyExists, "a shortcut with this name already exists in this space"),
+    "uq_closing_categories_space_name": (AlreadyExists, "a closing category with this name already exists"),
+}
+
+
+def _domain_error(exc: IntegrityError) -> Exception:
+    detail = str(exc.orig)
+    for constraint, (cls, message) in _CONFLICTS.items():
+        if constraint in detail:
+            return cls(message)
+    return exc
+
+
+def _is_uuid(value: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
