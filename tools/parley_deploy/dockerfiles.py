@@ -1,7 +1,7 @@
 """Service Dockerfiles: rendered from one template, and parsed for the checks in tests/deploy.
 
-    python -m parley_deploy.dockerfiles render contacts [--force]   # write services/contacts/Dockerfile
-    python -m parley_deploy.dockerfiles list                        # services that have a Dockerfile
+python -m parley_deploy.dockerfiles render contacts [--force]   # write services/contacts/Dockerfile
+python -m parley_deploy.dockerfiles list                        # services that have a Dockerfile
 """
 
 from __future__ import annotations
