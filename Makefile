@@ -44,7 +44,7 @@ check-protos: install ## fail when the committed generated code drifts from prot
 	$(RUN) python libs/parley-protos/generate.py --check
 
 bench: install ## benchmarks; each prints its figures beside a same-run baseline
-	$(RUN) python -m bench
+	$(RUN) python -m bench $(BENCH)
 
 # Images: one per services/<name>/Dockerfile, built from the repository root (they need uv.lock and libs/).
 IMAGE_REGISTRY ?= registry.example.com/parley

@@ -31,7 +31,7 @@ from parley_kit.grpc_server import Authenticator, GrpcServer, JwtAuthenticator
 from parley_kit.logs import configure_logging
 from parley_kit.nats.consumer import ConsumerRunner
 from parley_kit.nats.publisher import Publisher
-from parley_kit.nats.streams import ConsumerSpec, StreamSpec, provision
+from parley_kit.nats.streams import ConsumerSpec, StreamSpec, dead_letter_stream, provision
 from parley_kit.outbox import OutboxRelay
 from parley_kit.settings import ServiceSettings, load_settings
 
@@ -96,7 +96,10 @@ class ServiceRuntime:
             reconnected_cb=self._on_nats_up,
         )
         self.js = self.nc.jetstream()
-        await provision(self.js, self._streams, self._consumer_specs)
+        streams = list(self._streams)
+        if self._consumer_specs:
+            streams.append(dead_letter_stream(self.name, replicas=self.settings.stream_replicas))
+        await provision(self.js, streams, self._consumer_specs)
         self.publisher = Publisher(self.js, self.name)
 
     def add_servicer(self, register: Callable[[Any, Any], None], servicer: Any, full_name: str) -> None:
@@ -143,7 +146,7 @@ class ServiceRuntime:
         self._ready = False
         await self.grpc.health.enter_graceful_shutdown()
         for runner in self._runners:
-            await runner.stop()
+            await runner.stop(self.settings.shutdown_grace_seconds)
         if self._relay is not None:
             await self._relay.stop()
         for task in self._background:

@@ -1,1 +1,23 @@
-"""NATS JetStream: provisioning, publishing, consuming, outbox."""
+"""NATS JetStream: declared streams and consumers, publishing, and the consumer runner."""
+
+from parley_kit.nats.consumer import BatchHandler, ConsumerRunner, Delivery, Handler
+from parley_kit.nats.errors import PoisonMessage, ProvisioningError, TransientError, is_transient
+from parley_kit.nats.publisher import Publisher
+from parley_kit.nats.streams import ConsumerSpec, StreamSpec, dead_letter_stream, dead_letter_subject, provision
+
+__all__ = [
+    "BatchHandler",
+    "ConsumerRunner",
+    "ConsumerSpec",
+    "Delivery",
+    "Handler",
+    "PoisonMessage",
+    "ProvisioningError",
+    "Publisher",
+    "StreamSpec",
+    "TransientError",
+    "dead_letter_stream",
+    "dead_letter_subject",
+    "is_transient",
+    "provision",
+]

@@ -52,6 +52,10 @@ class _InboundKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InboundKi
     """The contact's membership of a bot changed (Telegram my_chat_member, ...)."""
     INBOUND_KIND_UNKNOWN: _InboundKind.ValueType  # 12
     """An item the gateway does not understand; the raw payload is kept."""
+    INBOUND_KIND_DELETE: _InboundKind.ValueType  # 13
+    """The contact deleted (unsent) an earlier message (WhatsApp revoke, Instagram is_deleted); see target_provider_message_id."""
+    INBOUND_KIND_SYSTEM: _InboundKind.ValueType  # 14
+    """A provider notice about the contact, not written by them (WhatsApp system: number or identity changed)."""
 
 class InboundKind(_InboundKind, metaclass=_InboundKindEnumTypeWrapper):
     """What an inbound item is."""
@@ -81,6 +85,10 @@ INBOUND_KIND_MEMBERSHIP: InboundKind.ValueType  # 11
 """The contact's membership of a bot changed (Telegram my_chat_member, ...)."""
 INBOUND_KIND_UNKNOWN: InboundKind.ValueType  # 12
 """An item the gateway does not understand; the raw payload is kept."""
+INBOUND_KIND_DELETE: InboundKind.ValueType  # 13
+"""The contact deleted (unsent) an earlier message (WhatsApp revoke, Instagram is_deleted); see target_provider_message_id."""
+INBOUND_KIND_SYSTEM: InboundKind.ValueType  # 14
+"""A provider notice about the contact, not written by them (WhatsApp system: number or identity changed)."""
 Global___InboundKind: _TypeAlias = InboundKind  # noqa: Y015
 
 class _MediaKind:
@@ -625,7 +633,9 @@ class InboundEvent(_message.Message):
     target_provider_message_id: _builtins.str
     """The provider message id this item replies to, reacts to, or edits."""
     payload: _builtins.str
-    """Postback/referral payload and title, when the kind carries one."""
+    """Postback/referral payload and title, when the kind carries one. MEMBERSHIP: payload is the new status, title the
+    old one. SYSTEM: title is the provider's notice type, payload the contact's new provider id when it changed.
+    """
     title: _builtins.str
     raw_json: _builtins.str
     """The provider's raw JSON for this item, kept for audit."""

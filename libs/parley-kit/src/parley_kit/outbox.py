@@ -1,0 +1,246 @@
+"""Transactional outbox: an event is stored in the same transaction as the change it describes,
+and `OutboxRelay` publishes it to JetStream after the commit.
+
+A relay that dies between publishing and marking rows published republishes them on restart
+with the same `Nats-Msg-Id`, which JetStream drops inside the stream's duplicate window; beyond
+it, consumers' own idempotency applies. `enqueue` issues `NOTIFY parley_outbox`, so the relay
+wakes on commit instead of waiting for its next poll. Rows are claimed with `FOR UPDATE SKIP
+LOCKED`, so relays of several replicas never publish the same row at once (each publishes in id
+order; order across concurrent replicas is not guaranteed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from google.protobuf.message import Message
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.schema import SchemaItem
+
+from parley_kit import metrics, telemetry
+from parley_kit.nats.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+OUTBOX = "outbox"
+NOTIFY_CHANNEL = "parley_outbox"
+
+
+def _schema_items() -> list[SchemaItem]:
+    return [
+        Column("id", BigInteger, autoincrement=True),
+        Column("subject", Text, nullable=False),
+        Column("msg_id", Text, nullable=False),
+        Column("event_type", Text, nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("published_at", DateTime(timezone=True)),
+        PrimaryKeyConstraint("id", name="pk_outbox"),
+        UniqueConstraint("msg_id", name="uq_outbox_msg_id"),
+        Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+    ]
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    """The `outbox` table, for a service's metadata (so Alembic sees it)."""
+    return Table(OUTBOX, metadata, *_schema_items())
+
+
+def create_outbox_table_op() -> None:
+    """Create the outbox table; call from a migration's `upgrade()`."""
+    from alembic import op
+
+    op.create_table(OUTBOX, *_schema_items())
+
+
+def drop_outbox_table_op() -> None:
+    """Drop the outbox table; call from a migration's `downgrade()`."""
+    from alembic import op
+
+    op.drop_table(OUTBOX)
+
+
+_outbox = outbox_table(MetaData())  # what enqueue() writes to: the same table in any service's database
+
+
+async def enqueue(
+    session: AsyncSession, subject: str, message: Message, *, msg_id: str, event_type: str | None = None
+) -> None:
+    """Add an event to the outbox inside the caller's transaction, with the current trace context.
+
+    `msg_id` is the event's de-duplication key: enqueueing it again is a no-op.
+    """
+    await session.execute(
+        pg_insert(_outbox)
+        .values(
+            subject=subject,
+            msg_id=msg_id,
+            event_type=event_type or message.DESCRIPTOR.full_name,
+            payload=message.SerializeToString(),
+            headers=dict(telemetry.inject({})),
+        )
+        .on_conflict_do_nothing(index_elements=["msg_id"])
+    )
+    await session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
+
+
+class OutboxRelay:
+    """Publishes committed rows of `table` (from `outbox_table()`) in id order and marks them published.
+
+    Wakes on `NOTIFY parley_outbox` and otherwise every `poll_interval` seconds; deletes rows
+    published more than `retention` ago; keeps the `parley_outbox_pending_events` gauge current.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        table: Table,
+        publisher: Publisher,
+        service: str,
+        *,
+        batch_size: int = 100,
+        poll_interval: float = 1.0,
+        retention: timedelta = timedelta(days=1),
+        prune_interval: float = 60.0,
+        error_backoff: float = 1.0,
+    ) -> None:
+        self._sessions = sessions
+        self._table = table
+        self._publisher = publisher
+        self._service = service
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._retention = retention
+        self._prune_interval = prune_interval
+        self._error_backoff = error_backoff
+        self._next_prune = 0.0
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listen_conn: AsyncConnection | None = None
+        self._listen_driver: Any = None
+
+    async def start(self) -> None:
+        """Start relaying in a background task."""
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name="outbox relay")
+
+    async def stop(self) -> None:
+        """Finish the batch in progress, then stop."""
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self._unlisten()
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            await self._listen()
+            self._wake.clear()
+            try:
+                relayed = await self._relay_batch()
+                await self._prune_if_due()
+            except Exception:
+                log.exception("outbox relay failed; retrying in %ss", self._error_backoff)
+                await self._sleep(self._error_backoff)
+                continue
+            if relayed < self._batch_size:
+                await self._sleep(self._poll_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _relay_batch(self) -> int:
+        t = self._table.c
+        failure: Exception | None = None
+        published: list[int] = []
+        async with self._sessions() as session, session.begin():
+            rows = await session.execute(
+                select(t.id, t.subject, t.msg_id, t.event_type, t.payload, t.headers)
+                .where(t.published_at.is_(None))
+                .order_by(t.id)
+                .limit(self._batch_size)
+                .with_for_update(skip_locked=True)
+            )
+            for row in rows:
+                try:
+                    await self._publisher.publish_raw(
+                        row.subject,
+                        row.payload,
+                        msg_id=row.msg_id,
+                        event_type=row.event_type,
+                        headers=row.headers,
+                        context=telemetry.extract(row.headers),
+                    )
+                except Exception as exc:  # keep what was published; the rest waits for the next round
+                    failure = exc
+                    break
+                published.append(row.id)
+            if published:
+                await session.execute(update(self._table).where(t.id.in_(published)).values(published_at=func.now()))
+            pending = await session.scalar(select(func.count()).where(t.published_at.is_(None)))
+        metrics.OUTBOX_RELAYED.labels(self._service).inc(len(published))
+        metrics.OUTBOX_PENDING.labels(self._service).set(pending or 0)
+        if failure is not None:
+            raise failure
+        return len(published)
+
+    async def _prune_if_due(self) -> None:
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + self._prune_interval
+        async with self._sessions() as session, session.begin():
+            table = self._table
+            await session.execute(delete(table).where(table.c.published_at < func.now() - self._retention))
+
+    async def _listen(self) -> None:
+        """LISTEN for enqueues on a dedicated connection; on failure the relay just polls."""
+        if self._listen_driver is not None and not self._listen_driver.is_closed():
+            return
+        await self._unlisten()
+        engine = self._sessions.kw.get("bind")
+        if not isinstance(engine, AsyncEngine):
+            return
+        try:
+            self._listen_conn = await asyncio.wait_for(engine.connect(), 5.0)
+            self._listen_driver = (await self._listen_conn.get_raw_connection()).driver_connection
+            await self._listen_driver.add_listener(NOTIFY_CHANNEL, self._notified)
+        except Exception:
+            log.warning("outbox relay cannot LISTEN; polling every %ss", self._poll_interval, exc_info=True)
+            await self._unlisten()
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _unlisten(self) -> None:
+        conn, self._listen_conn, self._listen_driver = self._listen_conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+                await conn.close()

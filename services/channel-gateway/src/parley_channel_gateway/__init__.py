@@ -1,0 +1,1 @@
+"""Parley's channel gateway: turns provider webhooks into canonical inbound events and sends outbound messages."""
