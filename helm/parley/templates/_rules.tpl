@@ -88,7 +88,8 @@ turned into {{ ... }} at the end, so Helm leaves it alone. Metric names come fro
           invalid). They are kept, not lost, but nobody sees them until replayed.
         runbook: >-
           1) Read the service's logs for the dead-letter reason (trace id and event id are logged).
-          2) Inspect the dead-letter stream with `nats stream view` / `nats stream get`. 3) Fix the cause
+          2) Inspect them: stream <SERVICE>_DEAD_LETTER, subject dead_letter.<service>.<consumer>
+          (`nats stream view`); the header Parley-Dead-Letter-Reason says why. 3) Fix the cause
           (a bug, a missing record in another service, bad provider payload), then republish the
           messages to their original subject; consumers are idempotent, replays are safe.
         runbook_url: {{ printf "%sparleymessagesdeadlettered" $runbook | quote }}
