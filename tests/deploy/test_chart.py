@@ -12,7 +12,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from parley_deploy import chart, helm
+from parley_deploy import chart, dockerfiles, helm
 
 ROOT = chart.ROOT
 CRD_KINDS = {"PodMonitor", "PrometheusRule", "ServiceMonitor"}
@@ -118,7 +118,7 @@ def test_one_deployment_per_process_running_its_service_module(default_objects: 
         assert pod_labels(deployments[name])["app.kubernetes.io/component"] == component
         module = "parley_" + component.replace("-", "_")
         main = ROOT / "services" / component / "src" / module / "__main__.py"
-        if (ROOT / "services" / component / "pyproject.toml").exists():
+        if dockerfiles.runnable(component):
             assert main.exists(), f"{name} runs python -m {module}, which has no __main__.py"
 
 

@@ -110,8 +110,8 @@ def test_entrypoint_module_exists(service: str) -> None:
     runtime = parsed(service)[-1]
     module = dockerfiles.entrypoint_module(runtime)
     assert module == "parley_" + service.replace("-", "_")
-    if not landed(service):
-        pytest.skip(f"services/{service} has only its Dockerfile on this branch")
+    if not dockerfiles.runnable(service):
+        pytest.skip(f"services/{service} does not register a parley.services entry point yet")
     assert (ROOT / "services" / service / "src" / module / "__main__.py").exists()
 
 

@@ -168,3 +168,15 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def runnable(service: str, root: Path = ROOT) -> bool:
+    """The service registers itself with the launcher (entry point group `parley.services`), i.e. it
+    is meant to run as `python -m parley_<service>`; a service still being built may not yet."""
+    import tomllib
+
+    pyproject = root / "services" / service / "pyproject.toml"
+    if not pyproject.exists():
+        return False
+    project = tomllib.loads(pyproject.read_text()).get("project", {})
+    return bool(project.get("entry-points", {}).get("parley.services"))

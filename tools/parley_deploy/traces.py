@@ -45,8 +45,8 @@ STEPS = {
     s.key: s
     for s in (
         Step("webhook", r"POST /webhooks/.+", "SERVER"),
-        Step("publish_inbound", r"publish channel_gateway\.inbound(\.[a-z_]+)*", "PRODUCER"),
-        Step("process_inbound", r"process channel_gateway\.inbound(\.[a-z_]+)*", "CONSUMER"),
+        Step("publish_inbound", r"publish channel_gateway\.inbound(\.[a-z0-9_]+)*", "PRODUCER"),
+        Step("process_inbound", r"process channel_gateway\.inbound(\.[a-z0-9_]+)*", "CONSUMER"),
         Step("upsert_contact", r"parley\.contacts\.v1\.ContactsService/UpsertByIdentity", "SERVER"),
         Step("store_message", r"store message", "INTERNAL"),
         Step("publish_outbound", r"publish channel_gateway\.outbound\.requested", "PRODUCER"),
