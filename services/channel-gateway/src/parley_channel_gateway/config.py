@@ -24,9 +24,10 @@ class Settings(ServiceSettings):
 
     # -- secrets and provider endpoints ---------------------------------------------------------------------
     channel_gateway_encryption_key: str = Field(
+        default="",
         description="Fernet key(s), comma-separated: the first encrypts channel secrets at rest, all decrypt "
-        "(rotation). Generate one with `python -c 'from cryptography.fernet import Fernet; "
-        "print(Fernet.generate_key().decode())'`",
+        "(rotation). Required by serve, web and worker (not by migrate). Generate one with `python -c 'from "
+        "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`",
     )
     channel_gateway_meta_app_secret: str = Field(
         default="", description="Meta app secret: X-Hub-Signature-256 of Messenger, Instagram, WhatsApp webhooks"
