@@ -112,6 +112,8 @@ class World:
             return self.fake.received(f"/telegram/bot{TG_TOKEN}/send")
         if provider == "custom":
             return self.fake.received("/hook")
+        if provider == "instagram":
+            return self.fake.received("/graph/me/messages")
         return self.fake.received(f"/graph/{channel.external_id}/messages")
 
 
@@ -289,7 +291,7 @@ async def test_permanent_provider_errors_fail_with_the_providers_code_and_messag
 
 async def test_retries_are_bounded_and_end_failed(world: World) -> None:
     error = (503, {"error": {"message": "Service temporarily unavailable", "code": 2}}, {"Retry-After": "0"})
-    world.fake.script(f"/graph/{IG_ID}/messages", error, error, error, error, error)
+    world.fake.script("/graph/me/messages", error, error, error, error, error)
     rid = await world.request("instagram", text="down")
     row = await world.final(rid)
     assert row.status == "failed" and row.error_code == "2" and row.attempts == 4

@@ -361,6 +361,22 @@ def test_metrics_expose_red_by_route_template_and_inbound_counts(gateway: Gatewa
     assert gateway.client.get("/healthz").json == {"status": "ok"}
 
 
+def test_accepted_webhooks_move_the_channels_last_inbound_time(gateway: Gateway) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(gateway.settings.database_url.replace("+asyncpg", "+psycopg"))
+    channel_id = gateway.channels["whatsapp"].channel.id
+
+    def last_inbound() -> object:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT last_inbound_at FROM channels WHERE id = :i"), {"i": channel_id}).scalar()
+
+    try:
+        gateway.gw.wait_until(last_inbound, timeout=15)
+    finally:
+        engine.dispose()
+
+
 def test_nats_down_answers_503_then_the_providers_retry_is_accepted_once(gateway: Gateway, nats_server: Any) -> None:
     raw, mid = _fresh_messenger_body("during an outage")
     nats_server.stop()
