@@ -246,7 +246,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds at the fixed rate")
     parser.add_argument("--step-duration", type=float, default=4.0, help="seconds per ramp step")
     parser.add_argument("--steps", default="500,750,1000,1250,1500,1750,2000,2500,3000")
-    parser.add_argument("--workers", default="2", help="gunicorn workers of the web process")
+    parser.add_argument("--workers", default="4", help="gunicorn workers of the web process")
+    parser.add_argument("--threads", default="4", help="threads per gunicorn worker")
     args = parser.parse_args(argv)
 
     data = Path(tempfile.mkdtemp(prefix="parley-gateway-bench-"))
@@ -267,6 +268,7 @@ def main(argv: list[str]) -> None:
             "PARLEY_CHANNEL_GATEWAY_ENCRYPTION_KEY": key,
             "PARLEY_CHANNEL_GATEWAY_META_APP_SECRET": APP_SECRET,
             "PARLEY_CHANNEL_GATEWAY_HTTP_WORKERS": args.workers,
+            "PARLEY_CHANNEL_GATEWAY_HTTP_THREADS": args.threads,
             "PARLEY_LOG_LEVEL": "WARNING",
             "OTEL_SDK_DISABLED": "false",
         }
@@ -301,6 +303,7 @@ def main(argv: list[str]) -> None:
         best_rate = best.target_rate if best else 0.0
         print(f"highest sustained webhook rate: {best_rate:.0f}/s (raw publish max {raw_max.achieved:.0f}/s; "
               f"ratio {best_rate / raw_max.achieved if raw_max.achieved else 0:.2f})")  # fmt: skip
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
         print(f"targets: p99 <= 25 ms @ 250/s: {'met' if fixed.pct(0.99) <= 25 else 'NOT met'}; "
               f">= 1000 webhooks/s: {'met' if best_rate >= 1000 else 'NOT met'}")  # fmt: skip
         sys.stdout.flush()
