@@ -7,7 +7,7 @@ gunicorn) on free ports, connects one Messenger channel, then:
    and reports the acknowledgement latency p50/p99 (measured from each request's scheduled send time, so
    queueing counts);
 2. ramps the fixed rate up in steps and reports the highest rate the gateway sustains (every answer 200,
-   achieved >= 95% of the target, p99 <= 100 ms);
+   achieved >= 95% of the target, p50 <= 25 ms: no runaway queue; each step also prints its p99);
 3. measures raw JetStream publish-ack latency at the same fixed rate and the highest publish rate (nats-py,
    the library the gateway uses), and prints both side by side with their ratio.
 
@@ -234,7 +234,8 @@ def report(name: str, run: Run) -> str:
 
 
 def sustained(run: Run) -> bool:
-    return run.errors == 0 and run.achieved >= 0.95 * run.target_rate and run.pct(0.99) <= 100.0
+    """The gateway keeps up: every answer 200, >= 95% of the offered rate, and no runaway queue (p50 <= 25 ms)."""
+    return run.errors == 0 and run.achieved >= 0.95 * run.target_rate and run.pct(0.50) <= 25.0
 
 
 def main(argv: list[str]) -> None:
@@ -279,7 +280,8 @@ def main(argv: list[str]) -> None:
         asyncio.run(open_loop(port, 200, 2))  # warm-up: connections, channel cache, JIT-less but warm imports
 
         print(
-            f"gateway web process: gunicorn, {args.workers} workers; nats-server and PostgreSQL local; 2-core machine"
+            f"gateway web process: gunicorn, {args.workers} workers x {args.threads} threads; nats-server, PostgreSQL "
+            f"and this client on the same machine ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})"
         )
         fixed = asyncio.run(open_loop(port, args.rate, args.duration))
         print(report(f"signed Messenger webhook @ {args.rate:.0f}/s", fixed))
