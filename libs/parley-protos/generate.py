@@ -41,7 +41,12 @@ def generate(out: Path) -> None:
 
 
 def generated_files(base: Path) -> set[str]:
-    return {str(p.relative_to(base)) for p in (base / "parley").rglob("*") if p.is_file()}
+    """Generated files under `base` (bytecode caches that importing the modules leaves are not ours)."""
+    return {
+        str(p.relative_to(base))
+        for p in (base / "parley").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
 
 
 def main() -> int:

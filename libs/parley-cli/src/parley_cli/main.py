@@ -6,6 +6,7 @@ import click
 
 from parley_cli.commands.channels import channels
 from parley_cli.commands.status import status
+from parley_cli.commands.workspace import GROUPS as WORKSPACE_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,3 +16,5 @@ def cli() -> None:
 
 cli.add_command(status)
 cli.add_command(channels)
+for _command in WORKSPACE_COMMANDS:
+    cli.add_command(_command)

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from parley_kit import db, metrics, telemetry
 from parley_kit.auth import TokenVerifier
+from parley_kit.authenticators import WorkspaceAuthenticator
 from parley_kit.grpc_server import Authenticator, GrpcServer, JwtAuthenticator
 from parley_kit.logs import configure_logging
 from parley_kit.nats.consumer import ConsumerRunner
@@ -47,6 +48,14 @@ def verifier_from_settings(settings: ServiceSettings) -> TokenVerifier:
     raise SystemExit("invalid configuration: set PARLEY_AUTH_JWKS or PARLEY_AUTH_JWKS_FILE (token verification keys)")
 
 
+def authenticator_from_settings(settings: ServiceSettings) -> Authenticator:
+    """JWTs with the configured keys; with PARLEY_WORKSPACE_ADDR set, API keys too (verified by the workspace)."""
+    verifier = verifier_from_settings(settings)
+    if settings.workspace_addr:
+        return WorkspaceAuthenticator(verifier, settings.workspace_addr, settings.service_token)
+    return JwtAuthenticator(verifier)
+
+
 class ServiceRuntime:
     """Owns the engine, the NATS connection, the gRPC server, consumers and the outbox relay."""
 
@@ -65,7 +74,7 @@ class ServiceRuntime:
         self._streams = streams
         self._consumer_specs = consumers
         self._outbox_table = outbox
-        self._authenticator = authenticator or JwtAuthenticator(verifier_from_settings(settings))
+        self._authenticator = authenticator or authenticator_from_settings(settings)
         self.grpc = GrpcServer(self.name, authenticator=self._authenticator, public_methods=public_methods)
         self.engine: AsyncEngine = db.create_engine(settings.database_url)
         self.sessions: async_sessionmaker[AsyncSession] = db.session_factory(self.engine)
@@ -153,6 +162,8 @@ class ServiceRuntime:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.grpc.stop(self.settings.shutdown_grace_seconds)
+        if isinstance(self._authenticator, WorkspaceAuthenticator):
+            await self._authenticator.close()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.drain()
         await self.engine.dispose()

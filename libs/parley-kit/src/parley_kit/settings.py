@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
     auth_jwks: str = Field(default="", description="Inline JWKS (JSON) of the token verification keys")
     auth_jwks_file: Path | None = Field(default=None, description="JWKS file, re-read when it changes")
     service_token: str = Field(default="", description="This service's own token for calling other services")
+    workspace_addr: str = Field(
+        default="", description="host:port of the workspace service; when set, API keys are accepted (verified there)"
+    )
 
 
 def load_settings(cls: type[S], **overrides: object) -> S:

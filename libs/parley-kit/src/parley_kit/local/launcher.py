@@ -54,6 +54,20 @@ def signing_key(keys_dir: Path) -> tuple[SigningKey, Path, Path]:
     return key, pem, jwks_file
 
 
+def local_secrets(path: Path, names: set[str]) -> dict[str, str]:
+    """Random keys for `names`, made once and kept in `path` so restarts can read old data."""
+    import base64
+    import secrets as random
+
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = names - set(known)
+    if missing:
+        known.update({n: base64.urlsafe_b64encode(random.token_bytes(32)).decode() for n in missing})
+        path.write_text(json.dumps(known, indent=2))
+        path.chmod(0o600)
+    return {n: known[n] for n in names}
+
+
 def _database_url(pg: PostgresServer | None, external: str | None, name: str) -> str:
     db = name.replace("-", "_")
     if pg is not None:
@@ -143,9 +157,12 @@ def launch(data: Path, *, free_ports: bool, startup_timeout: float) -> int:
             "PYTHONUNBUFFERED": "1",
         }
         listing: list[dict[str, str]] = []
+        generated = local_secrets(data / "secrets.json", {n for s in services for n in s.secrets})
         for service in services:
             env = {
                 **common,
+                **service.env,
+                **{n: generated[n] for n in service.secrets},
                 "PARLEY_SERVICE_NAME": service.name,
                 "PARLEY_DATABASE_URL": _database_url(pg, external_pg, service.name),
                 "PARLEY_GRPC_PORT": str(ports[service.name][0]),

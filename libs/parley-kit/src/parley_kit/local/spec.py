@@ -33,6 +33,11 @@ class LocalService:
     processes: tuple[LocalProcess, ...] = (LocalProcess(),)
     # Start order: lower first (workspace before those that call it).
     order: int = 50
+    # Environment for migrate and every process of the service.
+    env: dict[str, str] = field(default_factory=dict)
+    # Variables the launcher fills with a random key made once per installation (kept in .parley/secrets.json);
+    # each value is a url-safe base64 32-byte key, which is also a valid Fernet key.
+    secrets: tuple[str, ...] = ()
 
 
 # Local port plan, one place for every service (gRPC, metrics).

@@ -1,0 +1,1 @@
+"""Parley workspace service: organizations, spaces, users, roles, teams, tokens, business hours."""
