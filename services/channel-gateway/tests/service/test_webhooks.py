@@ -9,11 +9,19 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 from parley.channel_gateway.v1 import events_pb2 as ev
+from parley_channel_gateway.inbound import (
+    parse_custom,
+    parse_instagram,
+    parse_messenger,
+    parse_telegram,
+    parse_whatsapp,
+)
 from parley_channel_gateway.inbound.signatures import sign_custom
 from parley_channel_gateway.webapp import create_app
 from parley_kit.contracts import channel_gateway as contract
@@ -185,6 +193,48 @@ def test_signed_webhook_reaches_jetstream_as_canonical_event_on_the_contact_part
         assert published.headers["Nats-Msg-Id"] == event.event_id
         assert "traceparent" in published.headers
         assert published.subject == contract.inbound_subject(gateway.space_id, channel.id, event.contact_external_id)
+
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+ALL_FIXTURES = sorted(
+    (provider.name, path.stem)
+    for provider in FIXTURES.iterdir()
+    if provider.is_dir()
+    for path in provider.glob("*.json")
+)
+
+
+def _expected_items(gateway: Gateway, provider: str, raw: bytes) -> tuple[list[Any], int]:
+    """The parser's events for `raw`, and how many items route to no channel of ours."""
+    channel = gateway.channels[provider].channel
+    if provider == "telegram":
+        return [i.event for i in parse_telegram(raw, channel_id=channel.id)], 0
+    if provider == "custom":
+        return [i.event for i in parse_custom(raw, channel_id=channel.id)], 0
+    parser = {"messenger": parse_messenger, "instagram": parse_instagram, "whatsapp": parse_whatsapp}[provider]
+    items = parser(raw)
+    routed = [i.event for i in items if channel.external_id in i.channel_keys]
+    return routed, len(items) - len(routed)
+
+
+@pytest.mark.parametrize(("provider", "fixture"), ALL_FIXTURES, ids=[f"{p}-{f}" for p, f in ALL_FIXTURES])
+def test_every_fixture_publishes_exactly_the_parsers_events(gateway: Gateway, provider: str, fixture: str) -> None:
+    raw = (FIXTURES / provider / f"{fixture}.json").read_bytes()
+    if provider == "custom":  # a fresh id: the same event may have been published by another test
+        doc = json.loads(raw)
+        doc["id"] = f"{doc['id']}-{uuid.uuid4().hex[:6]}"
+        raw = json.dumps(doc).encode()
+    expected, ignored = _expected_items(gateway, provider, raw)
+    response = gateway.post(provider, raw)
+    assert response.status_code == 200, response.json
+    assert response.json == {"status": "ok", "published": len(expected), "ignored": ignored}
+    published = {p.event.event_id: p for p in gateway.events(provider)}
+    channel = gateway.channels[provider].channel
+    for event in expected:
+        found = published[event.event_id]
+        assert found.event.kind == event.kind and list(found.event.parts) == list(event.parts)
+        assert found.headers["Nats-Msg-Id"] == event.event_id
+        assert found.subject == contract.inbound_subject(gateway.space_id, channel.id, event.contact_external_id)
 
 
 def test_one_contacts_events_share_a_partition_subject_in_order(gateway: Gateway) -> None:
