@@ -254,6 +254,15 @@ def test_one_contacts_events_share_a_partition_subject_in_order(gateway: Gateway
     assert len({p.subject for p in mine}) == 1
 
 
+def test_the_providers_trace_continues_through_the_publish(gateway: Gateway) -> None:
+    trace_id = uuid.uuid4().hex
+    raw, mid = _fresh_messenger_body("traced")
+    response = gateway.post_meta("messenger", raw, traceparent=f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01")
+    assert response.status_code == 200
+    [published] = [p for p in gateway.events("messenger") if p.event.provider_message_id == mid]
+    assert published.headers["traceparent"].split("-")[1] == trace_id
+
+
 def test_a_batched_body_publishes_every_item(gateway: Gateway) -> None:
     items = [
         {
