@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -110,23 +110,29 @@ async def enqueue(
     await session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
 
 
-async def enqueue_many(session: AsyncSession, events: Sequence[tuple[str, Message, str]]) -> None:
+async def enqueue_many(
+    session: AsyncSession,
+    events: Sequence[tuple[str, Message, str] | tuple[str, Message, str, Mapping[str, str]]],
+) -> None:
     """Add several events, given as (subject, message, msg_id), in order, with one INSERT and one NOTIFY.
 
     The same as calling `enqueue` for each, for handlers that apply a whole batch in one transaction.
+    An event may carry a fourth element, the trace context it belongs to (a carrier filled by
+    `telemetry.inject`): a batch of several requests' events keeps each one's trace. Without it, the
+    current context is stored.
     """
     if not events:
         return
-    headers = dict(telemetry.inject({}))
+    current = dict(telemetry.inject({}))
     rows = [
         {
-            "subject": subject,
-            "msg_id": msg_id,
-            "event_type": message.DESCRIPTOR.full_name,
-            "payload": message.SerializeToString(),
-            "headers": headers,
+            "subject": event[0],
+            "msg_id": event[2],
+            "event_type": event[1].DESCRIPTOR.full_name,
+            "payload": event[1].SerializeToString(),
+            "headers": dict(event[3]) if len(event) > 3 else current,  # type: ignore[misc]
         }
-        for subject, message, msg_id in events
+        for event in events
     ]
     await session.execute(pg_insert(_outbox).values(rows).on_conflict_do_nothing(index_elements=["msg_id"]))
     await session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
