@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.json_format import ParseDict
@@ -206,11 +206,12 @@ def to_outbox(event: DomainEvent, now: datetime) -> tuple[str, PbMessage, str]:
     return subject, out, out.meta.event_id  # type: ignore[attr-defined]
 
 
-async def write_events(session: AsyncSession, events: Sequence[DomainEvent]) -> None:
-    """The repository's EventWriter: every domain event into the outbox, in order, in the caller's transaction."""
+async def write_events(session: AsyncSession, events: Sequence[tuple[DomainEvent, Mapping[str, str]]]) -> None:
+    """The repository's EventWriter: every domain event into the outbox, in order, in the caller's transaction,
+    each with the trace context it was emitted in."""
     now = datetime.now(UTC)
-    await enqueue_many(session, [to_outbox(event, now) for event in events])
-    for event in events:
+    await enqueue_many(session, [(*to_outbox(event, now), carrier) for event, carrier in events])
+    for event, _ in events:
         metrics.count_event(event)
 
 

@@ -29,6 +29,13 @@ Design (the guarantees and why they hold):
 5. Balance. Replicas count each other through advisory locks on (CLASS_MEMBER, slot) that each
    holds while alive; each aims for ceil(16 / replicas) partitions (at most
    `ingest_max_partitions`), releases extras after its current batch, and takes free ones.
+
+Traces. The kit's batch span (`process conversations--inbound-NN`) only links the producers. So that
+one trace runs from the webhook to the stored message and on, each event of a batch gets its own
+`process channel_gateway.inbound.NN` CONSUMER span, a child of its producer span (the NATS headers);
+its contact's `UpsertByIdentity` call runs in it (the first event of that contact in the batch), and a
+`store message` span under it covers the transaction that stores the event's message; the events that
+message emits go to the outbox with that span's context.
 """
 
 from __future__ import annotations
@@ -41,14 +48,19 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from parley.channel_gateway.v1 import events_pb2 as gw
 from parley.contacts.v1 import contacts_service_pb2 as cpb
 from parley.contacts.v1 import contacts_service_pb2_grpc as cpb_grpc
+from parley_kit import telemetry
 from parley_kit.contracts import channel_gateway as cg
 from parley_kit.grpc_client import create_channel
 from parley_kit.nats import ConsumerRunner, ConsumerSpec, Delivery, PoisonMessage, TransientError, is_transient
@@ -57,12 +69,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley_conversations import mapping, metrics
-from parley_conversations.domain import CONTACT_ACTIVITY_KINDS, RECEIPT_KINDS, InboundItem
+from parley_conversations.domain import CONTACT_ACTIVITY_KINDS, MESSAGE_KINDS, RECEIPT_KINDS, InboundItem, InboundKind
 from parley_conversations.events import inbound_consumer, inbound_durable
 from parley_conversations.repository import Repository
 from parley_conversations.service import ConversationsService, utcnow
 
 log = logging.getLogger(__name__)
+_tracer = telemetry.tracer("parley_conversations.ingest")
 
 CLASS_MEMBER = 0x50430001
 CLASS_PARTITION = 0x50430002
@@ -83,12 +96,15 @@ class ContactsResolver:
         return cls(create_channel(target, token=token, timeout=timeout), timeout=timeout)
 
     async def resolve(
-        self, items: Sequence[InboundItem]
+        self,
+        items: Sequence[InboundItem],
+        contexts: Mapping[tuple[str, str, str], otel_context.Context] | None = None,
     ) -> tuple[dict[tuple[str, str, str], str], dict[tuple[str, str, str], str]]:
         """(contact id per identity key, error per identity key the contacts service refused for good).
 
         Receipts need no contact; every other item gets one call per identity per batch, with the
         identity's latest interaction time. Raises TransientError when the contacts service is down.
+        `contexts` gives the trace context each identity's call runs in (else the current one).
         """
         first: dict[tuple[str, str, str], InboundItem] = {}
         interaction: dict[tuple[str, str, str], datetime | None] = {}
@@ -105,6 +121,15 @@ class ContactsResolver:
         refused: dict[tuple[str, str, str], str] = {}
 
         async def one(key: tuple[str, str, str]) -> None:
+            # Each call is its own task (gather): attaching its event's trace context is local to it.
+            token = otel_context.attach(contexts[key]) if contexts is not None and key in contexts else None
+            try:
+                await call(key)
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+
+        async def call(key: tuple[str, str, str]) -> None:
             it = first[key]
             p = it.profile
             request = cpb.UpsertByIdentityRequest(
@@ -413,35 +438,106 @@ class InboundIngest:
         """Resolve contacts, then apply every unit in one transaction on the partition's connection."""
         items: list[InboundItem] = []
         item_units: list[_Unit] = []
-        for u in units:
-            if u.event is None:
-                continue
-            try:
-                item = mapping.inbound_item(u.event)
-            except ValueError as exc:
-                u.error = str(exc)
-                continue
-            items.append(item)
-            item_units.append(u)
-        started = time.perf_counter()
-        contact_ids, refused = await self._with_retries(lambda: self.contacts.resolve(items))
-        metrics.INGEST_SECONDS.labels("contacts").observe(time.perf_counter() - started)
-        if refused:
+        spans = {id(u): self._event_span(worker, u) for u in units}
+        store_spans: dict[int, Span] = {}  # by id(item)
+        try:
+            for u in units:
+                if u.event is None:
+                    continue
+                try:
+                    item = mapping.inbound_item(u.event)
+                except ValueError as exc:
+                    u.error = str(exc)
+                    continue
+                items.append(item)
+                item_units.append(u)
+            contexts: dict[tuple[str, str, str], otel_context.Context] = {}
             for it, u in zip(items, item_units, strict=True):
-                if it.contact_key in refused:
-                    u.error = refused[it.contact_key]
-            items = [it for it in items if it.contact_key not in refused]
-        started = time.perf_counter()
-        async with self.repo.on_connection(worker.conn) as tx:
-            stats = await self.service.apply_inbound(tx, items, contact_ids)
-            await tx.set_ingest_offset(worker.partition, max(u.sequence for u in units), utcnow())
-        metrics.INGEST_SECONDS.labels("database").observe(time.perf_counter() - started)
-        metrics.INGEST_BATCH.observe(len(units))
-        metrics.INGEST_DUPLICATES.inc(stats.duplicates)
-        metrics.INGEST_UNMATCHED.inc(stats.unmatched)
-        poison = sum(1 for u in units if u.error)
-        if poison:
-            metrics.INGEST_POISON.inc(poison)
+                contexts.setdefault(it.contact_key, trace.set_span_in_context(spans[id(u)]))
+            started = time.perf_counter()
+            contact_ids, refused = await self._with_retries(lambda: self.contacts.resolve(items, contexts))
+            metrics.INGEST_SECONDS.labels("contacts").observe(time.perf_counter() - started)
+            if refused:
+                for it, u in zip(items, item_units, strict=True):
+                    if it.contact_key in refused:
+                        u.error = refused[it.contact_key]
+                items = [it for it in items if it.contact_key not in refused]
+            for it, u in zip(items, item_units, strict=True):
+                if it.kind in MESSAGE_KINDS:
+                    store_spans[id(it)] = _tracer.start_span(
+                        "store message", context=trace.set_span_in_context(spans[id(u)])
+                    )
+
+            def scope(it: InboundItem) -> Any:
+                span = store_spans.get(id(it))
+                return trace.use_span(span, end_on_exit=False) if span is not None else contextlib.nullcontext()
+
+            started = time.perf_counter()
+            async with self.repo.on_connection(worker.conn) as tx:
+                stats = await self.service.apply_inbound(tx, items, contact_ids, scope)
+                await tx.set_ingest_offset(worker.partition, max(u.sequence for u in units), utcnow())
+            committed = time.time()
+            received = {
+                u.event.event_id: u.event.received_at.seconds + u.event.received_at.nanos / 1e9
+                for u in item_units
+                if u.event is not None and u.event.HasField("received_at")
+            }
+            metrics.INGEST_SECONDS.labels("database").observe(time.perf_counter() - started)
+            metrics.INGEST_BATCH.observe(len(units))
+            metrics.INGEST_DUPLICATES.inc(stats.duplicates)
+            metrics.INGEST_UNMATCHED.inc(stats.unmatched)
+            for it in items:
+                stored = stats.stored_items.get(id(it))
+                span = store_spans.get(id(it))
+                if span is not None:
+                    span.set_attribute("parley.duplicate", id(it) in stats.duplicate_items)
+                    direction = "outbound" if it.kind == InboundKind.ECHO else "inbound"
+                    span.set_attribute("parley.message.direction", direction)
+                    if stored is not None:
+                        span.set_attribute("parley.conversation_id", stored.conversation_id)
+                        span.set_attribute("parley.message_id", stored.message_id)
+                        span.set_attribute("parley.conversation.opened", stored.opened)
+                if stored is not None and it.kind == InboundKind.MESSAGE and it.event_id in received:
+                    # webhook received by the gateway -> the message committed (visible through the API)
+                    visible_after = max(0.0, committed - received[it.event_id])
+                    metrics.TIME_TO_VISIBILITY.labels(it.channel_type).observe(visible_after)
+            poison = sum(1 for u in units if u.error)
+            if poison:
+                metrics.INGEST_POISON.inc(poison)
+        except BaseException as exc:
+            for span in [*store_spans.values(), *spans.values()]:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                span.set_attribute("error.type", type(exc).__name__)
+            raise
+        finally:
+            for span in store_spans.values():
+                span.end()
+            for u in units:
+                if u.error:
+                    spans[id(u)].set_status(Status(StatusCode.ERROR, "PoisonMessage"))
+                    spans[id(u)].set_attribute("error.type", "PoisonMessage")
+                spans[id(u)].end()
+
+    @staticmethod
+    def _event_span(worker: PartitionWorker, unit: _Unit) -> Span:
+        """The event's own CONSUMER span, a child of its producer's span (traceparent in the NATS headers)."""
+        if unit.delivery is not None:
+            headers: Mapping[str, str] = unit.delivery.headers
+            msg_id, delivered = unit.delivery.msg_id, unit.delivery.num_delivered
+        else:  # read from the stream to fill a gap
+            raw = getattr(unit, "raw", None)
+            headers = dict(raw.headers or {}) if raw is not None else {}
+            msg_id, delivered = headers.get("Nats-Msg-Id", ""), 0
+        attributes: dict[str, Any] = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": worker.subject,
+            "messaging.consumer.group.name": worker.spec.durable,
+            "messaging.message.id": msg_id or (unit.event.event_id if unit.event is not None else ""),
+            "messaging.message.delivery_count": delivered,
+        }
+        parent = telemetry.extract(headers)
+        return _tracer.start_span(f"process {worker.subject}", parent, kind=SpanKind.CONSUMER, attributes=attributes)
 
     @staticmethod
     async def _with_retries(call, attempts: int = 3):  # type: ignore[no-untyped-def]

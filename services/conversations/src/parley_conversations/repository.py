@@ -8,12 +8,12 @@ batch can only commit while its replica still owns the partition).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from parley_kit import db
+from parley_kit import db, telemetry
 from parley_kit.errors import AlreadyExists, FailedPrecondition
 from sqlalchemy import (
     Select,
@@ -50,7 +50,9 @@ from parley_conversations.models import (
     SpaceSettings,
 )
 
-EventWriter = Callable[[AsyncSession, Sequence[DomainEvent]], Awaitable[None]]
+# Writes (event, trace carrier) pairs to the outbox; the carrier is the trace context current when the event was
+# emitted, so each event of a batch keeps its own request's trace.
+EventWriter = Callable[[AsyncSession, Sequence[tuple[DomainEvent, Mapping[str, str]]]], Awaitable[None]]
 
 OPEN = ConversationStatus.OPEN.value
 ContactKey = tuple[str, str, str]  # (space_id, contact_id, channel_id)
@@ -86,7 +88,7 @@ class Repository:
 class Tx:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-        self._pending: list[DomainEvent] = []
+        self._pending: list[tuple[DomainEvent, Mapping[str, str]]] = []
 
     # -- unit of work -------------------------------------------------------------------------------
 
@@ -94,8 +96,10 @@ class Tx:
         self.session.add_all(objs)
 
     def emit(self, *events: DomainEvent) -> None:
-        """Queue events; they go to the outbox at the end of the transaction, in order."""
-        self._pending.extend(events)
+        """Queue events; they go to the outbox at the end of the transaction, in order, each with the trace
+        context current now."""
+        carrier = telemetry.inject({})
+        self._pending.extend((event, carrier) for event in events)
 
     async def flush(self) -> None:
         await self.session.flush()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -90,6 +91,15 @@ PREVIEW = 200
 FRT_BUCKETS = ("<30s", "30s-2m", "2-5m", "5-10m", "10-30m", "30m-1h", ">1h")
 
 
+@dataclass(frozen=True)
+class StoredInbound:
+    """What one inbound event stored: its message, in which conversation, and whether it opened it."""
+
+    message_id: str
+    conversation_id: str
+    opened: bool
+
+
 @dataclass
 class IngestStats:
     stored: int = 0
@@ -98,6 +108,10 @@ class IngestStats:
     statuses: int = 0
     updates: int = 0
     unmatched: int = 0
+    # Per item given to apply_inbound (by id(item): a re-sent event may come twice in one batch): the message it
+    # stored, or (duplicate_items) that its message was already stored.
+    stored_items: dict[int, StoredInbound] = field(default_factory=dict)
+    duplicate_items: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -796,13 +810,20 @@ class ConversationsService:
     # ==== ingest ================================================================================
 
     async def apply_inbound(
-        self, tx: Tx, items: Sequence[InboundItem], contact_ids: dict[tuple[str, str, str], str]
+        self,
+        tx: Tx,
+        items: Sequence[InboundItem],
+        contact_ids: dict[tuple[str, str, str], str],
+        item_scope: Callable[[InboundItem], AbstractContextManager[object]] | None = None,
     ) -> IngestStats:
         """Apply one batch of inbound events, in order, inside `tx`.
 
         `contact_ids` maps (space_id, channel_id, contact_external_id) to the contact id (resolved by
         the caller through the contacts service). Idempotent: a provider message already stored is skipped.
+        `item_scope(item)`, when given, is entered while the item's message is stored and its events emitted
+        (the ingest uses it to make the event's own trace current).
         """
+        scope = item_scope or (lambda _item: nullcontext())
         stats = IngestStats()
         now = self.clock()
         await self._remember_contacts(tx, items, contact_ids, now)
@@ -818,6 +839,7 @@ class ConversationsService:
         for it, pair in zip(message_items, pairs, strict=True):
             if pair in seen:
                 stats.duplicates += 1
+                stats.duplicate_items.add(id(it))
                 continue
             seen.add(pair)
             fresh.append(it)
@@ -861,26 +883,28 @@ class ConversationsService:
 
         new_by_pmid: dict[tuple[str, str], Message] = {}
         for it, conv, opened in plan:
-            contact_actor = Actor(f"contact:{conv.contact_id}")
-            if opened:
-                stats.opened += 1
-                tx.emit(ConversationOpened(SYSTEM if it.kind == InboundKind.ECHO else contact_actor, conv))
-            reply_to = None
-            if it.target_provider_message_id:
-                target = new_by_pmid.get((it.channel_id, it.target_provider_message_id)) or targets.get(
-                    (it.channel_id, it.target_provider_message_id)
-                )
-                reply_to = target.id if target is not None else None
-            msg = self._inbound_message(it, conv, reply_to, now)
-            tx.add(msg)
-            new_by_pmid[(it.channel_id, msg.provider_message_id or "")] = msg
-            stats.stored += 1
-            if it.kind == InboundKind.ECHO:
-                self._count_outgoing(conv, msg, now, human=False)
-                tx.emit(MessageSent(SYSTEM, msg))
-            else:
-                self._count_incoming(conv, msg)
-                tx.emit(MessageReceived(contact_actor, msg, opened))
+            with scope(it):
+                contact_actor = Actor(f"contact:{conv.contact_id}")
+                if opened:
+                    stats.opened += 1
+                    tx.emit(ConversationOpened(SYSTEM if it.kind == InboundKind.ECHO else contact_actor, conv))
+                reply_to = None
+                if it.target_provider_message_id:
+                    target = new_by_pmid.get((it.channel_id, it.target_provider_message_id)) or targets.get(
+                        (it.channel_id, it.target_provider_message_id)
+                    )
+                    reply_to = target.id if target is not None else None
+                msg = self._inbound_message(it, conv, reply_to, now)
+                tx.add(msg)
+                new_by_pmid[(it.channel_id, msg.provider_message_id or "")] = msg
+                stats.stored += 1
+                stats.stored_items[id(it)] = StoredInbound(msg.id, conv.id, opened)
+                if it.kind == InboundKind.ECHO:
+                    self._count_outgoing(conv, msg, now, human=False)
+                    tx.emit(MessageSent(SYSTEM, msg))
+                else:
+                    self._count_incoming(conv, msg)
+                    tx.emit(MessageReceived(contact_actor, msg, opened))
 
         # -- reactions, edits and deletions of stored messages ---------------------------------------
         for it in items:
