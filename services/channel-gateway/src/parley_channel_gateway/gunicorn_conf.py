@@ -3,7 +3,8 @@
 Reads PARLEY_HTTP_PORT (default 8080), PARLEY_CHANNEL_GATEWAY_HTTP_WORKERS and _HTTP_THREADS. Threaded
 workers (gthread): every request thread hands its publishes to the worker's one asyncio loop thread, so
 many webhooks wait for their JetStream acks at once. Prometheus metrics are aggregated across workers
-through PROMETHEUS_MULTIPROC_DIR.
+through PROMETHEUS_MULTIPROC_DIR, and served summed on PARLEY_METRICS_PORT by the master (where every other
+process serves them, and where the chart's scrape config looks) as well as on the HTTP port's /metrics.
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 proc_name = "parley-channel-gateway-web"
+
+
+def when_ready(server: Any) -> None:
+    """In the master, once it listens: /metrics on PARLEY_METRICS_PORT, summed over the workers (0: off)."""
+    if _settings.metrics_port:
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        start_http_server(_settings.metrics_port, registry=registry)
 
 
 def post_fork(server: Any, worker: Any) -> None:
