@@ -43,13 +43,41 @@ proc_name = "parley-channel-gateway-web"
 
 
 def when_ready(server: Any) -> None:
-    """In the master, once it listens: /metrics on PARLEY_METRICS_PORT, summed over the workers (0: off)."""
+    """In the master, once it listens: /metrics on PARLEY_METRICS_PORT (0: off), the workers' metrics summed, plus
+    the CPU time and resident memory of the master and its workers together (what every other process exports
+    for itself, and what the RED dashboard's saturation panels read)."""
     if _settings.metrics_port:
         from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        registry.register(_ProcessTreeCollector(server))
         start_http_server(_settings.metrics_port, registry=registry)
+
+
+class _ProcessTreeCollector:
+    """process_cpu_seconds_total and process_resident_memory_bytes of the gunicorn master and its live workers."""
+
+    def __init__(self, arbiter: Any) -> None:
+        self._arbiter = arbiter
+
+    def collect(self) -> Any:
+        from prometheus_client import ProcessCollector
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        totals = {"process_cpu_seconds": 0.0, "process_resident_memory_bytes": 0.0}
+        for pid in [os.getpid(), *list(self._arbiter.WORKERS)]:
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+                if family.name in totals and family.samples:
+                    totals[family.name] += family.samples[0].value
+        yield CounterMetricFamily(
+            "process_cpu_seconds", "Total user and system CPU time of the master and workers in seconds.",
+            value=totals["process_cpu_seconds"],
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "process_resident_memory_bytes", "Resident memory of the master and workers in bytes.",
+            value=totals["process_resident_memory_bytes"],
+        )  # fmt: skip
 
 
 def post_fork(server: Any, worker: Any) -> None:

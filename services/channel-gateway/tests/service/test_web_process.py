@@ -82,6 +82,11 @@ def test_web_process_serves_signed_webhooks_through_gunicorn(
                 and 'status="200"' in ln
             )
             assert float(line.rsplit(" ", 1)[1]) == 4.0, url
+        # The master's port also has the CPU and memory of the master and workers together.
+        summed = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        cpu = next(ln for ln in summed.splitlines() if ln.startswith("process_cpu_seconds_total "))
+        rss = next(ln for ln in summed.splitlines() if ln.startswith("process_resident_memory_bytes "))
+        assert float(cpu.split()[1]) > 0 and float(rss.split()[1]) > 3 * 10_000_000  # master + 2 workers
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
