@@ -33,4 +33,5 @@ def platform(parley_tmp: Path, fake_graph: FakeGraph) -> Iterator[Platform]:
         yield booted
     finally:
         code = booted.stop()
-        assert code == 0, booted.launcher_log()
+    assert code == 0, booted.launcher_log()
+    assert "Parley stopped." in booted.launcher_log()
