@@ -75,9 +75,8 @@ class Contact(Base):
         Index("ix_contacts_space_assignee_team", "space_id", "assignee_team_id"),
         Index("ix_contacts_space_last_interaction", "space_id", "last_interaction_at"),
         # Prefix, case-insensitive search (LIKE 'q%' on lower(...)).
-        # Membership of a space and rank in the list order from the index alone (counts and ranking of
-        # tag/value matches join on it instead of the wide rows).
-        Index("ix_contacts_space_id", "space_id", "id", postgresql_include=["created_at"]),
+        # Membership of a space from the index alone (counts join on it instead of the wide rows).
+        Index("ix_contacts_space_id", "space_id", "id"),
         # Prefix search: each index also carries what ranking candidates needs (id, created_at) and the
         # columns of its expression, so candidates come from index-only scans.
         Index(

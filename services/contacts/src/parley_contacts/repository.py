@@ -357,10 +357,6 @@ class Repository:
     ) -> tuple[Any, Any]:
         if search and criteria is None:
             return _search_statements(space_id, search, after, limit, count_limit)
-        if criteria is not None and not search:
-            driven = _driven_page(space_id, criteria, after, limit)
-            if driven is not None:
-                return driven, _count_statement(space_id, criteria, count_limit)
         where = [C.space_id == space_id]
         if criteria is not None:
             where.append(compile_criteria(criteria))
@@ -883,31 +879,6 @@ def _drivers(criteria: ResolvedGroup) -> tuple[list[tuple[Any, Any]], list[Any]]
     drivers = [(n, q) for n in criteria.children if (q := _narrow_ids(n)) is not None]
     rest = [n for n in criteria.children if all(n is not d for d, _ in drivers)]
     return drivers, rest
-
-
-def _driven_page(space_id: str, criteria: ResolvedGroup, after: tuple[datetime, uuid.UUID] | None, limit: int) -> Any:
-    """The page of AND-criteria with two or more tag/value conditions (whose intersection is usually
-    small): intersect their ids from the narrow indexes, rank the matches by (created_at, id) from
-    `ix_contacts_space_id`, and read only the page's rows. None for other criteria, whose pages are
-    best found by walking the contacts newest-first."""
-    drivers, rest = _drivers(criteria)
-    if len(drivers) < 2:
-        return None
-    matched = intersect(*(q for _, q in drivers)).subquery("matched")
-    cid = matched.c.contact_id
-    ranked = (
-        select(C.id, C.created_at)
-        .select_from(matched.join(m.Contact.__table__, C.id == cid))
-        .where(C.space_id == space_id, *(_compile(n, cid) for n in rest))
-    )
-    if after is not None:
-        ranked = ranked.where(tuple_(C.created_at, C.id) < tuple_(literal(after[0]), literal(after[1])))
-    page = ranked.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1).subquery("page")
-    return (
-        select(*_CONTACT_COLUMNS)
-        .select_from(m.Contact.__table__.join(page, C.id == page.c.id))
-        .order_by(C.created_at.desc(), C.id.desc())
-    )
 
 
 def _count_statement(space_id: str, criteria: ResolvedGroup, count_limit: int | None) -> Any:

@@ -64,7 +64,7 @@ def upgrade() -> None:
         "contacts",
         ["space_id", sa.literal_column("created_at DESC"), sa.literal_column("id DESC")],
     )
-    op.create_index("ix_contacts_space_id", "contacts", ["space_id", "id"], postgresql_include=["created_at"])
+    op.create_index("ix_contacts_space_id", "contacts", ["space_id", "id"])
     op.create_index("ix_contacts_space_assignee_team", "contacts", ["space_id", "assignee_team_id"])
     op.create_index("ix_contacts_space_assignee_user", "contacts", ["space_id", "assignee_user_id"])
     op.create_index("ix_contacts_space_last_interaction", "contacts", ["space_id", "last_interaction_at"])
