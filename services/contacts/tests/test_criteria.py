@@ -366,7 +366,7 @@ def _narrow_driver(cond: Any) -> bool:
     return False
 
 
-async def test_and_of_several_tag_and_value_conditions_with_others_matches_the_reference(world: dict[str, Any]) -> None:
+async def test_and_or_of_tag_and_value_conditions_with_others_match_the_reference(world: dict[str, Any]) -> None:
     rng = random.Random(SEED + 3)
     conds = every_condition(world)
     drivers = [c for c in conds if _narrow_driver(c)]
@@ -378,3 +378,6 @@ async def test_and_of_several_tag_and_value_conditions_with_others_matches_the_r
             children.append(Group(any=True, children=tuple(rng.sample(conds, 2))))
         group = Group(any=False, children=tuple(children))
         assert await _ids(world, group, page_size=3) == _expected(world, group), criteria_to_json(group)
+    for _ in range(20):
+        group = Group(any=True, children=tuple(rng.sample(drivers, rng.randint(1, 3))))
+        assert await _ids(world, group) == _expected(world, group), criteria_to_json(group)

@@ -889,6 +889,16 @@ def _count_statement(space_id: str, criteria: ResolvedGroup, count_limit: int | 
     remaining conditions are checked per match, joining the contact row only if they read it. Other
     criteria fall back to filtering the contacts.
     """
+    if criteria.any and criteria.children:
+        # An OR of tag/value conditions: the union of their ids, all from the narrow indexes.
+        parts = [_narrow_ids(n) for n in criteria.children]
+        if any(q is None for q in parts):
+            return None
+        ids: Any = union(*parts) if len(parts) > 1 else parts[0]
+        inner = select(literal(1)).select_from(ids.subquery("matched"))
+        if count_limit:
+            inner = inner.limit(count_limit)
+        return select(func.count()).select_from(inner.subquery())
     drivers, rest = _drivers(criteria)
     if not drivers:
         return None
