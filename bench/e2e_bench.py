@@ -39,7 +39,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,8 @@ class Step:
     errors: int = 0
     send_elapsed: float = 0.0
     scheduled: dict[str, float] = field(default_factory=dict)  # mid -> scheduled send time (perf_counter)
-    ttv: list[float] = field(default_factory=list)  # seconds, per visible message
+    ttv: list[float] = field(default_factory=list)  # seconds, per message visible through the API
+    announced: list[float] = field(default_factory=list)  # seconds, per message.received event
     missing: int = 0  # acknowledged but never visible within the drain timeout
     backlog_samples: list[int] = field(default_factory=list)  # sent-not-visible, once a second while sending
     backlog_at_end: int = 0
@@ -79,8 +80,8 @@ class Step:
         span = self.send_elapsed + self.drain_seconds
         return len(self.ttv) / span if span else 0.0
 
-    def pct(self, q: float) -> float:
-        data = sorted(self.ttv)
+    def pct(self, q: float, values: list[float] | None = None) -> float:
+        data = sorted(self.ttv if values is None else values)
         return data[min(len(data) - 1, int(q * len(data)))] * 1000 if data else float("nan")
 
     @property
@@ -96,17 +97,36 @@ class Step:
         return (
             f"{name:<34} sent {self.sent:>6}  ok {self.ok:>6}  err {self.errors:>3}  lost {self.missing:>3}  "
             f"webhooks {self.achieved:>5.0f}/s  visible {self.visible_rate:>5.0f}/s  "
-            f"ttv p50 {self.pct(0.5):>7.1f} ms  p99 {self.pct(0.99):>7.1f} ms  backlog at end {self.backlog_at_end:>5}"
+            f"visible p50 {self.pct(0.5):>7.1f} ms  p99 {self.pct(0.99):>7.1f} ms  backlog at end "
+            f"{self.backlog_at_end:>5}  (event p50 {self.pct(0.5, self.announced):>7.1f} ms  p99 "
+            f"{self.pct(0.99, self.announced):>7.1f} ms)"
         )
 
 
 class Visibility:
-    """Arrival time of each `conversations.message.received` by provider message id (a core NATS subscription)."""
+    """When each message became visible, two ways:
 
-    def __init__(self) -> None:
+    - `seen`: through the conversations gRPC API. A poller lists the inbox (ListConversations, most recent activity
+      first) every `interval`; a conversation whose last message is "benchmark message N" shows that N and, since
+      one contact's messages are stored in provider order, every earlier message of that contact is visible too.
+      The time recorded is when the listing came back (an upper bound, at most one poll late).
+    - `announced`: when `conversations.message.received` (published by the outbox relay after the commit) reached a
+      NATS subscriber: what a downstream consumer (automation) waits for.
+    """
+
+    def __init__(self, target: str, token: str, contacts: int, interval: float = 0.1) -> None:
         self.seen: dict[str, float] = {}
+        self.announced: dict[str, float] = {}
         self.arrived = asyncio.Event()
+        self.polls = 0
+        self._target, self._token, self._contacts, self._interval = target, token, contacts, interval
+        self._pending: dict[int, deque[tuple[int, str]]] = defaultdict(deque)  # contact -> (n, mid) in order
+        self._high = -1
         self._nc: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    def expect(self, n: int, mid: str) -> None:
+        self._pending[n % self._contacts].append((n, mid))
 
     async def start(self, nats_url: str) -> None:
         import nats
@@ -117,12 +137,50 @@ class Visibility:
         async def on_message(msg: Any) -> None:
             now = time.perf_counter()
             event = ev.MessageReceived.FromString(msg.data)
-            self.seen.setdefault(event.message.provider_message_id, now)
-            self.arrived.set()
+            self.announced.setdefault(event.message.provider_message_id, now)
 
         await self._nc.subscribe("conversations.message.received", cb=on_message, pending_msgs_limit=1_000_000)
+        self._task = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        import grpc
+        from parley.conversations.v1 import conversations_service_pb2 as pb
+        from parley.conversations.v1 import conversations_service_pb2_grpc as pb_grpc
+
+        metadata = (("authorization", f"Bearer {self._token}"),)
+        async with grpc.aio.insecure_channel(self._target) as channel:
+            stub = pb_grpc.ConversationsServiceStub(channel)
+            while True:
+                started = time.perf_counter()
+                high, token = self._high, ""
+                for _ in range(10):  # pages, newest first, down to what the previous poll saw
+                    request = pb.ListConversationsRequest(page={"page_size": 100, "page_token": token})
+                    reply = await stub.ListConversations(request, metadata=metadata, timeout=30)
+                    now = time.perf_counter()
+                    older = False
+                    for conversation in reply.conversations:
+                        match = re.fullmatch(r"benchmark message (\d+)", conversation.last_message_text)
+                        if match is None:
+                            continue
+                        n = int(match.group(1))
+                        older = older or n <= self._high
+                        high = max(high, n)
+                        queue = self._pending[n % self._contacts]
+                        while queue and queue[0][0] <= n:
+                            self.seen.setdefault(queue.popleft()[1], now)
+                            self.arrived.set()
+                    token = reply.page.next_page_token
+                    if older or not token:
+                        break
+                self._high = high
+                self.polls += 1
+                await asyncio.sleep(max(0.0, self._interval - (time.perf_counter() - started)))
 
     async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         if self._nc is not None:
             await self._nc.close()
 
@@ -158,6 +216,8 @@ async def run_step(
     requests = [
         webhook(port, app_secret, mids[i], str(PSID_BASE + (first + i) % contacts), first + i) for i in range(total)
     ]
+    for i in range(total):
+        visibility.expect(first + i, mids[i])
     pool: asyncio.Queue[Conn] = asyncio.Queue()
     for _ in range(connections):
         pool.put_nowait(Conn("127.0.0.1", port))
@@ -206,6 +266,8 @@ async def run_step(
     visible = [visibility.seen[m] for m in acked if m in visibility.seen]
     step.drain_seconds = max(0.0, max(visible, default=sent_done) - sent_done)
     step.ttv = [visibility.seen[m] - step.scheduled[m] for m in acked if m in visibility.seen]
+    await asyncio.sleep(0.5)  # the events of the last messages
+    step.announced = [visibility.announced[m] - step.scheduled[m] for m in acked if m in visibility.announced]
     step.missing = len(acked) - len(visible)
     for _ in range(connections):
         conn = pool.get_nowait()
@@ -427,9 +489,9 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench e2e", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=250.0, help="fixed rate, webhooks/s (default 250)")
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds at the fixed rate (default 20)")
-    parser.add_argument("--steps", default="250,500,750,1000,1250,1500", help="ramp rates, webhooks/s")
+    parser.add_argument("--steps", default="100,150,200,250,300,400,500,750,1000", help="ramp rates, webhooks/s")
     parser.add_argument("--step-seconds", type=float, default=10.0, help="seconds per ramp step (default 10)")
-    parser.add_argument("--contacts", type=int, default=2000, help="distinct people writing (default 2000)")
+    parser.add_argument("--contacts", type=int, default=1000, help="distinct people writing (default 1000)")
     parser.add_argument("--keep", action="store_true", help="keep the platform's data directory")
     parser.add_argument(
         "--py-spy",
@@ -455,20 +517,21 @@ def main(argv: list[str]) -> None:
         assert platform.proc is not None
 
         async def run() -> None:
-            visibility = Visibility()
+            visibility = Visibility(platform.grpc_address("conversations"), owner.token, args.contacts)
             await visibility.start(platform.nats_url)
             counter = 0
 
-            async def step(rate: float, seconds: float) -> Step:
+            async def step(rate: float, seconds: float, drain: float = 30.0) -> Step:
                 nonlocal counter
                 result = await run_step(
-                    port, platform.app_secret, visibility, rate, seconds, contacts=args.contacts, first=counter
-                )
+                    port, platform.app_secret, visibility, rate, seconds, contacts=args.contacts, first=counter,
+                    drain_timeout=drain,
+                )  # fmt: skip
                 counter += result.sent
                 return result
 
             # Warm-up: every contact writes once (contacts and conversations created), connections opened.
-            warm = await step(200.0, args.contacts / 200.0)
+            warm = await step(100.0, args.contacts / 100.0, drain=180.0)
             print(warm.line("warm-up (creates the contacts)"), flush=True)
 
             print(
