@@ -64,7 +64,7 @@ class Step:
     send_elapsed: float = 0.0
     scheduled: dict[str, float] = field(default_factory=dict)  # mid -> scheduled send time (perf_counter)
     ttv: list[float] = field(default_factory=list)  # seconds, per message visible through the API
-    announced: list[float] = field(default_factory=list)  # seconds, per message.received event
+    acked: list[str] = field(default_factory=list)  # mids answered 200
     missing: int = 0  # acknowledged but never visible within the drain timeout
     backlog_samples: list[int] = field(default_factory=list)  # sent-not-visible, once a second while sending
     backlog_at_end: int = 0
@@ -90,6 +90,7 @@ class Step:
             self.errors == 0
             and self.missing == 0
             and self.achieved >= 0.95 * self.rate
+            and self.visible_rate >= 0.95 * self.rate
             and self.backlog_at_end <= self.rate * BACKLOG_SECONDS
         )
 
@@ -97,10 +98,13 @@ class Step:
         return (
             f"{name:<34} sent {self.sent:>6}  ok {self.ok:>6}  err {self.errors:>3}  lost {self.missing:>3}  "
             f"webhooks {self.achieved:>5.0f}/s  visible {self.visible_rate:>5.0f}/s  "
-            f"visible p50 {self.pct(0.5):>7.1f} ms  p99 {self.pct(0.99):>7.1f} ms  backlog at end "
-            f"{self.backlog_at_end:>5}  (event p50 {self.pct(0.5, self.announced):>7.1f} ms  p99 "
-            f"{self.pct(0.99, self.announced):>7.1f} ms)"
+            f"visible p50 {self.pct(0.5):>7.1f} ms  p99 {self.pct(0.99):>7.1f} ms  "
+            f"backlog at end {self.backlog_at_end:>5}"
         )
+
+    def announced(self, visibility: Visibility) -> list[float]:
+        """Seconds from each webhook to its `conversations.message.received` reaching a subscriber."""
+        return [visibility.announced[m] - self.scheduled[m] for m in self.acked if m in visibility.announced]
 
 
 class Visibility:
@@ -118,10 +122,10 @@ class Visibility:
         self.seen: dict[str, float] = {}
         self.announced: dict[str, float] = {}
         self.arrived = asyncio.Event()
+        self.announced_more = asyncio.Event()
         self.polls = 0
         self._target, self._token, self._contacts, self._interval = target, token, contacts, interval
         self._pending: dict[int, deque[tuple[int, str]]] = defaultdict(deque)  # contact -> (n, mid) in order
-        self._high = -1
         self._nc: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -138,6 +142,7 @@ class Visibility:
             now = time.perf_counter()
             event = ev.MessageReceived.FromString(msg.data)
             self.announced.setdefault(event.message.provider_message_id, now)
+            self.announced_more.set()
 
         await self._nc.subscribe("conversations.message.received", cb=on_message, pending_msgs_limit=1_000_000)
         self._task = asyncio.create_task(self._poll())
@@ -152,29 +157,38 @@ class Visibility:
             stub = pb_grpc.ConversationsServiceStub(channel)
             while True:
                 started = time.perf_counter()
-                high, token = self._high, ""
-                for _ in range(10):  # pages, newest first, down to what the previous poll saw
+                # Pages come newest first (a conversation's last activity is its last message's provider time, which
+                # grows with N): once a page reaches a conversation older than every message still pending, the
+                # rest cannot show anything new.
+                oldest_pending = min((q[0][0] for q in self._pending.values() if q), default=None)
+                token = ""
+                while oldest_pending is not None:
                     request = pb.ListConversationsRequest(page={"page_size": 100, "page_token": token})
                     reply = await stub.ListConversations(request, metadata=metadata, timeout=30)
                     now = time.perf_counter()
-                    older = False
+                    done = False
                     for conversation in reply.conversations:
                         match = re.fullmatch(r"benchmark message (\d+)", conversation.last_message_text)
                         if match is None:
                             continue
                         n = int(match.group(1))
-                        older = older or n <= self._high
-                        high = max(high, n)
+                        done = done or n < oldest_pending
                         queue = self._pending[n % self._contacts]
                         while queue and queue[0][0] <= n:
                             self.seen.setdefault(queue.popleft()[1], now)
                             self.arrived.set()
                     token = reply.page.next_page_token
-                    if older or not token:
+                    if done or not token:
                         break
-                self._high = high
                 self.polls += 1
                 await asyncio.sleep(max(0.0, self._interval - (time.perf_counter() - started)))
+
+    async def all_announced(self, mids: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(m not in self.announced for m in mids):
+            self.announced_more.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.announced_more.wait(), 1.0)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -266,8 +280,7 @@ async def run_step(
     visible = [visibility.seen[m] for m in acked if m in visibility.seen]
     step.drain_seconds = max(0.0, max(visible, default=sent_done) - sent_done)
     step.ttv = [visibility.seen[m] - step.scheduled[m] for m in acked if m in visibility.seen]
-    await asyncio.sleep(0.5)  # the events of the last messages
-    step.announced = [visibility.announced[m] - step.scheduled[m] for m in acked if m in visibility.announced]
+    step.acked = acked
     step.missing = len(acked) - len(visible)
     for _ in range(connections):
         conn = pool.get_nowait()
@@ -434,48 +447,45 @@ def start_profiles(py_spy: str, pids: dict[str, int], seconds: float, out: Path)
 
 
 def _package(frame: str) -> str:
-    match = re.search(r"\((.*?):\d+\)$", frame)
+    """The top-level package of a py-spy frame `name (package/module.py:12)`."""
+    match = re.search(r"\(([^():]+?)(?:\.py)?:\d+\)$", frame)
     path = match.group(1) if match else frame
-    if "site-packages/" in path:
-        return path.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
-    found = re.search(r"(parley_[a-z_]+)/", path)
-    if found:
-        return found.group(1)
-    return "python stdlib" if "/lib/python3" in path else path.rsplit("/", 1)[-1]
+    return path.split("/", 1)[0] if "/" in path else path
 
 
 def _function(frame: str) -> str:
-    """`name (path/to/file.py:12)` -> `name (file.py)`."""
+    """`name (path/to/parley_x/file.py:12)` -> `name (parley_x/file.py)`."""
     name, _, where = frame.partition(" (")
-    return f"{name} ({where.rsplit('/', 1)[-1].split(':')[0]})" if where else name
+    path = where.rsplit(":", 1)[0]
+    return f"{name} ({'/'.join(path.split('/')[-2:])})" if where else name
 
 
-def summarize_profile(path: Path, top: int = 8) -> list[str]:
-    """Where a process spent its samples: by package of the innermost frame, and the hottest functions."""
+def summarize_profile(path: Path, top: int = 10) -> list[str]:
+    """Where a process spent its samples: the share of busy samples inside each Parley function (inclusive: its
+    callees count), and by package of the running (innermost) frame."""
+    inclusive: dict[str, int] = defaultdict(int)
     by_package: dict[str, int] = defaultdict(int)
-    by_function: dict[str, int] = defaultdict(int)
-    samples = idle = 0
+    busy = 0
     for line in path.read_text().splitlines() if path.exists() else []:
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
             continue
-        count, leaf = int(count_text), stack.split(";")[-1]
-        samples += count
-        if "selectors.py" in leaf or re.match(r"(select|poll|epoll_wait|wait) \(", leaf):
-            idle += count  # waiting for I/O, not running
-            continue
-        by_package[_package(leaf)] += count
-        by_function[_function(leaf)] += count
-    busy = samples - idle
+        count, frames = int(count_text), stack.split(";")
+        if "selectors.py" in frames[-1]:
+            continue  # waiting for I/O
+        busy += count
+        by_package[_package(frames[-1])] += count
+        for name in {_function(f) for f in frames if "(parley_" in f and "__main__" not in f}:
+            inclusive[name] += count
     if not busy:
         return ["    (no busy samples)"]
-    packages = sorted(by_package.items(), key=lambda kv: -kv[1])[:top]
-    lines = [
-        f"    busy in {busy / samples * 100:.0f}% of samples; busy time by package of the running frame: "
-        + ", ".join(f"{name} {n / busy * 100:.0f}%" for name, n in packages)
-    ]
-    for name, n in sorted(by_function.items(), key=lambda kv: -kv[1])[:top]:
-        lines.append(f"      {n / busy * 100:5.1f}%  {name}")
+    skip = ("service_main", "serve (", "ServiceRuntime.run", "main (", "ConsumerRunner._process",
+            "PartitionWorker.handle", "ServiceInterceptor._wrap_unary")  # fmt: skip
+    hot = [(n, c) for n, c in sorted(inclusive.items(), key=lambda kv: -kv[1]) if not n.startswith(skip)][:top]
+    packages = sorted(by_package.items(), key=lambda kv: -kv[1])[:6]
+    lines = [f"    {busy} busy samples (50/s); inside Parley functions (inclusive):"]
+    lines += [f"      {c / busy * 100:5.1f}%  {n}" for n, c in hot]
+    lines.append("    by package of the running frame: " + ", ".join(f"{n} {c / busy * 100:.0f}%" for n, c in packages))
     return lines
 
 
@@ -555,12 +565,22 @@ def main(argv: list[str]) -> None:
                   f"{fixed.drain_seconds:.2f} s after the last webhook")  # fmt: skip
 
             best: Step | None = None
+            ramp: list[Step] = []
             for rate in [float(r) for r in args.steps.split(",") if r]:
                 result = await step(rate, args.step_seconds)
+                ramp.append(result)
                 print(result.line(f"  ramp @ {rate:.0f}/s") + ("" if result.sustained else "   <- not sustained"))
                 if not result.sustained:
                     break
                 best = result
+            everything = [m for s in (warm, fixed, *ramp) for m in s.acked]
+            await visibility.all_announced(everything, timeout=120)  # the outbox relay catches up
+            print("conversations.message.received reaching a NATS subscriber (after the outbox relay), per run:")
+            for name, s in (("fixed", fixed), *((f"ramp @ {r.rate:.0f}/s", r) for r in ramp)):
+                lag = s.announced(visibility)
+                print(
+                    f"  {name:<16} p50 {s.pct(0.5, lag):>8.1f} ms  p99 {s.pct(0.99, lag):>8.1f} ms  ({len(lag)} events)"
+                )
             await visibility.stop()
 
             raw_fixed = await raw_publish(platform.nats_url, args.rate, min(args.seconds, 10.0))
