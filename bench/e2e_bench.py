@@ -509,11 +509,12 @@ def main(argv: list[str]) -> None:
         help="py-spy binary: profile conversations, contacts and the web process during the fixed-rate run "
         "(default: py-spy on the PATH, if any)",
     )
+    parser.add_argument("--no-tracing", action="store_true", help="OTEL_SDK_DISABLED=true in every process")
     args = parser.parse_args(argv)
 
     data = Path(tempfile.mkdtemp(prefix="parley-e2e-bench-"))
     os.chmod(data, 0o755)
-    env = {"PARLEY_LOG_LEVEL": "WARNING"}
+    env = {"PARLEY_LOG_LEVEL": "WARNING", **({"OTEL_SDK_DISABLED": "true"} if args.no_tracing else {})}
     print(f"booting the platform (launcher, free ports, data in {data}) ...", flush=True)
     with FakeGraph(record=False) as graph, Platform.start(data / "platform", env={**graph.env(), **env}) as platform:
         owner = platform.bootstrap("Bench Org", "Bench", "bench@bench.example.com")
@@ -547,7 +548,8 @@ def main(argv: list[str]) -> None:
             print(
                 f"\nplatform as `make run` starts it (gateway web: 1 gunicorn worker x 4 threads; conversations, "
                 f"contacts, workspace, gateway serve/worker: 1 process each), nats-server, PostgreSQL and this client "
-                f"on one machine ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}); logs at WARNING"
+                f"on one machine ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}); logs at WARNING; "
+                f"tracing {'off' if args.no_tracing else 'on (spans made, not exported)'}"
             )
             before = {k: scrape(u) for k, u in metrics_urls.items()}
             cpu_before = {**cpu_by_process(platform.proc.pid), "__self__": time.process_time()}
