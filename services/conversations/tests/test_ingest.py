@@ -295,3 +295,26 @@ async def test_event_the_contacts_service_refuses_is_dead_lettered_and_the_rest_
         lambda: helpers.read_stream(app.rt.js, "dead_letter.conversations.>", gw.InboundEvent)
     )
     assert any(d.provider_message_id == "mid.h0" for d in dead)
+
+
+async def test_an_event_the_database_refuses_is_set_aside_and_its_partition_goes_on(service, stub_for, helpers) -> None:
+    app, _ = service
+    sp = space()
+    events = [
+        helpers.inbound(sp, "ch-1", "psid-n", "mid.n1", text="before"),
+        helpers.inbound(sp, "ch-1", "psid-n", "mid.n2", text="nul \x00 byte"),  # PostgreSQL cannot store NUL
+        helpers.inbound(sp, "ch-1", "psid-n", "mid.n3", text="after", first_name="x" * 500),
+    ]
+    await helpers.publish_inbound(app.rt.js, events)
+    stub = stub_for(sp)
+    (conv,) = await helpers.wait_for(lambda: conversations_of(stub))
+    msgs = await helpers.wait_for(lambda: _n(messages_of(stub, conv.conversation_id), 2))
+    assert [m.text for m in msgs] == ["before", "after"]
+    dead = await helpers.wait_for(
+        lambda: _only(helpers.read_stream(app.rt.js, "dead_letter.conversations.>", gw.InboundEvent), "mid.n2")
+    )
+    assert len(dead) == 1
+
+
+async def _only(coro, mid: str):
+    return [d for d in await coro if d.provider_message_id == mid] or None

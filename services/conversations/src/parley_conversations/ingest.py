@@ -54,6 +54,7 @@ from parley_kit.grpc_client import create_channel
 from parley_kit.nats import ConsumerRunner, ConsumerSpec, Delivery, PoisonMessage, TransientError, is_transient
 from parley_kit.nats.streams import provision
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley_conversations import mapping, metrics
@@ -431,17 +432,52 @@ class InboundIngest:
                 if it.contact_key in refused:
                     u.error = refused[it.contact_key]
             items = [it for it in items if it.contact_key not in refused]
+        pairs = [(u, it) for u, it in zip(item_units, items, strict=True) if not u.error]
         started = time.perf_counter()
-        async with self.repo.on_connection(worker.conn) as tx:
-            stats = await self.service.apply_inbound(tx, items, contact_ids)
-            await tx.set_ingest_offset(worker.partition, max(u.sequence for u in units), utcnow())
+        try:
+            await self._apply_db(worker, pairs, contact_ids, max(u.sequence for u in units))
+        except Exception as exc:
+            if _retryable(exc) or worker.conn.invalidated or worker.conn.closed:
+                raise TransientError(f"partition {worker.partition:02d}: batch not applied ({exc})") from exc
+            # Something in the batch can never be applied: apply the events one by one and set aside
+            # (dead-letter) those that fail, so one bad event does not block its partition.
+            log.warning("partition %02d: batch failed (%s); applying its events one by one", worker.partition, exc)
+            for u, it in pairs:
+                try:
+                    await self._apply_db(worker, [(u, it)], contact_ids, u.sequence)
+                except Exception as one:
+                    if _retryable(one) or worker.conn.invalidated or worker.conn.closed:
+                        raise TransientError(f"partition {worker.partition:02d}: event not applied ({one})") from one
+                    u.error = f"cannot be applied: {type(one).__name__}: {one}"[:1000]
+            async with self.repo.on_connection(worker.conn) as tx:
+                await tx.set_ingest_offset(worker.partition, max(u.sequence for u in units), utcnow())
         metrics.INGEST_SECONDS.labels("database").observe(time.perf_counter() - started)
         metrics.INGEST_BATCH.observe(len(units))
-        metrics.INGEST_DUPLICATES.inc(stats.duplicates)
-        metrics.INGEST_UNMATCHED.inc(stats.unmatched)
         poison = sum(1 for u in units if u.error)
         if poison:
             metrics.INGEST_POISON.inc(poison)
+
+    async def _apply_db(
+        self,
+        worker: PartitionWorker,
+        pairs: list[tuple[_Unit, InboundItem]],
+        contact_ids: dict[tuple[str, str, str], str],
+        offset: int,
+    ) -> None:
+        """One transaction on the partition's connection: the events, then the offset. A unique-key race
+        with the API (an agent opening the same conversation) is retried at once: the retry sees it."""
+        for attempt in range(3):
+            try:
+                async with self.repo.on_connection(worker.conn) as tx:
+                    stats = await self.service.apply_inbound(tx, [it for _, it in pairs], contact_ids)
+                    await tx.set_ingest_offset(worker.partition, offset, utcnow())
+            except IntegrityError as exc:
+                if attempt == 2 or not _unique_violation(exc):
+                    raise
+                continue
+            metrics.INGEST_DUPLICATES.inc(stats.duplicates)
+            metrics.INGEST_UNMATCHED.inc(stats.unmatched)
+            return
 
     @staticmethod
     async def _with_retries(call, attempts: int = 3):  # type: ignore[no-untyped-def]
@@ -472,6 +508,14 @@ class InboundIngest:
         except Exception:
             log.exception("partition %02d: could not dead-letter #%d", worker.partition, unit.sequence)
         log.error("partition %02d: dead-lettered #%d: %s", worker.partition, unit.sequence, unit.error)
+
+
+def _unique_violation(exc: BaseException) -> bool:
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == "23505"
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, TransientError) or is_transient(exc) or _unique_violation(exc)
 
 
 def partition_durables(partitions: int = cg.INBOUND_PARTITIONS) -> list[str]:

@@ -926,12 +926,12 @@ class ConversationsService:
                 row["last_inbound_at"] = _later(row["last_inbound_at"], it.occurred_at)
             p = it.profile
             if contact_id not in profiles and (p.first_name or p.last_name or p.display_name):
-                profiles[contact_id] = {
+                profiles[contact_id] = {  # hints, cut to the columns' sizes
                     "contact_id": contact_id,
                     "space_id": it.space_id,
-                    "first_name": p.first_name,
-                    "last_name": p.last_name,
-                    "display_name": p.display_name or " ".join(x for x in (p.first_name, p.last_name) if x),
+                    "first_name": p.first_name[:200],
+                    "last_name": p.last_name[:200],
+                    "display_name": (p.display_name or " ".join(x for x in (p.first_name, p.last_name) if x))[:400],
                     "fields": {},
                     "updated_at": now,
                 }
