@@ -181,7 +181,7 @@ async def test_receipts_move_outbound_status_forward_never_back(service, stub_fo
     ]
     assert msgs[1].read_at.ToDatetime(tzinfo=UTC) == t0 + timedelta(seconds=3)
     changed = await helpers.wait_for(
-        lambda: _events(app, helpers, "conversations.message.status_changed", ev.MessageStatusChanged, sp)
+        lambda: _n(_events(app, helpers, "conversations.message.status_changed", ev.MessageStatusChanged, sp), 2)
     )
     assert sorted((e.message_id, e.status) for e in changed) == sorted(
         [(msgs[1].message_id, gw.DELIVERY_STATUS_READ), (msgs[2].message_id, gw.DELIVERY_STATUS_READ)]
@@ -229,19 +229,48 @@ async def test_reaction_edit_and_delete_attach_to_their_target(service, stub_for
                 target_provider_message_id="mid.unknown",
                 reaction=gw.Reaction(emoji="👍"),
             ),
+            helpers.inbound(sp, "ch-1", "psid-e", "mid.e3", text="oops", at=t0 + timedelta(seconds=5)),
+            helpers.inbound(
+                sp,
+                "ch-1",
+                "psid-e",
+                "del.1",
+                text="",
+                kind=gw.INBOUND_KIND_DELETE,
+                at=t0 + timedelta(seconds=6),
+                target_provider_message_id="mid.e3",
+            ),
+            helpers.inbound(
+                sp,
+                "ch-1",
+                "psid-e",
+                "pb.1",
+                text="",
+                kind=gw.INBOUND_KIND_POSTBACK,
+                at=t0 + timedelta(seconds=7),
+                payload="BUY_PRO",
+                title="Buy Pro",
+            ),
         ],
     )
     stub = stub_for(sp)
     (conv,) = await helpers.wait_for(lambda: conversations_of(stub))
     await helpers.wait_for(lambda: _all_applied(app))
-    first, second = await messages_of(stub, conv.conversation_id)
+    first, second, deleted, postback = await messages_of(stub, conv.conversation_id)
     assert first.text == "typo" and first.edited_at.ToDatetime(tzinfo=UTC) == t0 + timedelta(seconds=3)
     assert [(r.emoji, r.by) for r in second.reactions] == [("❤", "contact")]
-    assert conv.metrics.incoming_messages == 2  # reactions and edits are not new messages
+    assert deleted.HasField("deleted_at") and deleted.text == "" and not deleted.parts
+    assert (postback.kind, postback.payload, postback.text) == (res.MESSAGE_KIND_POSTBACK, "BUY_PRO", "Buy Pro")
+    conv = (await stub.GetConversation(pb.GetConversationRequest(conversation_id=conv.conversation_id))).conversation
+    assert conv.metrics.incoming_messages == 4  # reactions, edits and deletions are not new messages
     updates = await helpers.wait_for(
-        lambda: _events(app, helpers, "conversations.message.updated", ev.MessageUpdated, sp)
+        lambda: _n(_events(app, helpers, "conversations.message.updated", ev.MessageUpdated, sp), 3)
     )
-    assert sorted(u.change for u in updates) == [ev.MESSAGE_CHANGE_REACTION, ev.MESSAGE_CHANGE_EDIT]
+    assert sorted(u.change for u in updates) == [
+        ev.MESSAGE_CHANGE_REACTION,
+        ev.MESSAGE_CHANGE_EDIT,
+        ev.MESSAGE_CHANGE_DELETE,
+    ]
 
 
 async def test_next_inbound_after_close_opens_a_new_linked_conversation(service, stub_for, helpers) -> None:
