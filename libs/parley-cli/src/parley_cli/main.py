@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from parley_cli.commands.channels import channels
+from parley_cli.commands.contacts import GROUPS as CONTACTS_GROUPS
 from parley_cli.commands.conversations import GROUPS as CONVERSATIONS_COMMANDS
 from parley_cli.commands.status import status
 from parley_cli.commands.workspace import GROUPS as WORKSPACE_COMMANDS
@@ -19,5 +20,7 @@ cli.add_command(status)
 cli.add_command(channels)
 for _command in WORKSPACE_COMMANDS:
     cli.add_command(_command)
+for _group in CONTACTS_GROUPS:
+    cli.add_command(_group)
 for _command in CONVERSATIONS_COMMANDS:
     cli.add_command(_command)

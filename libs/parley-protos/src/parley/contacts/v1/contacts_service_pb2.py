@@ -22,23 +22,141 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from parley.common.v1 import common_pb2 as parley_dot_common_dot_v1_dot_common__pb2
+from parley.contacts.v1 import contact_pb2 as parley_dot_contacts_dot_v1_dot_contact__pb2
+from parley.contacts.v1 import criteria_pb2 as parley_dot_contacts_dot_v1_dot_criteria__pb2
+from parley.contacts.v1 import fields_pb2 as parley_dot_contacts_dot_v1_dot_fields__pb2
+from parley.contacts.v1 import tags_pb2 as parley_dot_contacts_dot_v1_dot_tags__pb2
+from parley.contacts.v1 import views_pb2 as parley_dot_contacts_dot_v1_dot_views__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)parley/contacts/v1/contacts_service.proto\x12\x12parley.contacts.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dparley/common/v1/common.proto\"\x95\x01\n\x0fIdentityProfile\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x12\n\nfirst_name\x18\x02 \x01(\t\x12\x11\n\tlast_name\x18\x03 \x01(\t\x12\x10\n\x08username\x18\x04 \x01(\t\x12\r\n\x05phone\x18\x05 \x01(\t\x12\x10\n\x08language\x18\x06 \x01(\t\x12\x12\n\navatar_url\x18\x07 \x01(\t\"\xf3\x01\n\x17UpsertByIdentityRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\x12\x33\n\x0c\x63hannel_type\x18\x03 \x01(\x0e\x32\x1d.parley.common.v1.ChannelType\x12\x13\n\x0b\x65xternal_id\x18\x04 \x01(\t\x12\x34\n\x07profile\x18\x05 \x01(\x0b\x32#.parley.contacts.v1.IdentityProfile\x12\x32\n\x0einteraction_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x18UpsertByIdentityResponse\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x32\x80\x01\n\x0f\x43ontactsService\x12m\n\x10UpsertByIdentity\x12+.parley.contacts.v1.UpsertByIdentityRequest\x1a,.parley.contacts.v1.UpsertByIdentityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)parley/contacts/v1/contacts_service.proto\x12\x12parley.contacts.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dparley/common/v1/common.proto\x1a parley/contacts/v1/contact.proto\x1a!parley/contacts/v1/criteria.proto\x1a\x1fparley/contacts/v1/fields.proto\x1a\x1dparley/contacts/v1/tags.proto\x1a\x1eparley/contacts/v1/views.proto\"\x95\x01\n\x0fIdentityProfile\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x12\n\nfirst_name\x18\x02 \x01(\t\x12\x11\n\tlast_name\x18\x03 \x01(\t\x12\x10\n\x08username\x18\x04 \x01(\t\x12\r\n\x05phone\x18\x05 \x01(\t\x12\x10\n\x08language\x18\x06 \x01(\t\x12\x12\n\navatar_url\x18\x07 \x01(\t\"\xf3\x01\n\x17UpsertByIdentityRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\x12\x33\n\x0c\x63hannel_type\x18\x03 \x01(\x0e\x32\x1d.parley.common.v1.ChannelType\x12\x13\n\x0b\x65xternal_id\x18\x04 \x01(\t\x12\x34\n\x07profile\x18\x05 \x01(\x0b\x32#.parley.contacts.v1.IdentityProfile\x12\x32\n\x0einteraction_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x18UpsertByIdentityResponse\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xaa\x02\n\x14\x43reateContactRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x33\n\x07profile\x18\x02 \x01(\x0b\x32\".parley.contacts.v1.ContactProfile\x12O\n\x0c\x66ield_values\x18\x03 \x03(\x0b\x32\x39.parley.contacts.v1.CreateContactRequest.FieldValuesEntry\x12\x0f\n\x07tag_ids\x18\x04 \x03(\t\x12\x35\n\nidentities\x18\x05 \x03(\x0b\x32!.parley.contacts.v1.IdentityInput\x1a\x32\n\x10\x46ieldValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x15\x43reateContactResponse\x12,\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x1b.parley.contacts.v1.Contact\"9\n\x11GetContactRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\"B\n\x12GetContactResponse\x12,\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x1b.parley.contacts.v1.Contact\"\xf6\x01\n\x14UpdateContactRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x33\n\x07profile\x18\x03 \x01(\x0b\x32\".parley.contacts.v1.ContactProfile\x12O\n\x0c\x66ield_values\x18\x04 \x03(\x0b\x32\x39.parley.contacts.v1.UpdateContactRequest.FieldValuesEntry\x1a\x32\n\x10\x46ieldValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x15UpdateContactResponse\x12,\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x1b.parley.contacts.v1.Contact\"<\n\x14\x44\x65leteContactRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\"+\n\x15\x44\x65leteContactResponse\x12\x12\n\ncontact_id\x18\x01 \x01(\t\"\xb9\x01\n\x13ListContactsRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12+\n\x04page\x18\x02 \x01(\x0b\x32\x1d.parley.common.v1.PageRequest\x12\x0f\n\x07view_id\x18\x03 \x01(\t\x12.\n\x08\x63riteria\x18\x04 \x01(\x0b\x32\x1c.parley.contacts.v1.Criteria\x12\x0e\n\x06search\x18\x05 \x01(\t\x12\x12\n\nskip_total\x18\x06 \x01(\x08\"\x8f\x01\n\x14ListContactsResponse\x12-\n\x08\x63ontacts\x18\x01 \x03(\x0b\x32\x1b.parley.contacts.v1.Contact\x12,\n\x04page\x18\x02 \x01(\x0b\x32\x1e.parley.common.v1.PageResponse\x12\x1a\n\x12total_count_capped\x18\x03 \x01(\x08\"o\n\x12\x41\x64\x64IdentityRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x33\n\x08identity\x18\x03 \x01(\x0b\x32!.parley.contacts.v1.IdentityInput\"C\n\x13\x41\x64\x64IdentityResponse\x12,\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x1b.parley.contacts.v1.Contact\"`\n\x14MergeContactsRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x1b\n\x13survivor_contact_id\x18\x02 \x01(\t\x12\x19\n\x11merged_contact_id\x18\x03 \x01(\t\"E\n\x15MergeContactsResponse\x12,\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x1b.parley.contacts.v1.Contact\"\xcd\x01\n\tImportRow\x12\x33\n\x07profile\x18\x01 \x01(\x0b\x32\".parley.contacts.v1.ContactProfile\x12\x44\n\x0c\x66ield_values\x18\x02 \x03(\x0b\x32..parley.contacts.v1.ImportRow.FieldValuesEntry\x12\x11\n\ttag_names\x18\x03 \x03(\t\x1a\x32\n\x10\x46ieldValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"V\n\x15ImportContactsRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12+\n\x04rows\x18\x02 \x03(\x0b\x32\x1d.parley.contacts.v1.ImportRow\"@\n\x0cImportResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"x\n\x16ImportContactsResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .parley.contacts.v1.ImportResult\x12\x15\n\rcreated_count\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x61iled_count\x18\x03 \x01(\x05\"n\n\x18UpdateContactTagsRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontact_ids\x18\x02 \x03(\t\x12\x13\n\x0b\x61\x64\x64_tag_ids\x18\x03 \x03(\t\x12\x16\n\x0eremove_tag_ids\x18\x04 \x03(\t\"2\n\x19UpdateContactTagsResponse\x12\x15\n\rchanged_count\x18\x01 \x01(\x05\"V\n\x10\x43reateTagRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x63olor\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"9\n\x11\x43reateTagResponse\x12$\n\x03tag\x18\x01 \x01(\x0b\x32\x17.parley.contacts.v1.Tag\"P\n\x0fListTagsRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12+\n\x04page\x18\x02 \x01(\x0b\x32\x1d.parley.common.v1.PageRequest\"g\n\x10ListTagsResponse\x12%\n\x04tags\x18\x01 \x03(\x0b\x32\x17.parley.contacts.v1.Tag\x12,\n\x04page\x18\x02 \x01(\x0b\x32\x1e.parley.common.v1.PageResponse\"\x98\x01\n\x10UpdateTagRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x0e\n\x06tag_id\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05\x63olor\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x05 \x01(\tH\x02\x88\x01\x01\x42\x07\n\x05_nameB\x08\n\x06_colorB\x0e\n\x0c_description\"9\n\x11UpdateTagResponse\x12$\n\x03tag\x18\x01 \x01(\x0b\x32\x17.parley.contacts.v1.Tag\"4\n\x10\x44\x65leteTagRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x0e\n\x06tag_id\x18\x02 \x01(\t\"+\n\x11\x44\x65leteTagResponse\x12\x16\n\x0euntagged_count\x18\x01 \x01(\x05\"n\n\x15\x41ssignContactsRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontact_ids\x18\x02 \x03(\t\x12.\n\x08\x61ssignee\x18\x03 \x01(\x0b\x32\x1c.parley.contacts.v1.Assignee\"/\n\x16\x41ssignContactsResponse\x12\x15\n\rchanged_count\x18\x01 \x01(\x05\"\x95\x01\n\x12\x43reateFieldRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12+\n\x04type\x18\x05 \x01(\x0e\x32\x1d.parley.contacts.v1.FieldType\x12\x0f\n\x07options\x18\x06 \x03(\t\"I\n\x13\x43reateFieldResponse\x12\x32\n\x05\x66ield\x18\x01 \x01(\x0b\x32#.parley.contacts.v1.FieldDefinition\"R\n\x11ListFieldsRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12+\n\x04page\x18\x02 \x01(\x0b\x32\x1d.parley.common.v1.PageRequest\"w\n\x12ListFieldsResponse\x12\x33\n\x06\x66ields\x18\x01 \x03(\x0b\x32#.parley.contacts.v1.FieldDefinition\x12,\n\x04page\x18\x02 \x01(\x0b\x32\x1e.parley.common.v1.PageResponse\"\xab\x01\n\x12UpdateFieldRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x10\n\x08\x66ield_id\x18\x02 \x01(\t\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\r\n\x05label\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x0f\n\x07options\x18\x07 \x03(\t\"I\n\x13UpdateFieldResponse\x12\x32\n\x05\x66ield\x18\x01 \x01(\x0b\x32#.parley.contacts.v1.FieldDefinition\"8\n\x12\x44\x65leteFieldRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x10\n\x08\x66ield_id\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteFieldResponse\"s\n\x11\x43reateViewRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\x08\x63riteria\x18\x03 \x01(\x0b\x32\x1c.parley.contacts.v1.Criteria\x12\x0e\n\x06shared\x18\x04 \x01(\x08\"<\n\x12\x43reateViewResponse\x12&\n\x04view\x18\x01 \x01(\x0b\x32\x18.parley.contacts.v1.View\"3\n\x0eGetViewRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x0f\n\x07view_id\x18\x02 \x01(\t\"9\n\x0fGetViewResponse\x12&\n\x04view\x18\x01 \x01(\x0b\x32\x18.parley.contacts.v1.View\"Q\n\x10ListViewsRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12+\n\x04page\x18\x02 \x01(\x0b\x32\x1d.parley.common.v1.PageRequest\"j\n\x11ListViewsResponse\x12\'\n\x05views\x18\x01 \x03(\x0b\x32\x18.parley.contacts.v1.View\x12,\n\x04page\x18\x02 \x01(\x0b\x32\x1e.parley.common.v1.PageResponse\"\xb5\x01\n\x11UpdateViewRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x0f\n\x07view_id\x18\x02 \x01(\t\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0c\n\x04name\x18\x04 \x01(\t\x12.\n\x08\x63riteria\x18\x05 \x01(\x0b\x32\x1c.parley.contacts.v1.Criteria\x12\x0e\n\x06shared\x18\x06 \x01(\x08\"<\n\x12UpdateViewResponse\x12&\n\x04view\x18\x01 \x01(\x0b\x32\x18.parley.contacts.v1.View\"6\n\x11\x44\x65leteViewRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x0f\n\x07view_id\x18\x02 \x01(\t\"\x14\n\x12\x44\x65leteViewResponse\"[\n\x17ValidateCriteriaRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12.\n\x08\x63riteria\x18\x02 \x01(\x0b\x32\x1c.parley.contacts.v1.Criteria\"\x1a\n\x18ValidateCriteriaResponse2\x92\x13\n\x0f\x43ontactsService\x12m\n\x10UpsertByIdentity\x12+.parley.contacts.v1.UpsertByIdentityRequest\x1a,.parley.contacts.v1.UpsertByIdentityResponse\x12\x64\n\rCreateContact\x12(.parley.contacts.v1.CreateContactRequest\x1a).parley.contacts.v1.CreateContactResponse\x12[\n\nGetContact\x12%.parley.contacts.v1.GetContactRequest\x1a&.parley.contacts.v1.GetContactResponse\x12\x64\n\rUpdateContact\x12(.parley.contacts.v1.UpdateContactRequest\x1a).parley.contacts.v1.UpdateContactResponse\x12\x64\n\rDeleteContact\x12(.parley.contacts.v1.DeleteContactRequest\x1a).parley.contacts.v1.DeleteContactResponse\x12\x61\n\x0cListContacts\x12\'.parley.contacts.v1.ListContactsRequest\x1a(.parley.contacts.v1.ListContactsResponse\x12^\n\x0b\x41\x64\x64Identity\x12&.parley.contacts.v1.AddIdentityRequest\x1a\'.parley.contacts.v1.AddIdentityResponse\x12\x64\n\rMergeContacts\x12(.parley.contacts.v1.MergeContactsRequest\x1a).parley.contacts.v1.MergeContactsResponse\x12g\n\x0eImportContacts\x12).parley.contacts.v1.ImportContactsRequest\x1a*.parley.contacts.v1.ImportContactsResponse\x12p\n\x11UpdateContactTags\x12,.parley.contacts.v1.UpdateContactTagsRequest\x1a-.parley.contacts.v1.UpdateContactTagsResponse\x12X\n\tCreateTag\x12$.parley.contacts.v1.CreateTagRequest\x1a%.parley.contacts.v1.CreateTagResponse\x12U\n\x08ListTags\x12#.parley.contacts.v1.ListTagsRequest\x1a$.parley.contacts.v1.ListTagsResponse\x12X\n\tUpdateTag\x12$.parley.contacts.v1.UpdateTagRequest\x1a%.parley.contacts.v1.UpdateTagResponse\x12X\n\tDeleteTag\x12$.parley.contacts.v1.DeleteTagRequest\x1a%.parley.contacts.v1.DeleteTagResponse\x12g\n\x0e\x41ssignContacts\x12).parley.contacts.v1.AssignContactsRequest\x1a*.parley.contacts.v1.AssignContactsResponse\x12^\n\x0b\x43reateField\x12&.parley.contacts.v1.CreateFieldRequest\x1a\'.parley.contacts.v1.CreateFieldResponse\x12[\n\nListFields\x12%.parley.contacts.v1.ListFieldsRequest\x1a&.parley.contacts.v1.ListFieldsResponse\x12^\n\x0bUpdateField\x12&.parley.contacts.v1.UpdateFieldRequest\x1a\'.parley.contacts.v1.UpdateFieldResponse\x12^\n\x0b\x44\x65leteField\x12&.parley.contacts.v1.DeleteFieldRequest\x1a\'.parley.contacts.v1.DeleteFieldResponse\x12[\n\nCreateView\x12%.parley.contacts.v1.CreateViewRequest\x1a&.parley.contacts.v1.CreateViewResponse\x12R\n\x07GetView\x12\".parley.contacts.v1.GetViewRequest\x1a#.parley.contacts.v1.GetViewResponse\x12X\n\tListViews\x12$.parley.contacts.v1.ListViewsRequest\x1a%.parley.contacts.v1.ListViewsResponse\x12[\n\nUpdateView\x12%.parley.contacts.v1.UpdateViewRequest\x1a&.parley.contacts.v1.UpdateViewResponse\x12[\n\nDeleteView\x12%.parley.contacts.v1.DeleteViewRequest\x1a&.parley.contacts.v1.DeleteViewResponse\x12m\n\x10ValidateCriteria\x12+.parley.contacts.v1.ValidateCriteriaRequest\x1a,.parley.contacts.v1.ValidateCriteriaResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.contacts.v1.contacts_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IDENTITYPROFILE']._serialized_start=130
-  _globals['_IDENTITYPROFILE']._serialized_end=279
-  _globals['_UPSERTBYIDENTITYREQUEST']._serialized_start=282
-  _globals['_UPSERTBYIDENTITYREQUEST']._serialized_end=525
-  _globals['_UPSERTBYIDENTITYRESPONSE']._serialized_start=527
-  _globals['_UPSERTBYIDENTITYRESPONSE']._serialized_end=590
-  _globals['_CONTACTSSERVICE']._serialized_start=593
-  _globals['_CONTACTSSERVICE']._serialized_end=721
+  _globals['_CREATECONTACTREQUEST_FIELDVALUESENTRY']._loaded_options = None
+  _globals['_CREATECONTACTREQUEST_FIELDVALUESENTRY']._serialized_options = b'8\001'
+  _globals['_UPDATECONTACTREQUEST_FIELDVALUESENTRY']._loaded_options = None
+  _globals['_UPDATECONTACTREQUEST_FIELDVALUESENTRY']._serialized_options = b'8\001'
+  _globals['_IMPORTROW_FIELDVALUESENTRY']._loaded_options = None
+  _globals['_IMPORTROW_FIELDVALUESENTRY']._serialized_options = b'8\001'
+  _globals['_IDENTITYPROFILE']._serialized_start=329
+  _globals['_IDENTITYPROFILE']._serialized_end=478
+  _globals['_UPSERTBYIDENTITYREQUEST']._serialized_start=481
+  _globals['_UPSERTBYIDENTITYREQUEST']._serialized_end=724
+  _globals['_UPSERTBYIDENTITYRESPONSE']._serialized_start=726
+  _globals['_UPSERTBYIDENTITYRESPONSE']._serialized_end=789
+  _globals['_CREATECONTACTREQUEST']._serialized_start=792
+  _globals['_CREATECONTACTREQUEST']._serialized_end=1090
+  _globals['_CREATECONTACTREQUEST_FIELDVALUESENTRY']._serialized_start=1040
+  _globals['_CREATECONTACTREQUEST_FIELDVALUESENTRY']._serialized_end=1090
+  _globals['_CREATECONTACTRESPONSE']._serialized_start=1092
+  _globals['_CREATECONTACTRESPONSE']._serialized_end=1161
+  _globals['_GETCONTACTREQUEST']._serialized_start=1163
+  _globals['_GETCONTACTREQUEST']._serialized_end=1220
+  _globals['_GETCONTACTRESPONSE']._serialized_start=1222
+  _globals['_GETCONTACTRESPONSE']._serialized_end=1288
+  _globals['_UPDATECONTACTREQUEST']._serialized_start=1291
+  _globals['_UPDATECONTACTREQUEST']._serialized_end=1537
+  _globals['_UPDATECONTACTREQUEST_FIELDVALUESENTRY']._serialized_start=1040
+  _globals['_UPDATECONTACTREQUEST_FIELDVALUESENTRY']._serialized_end=1090
+  _globals['_UPDATECONTACTRESPONSE']._serialized_start=1539
+  _globals['_UPDATECONTACTRESPONSE']._serialized_end=1608
+  _globals['_DELETECONTACTREQUEST']._serialized_start=1610
+  _globals['_DELETECONTACTREQUEST']._serialized_end=1670
+  _globals['_DELETECONTACTRESPONSE']._serialized_start=1672
+  _globals['_DELETECONTACTRESPONSE']._serialized_end=1715
+  _globals['_LISTCONTACTSREQUEST']._serialized_start=1718
+  _globals['_LISTCONTACTSREQUEST']._serialized_end=1903
+  _globals['_LISTCONTACTSRESPONSE']._serialized_start=1906
+  _globals['_LISTCONTACTSRESPONSE']._serialized_end=2049
+  _globals['_ADDIDENTITYREQUEST']._serialized_start=2051
+  _globals['_ADDIDENTITYREQUEST']._serialized_end=2162
+  _globals['_ADDIDENTITYRESPONSE']._serialized_start=2164
+  _globals['_ADDIDENTITYRESPONSE']._serialized_end=2231
+  _globals['_MERGECONTACTSREQUEST']._serialized_start=2233
+  _globals['_MERGECONTACTSREQUEST']._serialized_end=2329
+  _globals['_MERGECONTACTSRESPONSE']._serialized_start=2331
+  _globals['_MERGECONTACTSRESPONSE']._serialized_end=2400
+  _globals['_IMPORTROW']._serialized_start=2403
+  _globals['_IMPORTROW']._serialized_end=2608
+  _globals['_IMPORTROW_FIELDVALUESENTRY']._serialized_start=1040
+  _globals['_IMPORTROW_FIELDVALUESENTRY']._serialized_end=1090
+  _globals['_IMPORTCONTACTSREQUEST']._serialized_start=2610
+  _globals['_IMPORTCONTACTSREQUEST']._serialized_end=2696
+  _globals['_IMPORTRESULT']._serialized_start=2698
+  _globals['_IMPORTRESULT']._serialized_end=2762
+  _globals['_IMPORTCONTACTSRESPONSE']._serialized_start=2764
+  _globals['_IMPORTCONTACTSRESPONSE']._serialized_end=2884
+  _globals['_UPDATECONTACTTAGSREQUEST']._serialized_start=2886
+  _globals['_UPDATECONTACTTAGSREQUEST']._serialized_end=2996
+  _globals['_UPDATECONTACTTAGSRESPONSE']._serialized_start=2998
+  _globals['_UPDATECONTACTTAGSRESPONSE']._serialized_end=3048
+  _globals['_CREATETAGREQUEST']._serialized_start=3050
+  _globals['_CREATETAGREQUEST']._serialized_end=3136
+  _globals['_CREATETAGRESPONSE']._serialized_start=3138
+  _globals['_CREATETAGRESPONSE']._serialized_end=3195
+  _globals['_LISTTAGSREQUEST']._serialized_start=3197
+  _globals['_LISTTAGSREQUEST']._serialized_end=3277
+  _globals['_LISTTAGSRESPONSE']._serialized_start=3279
+  _globals['_LISTTAGSRESPONSE']._serialized_end=3382
+  _globals['_UPDATETAGREQUEST']._serialized_start=3385
+  _globals['_UPDATETAGREQUEST']._serialized_end=3537
+  _globals['_UPDATETAGRESPONSE']._serialized_start=3539
+  _globals['_UPDATETAGRESPONSE']._serialized_end=3596
+  _globals['_DELETETAGREQUEST']._serialized_start=3598
+  _globals['_DELETETAGREQUEST']._serialized_end=3650
+  _globals['_DELETETAGRESPONSE']._serialized_start=3652
+  _globals['_DELETETAGRESPONSE']._serialized_end=3695
+  _globals['_ASSIGNCONTACTSREQUEST']._serialized_start=3697
+  _globals['_ASSIGNCONTACTSREQUEST']._serialized_end=3807
+  _globals['_ASSIGNCONTACTSRESPONSE']._serialized_start=3809
+  _globals['_ASSIGNCONTACTSRESPONSE']._serialized_end=3856
+  _globals['_CREATEFIELDREQUEST']._serialized_start=3859
+  _globals['_CREATEFIELDREQUEST']._serialized_end=4008
+  _globals['_CREATEFIELDRESPONSE']._serialized_start=4010
+  _globals['_CREATEFIELDRESPONSE']._serialized_end=4083
+  _globals['_LISTFIELDSREQUEST']._serialized_start=4085
+  _globals['_LISTFIELDSREQUEST']._serialized_end=4167
+  _globals['_LISTFIELDSRESPONSE']._serialized_start=4169
+  _globals['_LISTFIELDSRESPONSE']._serialized_end=4288
+  _globals['_UPDATEFIELDREQUEST']._serialized_start=4291
+  _globals['_UPDATEFIELDREQUEST']._serialized_end=4462
+  _globals['_UPDATEFIELDRESPONSE']._serialized_start=4464
+  _globals['_UPDATEFIELDRESPONSE']._serialized_end=4537
+  _globals['_DELETEFIELDREQUEST']._serialized_start=4539
+  _globals['_DELETEFIELDREQUEST']._serialized_end=4595
+  _globals['_DELETEFIELDRESPONSE']._serialized_start=4597
+  _globals['_DELETEFIELDRESPONSE']._serialized_end=4618
+  _globals['_CREATEVIEWREQUEST']._serialized_start=4620
+  _globals['_CREATEVIEWREQUEST']._serialized_end=4735
+  _globals['_CREATEVIEWRESPONSE']._serialized_start=4737
+  _globals['_CREATEVIEWRESPONSE']._serialized_end=4797
+  _globals['_GETVIEWREQUEST']._serialized_start=4799
+  _globals['_GETVIEWREQUEST']._serialized_end=4850
+  _globals['_GETVIEWRESPONSE']._serialized_start=4852
+  _globals['_GETVIEWRESPONSE']._serialized_end=4909
+  _globals['_LISTVIEWSREQUEST']._serialized_start=4911
+  _globals['_LISTVIEWSREQUEST']._serialized_end=4992
+  _globals['_LISTVIEWSRESPONSE']._serialized_start=4994
+  _globals['_LISTVIEWSRESPONSE']._serialized_end=5100
+  _globals['_UPDATEVIEWREQUEST']._serialized_start=5103
+  _globals['_UPDATEVIEWREQUEST']._serialized_end=5284
+  _globals['_UPDATEVIEWRESPONSE']._serialized_start=5286
+  _globals['_UPDATEVIEWRESPONSE']._serialized_end=5346
+  _globals['_DELETEVIEWREQUEST']._serialized_start=5348
+  _globals['_DELETEVIEWREQUEST']._serialized_end=5402
+  _globals['_DELETEVIEWRESPONSE']._serialized_start=5404
+  _globals['_DELETEVIEWRESPONSE']._serialized_end=5424
+  _globals['_VALIDATECRITERIAREQUEST']._serialized_start=5426
+  _globals['_VALIDATECRITERIAREQUEST']._serialized_end=5517
+  _globals['_VALIDATECRITERIARESPONSE']._serialized_start=5519
+  _globals['_VALIDATECRITERIARESPONSE']._serialized_end=5545
+  _globals['_CONTACTSSERVICE']._serialized_start=5548
+  _globals['_CONTACTSSERVICE']._serialized_end=7998
 # @@protoc_insertion_point(module_scope)

@@ -3,10 +3,18 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from parley.common.v1 import common_pb2 as _common_pb2
+from parley.contacts.v1 import contact_pb2 as _contact_pb2
+from parley.contacts.v1 import criteria_pb2 as _criteria_pb2
+from parley.contacts.v1 import fields_pb2 as _fields_pb2
+from parley.contacts.v1 import tags_pb2 as _tags_pb2
+from parley.contacts.v1 import views_pb2 as _views_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -118,3 +126,1313 @@ class UpsertByIdentityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpsertByIdentityResponse: _TypeAlias = UpsertByIdentityResponse  # noqa: Y015
+
+@_typing.final
+class CreateContactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FieldValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    FIELD_VALUES_FIELD_NUMBER: _builtins.int
+    TAG_IDS_FIELD_NUMBER: _builtins.int
+    IDENTITIES_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    @_builtins.property
+    def profile(self) -> _contact_pb2.ContactProfile: ...
+    @_builtins.property
+    def field_values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Custom field values by key, in canonical string form."""
+
+    @_builtins.property
+    def tag_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def identities(self) -> _containers.RepeatedCompositeFieldContainer[_contact_pb2.IdentityInput]: ...
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        profile: _contact_pb2.ContactProfile | None = ...,
+        field_values: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        tag_ids: _abc.Iterable[_builtins.str] | None = ...,
+        identities: _abc.Iterable[_contact_pb2.IdentityInput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field_values", b"field_values", "identities", b"identities", "profile", b"profile", "space_id", b"space_id", "tag_ids", b"tag_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateContactRequest: _TypeAlias = CreateContactRequest  # noqa: Y015
+
+@_typing.final
+class CreateContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> _contact_pb2.Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: _contact_pb2.Contact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateContactResponse: _TypeAlias = CreateContactResponse  # noqa: Y015
+
+@_typing.final
+class GetContactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    contact_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContactRequest: _TypeAlias = GetContactRequest  # noqa: Y015
+
+@_typing.final
+class GetContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> _contact_pb2.Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: _contact_pb2.Contact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContactResponse: _TypeAlias = GetContactResponse  # noqa: Y015
+
+@_typing.final
+class UpdateContactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FieldValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    FIELD_VALUES_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    contact_id: _builtins.str
+    @_builtins.property
+    def profile(self) -> _contact_pb2.ContactProfile:
+        """Present fields are written ("" clears), absent ones left alone."""
+
+    @_builtins.property
+    def field_values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Custom field values by key; "" clears a value."""
+
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        profile: _contact_pb2.ContactProfile | None = ...,
+        field_values: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "field_values", b"field_values", "profile", b"profile", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateContactRequest: _TypeAlias = UpdateContactRequest  # noqa: Y015
+
+@_typing.final
+class UpdateContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> _contact_pb2.Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: _contact_pb2.Contact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateContactResponse: _TypeAlias = UpdateContactResponse  # noqa: Y015
+
+@_typing.final
+class DeleteContactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    contact_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteContactRequest: _TypeAlias = DeleteContactRequest  # noqa: Y015
+
+@_typing.final
+class DeleteContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    """The erased contact's id (the survivor's, when a merged-away id was given)."""
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteContactResponse: _TypeAlias = DeleteContactResponse  # noqa: Y015
+
+@_typing.final
+class ListContactsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    VIEW_ID_FIELD_NUMBER: _builtins.int
+    CRITERIA_FIELD_NUMBER: _builtins.int
+    SEARCH_FIELD_NUMBER: _builtins.int
+    SKIP_TOTAL_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    view_id: _builtins.str
+    """A saved view (visible to the caller); or `criteria`; or neither."""
+    search: _builtins.str
+    """Prefix, case-insensitive, over name, email, phone and external ids; combines with the above."""
+    skip_total: _builtins.bool
+    """Skip computing page.total_count (faster on large spaces)."""
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest: ...
+    @_builtins.property
+    def criteria(self) -> _criteria_pb2.Criteria: ...
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        page: _common_pb2.PageRequest | None = ...,
+        view_id: _builtins.str = ...,
+        criteria: _criteria_pb2.Criteria | None = ...,
+        search: _builtins.str = ...,
+        skip_total: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria", "page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria", "page", b"page", "search", b"search", "skip_total", b"skip_total", "space_id", b"space_id", "view_id", b"view_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListContactsRequest: _TypeAlias = ListContactsRequest  # noqa: Y015
+
+@_typing.final
+class ListContactsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACTS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    TOTAL_COUNT_CAPPED_FIELD_NUMBER: _builtins.int
+    total_count_capped: _builtins.bool
+    """True when counting stopped at the service's limit (PARLEY_CONTACTS_COUNT_LIMIT): there are at
+    least page.total_count matching contacts.
+    """
+    @_builtins.property
+    def contacts(self) -> _containers.RepeatedCompositeFieldContainer[_contact_pb2.Contact]: ...
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse:
+        """page.total_count is exact unless total_count_capped."""
+
+    def __init__(
+        self,
+        *,
+        contacts: _abc.Iterable[_contact_pb2.Contact] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+        total_count_capped: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts", b"contacts", "page", b"page", "total_count_capped", b"total_count_capped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListContactsResponse: _TypeAlias = ListContactsResponse  # noqa: Y015
+
+@_typing.final
+class AddIdentityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    contact_id: _builtins.str
+    @_builtins.property
+    def identity(self) -> _contact_pb2.IdentityInput: ...
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        identity: _contact_pb2.IdentityInput | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "identity", b"identity", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddIdentityRequest: _TypeAlias = AddIdentityRequest  # noqa: Y015
+
+@_typing.final
+class AddIdentityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> _contact_pb2.Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: _contact_pb2.Contact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddIdentityResponse: _TypeAlias = AddIdentityResponse  # noqa: Y015
+
+@_typing.final
+class MergeContactsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    SURVIVOR_CONTACT_ID_FIELD_NUMBER: _builtins.int
+    MERGED_CONTACT_ID_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    survivor_contact_id: _builtins.str
+    """The contact that stays. Conflict rule: its values win; the merged contact only fills gaps."""
+    merged_contact_id: _builtins.str
+    """The contact merged away; its id resolves to the survivor afterwards."""
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        survivor_contact_id: _builtins.str = ...,
+        merged_contact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merged_contact_id", b"merged_contact_id", "space_id", b"space_id", "survivor_contact_id", b"survivor_contact_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeContactsRequest: _TypeAlias = MergeContactsRequest  # noqa: Y015
+
+@_typing.final
+class MergeContactsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> _contact_pb2.Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: _contact_pb2.Contact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeContactsResponse: _TypeAlias = MergeContactsResponse  # noqa: Y015
+
+@_typing.final
+class ImportRow(_message.Message):
+    """One contact to import."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FieldValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PROFILE_FIELD_NUMBER: _builtins.int
+    FIELD_VALUES_FIELD_NUMBER: _builtins.int
+    TAG_NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def profile(self) -> _contact_pb2.ContactProfile: ...
+    @_builtins.property
+    def field_values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def tag_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tag names; missing tags are created."""
+
+    def __init__(
+        self,
+        *,
+        profile: _contact_pb2.ContactProfile | None = ...,
+        field_values: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        tag_names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field_values", b"field_values", "profile", b"profile", "tag_names", b"tag_names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportRow: _TypeAlias = ImportRow  # noqa: Y015
+
+@_typing.final
+class ImportContactsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportRow]:
+        """At most 1000 rows per call."""
+
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        rows: _abc.Iterable[Global___ImportRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportContactsRequest: _TypeAlias = ImportContactsRequest  # noqa: Y015
+
+@_typing.final
+class ImportResult(_message.Message):
+    """The outcome of one row, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    contact_id: _builtins.str
+    """Set when the row was imported."""
+    error: _builtins.str
+    """Set when it was not: what was wrong with the row."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        contact_id: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "error", b"error", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportResult: _TypeAlias = ImportResult  # noqa: Y015
+
+@_typing.final
+class ImportContactsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    CREATED_COUNT_FIELD_NUMBER: _builtins.int
+    FAILED_COUNT_FIELD_NUMBER: _builtins.int
+    created_count: _builtins.int
+    failed_count: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ImportResult] | None = ...,
+        created_count: _builtins.int = ...,
+        failed_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_count", b"created_count", "failed_count", b"failed_count", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportContactsResponse: _TypeAlias = ImportContactsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateContactTagsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_IDS_FIELD_NUMBER: _builtins.int
+    ADD_TAG_IDS_FIELD_NUMBER: _builtins.int
+    REMOVE_TAG_IDS_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    @_builtins.property
+    def contact_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 1000 contacts."""
+
+    @_builtins.property
+    def add_tag_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def remove_tag_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        contact_ids: _abc.Iterable[_builtins.str] | None = ...,
+        add_tag_ids: _abc.Iterable[_builtins.str] | None = ...,
+        remove_tag_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_tag_ids", b"add_tag_ids", "contact_ids", b"contact_ids", "remove_tag_ids", b"remove_tag_ids", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateContactTagsRequest: _TypeAlias = UpdateContactTagsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateContactTagsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_COUNT_FIELD_NUMBER: _builtins.int
+    changed_count: _builtins.int
+    """How many (contact, tag) pairs changed."""
+    def __init__(
+        self,
+        *,
+        changed_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_count", b"changed_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateContactTagsResponse: _TypeAlias = UpdateContactTagsResponse  # noqa: Y015
+
+@_typing.final
+class CreateTagRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    COLOR_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    name: _builtins.str
+    color: _builtins.str
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        color: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["color", b"color", "description", b"description", "name", b"name", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTagRequest: _TypeAlias = CreateTagRequest  # noqa: Y015
+
+@_typing.final
+class CreateTagResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tag(self) -> _tags_pb2.Tag: ...
+    def __init__(
+        self,
+        *,
+        tag: _tags_pb2.Tag | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tag", b"tag"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTagResponse: _TypeAlias = CreateTagResponse  # noqa: Y015
+
+@_typing.final
+class ListTagsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest: ...
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTagsRequest: _TypeAlias = ListTagsRequest  # noqa: Y015
+
+@_typing.final
+class ListTagsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAGS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[_tags_pb2.Tag]: ...
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse: ...
+    def __init__(
+        self,
+        *,
+        tags: _abc.Iterable[_tags_pb2.Tag] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTagsResponse: _TypeAlias = ListTagsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateTagRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    TAG_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    COLOR_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    tag_id: _builtins.str
+    name: _builtins.str
+    color: _builtins.str
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        tag_id: _builtins.str = ...,
+        name: _builtins.str | None = ...,
+        color: _builtins.str | None = ...,
+        description: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_color", b"_color", "_description", b"_description", "_name", b"_name", "color", b"color", "description", b"description", "name", b"name"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_color", b"_color", "_description", b"_description", "_name", b"_name", "color", b"color", "description", b"description", "name", b"name", "space_id", b"space_id", "tag_id", b"tag_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__color: _TypeAlias = _typing.Literal["color"]  # noqa: Y015
+    _WhichOneofArgType__color: _TypeAlias = _typing.Literal["_color", b"_color"]  # noqa: Y015
+    _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
+    _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
+    _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
+    _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__color) -> _WhichOneofReturnType__color | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+
+Global___UpdateTagRequest: _TypeAlias = UpdateTagRequest  # noqa: Y015
+
+@_typing.final
+class UpdateTagResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tag(self) -> _tags_pb2.Tag: ...
+    def __init__(
+        self,
+        *,
+        tag: _tags_pb2.Tag | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tag", b"tag"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateTagResponse: _TypeAlias = UpdateTagResponse  # noqa: Y015
+
+@_typing.final
+class DeleteTagRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    TAG_ID_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    tag_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        tag_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["space_id", b"space_id", "tag_id", b"tag_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTagRequest: _TypeAlias = DeleteTagRequest  # noqa: Y015
+
+@_typing.final
+class DeleteTagResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNTAGGED_COUNT_FIELD_NUMBER: _builtins.int
+    untagged_count: _builtins.int
+    """Contacts the tag was removed from."""
+    def __init__(
+        self,
+        *,
+        untagged_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["untagged_count", b"untagged_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTagResponse: _TypeAlias = DeleteTagResponse  # noqa: Y015
+
+@_typing.final
+class AssignContactsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_IDS_FIELD_NUMBER: _builtins.int
+    ASSIGNEE_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    @_builtins.property
+    def contact_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 1000 contacts."""
+
+    @_builtins.property
+    def assignee(self) -> _contact_pb2.Assignee:
+        """Empty user and team: unassign."""
+
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        contact_ids: _abc.Iterable[_builtins.str] | None = ...,
+        assignee: _contact_pb2.Assignee | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "contact_ids", b"contact_ids", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignContactsRequest: _TypeAlias = AssignContactsRequest  # noqa: Y015
+
+@_typing.final
+class AssignContactsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_COUNT_FIELD_NUMBER: _builtins.int
+    changed_count: _builtins.int
+    """Contacts whose assignee changed."""
+    def __init__(
+        self,
+        *,
+        changed_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_count", b"changed_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignContactsResponse: _TypeAlias = AssignContactsResponse  # noqa: Y015
+
+@_typing.final
+class CreateFieldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    key: _builtins.str
+    label: _builtins.str
+    description: _builtins.str
+    type: _fields_pb2.FieldType.ValueType
+    @_builtins.property
+    def options(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+        label: _builtins.str = ...,
+        description: _builtins.str = ...,
+        type: _fields_pb2.FieldType.ValueType = ...,
+        options: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "key", b"key", "label", b"label", "options", b"options", "space_id", b"space_id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateFieldRequest: _TypeAlias = CreateFieldRequest  # noqa: Y015
+
+@_typing.final
+class CreateFieldResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def field(self) -> _fields_pb2.FieldDefinition: ...
+    def __init__(
+        self,
+        *,
+        field: _fields_pb2.FieldDefinition | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["field", b"field"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateFieldResponse: _TypeAlias = CreateFieldResponse  # noqa: Y015
+
+@_typing.final
+class ListFieldsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest: ...
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFieldsRequest: _TypeAlias = ListFieldsRequest  # noqa: Y015
+
+@_typing.final
+class ListFieldsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELDS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedCompositeFieldContainer[_fields_pb2.FieldDefinition]: ...
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse: ...
+    def __init__(
+        self,
+        *,
+        fields: _abc.Iterable[_fields_pb2.FieldDefinition] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFieldsResponse: _TypeAlias = ListFieldsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateFieldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    FIELD_ID_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    field_id: _builtins.str
+    key: _builtins.str
+    label: _builtins.str
+    description: _builtins.str
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which of key, label, description, options to write."""
+
+    @_builtins.property
+    def options(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For list fields: values no longer among the options are removed."""
+
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        field_id: _builtins.str = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        key: _builtins.str = ...,
+        label: _builtins.str = ...,
+        description: _builtins.str = ...,
+        options: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field_id", b"field_id", "key", b"key", "label", b"label", "options", b"options", "space_id", b"space_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateFieldRequest: _TypeAlias = UpdateFieldRequest  # noqa: Y015
+
+@_typing.final
+class UpdateFieldResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def field(self) -> _fields_pb2.FieldDefinition: ...
+    def __init__(
+        self,
+        *,
+        field: _fields_pb2.FieldDefinition | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["field", b"field"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateFieldResponse: _TypeAlias = UpdateFieldResponse  # noqa: Y015
+
+@_typing.final
+class DeleteFieldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    FIELD_ID_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    field_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        field_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field_id", b"field_id", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteFieldRequest: _TypeAlias = DeleteFieldRequest  # noqa: Y015
+
+@_typing.final
+class DeleteFieldResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteFieldResponse: _TypeAlias = DeleteFieldResponse  # noqa: Y015
+
+@_typing.final
+class CreateViewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CRITERIA_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    name: _builtins.str
+    shared: _builtins.bool
+    """Shared views are visible to everyone in the space; creating one takes views.manage."""
+    @_builtins.property
+    def criteria(self) -> _criteria_pb2.Criteria: ...
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        criteria: _criteria_pb2.Criteria | None = ...,
+        shared: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria", "name", b"name", "shared", b"shared", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateViewRequest: _TypeAlias = CreateViewRequest  # noqa: Y015
+
+@_typing.final
+class CreateViewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def view(self) -> _views_pb2.View: ...
+    def __init__(
+        self,
+        *,
+        view: _views_pb2.View | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["view", b"view"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateViewResponse: _TypeAlias = CreateViewResponse  # noqa: Y015
+
+@_typing.final
+class GetViewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    VIEW_ID_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    view_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        view_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["space_id", b"space_id", "view_id", b"view_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetViewRequest: _TypeAlias = GetViewRequest  # noqa: Y015
+
+@_typing.final
+class GetViewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def view(self) -> _views_pb2.View: ...
+    def __init__(
+        self,
+        *,
+        view: _views_pb2.View | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["view", b"view"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetViewResponse: _TypeAlias = GetViewResponse  # noqa: Y015
+
+@_typing.final
+class ListViewsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest: ...
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListViewsRequest: _TypeAlias = ListViewsRequest  # noqa: Y015
+
+@_typing.final
+class ListViewsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEWS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def views(self) -> _containers.RepeatedCompositeFieldContainer[_views_pb2.View]:
+        """The caller's own views and the shared ones, by name."""
+
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse: ...
+    def __init__(
+        self,
+        *,
+        views: _abc.Iterable[_views_pb2.View] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "views", b"views"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListViewsResponse: _TypeAlias = ListViewsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateViewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    VIEW_ID_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CRITERIA_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    view_id: _builtins.str
+    name: _builtins.str
+    shared: _builtins.bool
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which of name, criteria, shared to write."""
+
+    @_builtins.property
+    def criteria(self) -> _criteria_pb2.Criteria: ...
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        view_id: _builtins.str = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        name: _builtins.str = ...,
+        criteria: _criteria_pb2.Criteria | None = ...,
+        shared: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria", "name", b"name", "shared", b"shared", "space_id", b"space_id", "update_mask", b"update_mask", "view_id", b"view_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateViewRequest: _TypeAlias = UpdateViewRequest  # noqa: Y015
+
+@_typing.final
+class UpdateViewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def view(self) -> _views_pb2.View: ...
+    def __init__(
+        self,
+        *,
+        view: _views_pb2.View | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["view", b"view"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateViewResponse: _TypeAlias = UpdateViewResponse  # noqa: Y015
+
+@_typing.final
+class DeleteViewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    VIEW_ID_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    view_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        view_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["space_id", b"space_id", "view_id", b"view_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteViewRequest: _TypeAlias = DeleteViewRequest  # noqa: Y015
+
+@_typing.final
+class DeleteViewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteViewResponse: _TypeAlias = DeleteViewResponse  # noqa: Y015
+
+@_typing.final
+class ValidateCriteriaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    CRITERIA_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    @_builtins.property
+    def criteria(self) -> _criteria_pb2.Criteria: ...
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        criteria: _criteria_pb2.Criteria | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria", "space_id", b"space_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateCriteriaRequest: _TypeAlias = ValidateCriteriaRequest  # noqa: Y015
+
+@_typing.final
+class ValidateCriteriaResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateCriteriaResponse: _TypeAlias = ValidateCriteriaResponse  # noqa: Y015

@@ -40,6 +40,126 @@ class ContactsServiceStub:
                 request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentityRequest.SerializeToString,
                 response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentityResponse.FromString,
                 _registered_method=True)
+        self.CreateContact = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/CreateContact',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateContactRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateContactResponse.FromString,
+                _registered_method=True)
+        self.GetContact = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/GetContact',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.GetContactRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.GetContactResponse.FromString,
+                _registered_method=True)
+        self.UpdateContact = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/UpdateContact',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateContactRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateContactResponse.FromString,
+                _registered_method=True)
+        self.DeleteContact = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/DeleteContact',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteContactRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteContactResponse.FromString,
+                _registered_method=True)
+        self.ListContacts = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/ListContacts',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListContactsRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListContactsResponse.FromString,
+                _registered_method=True)
+        self.AddIdentity = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/AddIdentity',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.AddIdentityRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.AddIdentityResponse.FromString,
+                _registered_method=True)
+        self.MergeContacts = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/MergeContacts',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.MergeContactsRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.MergeContactsResponse.FromString,
+                _registered_method=True)
+        self.ImportContacts = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/ImportContacts',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ImportContactsRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ImportContactsResponse.FromString,
+                _registered_method=True)
+        self.UpdateContactTags = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/UpdateContactTags',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateContactTagsRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateContactTagsResponse.FromString,
+                _registered_method=True)
+        self.CreateTag = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/CreateTag',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateTagRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateTagResponse.FromString,
+                _registered_method=True)
+        self.ListTags = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/ListTags',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListTagsRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListTagsResponse.FromString,
+                _registered_method=True)
+        self.UpdateTag = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/UpdateTag',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateTagRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateTagResponse.FromString,
+                _registered_method=True)
+        self.DeleteTag = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/DeleteTag',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteTagRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteTagResponse.FromString,
+                _registered_method=True)
+        self.AssignContacts = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/AssignContacts',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.AssignContactsRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.AssignContactsResponse.FromString,
+                _registered_method=True)
+        self.CreateField = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/CreateField',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateFieldRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateFieldResponse.FromString,
+                _registered_method=True)
+        self.ListFields = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/ListFields',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListFieldsRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListFieldsResponse.FromString,
+                _registered_method=True)
+        self.UpdateField = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/UpdateField',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateFieldRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateFieldResponse.FromString,
+                _registered_method=True)
+        self.DeleteField = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/DeleteField',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteFieldRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteFieldResponse.FromString,
+                _registered_method=True)
+        self.CreateView = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/CreateView',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateViewRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateViewResponse.FromString,
+                _registered_method=True)
+        self.GetView = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/GetView',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.GetViewRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.GetViewResponse.FromString,
+                _registered_method=True)
+        self.ListViews = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/ListViews',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListViewsRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListViewsResponse.FromString,
+                _registered_method=True)
+        self.UpdateView = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/UpdateView',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateViewRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateViewResponse.FromString,
+                _registered_method=True)
+        self.DeleteView = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/DeleteView',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteViewRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteViewResponse.FromString,
+                _registered_method=True)
+        self.ValidateCriteria = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/ValidateCriteria',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ValidateCriteriaRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ValidateCriteriaResponse.FromString,
+                _registered_method=True)
 
 
 class ContactsServiceServicer:
@@ -55,6 +175,160 @@ class ContactsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateContact(self, request, context):
+        """Contacts. A merged-away id keeps resolving to the contact it was merged into.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetContact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateContact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteContact(self, request, context):
+        """Erasure: the contact, its identities, field values and tags are removed (managers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListContacts(self, request, context):
+        """A page of contacts (newest first) of a view, ad-hoc criteria and/or a search, with the total.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddIdentity(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergeContacts(self, request, context):
+        """Merge one contact into another (managers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportContacts(self, request, context):
+        """Create many contacts, each row on its own: bad rows are reported, good rows are kept (managers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateContactTags(self, request, context):
+        """Tags on contacts (one or many) and the tag catalog (managers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTag(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTags(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTag(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTag(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AssignContacts(self, request, context):
+        """Assign, reassign or unassign (empty assignee) one or many contacts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateField(self, request, context):
+        """Custom field definitions (managers define; everyone reads).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFields(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateField(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteField(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateView(self, request, context):
+        """Views: private to their creator, or shared in the space (managers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetView(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListViews(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateView(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteView(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidateCriteria(self, request, context):
+        """Check criteria (e.g. before a broadcast or workflow saves them) without saving anything.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContactsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +336,126 @@ def add_ContactsServiceServicer_to_server(servicer, server):
                     servicer.UpsertByIdentity,
                     request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentityRequest.FromString,
                     response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentityResponse.SerializeToString,
+            ),
+            'CreateContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateContact,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateContactRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateContactResponse.SerializeToString,
+            ),
+            'GetContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContact,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.GetContactRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.GetContactResponse.SerializeToString,
+            ),
+            'UpdateContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateContact,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateContactRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateContactResponse.SerializeToString,
+            ),
+            'DeleteContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteContact,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteContactRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteContactResponse.SerializeToString,
+            ),
+            'ListContacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListContacts,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListContactsRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListContactsResponse.SerializeToString,
+            ),
+            'AddIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddIdentity,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.AddIdentityRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.AddIdentityResponse.SerializeToString,
+            ),
+            'MergeContacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeContacts,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.MergeContactsRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.MergeContactsResponse.SerializeToString,
+            ),
+            'ImportContacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportContacts,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ImportContactsRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ImportContactsResponse.SerializeToString,
+            ),
+            'UpdateContactTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateContactTags,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateContactTagsRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateContactTagsResponse.SerializeToString,
+            ),
+            'CreateTag': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTag,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateTagRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateTagResponse.SerializeToString,
+            ),
+            'ListTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTags,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListTagsRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListTagsResponse.SerializeToString,
+            ),
+            'UpdateTag': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTag,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateTagRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateTagResponse.SerializeToString,
+            ),
+            'DeleteTag': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTag,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteTagRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteTagResponse.SerializeToString,
+            ),
+            'AssignContacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignContacts,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.AssignContactsRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.AssignContactsResponse.SerializeToString,
+            ),
+            'CreateField': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateField,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateFieldRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateFieldResponse.SerializeToString,
+            ),
+            'ListFields': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFields,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListFieldsRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListFieldsResponse.SerializeToString,
+            ),
+            'UpdateField': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateField,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateFieldRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateFieldResponse.SerializeToString,
+            ),
+            'DeleteField': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteField,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteFieldRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteFieldResponse.SerializeToString,
+            ),
+            'CreateView': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateView,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateViewRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateViewResponse.SerializeToString,
+            ),
+            'GetView': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetView,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.GetViewRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.GetViewResponse.SerializeToString,
+            ),
+            'ListViews': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListViews,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListViewsRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListViewsResponse.SerializeToString,
+            ),
+            'UpdateView': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateView,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateViewRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateViewResponse.SerializeToString,
+            ),
+            'DeleteView': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteView,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteViewRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteViewResponse.SerializeToString,
+            ),
+            'ValidateCriteria': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateCriteria,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ValidateCriteriaRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ValidateCriteriaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +486,654 @@ class ContactsService:
             '/parley.contacts.v1.ContactsService/UpsertByIdentity',
             parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentityRequest.SerializeToString,
             parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/CreateContact',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateContactRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/GetContact',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.GetContactRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.GetContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/UpdateContact',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateContactRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/DeleteContact',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteContactRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListContacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/ListContacts',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListContactsRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListContactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/AddIdentity',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.AddIdentityRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.AddIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeContacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/MergeContacts',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.MergeContactsRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.MergeContactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportContacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/ImportContacts',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ImportContactsRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ImportContactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateContactTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/UpdateContactTags',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateContactTagsRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateContactTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/CreateTag',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateTagRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateTagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/ListTags',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListTagsRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/UpdateTag',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateTagRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateTagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/DeleteTag',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteTagRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteTagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignContacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/AssignContacts',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.AssignContactsRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.AssignContactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateField(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/CreateField',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateFieldRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateFieldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFields(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/ListFields',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListFieldsRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListFieldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateField(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/UpdateField',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateFieldRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateFieldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteField(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/DeleteField',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteFieldRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteFieldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/CreateView',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateViewRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateViewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/GetView',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.GetViewRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.GetViewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListViews(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/ListViews',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListViewsRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ListViewsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/UpdateView',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateViewRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpdateViewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/DeleteView',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteViewRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.DeleteViewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateCriteria(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/ValidateCriteria',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ValidateCriteriaRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.ValidateCriteriaResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""Parley contacts service: the people who write in, their channel identities, fields, tags and views."""

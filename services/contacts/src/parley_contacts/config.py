@@ -1,0 +1,20 @@
+"""Settings of the contacts service (environment prefix PARLEY_)."""
+
+from __future__ import annotations
+
+from parley_kit.settings import ServiceSettings
+from pydantic import Field
+
+
+class Settings(ServiceSettings):
+    service_name: str = "contacts"
+    contacts_count_limit: int = Field(
+        default=0,
+        ge=0,
+        description="Stop counting a list's total_count at this many rows (0: always exact)",
+    )
+    contacts_pool_size: int = Field(default=20, ge=1, le=200, description="Database connections (doubled at peak)")
+    contacts_migrate_on_start: bool = Field(
+        default=False,
+        description="Apply database migrations (under an advisory lock) before serving; `make run` migrates first",
+    )

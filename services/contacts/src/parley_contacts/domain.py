@@ -1,0 +1,603 @@
+"""Domain types and rules of the contacts service: plain Python, no protobuf, gRPC, NATS or SQL.
+
+Values cross the API as strings in canonical forms (number "12.5", date "2026-01-31",
+datetime RFC 3339, checkbox "true"/"false"); `parse_value` validates a string against a
+field type and returns the typed value, `format_value` turns it back.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlparse
+
+import phonenumbers
+from parley_kit.errors import InvalidArgument
+
+
+class FieldType(StrEnum):
+    TEXT = "text"
+    NUMBER = "number"
+    DATE = "date"
+    DATETIME = "datetime"
+    CHECKBOX = "checkbox"
+    LIST = "list"
+    EMAIL = "email"
+    PHONE = "phone"
+    URL = "url"
+
+
+# Standard contact fields, usable in criteria and CSV import; custom field keys may not shadow them.
+STANDARD_FIELDS: dict[str, FieldType] = {
+    "first_name": FieldType.TEXT,
+    "last_name": FieldType.TEXT,
+    "email": FieldType.EMAIL,
+    "phone": FieldType.PHONE,
+    "country": FieldType.TEXT,
+    "language": FieldType.TEXT,
+    "avatar_url": FieldType.URL,
+}
+# Names that are not profile fields but still may not be used as custom keys.
+RESERVED_KEYS = frozenset(
+    {
+        *STANDARD_FIELDS,
+        "id",
+        "name",
+        "full_name",
+        "tags",
+        "tag",
+        "assignee",
+        "assignee_user_id",
+        "assignee_team_id",
+        "created_at",
+        "updated_at",
+        "last_interaction_at",
+        "last_interaction_channel_id",
+        "channel",
+        "space_id",
+    }
+)
+TEXT_LIKE = frozenset({FieldType.TEXT, FieldType.LIST, FieldType.EMAIL, FieldType.PHONE, FieldType.URL})
+ORDERED = frozenset({FieldType.NUMBER, FieldType.DATE, FieldType.DATETIME})
+
+KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+LANGUAGE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+COUNTRY_RE = re.compile(r"^[A-Za-z]{2}$")
+MAX_TEXT = 1000
+
+
+# -- values ---------------------------------------------------------------------------------------
+
+
+def _fail(name: str, reason: str) -> InvalidArgument:
+    return InvalidArgument(f"field '{name}': {reason}")
+
+
+def normalize_phone(raw: str, region: str | None = None) -> str:
+    """E.164 form of `raw`; ValueError when it is not a possible phone number."""
+    try:
+        number = phonenumbers.parse(raw, (region or "").upper() or None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(
+            f"'{raw}' is not a phone number ({exc}); use the international form, e.g. +33612345678"
+        ) from None
+    if not phonenumbers.is_possible_number(number):
+        raise ValueError(f"'{raw}' is not a possible phone number; use the international form, e.g. +33612345678")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def parse_datetime(raw: str) -> datetime:
+    value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError("a datetime needs a UTC offset, e.g. 2026-01-31T09:30:00Z")
+    return value.astimezone(UTC)
+
+
+def parse_value(name: str, ftype: FieldType, raw: str, options: tuple[str, ...] = (), region: str | None = None) -> Any:
+    """The typed value of `raw` for a field of type `ftype`, or InvalidArgument naming the field and reason."""
+    raw = raw.strip()
+    if ftype in TEXT_LIKE and len(raw) > MAX_TEXT:
+        raise _fail(name, f"is {len(raw)} characters long; at most {MAX_TEXT} are allowed")
+    if ftype is FieldType.TEXT:
+        return raw
+    if ftype is FieldType.NUMBER:
+        try:
+            number = Decimal(raw)
+        except InvalidOperation:
+            raise _fail(name, f"'{raw}' is not a number (e.g. 42 or -3.5)") from None
+        if not number.is_finite():
+            raise _fail(name, f"'{raw}' is not a finite number")
+        return number
+    if ftype is FieldType.DATE:
+        try:
+            return date.fromisoformat(raw)
+        except ValueError:
+            raise _fail(name, f"'{raw}' is not a date; use YYYY-MM-DD") from None
+    if ftype is FieldType.DATETIME:
+        try:
+            return parse_datetime(raw)
+        except ValueError as exc:
+            raise _fail(name, f"'{raw}' is not a datetime ({exc}); use RFC 3339, e.g. 2026-01-31T09:30:00Z") from None
+    if ftype is FieldType.CHECKBOX:
+        lowered = raw.lower()
+        if lowered in ("true", "yes", "1"):
+            return True
+        if lowered in ("false", "no", "0"):
+            return False
+        raise _fail(name, f"'{raw}' is not a checkbox value; use true or false")
+    if ftype is FieldType.LIST:
+        for option in options:
+            if option.lower() == raw.lower():
+                return option
+        raise _fail(name, f"'{raw}' is not one of the options {list(options)}")
+    if ftype is FieldType.EMAIL:
+        if not EMAIL_RE.match(raw):
+            raise _fail(name, f"'{raw}' is not an email address (name@example.com)")
+        return raw
+    if ftype is FieldType.PHONE:
+        try:
+            return normalize_phone(raw, region)
+        except ValueError as exc:
+            raise _fail(name, str(exc)) from None
+    if ftype is FieldType.URL:
+        parsed = urlparse(raw)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise _fail(name, f"'{raw}' is not an http(s) URL")
+        return raw
+    raise _fail(name, f"unknown type '{ftype}'")
+
+
+def format_value(ftype: FieldType, value: Any) -> str:
+    """The canonical string form of a typed value ('' for None)."""
+    if value is None:
+        return ""
+    if ftype is FieldType.CHECKBOX:
+        return "true" if value else "false"
+    if ftype is FieldType.NUMBER:
+        text = format(Decimal(value).normalize(), "f")
+        return text
+    if ftype is FieldType.DATETIME:
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if ftype is FieldType.DATE:
+        return value.isoformat()
+    return str(value)
+
+
+def clean_standard(name: str, raw: str | None, country: str | None = None) -> str | None:
+    """Validate and normalize one standard field; '' or None clears it."""
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not raw:
+        return None
+    if name in ("first_name", "last_name"):
+        if len(raw) > 200:
+            raise _fail(name, "is longer than 200 characters")
+        return raw
+    if name == "country":
+        if not COUNTRY_RE.match(raw):
+            raise _fail(name, f"'{raw}' is not an ISO 3166 alpha-2 country code (e.g. FR)")
+        return raw.upper()
+    if name == "language":
+        if not LANGUAGE_RE.match(raw):
+            raise _fail(name, f"'{raw}' is not a language tag (e.g. en or pt-BR)")
+        return raw
+    value = parse_value(name, STANDARD_FIELDS[name], raw, region=country)
+    return str(value)
+
+
+# -- records --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    id: uuid.UUID
+    channel_id: str
+    channel_type: int
+    external_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class FieldDef:
+    id: uuid.UUID
+    key: str
+    label: str
+    description: str
+    type: FieldType
+    options: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Tag:
+    id: uuid.UUID
+    name: str
+    color: str
+    description: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Contact:
+    id: uuid.UUID
+    space_id: str
+    first_name: str | None
+    last_name: str | None
+    email: str | None
+    phone: str | None
+    country: str | None
+    language: str | None
+    avatar_url: str | None
+    assignee_user_id: str | None
+    assignee_team_id: str | None
+    tag_ids: tuple[uuid.UUID, ...]
+    created_at: datetime
+    updated_at: datetime
+    last_interaction_at: datetime | None
+    last_interaction_channel_id: str | None
+    last_interaction_channel_type: int
+    identities: tuple[Identity, ...] = ()
+    # Custom field values by field id, typed.
+    values: dict[uuid.UUID, Any] = field(default_factory=dict)
+
+    def standard(self, name: str) -> str | None:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class View:
+    id: uuid.UUID
+    space_id: str
+    name: str
+    owner: str
+    shared: bool
+    criteria: Group
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Change:
+    """One changed attribute: its name and canonical string forms before and after."""
+
+    field: str
+    old: str
+    new: str
+
+
+# -- criteria -------------------------------------------------------------------------------------
+
+
+class TagMatch(StrEnum):
+    ANY = "any"
+    ALL = "all"
+    NONE = "none"
+
+
+class FieldOp(StrEnum):
+    EQUALS = "equals"
+    NOT_EQUALS = "not_equals"
+    CONTAINS = "contains"
+    STARTS_WITH = "starts_with"
+    GREATER_THAN = "greater_than"
+    LESS_THAN = "less_than"
+    BETWEEN = "between"
+    IS_SET = "is_set"
+    IS_NOT_SET = "is_not_set"
+
+
+class AssigneeMatch(StrEnum):
+    ME = "me"
+    UNASSIGNED = "unassigned"
+    USER = "user"
+    TEAM = "team"
+
+
+class TimeOp(StrEnum):
+    WITHIN = "within"  # within the last `seconds`
+    BEFORE = "before"  # before `at`, or more than `seconds` ago
+
+
+class TimeTarget(StrEnum):
+    LAST_INTERACTION = "last_interaction"
+    CREATED = "created"
+
+
+@dataclass(frozen=True)
+class TagCond:
+    match: TagMatch
+    tag_ids: tuple[uuid.UUID, ...]
+
+
+@dataclass(frozen=True)
+class FieldCond:
+    field: str
+    op: FieldOp
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChannelCond:
+    """The contact has an identity on one of the channels (by id) or of one of the channel types."""
+
+    channel_ids: tuple[str, ...] = ()
+    channel_types: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class AssigneeCond:
+    match: AssigneeMatch
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class TimeCond:
+    target: TimeTarget
+    op: TimeOp
+    seconds: int = 0
+    at: datetime | None = None
+
+
+Cond = TagCond | FieldCond | ChannelCond | AssigneeCond | TimeCond
+
+
+@dataclass(frozen=True)
+class Group:
+    """AND/OR over conditions and nested groups. An empty group matches every contact."""
+
+    any: bool  # False: AND, True: OR
+    children: tuple[Group | Cond, ...] = ()
+
+
+MAX_CRITERIA_DEPTH = 5
+MAX_CRITERIA_CONDITIONS = 50
+
+
+# Resolved criteria: what the repository compiles and the reference filter evaluates. Field
+# conditions carry the resolved field (standard name or custom definition) and typed operands.
+@dataclass(frozen=True)
+class ResolvedField:
+    name: str  # the key in the criteria
+    type: FieldType
+    field_id: uuid.UUID | None  # None for a standard field
+    operands: tuple[Any, ...]
+    op: FieldOp
+
+
+@dataclass(frozen=True)
+class ResolvedAssignee:
+    unassigned: bool = False
+    user_id: str | None = None
+    team_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedTime:
+    target: TimeTarget
+    op: TimeOp
+    bound: datetime  # WITHIN: value >= bound; BEFORE: value < bound
+
+
+ResolvedCond = TagCond | ResolvedField | ChannelCond | ResolvedAssignee | ResolvedTime
+
+
+@dataclass(frozen=True)
+class ResolvedGroup:
+    any: bool
+    children: tuple[ResolvedGroup | ResolvedCond, ...] = ()
+
+
+ALLOWED_OPS: dict[FieldType, frozenset[FieldOp]] = {
+    **{
+        t: frozenset(
+            {
+                FieldOp.EQUALS,
+                FieldOp.NOT_EQUALS,
+                FieldOp.CONTAINS,
+                FieldOp.STARTS_WITH,
+                FieldOp.IS_SET,
+                FieldOp.IS_NOT_SET,
+            }
+        )
+        for t in (FieldType.TEXT, FieldType.EMAIL, FieldType.PHONE, FieldType.URL)
+    },
+    FieldType.LIST: frozenset({FieldOp.EQUALS, FieldOp.NOT_EQUALS, FieldOp.IS_SET, FieldOp.IS_NOT_SET}),
+    **{
+        t: frozenset(
+            {
+                FieldOp.EQUALS,
+                FieldOp.NOT_EQUALS,
+                FieldOp.GREATER_THAN,
+                FieldOp.LESS_THAN,
+                FieldOp.BETWEEN,
+                FieldOp.IS_SET,
+                FieldOp.IS_NOT_SET,
+            }
+        )
+        for t in ORDERED
+    },
+    FieldType.CHECKBOX: frozenset({FieldOp.EQUALS, FieldOp.NOT_EQUALS, FieldOp.IS_SET, FieldOp.IS_NOT_SET}),
+}
+
+
+def resolve_criteria(
+    group: Group,
+    *,
+    fields: dict[str, FieldDef],
+    tag_ids: set[uuid.UUID],
+    me: str | None,
+    now: datetime,
+    check_tags: bool = True,
+) -> ResolvedGroup:
+    """Validate criteria against the space's fields and tags; InvalidArgument names the first problem.
+
+    `me` is the calling user's id (for the assignee "me"); `now` anchors relative time windows.
+    """
+    count = 0
+
+    def walk(node: Group | Cond, depth: int, path: str) -> ResolvedGroup | ResolvedCond:
+        nonlocal count
+        if isinstance(node, Group):
+            if depth > MAX_CRITERIA_DEPTH:
+                raise InvalidArgument(f"criteria {path}: groups nest deeper than {MAX_CRITERIA_DEPTH} levels")
+            return ResolvedGroup(
+                node.any, tuple(walk(c, depth + 1, f"{path}.{i}") for i, c in enumerate(node.children))
+            )
+        count += 1
+        if count > MAX_CRITERIA_CONDITIONS:
+            raise InvalidArgument(f"criteria: more than {MAX_CRITERIA_CONDITIONS} conditions")
+        where = f"criteria {path}"
+        if isinstance(node, TagCond):
+            if not node.tag_ids:
+                raise InvalidArgument(f"{where}: a tag condition needs at least one tag id")
+            if check_tags:
+                unknown = [str(t) for t in node.tag_ids if t not in tag_ids]
+                if unknown:
+                    raise InvalidArgument(f"{where}: unknown tag id(s) {', '.join(unknown)}")
+            return node
+        if isinstance(node, FieldCond):
+            return _resolve_field(node, fields, where)
+        if isinstance(node, ChannelCond):
+            if not node.channel_ids and not node.channel_types:
+                raise InvalidArgument(f"{where}: a channel condition needs channel ids or channel types")
+            return node
+        if isinstance(node, AssigneeCond):
+            if node.match is AssigneeMatch.UNASSIGNED:
+                return ResolvedAssignee(unassigned=True)
+            if node.match is AssigneeMatch.ME:
+                # Without a user (a service token), "me" matches nobody rather than everybody.
+                return ResolvedAssignee(user_id=me or "")
+            if not node.id:
+                raise InvalidArgument(f"{where}: assignee '{node.match}' needs an id")
+            if node.match is AssigneeMatch.USER:
+                return ResolvedAssignee(user_id=node.id)
+            return ResolvedAssignee(team_id=node.id)
+        if isinstance(node, TimeCond):
+            from datetime import timedelta
+
+            if node.op is TimeOp.WITHIN:
+                if node.seconds <= 0:
+                    raise InvalidArgument(f"{where}: 'within' needs a positive duration")
+                return ResolvedTime(node.target, node.op, now - timedelta(seconds=node.seconds))
+            if node.at is not None:
+                return ResolvedTime(node.target, node.op, node.at)
+            if node.seconds <= 0:
+                raise InvalidArgument(f"{where}: 'before' needs a time or a positive duration ago")
+            return ResolvedTime(node.target, node.op, now - timedelta(seconds=node.seconds))
+        raise InvalidArgument(f"{where}: empty condition")
+
+    root = walk(group, 1, "root")
+    assert isinstance(root, ResolvedGroup)
+    return root
+
+
+def _resolve_field(cond: FieldCond, fields: dict[str, FieldDef], where: str) -> ResolvedField:
+    name = cond.field
+    if name in STANDARD_FIELDS:
+        ftype, field_id, options = STANDARD_FIELDS[name], None, ()
+    elif name in fields:
+        definition = fields[name]
+        ftype, field_id, options = definition.type, definition.id, definition.options
+    else:
+        raise InvalidArgument(f"{where}: unknown field '{name}' (neither a standard field nor a custom field key)")
+    if cond.op not in ALLOWED_OPS[ftype]:
+        allowed = ", ".join(sorted(ALLOWED_OPS[ftype]))
+        raise InvalidArgument(f"{where}: operator '{cond.op}' does not apply to {ftype} field '{name}' ({allowed})")
+    arity = {FieldOp.IS_SET: 0, FieldOp.IS_NOT_SET: 0, FieldOp.BETWEEN: 2}.get(cond.op)
+    values = cond.values
+    if arity is not None and len(values) != arity:
+        raise InvalidArgument(f"{where}: '{cond.op}' on '{name}' takes {arity} value(s), got {len(values)}")
+    if arity is None:
+        multi = cond.op in (FieldOp.EQUALS, FieldOp.NOT_EQUALS)
+        if not values or (not multi and len(values) != 1):
+            want = "one or more values" if multi else "exactly one value"
+            raise InvalidArgument(f"{where}: '{cond.op}' on '{name}' takes {want}, got {len(values)}")
+    operands: tuple[Any, ...]
+    if cond.op in (FieldOp.CONTAINS, FieldOp.STARTS_WITH):
+        if not values[0]:
+            raise InvalidArgument(f"{where}: '{cond.op}' on '{name}' needs a non-empty value")
+        operands = (values[0].lower(),)
+    elif ftype in TEXT_LIKE:
+        # Equality on text is case-insensitive; list values must be options; others compare as typed.
+        if ftype is FieldType.LIST:
+            operands = tuple(parse_value(name, ftype, v, options).lower() for v in values)
+        else:
+            operands = tuple(v.strip().lower() for v in values)
+    else:
+        operands = tuple(parse_value(name, ftype, v, options) for v in values)
+        if cond.op is FieldOp.BETWEEN and operands[0] > operands[1]:
+            raise InvalidArgument(f"{where}: 'between' on '{name}' needs the lower bound first")
+    return ResolvedField(name, ftype, field_id, operands, cond.op)
+
+
+# JSON form of criteria, as stored with a view (and used by the CLI's --criteria).
+
+
+def criteria_to_json(node: Group | Cond) -> dict[str, Any]:
+    if isinstance(node, Group):
+        return {"any" if node.any else "all": [criteria_to_json(c) for c in node.children]}
+    if isinstance(node, TagCond):
+        return {"tags": {"match": str(node.match), "ids": [str(t) for t in node.tag_ids]}}
+    if isinstance(node, FieldCond):
+        return {"field": {"name": node.field, "op": str(node.op), "values": list(node.values)}}
+    if isinstance(node, ChannelCond):
+        return {"channel": {"ids": list(node.channel_ids), "types": list(node.channel_types)}}
+    if isinstance(node, AssigneeCond):
+        return {"assignee": {"match": str(node.match), "id": node.id}}
+    if isinstance(node, TimeCond):
+        body: dict[str, Any] = {"op": str(node.op), "seconds": node.seconds}
+        if node.at is not None:
+            body["at"] = node.at.isoformat()
+        return {str(node.target): body}
+    raise TypeError(node)
+
+
+def criteria_from_json(data: dict[str, Any]) -> Group | Cond:
+    """Parse the JSON form; InvalidArgument on anything malformed."""
+    try:
+        return _from_json(data)
+    except InvalidArgument:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidArgument(f"malformed criteria: {exc!r}") from None
+
+
+def _from_json(data: dict[str, Any]) -> Group | Cond:
+    if not isinstance(data, dict) or len(data) != 1:
+        raise InvalidArgument("malformed criteria: each node is an object with exactly one key")
+    ((kind, body),) = data.items()
+    if kind in ("all", "any"):
+        if not isinstance(body, list):
+            raise InvalidArgument(f"malformed criteria: '{kind}' takes a list")
+        return Group(any=kind == "any", children=tuple(_from_json(c) for c in body))
+    if kind == "tags":
+        return TagCond(TagMatch(body["match"]), tuple(uuid.UUID(str(t)) for t in body["ids"]))
+    if kind == "field":
+        return FieldCond(body["name"], FieldOp(body["op"]), tuple(str(v) for v in body.get("values", [])))
+    if kind == "channel":
+        return ChannelCond(tuple(body.get("ids", [])), tuple(int(t) for t in body.get("types", [])))
+    if kind == "assignee":
+        return AssigneeCond(AssigneeMatch(body["match"]), body.get("id", ""))
+    if kind in ("last_interaction", "created"):
+        at = parse_datetime(body["at"]) if body.get("at") else None
+        return TimeCond(TimeTarget(kind), TimeOp(body["op"]), int(body.get("seconds", 0)), at)
+    raise InvalidArgument(f"malformed criteria: unknown node '{kind}'")
+
+
+def referenced_tags(node: Group | Cond) -> set[uuid.UUID]:
+    """Every tag id the criteria name."""
+    if isinstance(node, Group):
+        return set().union(*(referenced_tags(c) for c in node.children)) if node.children else set()
+    return set(node.tag_ids) if isinstance(node, TagCond) else set()
+
+
+def as_group(node: Group | Cond) -> Group:
+    return node if isinstance(node, Group) else Group(any=False, children=(node,))

@@ -1,0 +1,948 @@
+"""The only place that speaks SQL. Every query is filtered by space; criteria compile to
+parameterized SQLAlchemy expressions (never string-built SQL).
+
+`Repository.unit()` opens one transaction; domain events emitted in it are handed to the
+event sink inside that same transaction (the outbox), so a change and its event commit
+or roll back together.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    false,
+    func,
+    insert,
+    intersect,
+    literal,
+    not_,
+    or_,
+    select,
+    text,
+    true,
+    tuple_,
+    union,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from parley_contacts import models as m
+from parley_contacts.domain import (
+    ORDERED,
+    ChannelCond,
+    Contact,
+    FieldDef,
+    FieldOp,
+    FieldType,
+    Identity,
+    ResolvedAssignee,
+    ResolvedField,
+    ResolvedGroup,
+    ResolvedTime,
+    Tag,
+    TagCond,
+    TagMatch,
+    TimeOp,
+    TimeTarget,
+    View,
+    as_group,
+    criteria_from_json,
+    criteria_to_json,
+)
+
+C = m.Contact.__table__.c
+T = m.ContactTag.__table__.c
+I = m.ContactIdentity.__table__.c  # noqa: E741
+V = m.FieldValue.__table__.c
+
+PROFILE_COLUMNS = ("first_name", "last_name", "email", "phone", "country", "language", "avatar_url")
+_CONTACT_COLUMNS = [
+    C.id,
+    C.space_id,
+    *(getattr(C, n) for n in PROFILE_COLUMNS),
+    C.assignee_user_id,
+    C.assignee_team_id,
+    C.created_at,
+    C.updated_at,
+    C.last_interaction_at,
+    C.last_interaction_channel_id,
+    C.last_interaction_channel_type,
+]
+VALUE_COLUMN = {
+    FieldType.NUMBER: "value_number",
+    FieldType.DATE: "value_date",
+    FieldType.DATETIME: "value_datetime",
+    FieldType.CHECKBOX: "value_bool",
+}
+
+
+def value_column(ftype: FieldType) -> str:
+    return VALUE_COLUMN.get(ftype, "value_text")
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """Something that changed, to be published once (kind is the subject's tail, e.g. 'contact.created')."""
+
+    kind: str
+    space_id: str
+    actor: str
+    data: dict[str, Any]
+
+
+EventSink = Callable[[AsyncSession, DomainEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Page:
+    contacts: list[Contact]
+    total: int | None
+    has_more: bool
+
+
+@dataclass
+class Unit:
+    """One transaction: the session and the events emitted in it."""
+
+    session: AsyncSession
+    events: list[DomainEvent] = field(default_factory=list)
+
+    def emit(self, event: DomainEvent) -> None:
+        self.events.append(event)
+
+
+def _contact(
+    row: Any,
+    identities: Sequence[Identity] = (),
+    values: dict[uuid.UUID, Any] | None = None,
+    tag_ids: Sequence[uuid.UUID] = (),
+) -> Contact:
+    return Contact(**row._mapping, tag_ids=tuple(tag_ids), identities=tuple(identities), values=values or {})
+
+
+def _field(row: Any) -> FieldDef:
+    return FieldDef(
+        id=row.id,
+        key=row.key,
+        label=row.label,
+        description=row.description,
+        type=FieldType(row.type),
+        options=tuple(row.options or ()),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _tag(row: Any) -> Tag:
+    return Tag(id=row.id, name=row.name, color=row.color, description=row.description, created_at=row.created_at)
+
+
+def _view(row: Any) -> View:
+    return View(
+        id=row.id,
+        space_id=row.space_id,
+        name=row.name,
+        owner=row.owner,
+        shared=row.shared,
+        criteria=as_group(criteria_from_json(row.criteria)),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def like_prefix(text: str) -> str:
+    """A LIKE pattern matching strings starting with `text` literally (escape character '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class Repository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], sink: EventSink) -> None:
+        self.sessions = sessions
+        self._sink = sink
+        self._engine: AsyncEngine = sessions.kw["bind"]
+        self._sql_cache: dict[int, tuple[str, tuple[str, ...]]] = {}
+
+    @asynccontextmanager
+    async def unit(self) -> AsyncIterator[Unit]:
+        """A transaction; its events go to the sink (the outbox) just before commit."""
+        async with self.sessions() as session, session.begin():
+            unit = Unit(session)
+            yield unit
+            for event in unit.events:
+                await self._sink(session, event)
+
+    # -- contacts: identities and the inbound fast path ----------------------------------------
+
+    async def touch_by_identity(
+        self, space_id: str, channel_id: str, channel_type: int, external_id: str, at: datetime | None
+    ) -> dict[str, Any] | None:
+        """The inbound fast path in ONE statement and round trip (autocommit): find the contact of an
+        identity through the unique index and, when `at` is later, move its last interaction forward.
+
+        Returns {"id", "last_interaction_at", profile fields...} as they were (None when the identity is unknown).
+        """
+        params = {"p_space": space_id, "p_channel": channel_id, "p_external": external_id}
+        if at is not None:
+            params.update(p_at=at, p_channel_type=channel_type)
+        sql, names = self._compiled(_TOUCH if at is not None else _LOOKUP)
+        async with self._engine.connect() as conn:
+            # Straight to the driver: this runs for every inbound message, and SQLAlchemy's execution
+            # machinery costs more CPU than the query. The SQL is compiled once from the expression above.
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            record = await raw.fetchrow(sql, *(params[n] for n in names))
+        return None if record is None else dict(record.items())
+
+    def _compiled(self, stmt: Any) -> tuple[str, tuple[str, ...]]:
+        """`stmt` compiled for this engine's dialect: SQL with $n placeholders and the parameter order."""
+        found = self._sql_cache.get(id(stmt))
+        if found is None:
+            compiled = stmt.compile(dialect=self._engine.dialect)
+            found = (str(compiled), tuple(compiled.positiontup or ()))
+            self._sql_cache[id(stmt)] = found
+        return found
+
+    async def claim_identity(
+        self,
+        s: AsyncSession,
+        space_id: str,
+        channel_id: str,
+        channel_type: int,
+        external_id: str,
+        contact_id: uuid.UUID,
+        now: datetime,
+        identity_id: uuid.UUID | None = None,
+    ) -> bool:
+        """Insert the identity for `contact_id` unless it exists; True when this call inserted it.
+
+        INSERT ... ON CONFLICT DO NOTHING waits for a concurrent inserter of the same key to
+        finish, so of many racing callers exactly one gets True.
+        """
+        stmt = (
+            pg_insert(m.ContactIdentity)
+            .values(
+                id=identity_id or uuid.uuid4(),
+                space_id=space_id,
+                contact_id=contact_id,
+                channel_id=channel_id,
+                channel_type=channel_type,
+                external_id=external_id,
+                created_at=now,
+            )
+            .on_conflict_do_nothing(constraint="uq_contact_identities_channel_external")
+            .returning(I.id)
+        )
+        return (await s.execute(stmt)).first() is not None
+
+    async def touch_interaction(
+        self, s: AsyncSession, contact_id: uuid.UUID, at: datetime, channel_id: str, channel_type: int
+    ) -> bool:
+        """Move last interaction forward (never back); True when it moved."""
+        stmt = (
+            update(m.Contact)
+            .where(C.id == contact_id, or_(C.last_interaction_at.is_(None), C.last_interaction_at < at))
+            .values(
+                last_interaction_at=at,
+                last_interaction_channel_id=channel_id,
+                last_interaction_channel_type=channel_type,
+            )
+        )
+        return (await s.execute(stmt)).rowcount > 0
+
+    async def fill_empty(self, s: AsyncSession, contact_id: uuid.UUID, hints: dict[str, str], now: datetime) -> dict:
+        """Set the hinted profile fields that are still empty; returns {name: new value} actually set."""
+        row = (await s.execute(select(*_CONTACT_COLUMNS).where(C.id == contact_id).with_for_update())).first()
+        if row is None:
+            return {}
+        filled = {k: v for k, v in hints.items() if getattr(row, k) is None and v}
+        if filled:
+            await s.execute(update(m.Contact).where(C.id == contact_id).values(**filled, updated_at=now))
+        return filled
+
+    async def insert_contact(self, s: AsyncSession, values: dict[str, Any]) -> None:
+        await s.execute(insert(m.Contact).values(**values))
+
+    async def add_identity(
+        self,
+        s: AsyncSession,
+        space_id: str,
+        contact_id: uuid.UUID,
+        channel_id: str,
+        channel_type: int,
+        external_id: str,
+        now: datetime,
+    ) -> bool:
+        return await self.claim_identity(s, space_id, channel_id, channel_type, external_id, contact_id, now)
+
+    async def identity_owner(self, s: AsyncSession, space_id: str, channel_id: str, external_id: str) -> Any:
+        stmt = select(I.contact_id).where(
+            I.space_id == space_id, I.channel_id == channel_id, I.external_id == external_id
+        )
+        return (await s.execute(stmt)).scalar()
+
+    async def remove_identity(
+        self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, identity_id: uuid.UUID
+    ) -> bool:
+        stmt = delete(m.ContactIdentity).where(I.space_id == space_id, I.contact_id == contact_id, I.id == identity_id)
+        return (await s.execute(stmt)).rowcount > 0
+
+    # -- contacts: reads ------------------------------------------------------------------------
+
+    async def resolve_id(self, s: AsyncSession, space_id: str, contact_id: uuid.UUID) -> uuid.UUID | None:
+        """The live contact id for `contact_id` in the space (following a merge), or None."""
+        stmt = select(C.id).where(C.space_id == space_id, C.id == contact_id)
+        found = (await s.execute(stmt)).scalar()
+        if found is not None:
+            return found
+        alias = select(m.ContactAlias.survivor_id).where(
+            m.ContactAlias.space_id == space_id, m.ContactAlias.merged_id == contact_id
+        )
+        return (await s.execute(alias)).scalar()
+
+    async def get_contact(
+        self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, *, lock: bool = False, full: bool = True
+    ) -> Contact | None:
+        stmt = select(*_CONTACT_COLUMNS).where(C.space_id == space_id, C.id == contact_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        row = (await s.execute(stmt)).first()
+        if row is None:
+            return None
+        if not full:
+            return _contact(row)
+        return (await self._hydrate(s, [row]))[0]
+
+    async def _hydrate(self, s: AsyncSession, rows: Sequence[Any]) -> list[Contact]:
+        ids = [r.id for r in rows]
+        if not ids:
+            return []
+        identities: dict[uuid.UUID, list[Identity]] = {i: [] for i in ids}
+        stmt = (
+            select(I.contact_id, I.id, I.channel_id, I.channel_type, I.external_id, I.created_at)
+            .where(I.contact_id.in_(ids))
+            .order_by(I.created_at, I.id)
+        )
+        for r in await s.execute(stmt):
+            identities[r.contact_id].append(Identity(r.id, r.channel_id, r.channel_type, r.external_id, r.created_at))
+        values: dict[uuid.UUID, dict[uuid.UUID, Any]] = {i: {} for i in ids}
+        stmt2 = select(V.contact_id, V.field_id, *(getattr(V, c) for c in _VALUE_COLS)).where(V.contact_id.in_(ids))
+        for r in await s.execute(stmt2):
+            # Exactly one value column is set: the one of the field's type.
+            values[r.contact_id][r.field_id] = next((v for v in r[2:] if v is not None), None)
+        tags: dict[uuid.UUID, list[uuid.UUID]] = {i: [] for i in ids}
+        for r in await s.execute(select(T.contact_id, T.tag_id).where(T.contact_id.in_(ids)).order_by(T.tag_id)):
+            tags[r.contact_id].append(r.tag_id)
+        return [_contact(r, identities[r.id], values[r.id], tags[r.id]) for r in rows]
+
+    def _list_statements(
+        self,
+        space_id: str,
+        criteria: ResolvedGroup | None,
+        search: str | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+        count_limit: int | None,
+    ) -> tuple[Any, Any]:
+        if search and criteria is None:
+            return _search_statements(space_id, search, after, limit, count_limit)
+        where = [C.space_id == space_id]
+        if criteria is not None:
+            where.append(compile_criteria(criteria))
+        if search:
+            where.append(C.id.in_(_search_ids(space_id, search)))
+        stmt = select(*_CONTACT_COLUMNS).where(*where)
+        if after is not None:
+            stmt = stmt.where(tuple_(C.created_at, C.id) < tuple_(literal(after[0]), literal(after[1])))
+        stmt = stmt.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
+        narrow = _count_statement(space_id, criteria, count_limit) if criteria is not None and not search else None
+        if narrow is not None:
+            return stmt, narrow
+        inner = select(literal(1)).select_from(m.Contact.__table__).where(*where)
+        if count_limit:
+            inner = inner.limit(count_limit)
+        return stmt, select(func.count()).select_from(inner.subquery())
+
+    async def list_contacts(
+        self,
+        s: AsyncSession,
+        space_id: str,
+        *,
+        criteria: ResolvedGroup | None,
+        search: str | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+        count: bool,
+        count_limit: int | None = None,
+    ) -> Page:
+        """One page in the stable order (created_at desc, id desc), with the total when asked."""
+        stmt, count_stmt = self._list_statements(space_id, criteria, search, after, limit, count_limit)
+        rows = (await s.execute(stmt)).all()
+        has_more = len(rows) > limit
+        contacts = await self._hydrate(s, rows[:limit])
+        total = (await s.execute(count_stmt)).scalar_one() if count else None
+        return Page(contacts, total, has_more)
+
+    async def explain_list(
+        self, s: AsyncSession, space_id: str, criteria: ResolvedGroup | None, search: str | None, limit: int
+    ) -> str:
+        """EXPLAIN ANALYZE of a first page and of its count (for the benchmark and operators)."""
+        from sqlalchemy.dialects import postgresql
+
+        out = []
+        for stmt in self._list_statements(space_id, criteria, search, None, limit, None):
+            compiled = stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+            plan = await s.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + str(compiled)))
+            out.append("\n".join(r[0] for r in plan))
+        return "\n\n".join(out)
+
+    # -- contacts: writes -----------------------------------------------------------------------
+
+    async def add_tag_rows(
+        self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, tag_ids: Sequence[uuid.UUID]
+    ) -> None:
+        if tag_ids:
+            rows = [{"contact_id": contact_id, "tag_id": t, "space_id": space_id} for t in tag_ids]
+            await s.execute(pg_insert(m.ContactTag).values(rows).on_conflict_do_nothing())
+
+    async def update_contact(self, s: AsyncSession, contact_id: uuid.UUID, values: dict[str, Any]) -> None:
+        await s.execute(update(m.Contact).where(C.id == contact_id).values(**values))
+
+    async def aliases_of(self, s: AsyncSession, survivor_id: uuid.UUID) -> list[uuid.UUID]:
+        stmt = select(m.ContactAlias.merged_id).where(m.ContactAlias.survivor_id == survivor_id)
+        return list((await s.execute(stmt)).scalars())
+
+    async def delete_contact(self, s: AsyncSession, space_id: str, contact_id: uuid.UUID) -> bool:
+        """Erase a contact: identities, values and aliases go by cascade, tags live on the row."""
+        stmt = delete(m.Contact).where(C.space_id == space_id, C.id == contact_id)
+        return (await s.execute(stmt)).rowcount > 0
+
+    async def set_assignee(
+        self,
+        s: AsyncSession,
+        space_id: str,
+        ids: Sequence[uuid.UUID],
+        user_id: str | None,
+        team_id: str | None,
+        now: datetime,
+    ) -> list[tuple[uuid.UUID, str | None, str | None]]:
+        """Assign contacts; returns (id, previous user, previous team) of those that changed."""
+        if not ids:
+            return []
+        rows = (
+            await s.execute(
+                select(C.id, C.assignee_user_id, C.assignee_team_id)
+                .where(C.space_id == space_id, C.id.in_(ids))
+                .order_by(C.id)
+                .with_for_update()
+            )
+        ).all()
+        changed = [
+            (r.id, r.assignee_user_id, r.assignee_team_id)
+            for r in rows
+            if (r.assignee_user_id, r.assignee_team_id) != (user_id, team_id)
+        ]
+        if changed:
+            await s.execute(
+                update(m.Contact)
+                .where(C.id.in_([c[0] for c in changed]))
+                .values(assignee_user_id=user_id, assignee_team_id=team_id, updated_at=now)
+            )
+        return changed
+
+    async def add_tag(
+        self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID], tag_id: uuid.UUID, now: datetime
+    ) -> list[uuid.UUID]:
+        """Tag contacts of the space that lack the tag; returns the ids that changed (race-safe)."""
+        if not ids:
+            return []
+        rows = select(C.id, literal(tag_id), literal(space_id)).where(C.space_id == space_id, C.id.in_(ids))
+        stmt = (
+            pg_insert(m.ContactTag)
+            .from_select(["contact_id", "tag_id", "space_id"], rows)
+            .on_conflict_do_nothing()
+            .returning(T.contact_id)
+        )
+        changed = list((await s.execute(stmt)).scalars())
+        if changed:
+            await s.execute(update(m.Contact).where(C.id.in_(changed)).values(updated_at=now))
+        return changed
+
+    async def remove_tag(
+        self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID] | None, tag_id: uuid.UUID, now: datetime
+    ) -> list[uuid.UUID]:
+        """Untag contacts having the tag (all of the space's when `ids` is None); returns those that changed."""
+        where = [T.space_id == space_id, T.tag_id == tag_id]
+        if ids is not None:
+            where.append(T.contact_id.in_(ids))
+        changed = list((await s.execute(delete(m.ContactTag).where(*where).returning(T.contact_id))).scalars())
+        if changed and ids is not None:
+            await s.execute(update(m.Contact).where(C.id.in_(changed)).values(updated_at=now))
+        return changed
+
+    # -- custom field values ----------------------------------------------------------------------
+
+    async def set_value(
+        self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, definition: FieldDef, value: Any
+    ) -> None:
+        column = value_column(definition.type)
+        row = {"contact_id": contact_id, "field_id": definition.id, "space_id": space_id}
+        row.update({c: None for c in _VALUE_COLS})
+        row[column] = value
+        stmt = pg_insert(m.FieldValue).values(**row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[V.contact_id, V.field_id], set_={c: stmt.excluded[c] for c in _VALUE_COLS}
+        )
+        await s.execute(stmt)
+
+    async def delete_value(self, s: AsyncSession, contact_id: uuid.UUID, field_id: uuid.UUID) -> None:
+        await s.execute(delete(m.FieldValue).where(V.contact_id == contact_id, V.field_id == field_id))
+
+    # -- field definitions ----------------------------------------------------------------------
+
+    async def list_fields(self, s: AsyncSession, space_id: str) -> list[FieldDef]:
+        stmt = select(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id)
+        rows = (await s.execute(stmt.order_by(m.FieldDefinition.key))).scalars()
+        return [_field(r) for r in rows]
+
+    async def get_field(self, s: AsyncSession, space_id: str, field_id: uuid.UUID) -> FieldDef | None:
+        stmt = select(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id, m.FieldDefinition.id == field_id)
+        row = (await s.execute(stmt)).scalar()
+        return _field(row) if row else None
+
+    async def field_by_key(self, s: AsyncSession, space_id: str, key: str) -> FieldDef | None:
+        stmt = select(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id, m.FieldDefinition.key == key)
+        row = (await s.execute(stmt)).scalar()
+        return _field(row) if row else None
+
+    async def insert_field(self, s: AsyncSession, space_id: str, definition: FieldDef) -> bool:
+        stmt = (
+            pg_insert(m.FieldDefinition)
+            .values(
+                id=definition.id,
+                space_id=space_id,
+                key=definition.key,
+                label=definition.label,
+                description=definition.description,
+                type=str(definition.type),
+                options=list(definition.options),
+                created_at=definition.created_at,
+                updated_at=definition.updated_at,
+            )
+            .on_conflict_do_nothing(constraint="uq_field_definitions_space_key")
+            .returning(m.FieldDefinition.id)
+        )
+        return (await s.execute(stmt)).first() is not None
+
+    async def update_field(self, s: AsyncSession, definition: FieldDef) -> None:
+        await s.execute(
+            update(m.FieldDefinition)
+            .where(m.FieldDefinition.id == definition.id)
+            .values(
+                key=definition.key,
+                label=definition.label,
+                description=definition.description,
+                options=list(definition.options),
+                updated_at=definition.updated_at,
+            )
+        )
+
+    async def delete_values_not_in(self, s: AsyncSession, field_id: uuid.UUID, options: Sequence[str]) -> int:
+        stmt = delete(m.FieldValue).where(V.field_id == field_id, V.value_text.not_in(list(options)))
+        return (await s.execute(stmt)).rowcount
+
+    async def delete_field(self, s: AsyncSession, space_id: str, field_id: uuid.UUID) -> bool:
+        stmt = delete(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id, m.FieldDefinition.id == field_id)
+        return (await s.execute(stmt)).rowcount > 0
+
+    # -- tags -----------------------------------------------------------------------------------
+
+    async def list_tags(self, s: AsyncSession, space_id: str) -> list[Tag]:
+        stmt = select(m.Tag).where(m.Tag.space_id == space_id).order_by(func.lower(m.Tag.name), m.Tag.id)
+        return [_tag(r) for r in (await s.execute(stmt)).scalars()]
+
+    async def existing_tags(self, s: AsyncSession, space_id: str, ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+        wanted = list(ids)
+        if not wanted:
+            return []
+        stmt = select(m.Tag.id).where(m.Tag.space_id == space_id, m.Tag.id.in_(wanted))
+        return list((await s.execute(stmt)).scalars())
+
+    async def get_tag(self, s: AsyncSession, space_id: str, tag_id: uuid.UUID) -> Tag | None:
+        row = (await s.execute(select(m.Tag).where(m.Tag.space_id == space_id, m.Tag.id == tag_id))).scalar()
+        return _tag(row) if row else None
+
+    async def tag_by_name(self, s: AsyncSession, space_id: str, name: str) -> Tag | None:
+        stmt = select(m.Tag).where(m.Tag.space_id == space_id, func.lower(m.Tag.name) == name.lower())
+        row = (await s.execute(stmt)).scalar()
+        return _tag(row) if row else None
+
+    async def insert_tag(self, s: AsyncSession, space_id: str, tag: Tag) -> bool:
+        stmt = (
+            pg_insert(m.Tag)
+            .values(
+                id=tag.id,
+                space_id=space_id,
+                name=tag.name,
+                color=tag.color,
+                description=tag.description,
+                created_at=tag.created_at,
+            )
+            .on_conflict_do_nothing()
+            .returning(m.Tag.id)
+        )
+        return (await s.execute(stmt)).first() is not None
+
+    async def update_tag(self, s: AsyncSession, tag: Tag) -> None:
+        await s.execute(
+            update(m.Tag).where(m.Tag.id == tag.id).values(name=tag.name, color=tag.color, description=tag.description)
+        )
+
+    async def delete_tag(self, s: AsyncSession, space_id: str, tag_id: uuid.UUID) -> bool:
+        return (await s.execute(delete(m.Tag).where(m.Tag.space_id == space_id, m.Tag.id == tag_id))).rowcount > 0
+
+    # -- views ----------------------------------------------------------------------------------
+
+    async def insert_view(self, s: AsyncSession, view: View) -> None:
+        await s.execute(
+            insert(m.View).values(
+                id=view.id,
+                space_id=view.space_id,
+                name=view.name,
+                owner=view.owner,
+                shared=view.shared,
+                criteria=criteria_to_json(view.criteria),
+                created_at=view.created_at,
+                updated_at=view.updated_at,
+            )
+        )
+
+    async def update_view(self, s: AsyncSession, view: View) -> None:
+        await s.execute(
+            update(m.View)
+            .where(m.View.id == view.id)
+            .values(
+                name=view.name, shared=view.shared, criteria=criteria_to_json(view.criteria), updated_at=view.updated_at
+            )
+        )
+
+    async def get_view(self, s: AsyncSession, space_id: str, view_id: uuid.UUID) -> View | None:
+        row = (await s.execute(select(m.View).where(m.View.space_id == space_id, m.View.id == view_id))).scalar()
+        return _view(row) if row else None
+
+    async def list_views(
+        self, s: AsyncSession, space_id: str, owner: str, after: tuple[str, uuid.UUID] | None, limit: int
+    ) -> list[View]:
+        """Views visible to `owner`: their own and the shared ones, by name then id."""
+        stmt = select(m.View).where(m.View.space_id == space_id, or_(m.View.owner == owner, m.View.shared))
+        if after is not None:
+            stmt = stmt.where(tuple_(m.View.name, m.View.id) > tuple_(literal(after[0]), literal(after[1])))
+        stmt = stmt.order_by(m.View.name, m.View.id).limit(limit + 1)
+        return [_view(r) for r in (await s.execute(stmt)).scalars()]
+
+    async def delete_view(self, s: AsyncSession, space_id: str, view_id: uuid.UUID) -> bool:
+        return (await s.execute(delete(m.View).where(m.View.space_id == space_id, m.View.id == view_id))).rowcount > 0
+
+    # -- merge ----------------------------------------------------------------------------------
+
+    async def merge_into(
+        self,
+        s: AsyncSession,
+        space_id: str,
+        survivor: Contact,
+        merged: Contact,
+        profile: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """Move identities, tags and values of `merged` onto `survivor`, then erase `merged` leaving an alias.
+
+        Values: the survivor's value wins for a field both have; the merged contact's value
+        fills the survivor's gaps. `profile` holds the survivor's resulting profile columns.
+        """
+        await s.execute(update(m.ContactIdentity).where(I.contact_id == merged.id).values(contact_id=survivor.id))
+        theirs = m.FieldValue.__table__.alias("sv")
+        await s.execute(
+            update(m.FieldValue)
+            .where(
+                V.contact_id == merged.id,
+                ~exists().where(theirs.c.contact_id == survivor.id, theirs.c.field_id == V.field_id),
+            )
+            .values(contact_id=survivor.id)
+        )
+        await self.add_tag_rows(s, space_id, survivor.id, merged.tag_ids)
+        await s.execute(update(m.Contact).where(C.id == survivor.id).values(**profile, updated_at=now))
+        # Earlier merges into the merged contact now resolve to the survivor too.
+        await s.execute(
+            update(m.ContactAlias).where(m.ContactAlias.survivor_id == merged.id).values(survivor_id=survivor.id)
+        )
+        await s.execute(delete(m.Contact).where(C.id == merged.id))
+        await s.execute(
+            insert(m.ContactAlias).values(
+                merged_id=merged.id, space_id=space_id, survivor_id=survivor.id, merged_at=now
+            )
+        )
+
+
+def _touch_statements() -> tuple[Any, Any]:
+    """The inbound fast path's statements, built once (bind parameters p_space, p_channel, p_external;
+    and p_at, p_channel_type for the one that moves the last interaction)."""
+    ident = (
+        select(I.contact_id)
+        .where(
+            I.space_id == bindparam("p_space"),
+            I.channel_id == bindparam("p_channel"),
+            I.external_id == bindparam("p_external"),
+        )
+        .cte("ident")
+    )
+    lookup = select(C.id, C.last_interaction_at, *(getattr(C, n) for n in PROFILE_COLUMNS)).select_from(
+        ident.join(m.Contact.__table__, C.id == ident.c.contact_id)
+    )
+    at = bindparam("p_at", type_=C.last_interaction_at.type)
+    moved = (
+        update(m.Contact)
+        .where(C.id.in_(select(ident.c.contact_id)), or_(C.last_interaction_at.is_(None), C.last_interaction_at < at))
+        .values(
+            last_interaction_at=at,
+            last_interaction_channel_id=bindparam("p_channel"),
+            last_interaction_channel_type=bindparam("p_channel_type"),
+        )
+        .returning(C.id)
+        .cte("moved")
+    )
+    touch = lookup.add_columns(select(func.count()).select_from(moved).scalar_subquery().label("moved"))
+    return lookup, touch
+
+
+_LOOKUP, _TOUCH = _touch_statements()
+
+_VALUE_COLS = ("value_text", "value_number", "value_date", "value_datetime", "value_bool")
+
+
+# -- criteria → SQL ---------------------------------------------------------------------------------
+
+
+def _search_statements(
+    space_id: str, query: str, after: tuple[datetime, uuid.UUID] | None, limit: int, count_limit: int | None
+) -> tuple[Any, Any]:
+    """Search alone: rank the candidates (id, created_at, straight from the search indexes) and fetch
+    only the page's rows, instead of visiting every candidate's row."""
+    cands = _search_candidates(space_id, query).subquery("cands")
+    top = select(cands.c.id, cands.c.created_at)
+    if after is not None:
+        top = top.where(tuple_(cands.c.created_at, cands.c.id) < tuple_(literal(after[0]), literal(after[1])))
+    page = top.order_by(cands.c.created_at.desc(), cands.c.id.desc()).limit(limit + 1).subquery("page")
+    stmt = (
+        select(*_CONTACT_COLUMNS)
+        .select_from(m.Contact.__table__.join(page, C.id == page.c.id))
+        .where(C.space_id == space_id)
+        .order_by(C.created_at.desc(), C.id.desc())
+    )
+    counted = select(cands.c.id)
+    if count_limit:
+        counted = counted.limit(count_limit)
+    return stmt, select(func.count()).select_from(counted.subquery())
+
+
+def _search_patterns(query: str) -> tuple[str, str | None]:
+    q = query.strip().lower()
+    digits = "".join(ch for ch in q if ch.isdigit())
+    phone = None
+    if len(digits) >= 3 and all(ch.isdigit() or ch in "+ -()." for ch in q):
+        phone = "+" + digits + "%"
+    return like_prefix(q), phone
+
+
+def _search_candidates(space_id: str, query: str) -> Any:
+    """(id, created_at) of the space's contacts whose name, email, phone or an external id starts with `query`."""
+    pattern, phone = _search_patterns(query)
+    parts = [
+        select(C.id, C.created_at).where(
+            C.space_id == space_id, m._full_name(C.first_name, C.last_name).like(pattern, escape="\\")
+        ),
+        select(C.id, C.created_at).where(C.space_id == space_id, func.lower(C.last_name).like(pattern, escape="\\")),
+        select(C.id, C.created_at).where(C.space_id == space_id, func.lower(C.email).like(pattern, escape="\\")),
+        select(C.id, C.created_at)
+        .select_from(m.ContactIdentity.__table__.join(m.Contact.__table__, C.id == I.contact_id))
+        .where(I.space_id == space_id, func.lower(I.external_id).like(pattern, escape="\\")),
+    ]
+    if phone:
+        parts.append(select(C.id, C.created_at).where(C.space_id == space_id, C.phone.like(phone)))
+    return union(*parts)
+
+
+def _search_ids(space_id: str, query: str) -> Any:
+    """Ids of the space's contacts whose name, email, phone or an external id starts with `query`."""
+    q = query.strip().lower()
+    pattern = like_prefix(q)
+    parts = [
+        select(C.id).where(C.space_id == space_id, m._full_name(C.first_name, C.last_name).like(pattern, escape="\\")),
+        select(C.id).where(C.space_id == space_id, func.lower(C.last_name).like(pattern, escape="\\")),
+        select(C.id).where(C.space_id == space_id, func.lower(C.email).like(pattern, escape="\\")),
+        select(I.contact_id).where(I.space_id == space_id, func.lower(I.external_id).like(pattern, escape="\\")),
+    ]
+    digits = "".join(ch for ch in q if ch.isdigit())
+    if len(digits) >= 3 and all(ch.isdigit() or ch in "+ -()." for ch in q):
+        parts.append(select(C.id).where(C.space_id == space_id, C.phone.like("+" + digits + "%")))
+    return union(*parts)
+
+
+def compile_criteria(group: ResolvedGroup, cid: Any = C.id) -> ColumnElement[bool]:
+    """The WHERE clause selecting the contacts that match resolved criteria.
+
+    `cid` is the contact id the tag, value and identity conditions correlate with: `contacts.id`,
+    or a narrow table's contact_id when counting without the contact rows (see `_count_statement`).
+    """
+    parts = [_compile(child, cid) for child in group.children]
+    if not parts:
+        return true()
+    return or_(*parts) if group.any else and_(*parts)
+
+
+def _compile(node: Any, cid: Any = C.id) -> ColumnElement[bool]:
+    if isinstance(node, ResolvedGroup):
+        return compile_criteria(node, cid)
+    if isinstance(node, TagCond):
+        if node.match is TagMatch.ALL:
+            return and_(*(exists().where(T.contact_id == cid, T.tag_id == t) for t in node.tag_ids))
+        tagged = exists().where(T.contact_id == cid, T.tag_id.in_(list(node.tag_ids)))
+        return tagged if node.match is TagMatch.ANY else ~tagged
+    if isinstance(node, ResolvedField):
+        return _compile_field(node, cid)
+    if isinstance(node, ChannelCond):
+        match = []
+        if node.channel_ids:
+            match.append(I.channel_id.in_(list(node.channel_ids)))
+        if node.channel_types:
+            match.append(I.channel_type.in_(list(node.channel_types)))
+        return exists().where(I.contact_id == cid, or_(*match))
+    if isinstance(node, ResolvedAssignee):
+        if node.unassigned:
+            return and_(C.assignee_user_id.is_(None), C.assignee_team_id.is_(None))
+        if node.user_id is not None:
+            return C.assignee_user_id == node.user_id
+        return C.assignee_team_id == node.team_id
+    if isinstance(node, ResolvedTime):
+        column = C.last_interaction_at if node.target is TimeTarget.LAST_INTERACTION else C.created_at
+        return column >= node.bound if node.op is TimeOp.WITHIN else column < node.bound
+    raise TypeError(f"cannot compile {node!r}")
+
+
+def _uses_contact_row(node: Any) -> bool:
+    """Whether a condition reads columns of the contact row (not only tags, values or identities)."""
+    if isinstance(node, ResolvedGroup):
+        return any(_uses_contact_row(c) for c in node.children)
+    if isinstance(node, ResolvedField):
+        return node.field_id is None
+    return isinstance(node, ResolvedAssignee | ResolvedTime)
+
+
+def _narrow_ids(node: Any) -> Any:
+    """A SELECT of the ids of the contacts matching `node`, read from a narrow table alone (tags or
+    values, whose ids were resolved in the caller's space), without duplicates; None when `node`
+    cannot be answered that way (negations, contact columns, groups)."""
+    if isinstance(node, TagCond):
+        if node.match is TagMatch.ALL:
+            return intersect(*(select(T.contact_id).where(T.tag_id == t) for t in node.tag_ids))
+        if node.match is TagMatch.ANY:
+            one = select(T.contact_id).where(T.tag_id.in_(list(node.tag_ids)))
+            return one if len(node.tag_ids) == 1 else one.distinct()  # (contact, tag) is unique
+        return None
+    if isinstance(node, ResolvedField) and node.field_id is not None:
+        if node.op is FieldOp.IS_SET:
+            return select(V.contact_id).where(V.field_id == node.field_id)
+        if node.op in (FieldOp.NOT_EQUALS, FieldOp.IS_NOT_SET):
+            return None
+        if node.type is FieldType.CHECKBOX and False in node.operands:
+            return None  # "false" includes unset
+        text = node.type not in ORDERED and node.type is not FieldType.CHECKBOX
+        column = getattr(V, value_column(node.type))
+        return select(V.contact_id).where(V.field_id == node.field_id, _value_predicate(column, node, text))
+    return None
+
+
+def _count_statement(space_id: str, criteria: ResolvedGroup, count_limit: int | None) -> Any:
+    """COUNT of the contacts matching AND-criteria, driven by narrow tables when it can.
+
+    Counting reads every match. When the criteria are an AND including tag or custom-value conditions,
+    those matches come from index-only scans of `contact_tags` / `field_values` (intersected), and the
+    remaining conditions are checked per match, joining the contact row only if they read it. Other
+    criteria fall back to filtering the contacts.
+    """
+    drivers = [(n, q) for n in criteria.children if (q := _narrow_ids(n)) is not None] if not criteria.any else []
+    if not drivers:
+        return None
+    rest = [n for n in criteria.children if all(n is not d for d, _ in drivers)]
+    ids = drivers[0][1] if len(drivers) == 1 else intersect(*(q for _, q in drivers))
+    matched = ids.subquery("matched")
+    cid = matched.c.contact_id
+    source: Any = matched
+    where = [_compile(n, cid) for n in rest]
+    if any(_uses_contact_row(n) for n in rest):
+        source = matched.join(m.Contact.__table__, C.id == cid)
+        where.append(C.space_id == space_id)
+    inner = select(literal(1)).select_from(source).where(*where)
+    if count_limit:
+        inner = inner.limit(count_limit)
+    return select(func.count()).select_from(inner.subquery())
+
+
+def _value_predicate(column: Any, f: ResolvedField, text: bool) -> ColumnElement[bool]:
+    """The predicate on a present value for the positive operators (equals, contains, ranges...)."""
+    ops = f.operands
+    target = func.lower(column) if text else column
+    if f.op in (FieldOp.EQUALS, FieldOp.NOT_EQUALS):
+        if f.type is FieldType.CHECKBOX:
+            # Unchecked and unset are the same for a checkbox: "equals false" is "not true".
+            return column.is_(True) if True in ops else false()
+        return target.in_(list(ops))
+    if f.op is FieldOp.CONTAINS:
+        return target.contains(ops[0], autoescape=True)
+    if f.op is FieldOp.STARTS_WITH:
+        return target.startswith(ops[0], autoescape=True)
+    if f.op is FieldOp.GREATER_THAN:
+        return target > ops[0]
+    if f.op is FieldOp.LESS_THAN:
+        return target < ops[0]
+    if f.op is FieldOp.BETWEEN:
+        return target.between(ops[0], ops[1])
+    raise TypeError(f"no predicate for {f.op}")
+
+
+def _compile_field(f: ResolvedField, cid: Any = C.id) -> ColumnElement[bool]:
+    text = f.type not in ORDERED and f.type is not FieldType.CHECKBOX
+    negate = f.op is FieldOp.NOT_EQUALS
+    checkbox_false = f.type is FieldType.CHECKBOX and f.op in (FieldOp.EQUALS, FieldOp.NOT_EQUALS)
+    if checkbox_false and False in f.operands and True in f.operands:
+        return false() if negate else true()
+    if checkbox_false and False in f.operands:
+        # equals false == not (equals true)
+        f = ResolvedField(f.name, f.type, f.field_id, (True,), f.op)
+        negate = not negate
+    if f.field_id is None:
+        column = getattr(C, f.name)
+        if f.op is FieldOp.IS_SET:
+            return column.is_not(None)
+        if f.op is FieldOp.IS_NOT_SET:
+            return column.is_(None)
+        positive = and_(column.is_not(None), _value_predicate(column, f, text))
+        return not_(positive) if negate else positive
+    in_field = and_(V.contact_id == cid, V.field_id == f.field_id)
+    if f.op is FieldOp.IS_SET:
+        return exists().where(in_field)
+    if f.op is FieldOp.IS_NOT_SET:
+        return ~exists().where(in_field)
+    column = getattr(V, value_column(f.type))
+    found = exists().where(in_field, _value_predicate(column, f, text))
+    return ~found if negate else found

@@ -1,0 +1,350 @@
+"""The criteria language: every criterion and operator, compiled to SQL, checked against a
+reference filter written in plain Python over the same seeded random data."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from parley_contacts.domain import (
+    ALLOWED_OPS,
+    STANDARD_FIELDS,
+    AssigneeCond,
+    AssigneeMatch,
+    ChannelCond,
+    Contact,
+    FieldCond,
+    FieldOp,
+    FieldType,
+    Group,
+    TagCond,
+    TagMatch,
+    TimeCond,
+    TimeOp,
+    TimeTarget,
+    criteria_from_json,
+    criteria_to_json,
+    parse_datetime,
+)
+from parley_contacts.repository import Repository
+from parley_contacts.service import Actor, ContactsService, IdentityInput
+from parley_kit.db import session_factory
+from parley_kit.errors import InvalidArgument
+
+SEED = 20261125
+NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
+SPACE = "sp_criteria"
+ME = Actor(subject="user:me", user_id="me")
+CUSTOM = {
+    "f_num": ("number", []),
+    "f_date": ("date", []),
+    "f_dt": ("datetime", []),
+    "f_bool": ("checkbox", []),
+    "f_list": ("list", ["red", "green", "blue"]),
+    "f_text": ("text", []),
+    "f_email": ("email", []),
+}
+NAMES = ["Ana", "anna", "Bob", "bobby", "Carl", "carla", "Zoe", "Ana Maria"]
+CHANNELS = [("ch-fb", 1), ("ch-ig", 2), ("ch-wa", 3)]
+USERS, TEAMS = ["me", "u2", "u3"], ["t1", "t2"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _maybe(rng: random.Random, value: Any, p: float = 0.7) -> Any:
+    return value if rng.random() < p else None
+
+
+def _raw_value(rng: random.Random, ftype: str) -> str:
+    if ftype == "number":
+        return str(rng.choice([-5, 0, 1, 2, 3, 10, 42]) + rng.choice([0, Decimal("0.5")]))
+    if ftype == "date":
+        return (date(2026, 1, 1) + timedelta(days=rng.randrange(0, 60))).isoformat()
+    if ftype == "datetime":
+        return (NOW - timedelta(hours=rng.randrange(0, 200))).isoformat()
+    if ftype == "checkbox":
+        return rng.choice(["true", "false"])
+    if ftype == "list":
+        return rng.choice(["red", "green", "blue"])
+    if ftype == "email":
+        return f"{rng.choice(['x', 'xy', 'y'])}@{rng.choice(['a.com', 'b.org'])}"
+    return rng.choice(["hello", "Hello world", "help", "yellow", "mellow fellow"])
+
+
+@pytest.fixture(scope="module")
+async def world(engine, sink) -> dict[str, Any]:
+    """~160 contacts with random profiles, tags, values, identities, assignees and times."""
+    clock = Clock()
+    service = ContactsService(Repository(session_factory(engine), sink), clock=clock)
+    rng = random.Random(SEED)
+    fields = {k: await service.create_field(SPACE, k, k, t, options=o) for k, (t, o) in CUSTOM.items()}
+    tags = [await service.create_tag(SPACE, f"tag{i}") for i in range(5)]
+    for i in range(160):
+        clock.now = NOW - timedelta(hours=i * 3 + rng.randrange(3))
+        profile = {
+            "first_name": _maybe(rng, rng.choice(NAMES)),
+            "last_name": _maybe(rng, rng.choice(["Lima", "Smith", "smithson"])),
+            "email": _maybe(rng, f"{rng.choice(['ana', 'bob', 'zed'])}{i}@{rng.choice(['ex.com', 'mail.org'])}"),
+            "country": _maybe(rng, rng.choice(["FR", "BR", "US"])),
+            "language": _maybe(rng, rng.choice(["en", "fr", "pt-BR"])),
+        }
+        values = {k: _raw_value(rng, t) for k, (t, _) in CUSTOM.items() if rng.random() < 0.6}
+        tag_ids = [str(t.id) for t in tags if rng.random() < 0.3]
+        idents = [IdentityInput(ch, ty, f"{ch}-{i}") for ch, ty in CHANNELS if rng.random() < 0.4]
+        contact = await service.create_contact(SPACE, ME, profile, values, tag_ids, idents)
+        if rng.random() < 0.6:
+            await service.assign(
+                SPACE,
+                ME,
+                [str(contact.id)],
+                _maybe(rng, rng.choice(USERS)) or "",
+                _maybe(rng, rng.choice(TEAMS), 0.4) or "",
+            )
+        if idents and rng.random() < 0.8:
+            at = NOW - timedelta(hours=rng.randrange(0, 400))
+            await service.upsert_by_identity(SPACE, ME, idents[0], {}, at)
+    clock.now = NOW
+    everyone, token = [], ""
+    while True:
+        page = await service.list_contacts(SPACE, ME, page_size=500, page_token=token)
+        everyone += page.contacts
+        if not (token := page.next_token):
+            break
+    return {"service": service, "contacts": everyone, "fields": fields, "tags": tags, "rng": rng}
+
+
+# -- the reference filter: plain Python, independent of the SQL compiler ------------------------------
+
+
+def _typed(ftype: str, raw: str) -> Any:
+    if ftype == "number":
+        return Decimal(raw)
+    if ftype == "date":
+        return date.fromisoformat(raw)
+    if ftype == "datetime":
+        return parse_datetime(raw)
+    if ftype == "checkbox":
+        return raw == "true"
+    return raw.lower()
+
+
+def matches(contact: Contact, node: Any, fields: dict[str, Any]) -> bool:
+    if isinstance(node, Group):
+        results = [matches(contact, c, fields) for c in node.children]
+        return any(results) if node.any else all(results)
+    if isinstance(node, TagCond):
+        have, want = set(contact.tag_ids), set(node.tag_ids)
+        return {TagMatch.ANY: bool(have & want), TagMatch.ALL: want <= have, TagMatch.NONE: not have & want}[node.match]
+    if isinstance(node, ChannelCond):
+        return any(i.channel_id in node.channel_ids or i.channel_type in node.channel_types for i in contact.identities)
+    if isinstance(node, AssigneeCond):
+        if node.match is AssigneeMatch.UNASSIGNED:
+            return contact.assignee_user_id is None and contact.assignee_team_id is None
+        if node.match is AssigneeMatch.ME:
+            return contact.assignee_user_id == ME.user_id
+        if node.match is AssigneeMatch.USER:
+            return contact.assignee_user_id == node.id
+        return contact.assignee_team_id == node.id
+    if isinstance(node, TimeCond):
+        value = contact.last_interaction_at if node.target is TimeTarget.LAST_INTERACTION else contact.created_at
+        bound = node.at if node.at is not None else NOW - timedelta(seconds=node.seconds)
+        if value is None:
+            return False
+        return value >= bound if node.op is TimeOp.WITHIN else value < bound
+    assert isinstance(node, FieldCond)
+    if node.field in STANDARD_FIELDS:
+        ftype, value = "text", contact.standard(node.field)
+    else:
+        ftype, value = CUSTOM[node.field][0], contact.values.get(fields[node.field].id)
+    if node.op is FieldOp.IS_SET:
+        return value is not None
+    if node.op is FieldOp.IS_NOT_SET:
+        return value is None
+    operands = [_typed(ftype, v) for v in node.values]
+    if ftype == "checkbox":
+        hit = (True in operands and value is True) or (False in operands and value is not True)
+        return hit if node.op is FieldOp.EQUALS else not hit
+    if value is not None and ftype not in ("number", "date", "datetime"):
+        value = str(value).lower()
+    if node.op is FieldOp.NOT_EQUALS:
+        return value is None or value not in operands
+    if value is None:
+        return False
+    if node.op is FieldOp.EQUALS:
+        return value in operands
+    if node.op is FieldOp.CONTAINS:
+        return operands[0] in value
+    if node.op is FieldOp.STARTS_WITH:
+        return value.startswith(operands[0])
+    if node.op is FieldOp.GREATER_THAN:
+        return value > operands[0]
+    if node.op is FieldOp.LESS_THAN:
+        return value < operands[0]
+    return operands[0] <= value <= operands[1]
+
+
+# -- generated conditions -------------------------------------------------------------------------
+
+
+def _operand(rng: random.Random, name: str, op: FieldOp) -> tuple[str, ...]:
+    ftype = CUSTOM[name][0] if name in CUSTOM else "text"
+    if op in (FieldOp.IS_SET, FieldOp.IS_NOT_SET):
+        return ()
+    if op in (FieldOp.CONTAINS, FieldOp.STARTS_WITH):
+        pool = {
+            "first_name": ["an", "AN", "ob", "a m"],
+            "last_name": ["smi", "ma"],
+            "email": ["ana", "@ex", ".org"],
+            "country": ["f", "R"],
+            "language": ["pt", "-br"],
+            "f_text": ["hel", "ELL", "low f"],
+            "f_email": ["x", "@b"],
+        }.get(name, ["a"])
+        return (rng.choice(pool),)
+    if ftype == "text":
+        pool = {
+            "first_name": NAMES,
+            "last_name": ["LIMA", "smith"],
+            "country": ["fr", "BR"],
+            "language": ["EN", "pt-br"],
+            "email": ["ana1@ex.com", "BOB2@MAIL.ORG"],
+            "f_text": ["hello", "HELP"],
+        }[name]
+        return tuple(rng.sample(pool, rng.choice([1, 2])))
+    if op is FieldOp.BETWEEN:
+        a, b = sorted((_raw_value(rng, ftype), _raw_value(rng, ftype)), key=lambda v: _typed(ftype, v))
+        return (a, b)
+    if op in (FieldOp.EQUALS, FieldOp.NOT_EQUALS):
+        return tuple(_raw_value(rng, ftype) for _ in range(rng.choice([1, 1, 2])))
+    return (_raw_value(rng, ftype),)
+
+
+def every_condition(world: dict[str, Any]) -> list[Any]:
+    rng = random.Random(SEED + 1)
+    tags = [t.id for t in world["tags"]]
+    conds: list[Any] = []
+    for match in TagMatch:
+        conds += [TagCond(match, (tags[0],)), TagCond(match, (tags[1], tags[2]))]
+    for name in [*STANDARD_FIELDS, *CUSTOM]:
+        if name in ("phone", "avatar_url"):
+            ftype = FieldType.PHONE if name == "phone" else FieldType.URL
+        else:
+            ftype = FieldType(CUSTOM[name][0]) if name in CUSTOM else FieldType.TEXT
+        for op in sorted(ALLOWED_OPS[ftype]):
+            if name in ("phone", "avatar_url") and op not in (FieldOp.IS_SET, FieldOp.IS_NOT_SET):
+                continue  # never set in this data: covered by the text fields
+            for _ in range(2):
+                conds.append(FieldCond(name, op, _operand(rng, name, op)))
+    conds += [
+        ChannelCond(("ch-fb",)),
+        ChannelCond(("ch-ig", "ch-wa")),
+        ChannelCond((), (3,)),
+        ChannelCond(("x",), (1,)),
+    ]
+    conds += [
+        AssigneeCond(AssigneeMatch.ME),
+        AssigneeCond(AssigneeMatch.UNASSIGNED),
+        AssigneeCond(AssigneeMatch.USER, "u2"),
+        AssigneeCond(AssigneeMatch.TEAM, "t1"),
+    ]
+    for target in TimeTarget:
+        conds += [
+            TimeCond(target, TimeOp.WITHIN, seconds=3600 * 100),
+            TimeCond(target, TimeOp.BEFORE, seconds=3600 * 150),
+            TimeCond(target, TimeOp.BEFORE, at=NOW - timedelta(hours=50)),
+        ]
+    return conds
+
+
+async def _ids(world: dict[str, Any], group: Group) -> set[uuid.UUID]:
+    service: ContactsService = world["service"]
+    out, token = set(), ""
+    while True:
+        page = await service.list_contacts(SPACE, ME, criteria=group, page_size=40, page_token=token)
+        out |= {c.id for c in page.contacts}
+        if not (token := page.next_token):
+            assert page.total == len(out)
+            return out
+
+
+def _expected(world: dict[str, Any], group: Group) -> set[uuid.UUID]:
+    return {c.id for c in world["contacts"] if matches(c, group, world["fields"])}
+
+
+async def test_every_condition_matches_the_reference_filter(world: dict[str, Any]) -> None:
+    conds = every_condition(world)
+    covered = {c.op for c in conds if isinstance(c, FieldCond)}
+    assert covered == set(FieldOp)
+    nontrivial = 0
+    for cond in conds:
+        group = Group(any=False, children=(cond,))
+        expected = _expected(world, group)
+        assert await _ids(world, group) == expected, cond
+        nontrivial += 0 < len(expected) < len(world["contacts"])
+    assert nontrivial > len(conds) * 0.7  # the data exercises the conditions, not just all/nothing
+
+
+async def test_random_nested_and_or_groups_match_the_reference_filter(world: dict[str, Any]) -> None:
+    rng = random.Random(SEED + 2)
+    conds = every_condition(world)
+
+    def tree(depth: int) -> Group:
+        children: list[Any] = []
+        for _ in range(rng.randint(1, 3)):
+            children.append(tree(depth + 1) if depth < 3 and rng.random() < 0.35 else rng.choice(conds))
+        return Group(any=rng.random() < 0.5, children=tuple(children))
+
+    for _ in range(60):
+        group = tree(1)
+        # The JSON form (how views store criteria) round-trips to the same meaning.
+        assert criteria_from_json(criteria_to_json(group)) == group
+        assert await _ids(world, group) == _expected(world, group), criteria_to_json(group)
+
+
+async def test_empty_criteria_match_everyone(world: dict[str, Any]) -> None:
+    assert await _ids(world, Group(any=False)) == {c.id for c in world["contacts"]}
+
+
+@pytest.mark.parametrize(
+    ("cond", "message"),
+    [
+        (FieldCond("shoe_size", FieldOp.EQUALS, ("4",)), "unknown field 'shoe_size'"),
+        (FieldCond("f_num", FieldOp.CONTAINS, ("4",)), "does not apply to number"),
+        (FieldCond("f_list", FieldOp.GREATER_THAN, ("red",)), "does not apply to list"),
+        (FieldCond("f_num", FieldOp.BETWEEN, ("4",)), "takes 2 value"),
+        (FieldCond("f_num", FieldOp.BETWEEN, ("9", "4")), "lower bound first"),
+        (FieldCond("f_num", FieldOp.GREATER_THAN, ("x",)), "not a number"),
+        (FieldCond("f_date", FieldOp.LESS_THAN, ("yesterday",)), "YYYY-MM-DD"),
+        (FieldCond("f_list", FieldOp.EQUALS, ("purple",)), "not one of the options"),
+        (FieldCond("email", FieldOp.IS_SET, ("x",)), "takes 0 value"),
+        (FieldCond("email", FieldOp.STARTS_WITH, ("a", "b")), "exactly one value"),
+        (TagCond(TagMatch.ANY, ()), "at least one tag"),
+        (TagCond(TagMatch.ANY, (uuid.uuid4(),)), "unknown tag"),
+        (AssigneeCond(AssigneeMatch.USER, ""), "needs an id"),
+        (TimeCond(TimeTarget.CREATED, TimeOp.WITHIN, seconds=0), "positive duration"),
+        (ChannelCond(), "channel ids or channel types"),
+    ],
+)
+async def test_malformed_criteria_are_invalid_argument_with_a_reason(
+    world: dict[str, Any], cond: Any, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        await world["service"].list_contacts(SPACE, ME, criteria=Group(any=False, children=(cond,)))
+
+
+async def test_too_deep_criteria_are_refused(world: dict[str, Any]) -> None:
+    group = Group(any=False)
+    for _ in range(6):
+        group = Group(any=True, children=(group,))
+    with pytest.raises(InvalidArgument, match="deeper"):
+        await world["service"].list_contacts(SPACE, ME, criteria=group)

@@ -1,0 +1,160 @@
+"""Custom field definitions and typed values, the tag catalog and tagging, assignees."""
+
+from __future__ import annotations
+
+import pytest
+from parley_contacts.domain import format_value
+from parley_contacts.service import Actor, ContactsService
+from parley_kit.errors import AlreadyExists, InvalidArgument, NotFound
+
+VALID = {
+    "text": ("hello", "hello"),
+    "number": ("-3.50", "-3.5"),
+    "date": ("2026-01-31", "2026-01-31"),
+    "datetime": ("2026-01-31T09:30:00+01:00", "2026-01-31T08:30:00Z"),
+    "checkbox": ("yes", "true"),
+    "list": ("GOLD", "gold"),
+    "email": ("a@b.co", "a@b.co"),
+    "phone": ("+33612345678", "+33612345678"),
+    "url": ("https://example.com/x", "https://example.com/x"),
+}
+INVALID = {
+    "number": ("12abc", "not a number"),
+    "date": ("31/01/2026", "YYYY-MM-DD"),
+    "datetime": ("2026-01-31T09:30:00", "UTC offset"),
+    "checkbox": ("maybe", "true or false"),
+    "list": ("bronze", "not one of the options"),
+    "email": ("a@b", "not an email"),
+    "phone": ("123", "phone"),
+    "url": ("example.com", "http"),
+    "text": ("x" * 1001, "at most 1000"),
+}
+
+
+@pytest.mark.parametrize("ftype", sorted(VALID))
+async def test_each_field_type_accepts_valid_values_in_canonical_form(
+    service: ContactsService, space: str, agent: Actor, ftype: str
+) -> None:
+    options = ["gold", "silver"] if ftype == "list" else []
+    f = await service.create_field(space, f"f_{ftype}", ftype.title(), ftype, options=options)
+    raw, canonical = VALID[ftype]
+    c = await service.create_contact(space, agent, {}, {f.key: raw})
+    got, defs = await service.get_contact(space, str(c.id))
+    assert format_value(defs[f.id].type, got.values[f.id]) == canonical
+
+
+@pytest.mark.parametrize("ftype", sorted(INVALID))
+async def test_each_field_type_rejects_invalid_values_naming_field_and_reason(
+    service: ContactsService, space: str, agent: Actor, ftype: str
+) -> None:
+    options = ["gold", "silver"] if ftype == "list" else []
+    f = await service.create_field(space, f"f_{ftype}", ftype.title(), ftype, options=options)
+    c = await service.create_contact(space, agent, {"first_name": "Ana"})
+    raw, reason = INVALID[ftype]
+    with pytest.raises(InvalidArgument, match=rf"field 'f_{ftype}'.*{reason}"):
+        await service.update_contact(space, agent, str(c.id), {"first_name": "Changed"}, {f.key: raw})
+    got, _ = await service.get_contact(space, str(c.id))
+    assert got.first_name == "Ana" and got.values == {}  # nothing changed
+
+
+async def test_field_key_may_not_shadow_a_standard_field_or_repeat(service: ContactsService, space: str) -> None:
+    with pytest.raises(InvalidArgument, match="shadow"):
+        await service.create_field(space, "email", "Email", "text")
+    with pytest.raises(InvalidArgument, match="unknown"):
+        await service.create_field(space, "size", "Size", "float")
+    with pytest.raises(InvalidArgument, match="option"):
+        await service.create_field(space, "size", "Size", "list")
+    await service.create_field(space, "size", "Size", "number")
+    with pytest.raises(AlreadyExists):
+        await service.create_field(space, "size", "Size", "number")
+
+
+async def test_value_change_emits_one_field_updated_with_old_and_new(
+    service: ContactsService, space: str, agent: Actor, sink
+) -> None:
+    f = await service.create_field(space, "score", "Score", "number")
+    c = await service.create_contact(space, agent, {})
+    await service.update_contact(space, agent, str(c.id), {}, {"score": "5"})
+    await service.update_contact(space, agent, str(c.id), {}, {"score": "5.0"})  # same value: no event
+    await service.update_contact(space, agent, str(c.id), {}, {"score": ""})
+    events = sink.of("field.updated", space)
+    assert [(e.data["field"].id, e.data["old"], e.data["new"]) for e in events] == [(f.id, "", "5"), (f.id, "5", "")]
+    assert sink.of("contact.updated", space) == []
+
+
+async def test_renaming_a_field_keeps_values_and_deleting_it_drops_them(
+    service: ContactsService, space: str, agent: Actor
+) -> None:
+    f = await service.create_field(space, "plan", "Plan", "list", options=["a", "b"])
+    c = await service.create_contact(space, agent, {}, {"plan": "b"})
+    await service.update_field(space, str(f.id), key="tier", label="Tier")
+    got, _ = await service.get_contact(space, str(c.id))
+    assert got.values[f.id] == "b"
+    with pytest.raises(InvalidArgument, match="shadow"):
+        await service.update_field(space, str(f.id), key="phone")
+    await service.update_field(space, str(f.id), options=["a"])  # "b" is no longer allowed: its values go
+    got, _ = await service.get_contact(space, str(c.id))
+    assert f.id not in got.values
+    await service.update_contact(space, agent, str(c.id), {}, {"tier": "a"})
+    await service.delete_field(space, str(f.id))
+    got, _ = await service.get_contact(space, str(c.id))
+    assert got.values == {}
+    with pytest.raises(InvalidArgument, match="unknown custom field 'tier'"):
+        await service.update_contact(space, agent, str(c.id), {}, {"tier": "a"})
+
+
+async def test_tagging_is_idempotent_and_emits_once_per_contact_and_tag(
+    service: ContactsService, space: str, agent: Actor, sink
+) -> None:
+    vip, new = await service.create_tag(space, "VIP"), await service.create_tag(space, "new")
+    with pytest.raises(AlreadyExists):
+        await service.create_tag(space, "vip")
+    cs = [await service.create_contact(space, agent, {}) for _ in range(3)]
+    ids = [str(c.id) for c in cs]
+    assert await service.change_tags(space, agent, ids, [str(vip.id), str(new.id)], []) == 6
+    assert await service.change_tags(space, agent, ids, [str(vip.id)], []) == 0
+    assert await service.change_tags(space, agent, ids[:1], [], [str(vip.id)]) == 1
+    assert len(sink.of("tag.added", space)) == 6 and len(sink.of("tag.removed", space)) == 1
+    got, _ = await service.get_contact(space, ids[0])
+    assert got.tag_ids == (new.id,)
+    assert await service.delete_tag(space, agent, str(new.id)) == 3
+    got, _ = await service.get_contact(space, ids[1])
+    assert got.tag_ids == (vip.id,)
+
+
+async def test_tagging_with_unknown_tag_or_foreign_contact_changes_nothing(
+    service: ContactsService, space: str, agent: Actor
+) -> None:
+    vip = await service.create_tag(space, "vip")
+    mine = await service.create_contact(space, agent, {})
+    theirs = await service.create_contact(space + "-x", agent, {})
+    with pytest.raises(NotFound):
+        await service.change_tags(space, agent, [str(mine.id), str(theirs.id)], [str(vip.id)], [])
+    with pytest.raises(NotFound):
+        await service.change_tags(space, agent, [str(mine.id)], ["7d7f2c3e-0000-4000-8000-000000000000"], [])
+    got, _ = await service.get_contact(space, str(mine.id))
+    assert got.tag_ids == ()
+
+
+async def test_assign_reassign_unassign_carry_the_previous_assignee(
+    service: ContactsService, space: str, agent: Actor, sink
+) -> None:
+    c = await service.create_contact(space, agent, {})
+    await service.assign(space, agent, [str(c.id)], "juan", "")
+    await service.assign(space, agent, [str(c.id)], "maria", "support")
+    await service.assign(space, agent, [str(c.id)], "maria", "support")  # no change, no event
+    await service.assign(space, agent, [str(c.id)], "", "")
+    events = sink.of("contact.assigned", space)
+    seen = [
+        (e.data["user_id"], e.data["team_id"], e.data["previous_user_id"], e.data["previous_team_id"]) for e in events
+    ]
+    assert seen == [("juan", "", "", ""), ("maria", "support", "juan", ""), ("", "", "maria", "support")]
+    got, _ = await service.get_contact(space, str(c.id))
+    assert got.assignee_user_id is None and got.assignee_team_id is None
+
+
+async def test_bulk_assign_changes_every_contact(service: ContactsService, space: str, agent: Actor) -> None:
+    cs = [await service.create_contact(space, agent, {}) for _ in range(5)]
+    assert await service.assign(space, agent, [str(c.id) for c in cs], "", "sales") == 5
+    with pytest.raises(InvalidArgument, match="at most"):
+        await service.assign(space, agent, [str(cs[0].id)] * 1001, "u", "")

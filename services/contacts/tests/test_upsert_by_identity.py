@@ -1,0 +1,88 @@
+"""UpsertByIdentity: find-or-create by channel identity, race-safe, fills only empty fields."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from parley_contacts.service import Actor, ContactsService, IdentityInput
+
+SERVICE = Actor(subject="service:conversations")
+
+
+def ident(external_id: str = "psid-1", channel: str = "ch-fb") -> IdentityInput:
+    return IdentityInput(channel_id=channel, channel_type=1, external_id=external_id)
+
+
+async def test_fifty_concurrent_upserts_of_one_new_identity_create_exactly_one_contact(
+    service: ContactsService, space: str, sink
+) -> None:
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    results = await asyncio.gather(
+        *(service.upsert_by_identity(space, SERVICE, ident("race"), {"first_name": "Ana"}, at) for _ in range(50))
+    )
+    ids = {contact_id for contact_id, _ in results}
+    assert len(ids) == 1
+    assert sum(created for _, created in results) == 1
+    page = await service.list_contacts(space, SERVICE)
+    assert page.total == 1
+    assert len(sink.of("contact.created", space)) == 1
+
+
+async def test_existing_identity_returns_same_contact_and_moves_interaction_forward_only(
+    service: ContactsService, space: str
+) -> None:
+    t1 = datetime(2026, 11, 1, 10, tzinfo=UTC)
+    cid, created = await service.upsert_by_identity(space, SERVICE, ident(), {}, t1)
+    assert created
+    again, created_again = await service.upsert_by_identity(space, SERVICE, ident(), {}, t1 + timedelta(hours=1))
+    assert (again, created_again) == (cid, False)
+    await service.upsert_by_identity(space, SERVICE, ident(), {}, t1 - timedelta(days=1))  # late, older message
+    contact, _ = await service.get_contact(space, str(cid))
+    assert contact.last_interaction_at == t1 + timedelta(hours=1)
+    assert contact.last_interaction_channel_id == "ch-fb"
+
+
+async def test_profile_hints_fill_only_empty_fields_and_never_overwrite_edits(
+    service: ContactsService, space: str, agent: Actor, sink
+) -> None:
+    cid, _ = await service.upsert_by_identity(space, SERVICE, ident(), {"display_name": "Ana Lima"}, None)
+    contact, _ = await service.get_contact(space, str(cid))
+    assert (contact.first_name, contact.last_name) == ("Ana", "Lima")
+    await service.update_contact(space, agent, str(cid), {"first_name": "Anita"})
+    await service.upsert_by_identity(
+        space, SERVICE, ident(), {"first_name": "Ana", "phone": "+33 6 12 34 56 78", "language": "pt_BR"}, None
+    )
+    contact, _ = await service.get_contact(space, str(cid))
+    assert contact.first_name == "Anita"
+    assert contact.phone == "+33612345678"
+    assert contact.language == "pt-BR"
+    filled = [e for e in sink.of("contact.updated", space) if e.actor == SERVICE.subject]
+    assert len(filled) == 1
+    assert {c.field for c in filled[0].data["changes"]} == {"phone", "language"}
+
+
+async def test_invalid_profile_hints_are_dropped_not_failing_the_message(service: ContactsService, space: str) -> None:
+    cid, created = await service.upsert_by_identity(
+        space, SERVICE, ident(), {"phone": "not a phone", "avatar_url": "ftp://x", "language": "??"}, None
+    )
+    contact, _ = await service.get_contact(space, str(cid))
+    assert created and contact.phone is None and contact.avatar_url is None and contact.language is None
+
+
+async def test_same_external_id_on_another_channel_or_space_is_another_contact(
+    service: ContactsService, space: str
+) -> None:
+    a, _ = await service.upsert_by_identity(space, SERVICE, ident("x", "ch-1"), {}, None)
+    b, _ = await service.upsert_by_identity(space, SERVICE, ident("x", "ch-2"), {}, None)
+    c, _ = await service.upsert_by_identity(space + "-other", SERVICE, ident("x", "ch-1"), {}, None)
+    assert len({a, b, c}) == 3
+
+
+async def test_repeated_upsert_without_news_emits_no_event(service: ContactsService, space: str, sink) -> None:
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    await service.upsert_by_identity(space, SERVICE, ident(), {"first_name": "Bo"}, at)
+    before = len([e for e in sink.events if e.space_id == space])
+    for _ in range(3):
+        await service.upsert_by_identity(space, SERVICE, ident(), {"first_name": "Bo"}, at)
+    assert len([e for e in sink.events if e.space_id == space]) == before
