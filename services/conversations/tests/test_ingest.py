@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import grpc
 from parley.channel_gateway.v1 import events_pb2 as gw
+from parley.contacts.v1 import contacts_service_pb2 as cpb
 from parley.conversations.v1 import conversations_service_pb2 as pb
 from parley.conversations.v1 import events_pb2 as ev
 from parley.conversations.v1 import resources_pb2 as res
@@ -65,9 +66,10 @@ async def _all_applied(app) -> bool:
     return True
 
 
-async def test_inbound_message_opens_conversation_with_contact_and_events(service, stub_for, helpers, fake_contacts):
+async def test_inbound_message_opens_conversation_for_the_contact_the_contacts_service_resolves(
+    service, stub_for, helpers, contacts_stub
+):
     app, _ = service
-    fake, _ = fake_contacts
     sp = space()
     at = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
     await helpers.publish_inbound(
@@ -77,12 +79,12 @@ async def test_inbound_message_opens_conversation_with_contact_and_events(servic
     (conv,) = await helpers.wait_for(lambda: conversations_of(stub))
     assert conv.status == res.CONVERSATION_STATUS_OPEN
     assert conv.source == res.CONVERSATION_SOURCE_CONTACT
-    assert conv.contact_id == fake.contacts[(sp, "ch-1", "psid-b")]
     assert conv.opened_by == f"contact:{conv.contact_id}"
     assert conv.opened_at.ToDatetime(tzinfo=UTC) == at
-    call = next(c for c in fake.calls if c.space_id == sp)
-    assert call.external_id == "psid-b" and call.profile.first_name == "Bea"
-    assert call.interaction_at.ToDatetime(tzinfo=UTC) == at
+    contact = (await contacts_stub(sp).GetContact(cpb.GetContactRequest(contact_id=conv.contact_id))).contact
+    assert contact.first_name == "Bea"
+    assert [(i.channel_id, i.external_id) for i in contact.identities] == [("ch-1", "psid-b")]
+    assert contact.last_interaction_at.ToDatetime(tzinfo=UTC) == at
     opened = await helpers.wait_for(
         lambda: _events(app, helpers, "conversations.conversation.opened", ev.ConversationOpened, sp)
     )
@@ -289,24 +291,21 @@ async def test_next_inbound_after_close_opens_a_new_linked_conversation(service,
     assert [m.text for m in await messages_of(stub, new.conversation_id)] == ["two"]
 
 
-async def test_contacts_outage_delays_ingest_without_losing_or_reordering(service, stub_for, helpers, fake_contacts):
+async def test_contacts_outage_delays_ingest_without_losing_or_reordering(service, stub_for, helpers, contacts_service):
     app, _ = service
-    fake, _ = fake_contacts
     sp = space()
-    fake.fail_with = grpc.StatusCode.UNAVAILABLE
+    contacts_service.stop()
     try:
         await helpers.publish_inbound(
             app.rt.js, [helpers.inbound(sp, "ch-1", "psid-g", f"mid.g{i}", text=f"m{i}") for i in range(5)]
         )
-        import asyncio
-
         await asyncio.sleep(1.5)
         assert await conversations_of(stub_for(sp)) == []
     finally:
-        fake.fail_with = None
+        contacts_service.start()
     stub = stub_for(sp)
-    (conv,) = await helpers.wait_for(lambda: conversations_of(stub), timeout=40)
-    msgs = await helpers.wait_for(lambda: _n(messages_of(stub, conv.conversation_id), 5), timeout=40)
+    (conv,) = await helpers.wait_for(lambda: conversations_of(stub), timeout=60)
+    msgs = await helpers.wait_for(lambda: _n(messages_of(stub, conv.conversation_id), 5), timeout=60)
     assert [m.text for m in msgs] == [f"m{i}" for i in range(5)]
 
 

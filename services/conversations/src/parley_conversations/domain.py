@@ -129,6 +129,20 @@ class StatusUpdate:
 
 
 @dataclass(frozen=True)
+class ContactChange:
+    """What an event of the contacts service says about one contact; None: not said."""
+
+    space_id: str
+    contact_id: str
+    occurred_at: datetime
+    actor: str = "service:contacts"
+    first_name: str | None = None
+    last_name: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    assignee: tuple[str, str] | None = None  # (user_id, team_id); ("", "") unassigns
+
+
+@dataclass(frozen=True)
 class SendInput:
     text: str = ""
     attachments: list[dict[str, Any]] = field(default_factory=list)

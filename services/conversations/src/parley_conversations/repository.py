@@ -378,6 +378,68 @@ class Tx:
     async def contact(self, contact_id: str) -> Contact | None:
         return await self.session.get(Contact, contact_id)
 
+    async def contacts(self, contact_ids: Iterable[str]) -> dict[str, Contact]:
+        ids = list(set(contact_ids))
+        if not ids:
+            return {}
+        rows = (await self.session.execute(select(Contact).where(Contact.contact_id.in_(ids)))).scalars().all()
+        return {c.contact_id: c for c in rows}
+
+    async def contact_for_update(self, space_id: str, contact_id: str, now: datetime) -> Contact | None:
+        """The contact's row, created empty when missing, locked; None when it belongs to another space."""
+        await self.session.execute(
+            pg_insert(Contact)
+            .values(
+                contact_id=contact_id,
+                space_id=space_id,
+                first_name="",
+                last_name="",
+                display_name="",
+                fields={},
+                fields_at={},
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[Contact.contact_id])
+        )
+        stmt = select(Contact).where(Contact.contact_id == contact_id).with_for_update()
+        contact = (await self.session.execute(stmt)).scalar_one()
+        return contact if contact.space_id == space_id else None
+
+    async def open_conversations_of_contact(self, space_id: str, contact_id: str) -> list[Conversation]:
+        stmt = (
+            select(Conversation)
+            .where(
+                Conversation.space_id == space_id, Conversation.contact_id == contact_id, Conversation.status == OPEN
+            )
+            .order_by(Conversation.id)
+            .with_for_update()
+        )
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    async def erase_contact(self, space_id: str, contact_id: str) -> int:
+        """Delete the contact's conversations (with their messages and assignments) and what this service
+        knows of the contact; the number of conversations deleted."""
+        deleted = await self.session.execute(
+            delete(Conversation).where(Conversation.space_id == space_id, Conversation.contact_id == contact_id)
+        )
+        await self.session.execute(
+            delete(ContactChannel).where(ContactChannel.space_id == space_id, ContactChannel.contact_id == contact_id)
+        )
+        await self.session.execute(
+            delete(Contact).where(Contact.space_id == space_id, Contact.contact_id == contact_id)
+        )
+        return int(deleted.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def repoint_contact(self, space_id: str, merged_id: str, survivor_id: str) -> None:
+        """Records of `merged_id` now belong to `survivor_id`."""
+        for model in (Conversation, Message, ContactChannel):
+            await self.session.execute(
+                update(model)
+                .where(model.space_id == space_id, model.contact_id == merged_id)
+                .values(contact_id=survivor_id)
+            )
+        await self.session.execute(delete(Contact).where(Contact.space_id == space_id, Contact.contact_id == merged_id))
+
     async def contact_channel(self, space_id: str, contact_id: str, channel_id: str) -> ContactChannel | None:
         stmt = (
             select(ContactChannel)

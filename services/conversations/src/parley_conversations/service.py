@@ -28,6 +28,7 @@ from parley_conversations.domain import (
     RECEIPT_KINDS,
     SYSTEM,
     Actor,
+    ContactChange,
     ConversationAssigned,
     ConversationClosed,
     ConversationFilter,
@@ -240,6 +241,8 @@ class ConversationsService:
             await tx.flush()
             if assignee_user_id or assignee_team_id:
                 self._assign(tx, conv, actor, assignee_user_id or None, assignee_team_id or None, now, None)
+            else:
+                await self._inherit_assignees(tx, [conv])
             tx.emit(ConversationOpened(actor, conv))
         return conv
 
@@ -388,8 +391,29 @@ class ConversationsService:
                 previous_id=old.id,
             )
             tx.add(conv)
+            await tx.flush()
+            await self._inherit_assignees(tx, [conv])
             tx.emit(ConversationReopened(actor, conv, old.id))
         return conv
+
+    async def _inherit_assignees(self, tx: Tx, convs: Sequence[Conversation]) -> None:
+        """A new conversation starts assigned to its contact's assignee (from the contacts service)."""
+        snapshots = await tx.contacts(c.contact_id for c in convs if c.assignee_user_id is None)
+        for conv in convs:
+            contact = snapshots.get(conv.contact_id)
+            if contact is None or (contact.assignee_user_id is None and contact.assignee_team_id is None):
+                continue
+            if conv.assignee_user_id is not None or conv.assignee_team_id is not None:
+                continue
+            self._assign(
+                tx,
+                conv,
+                Actor("service:contacts"),
+                contact.assignee_user_id,
+                contact.assignee_team_id,
+                conv.opened_at,
+                None,
+            )
 
     @staticmethod
     def _new_conversation(
@@ -858,6 +882,7 @@ class ConversationsService:
         if new_convs:
             tx.add(*new_convs)
             await tx.flush()
+            await self._inherit_assignees(tx, new_convs)
 
         new_by_pmid: dict[tuple[str, str], Message] = {}
         for it, conv, opened in plan:
@@ -1134,6 +1159,86 @@ class ConversationsService:
                             changed |= self._advance(tx, msg, status, mark, "", "")
                             break
             return changed
+
+
+class ContactFollower:
+    """Keeps conversations in step with the contacts service's events: the contact's assignee is the
+    assignee of the contact's open conversations (and of new ones); names and custom field values feed
+    shortcuts; an erased contact's conversations are erased; a merged contact's are re-pointed."""
+
+    def __init__(self, service: ConversationsService) -> None:
+        self.service = service
+
+    async def changed(self, change: ContactChange) -> int:
+        """Apply a created/updated/field/assigned event; the number of conversations re-assigned."""
+        svc = self.service
+        now = svc.clock()
+        reassigned = 0
+        async with svc.repo.transaction() as tx:
+            contact = await tx.contact_for_update(change.space_id, change.contact_id, now)
+            if contact is None:
+                return 0
+            at = change.occurred_at
+            names = change.first_name is not None or change.last_name is not None
+            if names and (contact.names_at is None or at >= contact.names_at):
+                if change.first_name is not None:
+                    contact.first_name = change.first_name[:200]
+                if change.last_name is not None:
+                    contact.last_name = change.last_name[:200]
+                contact.display_name = " ".join(x for x in (contact.first_name, contact.last_name) if x)[:400]
+                contact.names_at = at
+            if change.fields:
+                fields, stamps = dict(contact.fields or {}), dict(contact.fields_at or {})
+                for key, value in change.fields.items():
+                    seen = stamps.get(key)
+                    if seen is not None and datetime.fromisoformat(seen) > at:
+                        continue
+                    if value:
+                        fields[key] = value
+                    else:
+                        fields.pop(key, None)
+                    stamps[key] = at.isoformat()
+                contact.fields, contact.fields_at = fields, stamps
+            if change.assignee is not None and (contact.assignee_at is None or at >= contact.assignee_at):
+                user_id, team_id = (change.assignee[0] or None), (change.assignee[1] or None)
+                contact.assignee_user_id, contact.assignee_team_id, contact.assignee_at = user_id, team_id, at
+                actor = Actor(change.actor or "service:contacts")
+                for conv in await tx.open_conversations_of_contact(change.space_id, change.contact_id):
+                    if (conv.assignee_user_id, conv.assignee_team_id) == (user_id, team_id):
+                        continue
+                    previous = (conv.assignee_user_id, conv.assignee_team_id)
+                    current = await tx.current_assignment(conv.id)
+                    if user_id is None and team_id is None:
+                        if current is not None:
+                            current.ended_at, current.ended_by = now, actor.subject
+                        conv.assignee_user_id = conv.assignee_team_id = None
+                        conv.assigned_at = None
+                    else:
+                        svc._assign(tx, conv, actor, user_id, team_id, now, current)
+                    tx.emit(ConversationAssigned(actor, conv, *previous))
+                    reassigned += 1
+            contact.updated_at = now
+        return reassigned
+
+    async def erased(self, space_id: str, contact_ids: Sequence[str]) -> int:
+        async with self.service.repo.transaction() as tx:
+            return sum([await tx.erase_contact(space_id, cid) for cid in contact_ids])
+
+    async def merged(self, space_id: str, merged_id: str, survivor: ContactChange) -> None:
+        """Re-point the merged contact's records to the survivor; where both have an open conversation on
+        one channel, the merged one's is closed first (one open conversation per contact and channel)."""
+        svc = self.service
+        now = svc.clock()
+        actor = Actor(survivor.actor or "service:contacts")
+        async with svc.repo.transaction() as tx:
+            kept = {c.channel_id for c in await tx.open_conversations_of_contact(space_id, survivor.contact_id)}
+            for conv in await tx.open_conversations_of_contact(space_id, merged_id):
+                if conv.channel_id in kept:
+                    svc._close(conv, actor, now, None, f"Contact merged into {survivor.contact_id}")
+                    tx.emit(ConversationClosed(actor, conv))
+            await tx.flush()
+            await tx.repoint_contact(space_id, merged_id, survivor.contact_id)
+        await self.changed(survivor)
 
 
 def _pmid(it: InboundItem) -> str:
