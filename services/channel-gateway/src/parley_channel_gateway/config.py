@@ -24,9 +24,10 @@ class Settings(ServiceSettings):
 
     # -- secrets and provider endpoints ---------------------------------------------------------------------
     channel_gateway_encryption_key: str = Field(
+        default="",
         description="Fernet key(s), comma-separated: the first encrypts channel secrets at rest, all decrypt "
-        "(rotation). Generate one with `python -c 'from cryptography.fernet import Fernet; "
-        "print(Fernet.generate_key().decode())'`",
+        "(rotation). Required by serve, web and worker (not by migrate). Generate one with `python -c 'from "
+        "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`",
     )
     channel_gateway_meta_app_secret: str = Field(
         default="", description="Meta app secret: X-Hub-Signature-256 of Messenger, Instagram, WhatsApp webhooks"
@@ -44,8 +45,8 @@ class Settings(ServiceSettings):
 
     # -- web process ----------------------------------------------------------------------------------------
     http_port: int = Field(default=8080, ge=0, le=65535, description="The webhook HTTP port (PARLEY_HTTP_PORT)")
-    channel_gateway_http_workers: int = Field(default=2, ge=1, le=64, description="gunicorn worker processes")
-    channel_gateway_http_threads: int = Field(default=8, ge=1, le=256, description="threads per gunicorn worker")
+    channel_gateway_http_workers: int = Field(default=4, ge=1, le=64, description="gunicorn worker processes")
+    channel_gateway_http_threads: int = Field(default=4, ge=1, le=256, description="threads per gunicorn worker")
     channel_gateway_max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger webhooks get 413")
     channel_gateway_publish_timeout_seconds: float = Field(
         default=3.0, gt=0, description="how long a webhook waits for JetStream acks before answering 503"

@@ -19,14 +19,17 @@ class SecretBox:
     def __init__(self, keys: str) -> None:
         parts = [k.strip() for k in keys.split(",") if k.strip()]
         if not parts:
-            raise ValueError("PARLEY_CHANNEL_GATEWAY_ENCRYPTION_KEY is empty: set at least one Fernet key")
+            raise SystemExit(
+                "invalid configuration: PARLEY_CHANNEL_GATEWAY_ENCRYPTION_KEY is empty; set at least one Fernet key "
+                "(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
+            )
         try:
             self._fernet = MultiFernet([Fernet(k.encode()) for k in parts])
-        except (ValueError, TypeError) as exc:
-            raise ValueError(
-                "PARLEY_CHANNEL_GATEWAY_ENCRYPTION_KEY must be Fernet keys (32 url-safe base64-encoded bytes), "
-                "comma-separated"
-            ) from exc
+        except (ValueError, TypeError):
+            raise SystemExit(
+                "invalid configuration: PARLEY_CHANNEL_GATEWAY_ENCRYPTION_KEY must be Fernet keys (32 url-safe "
+                "base64-encoded bytes), comma-separated"
+            ) from None
 
     def seal(self, secrets: dict[str, Any]) -> bytes:
         return self._fernet.encrypt(json.dumps(secrets, sort_keys=True).encode())

@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from datetime import UTC, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.trace import SpanKind
 from parley.channel_gateway.v1 import events_pb2 as ev
-from parley_kit import outbox
+from parley_kit import outbox, telemetry
 from parley_kit.contracts import channel_gateway as contract
 from parley_kit.nats.consumer import Delivery
 from parley_kit.nats.errors import PoisonMessage, TransientError
@@ -23,6 +24,7 @@ from parley_channel_gateway.providers import Attachment, Button, OutboundMessage
 from parley_channel_gateway.sender import OutboundSender, RetryLater
 
 log = logging.getLogger(__name__)
+_tracer = telemetry.tracer("parley_channel_gateway.worker")
 
 SERVICE = "channel-gateway"
 OUTBOUND_DURABLE = "channel-gateway--outbound"
@@ -138,8 +140,15 @@ class OutboundHandler:
             if blocked is not None:
                 failures[delivery] = TransientError(f"an earlier message to this contact waits: {blocked}")
                 continue
+            attributes = {"parley.request_id": message.request_id, "parley.channel_id": message.channel_id}
             try:
-                outcome = await self.sender.send(message)
+                # A child of the requester's trace (its traceparent came in the message headers), so one trace
+                # runs from the request to the provider call and the status event.
+                with _tracer.start_as_current_span(
+                    "send outbound message", context=delivery.trace_context, kind=SpanKind.CLIENT, attributes=attributes
+                ) as span:
+                    outcome = await self.sender.send(message)
+                    span.set_attribute("parley.send.status", outcome.status)
                 log.info(
                     "send %s: %s%s", message.request_id, outcome.status, " (already done)" if outcome.duplicate else ""
                 )

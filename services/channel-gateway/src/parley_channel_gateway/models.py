@@ -16,6 +16,7 @@ outbox = outbox_table(metadata)
 ACTIVE = "active"
 DISCONNECTED = "disconnected"
 
+QUEUED = "queued"  # received, not yet sent
 SENDING = "sending"  # claimed; the provider call may be in flight
 RETRYING = "retrying"  # the last attempt failed in a way that surely did not send; it will be tried again
 SENT = "sent"

@@ -361,7 +361,10 @@ class Providers:
         if target.type in ("messenger", "instagram"):
             delivery = window.meta_delivery(target.type, msg.tag, msg.contact_last_inbound_at, now)
             body = meta_request(target, msg, delivery)
-            data = await self._graph(f"/{target.external_id}/messages", target.access_token, body)
+            # Messenger: the Page's /messages. Instagram (Facebook Login): /me/messages with the Page token
+            # linked to the account (the account id is not a node that takes messages).
+            path = f"/{target.external_id}/messages" if target.type == "messenger" else "/me/messages"
+            data = await self._graph(path, target.access_token, body)
             return str(data.get("message_id") or "")
         if target.type == "whatsapp":
             window.whatsapp_allows(msg.template is not None, msg.contact_last_inbound_at, now)

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_channel_gateway import metrics
 from parley_channel_gateway.crypto import SecretBox
-from parley_channel_gateway.models import ACTIVE, FAILED, RETRYING, SENDING, SENT, ChannelRow, SendLogRow
+from parley_channel_gateway.models import ACTIVE, FAILED, QUEUED, RETRYING, SENDING, SENT, ChannelRow, SendLogRow
 from parley_channel_gateway.providers import OutboundMessage, ProviderError, Providers, Target
 from parley_channel_gateway.repository import Repository
 from parley_channel_gateway.window import WindowClosed
@@ -138,7 +138,7 @@ class OutboundSender:
                     contact_external_id=msg.contact_external_id,
                     origin=msg.origin,
                     origin_ref=msg.origin_ref,
-                    status=RETRYING,
+                    status=QUEUED,
                     attempts=0,
                 ),
             )

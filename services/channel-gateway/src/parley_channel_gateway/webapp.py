@@ -128,7 +128,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Flask:
             raise Refused(403, "signature_invalid", f"the {what} does not match this body")
 
     def webhook(channel_type: str, handle: Callable[[], dict[str, Any]]) -> Response:
-        parent = telemetry.extract(dict(request.headers))
+        parent = telemetry.extract({key.lower(): value for key, value in request.headers.items()})
         route = request.url_rule.rule if request.url_rule is not None else request.path
         with _tracer.start_as_current_span(
             f"POST {route}",

@@ -57,13 +57,12 @@ class World:
             await self.publish(message)
         return request_id
 
-    async def publish(self, message: ev.OutboundSendRequest, msg_id: str | None = None) -> None:
+    async def publish(
+        self, message: ev.OutboundSendRequest, msg_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         js = self.nc.jetstream()
-        await js.publish(
-            contract.OUTBOUND_REQUESTED,
-            message.SerializeToString(),
-            headers={"Nats-Msg-Id": msg_id or message.request_id},
-        )
+        hdrs = {"Nats-Msg-Id": msg_id or message.request_id, **(headers or {})}
+        await js.publish(contract.OUTBOUND_REQUESTED, message.SerializeToString(), headers=hdrs)
 
     async def log_row(self, request_id: str) -> Any:
         engine = db.create_engine(self.settings.database_url, pool_size=1)
@@ -112,6 +111,8 @@ class World:
             return self.fake.received(f"/telegram/bot{TG_TOKEN}/send")
         if provider == "custom":
             return self.fake.received("/hook")
+        if provider == "instagram":
+            return self.fake.received("/graph/me/messages")
         return self.fake.received(f"/graph/{channel.external_id}/messages")
 
 
@@ -170,6 +171,31 @@ async def test_messenger_text_inside_24h_is_sent_as_response_and_recorded(world:
     [status] = await world.statuses(rid)
     assert status.status == ev.DELIVERY_STATUS_SENT and status.provider_message_id == row.provider_message_id
     assert status.origin == "conversations" and status.origin_ref == f"msg-{rid[:8]}"
+
+
+async def test_the_requesters_trace_runs_through_the_send_to_the_status_event(world: World) -> None:
+    trace_id = uuid.uuid4().hex
+    rid = str(uuid.uuid4())
+    message = ev.OutboundSendRequest(
+        request_id=rid, space_id=world.space_id, channel_id=world.channels["custom"].channel.id,
+        contact_external_id="user-7", text="traced",
+    )  # fmt: skip
+    await world.publish(message, headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"})
+    assert (await world.final(rid)).status == "sent"
+    js = world.nc.jetstream()
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=5)
+    sub = await js.pull_subscribe(contract.OUTBOUND_STATUS, stream=contract.STREAM, config=config)
+    traceparents = []
+    for _ in range(20):
+        try:
+            msgs = await sub.fetch(500, timeout=0.5)
+        except (nats.errors.TimeoutError, TimeoutError):
+            break
+        traceparents += [
+            m.headers["traceparent"] for m in msgs if ev.OutboundStatusEvent.FromString(m.data).request_id == rid
+        ]
+    await sub.unsubscribe()
+    assert [tp.split("-")[1] for tp in traceparents] == [trace_id]
 
 
 async def test_messenger_button_template_and_attachment_by_url(world: World) -> None:
@@ -289,7 +315,7 @@ async def test_permanent_provider_errors_fail_with_the_providers_code_and_messag
 
 async def test_retries_are_bounded_and_end_failed(world: World) -> None:
     error = (503, {"error": {"message": "Service temporarily unavailable", "code": 2}}, {"Retry-After": "0"})
-    world.fake.script(f"/graph/{IG_ID}/messages", error, error, error, error, error)
+    world.fake.script("/graph/me/messages", error, error, error, error, error)
     rid = await world.request("instagram", text="down")
     row = await world.final(rid)
     assert row.status == "failed" and row.error_code == "2" and row.attempts == 4

@@ -9,11 +9,19 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 from parley.channel_gateway.v1 import events_pb2 as ev
+from parley_channel_gateway.inbound import (
+    parse_custom,
+    parse_instagram,
+    parse_messenger,
+    parse_telegram,
+    parse_whatsapp,
+)
 from parley_channel_gateway.inbound.signatures import sign_custom
 from parley_channel_gateway.webapp import create_app
 from parley_kit.contracts import channel_gateway as contract
@@ -187,6 +195,48 @@ def test_signed_webhook_reaches_jetstream_as_canonical_event_on_the_contact_part
         assert published.subject == contract.inbound_subject(gateway.space_id, channel.id, event.contact_external_id)
 
 
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+ALL_FIXTURES = sorted(
+    (provider.name, path.stem)
+    for provider in FIXTURES.iterdir()
+    if provider.is_dir()
+    for path in provider.glob("*.json")
+)
+
+
+def _expected_items(gateway: Gateway, provider: str, raw: bytes) -> tuple[list[Any], int]:
+    """The parser's events for `raw`, and how many items route to no channel of ours."""
+    channel = gateway.channels[provider].channel
+    if provider == "telegram":
+        return [i.event for i in parse_telegram(raw, channel_id=channel.id)], 0
+    if provider == "custom":
+        return [i.event for i in parse_custom(raw, channel_id=channel.id)], 0
+    parser = {"messenger": parse_messenger, "instagram": parse_instagram, "whatsapp": parse_whatsapp}[provider]
+    items = parser(raw)
+    routed = [i.event for i in items if channel.external_id in i.channel_keys]
+    return routed, len(items) - len(routed)
+
+
+@pytest.mark.parametrize(("provider", "fixture"), ALL_FIXTURES, ids=[f"{p}-{f}" for p, f in ALL_FIXTURES])
+def test_every_fixture_publishes_exactly_the_parsers_events(gateway: Gateway, provider: str, fixture: str) -> None:
+    raw = (FIXTURES / provider / f"{fixture}.json").read_bytes()
+    if provider == "custom":  # a fresh id: the same event may have been published by another test
+        doc = json.loads(raw)
+        doc["id"] = f"{doc['id']}-{uuid.uuid4().hex[:6]}"
+        raw = json.dumps(doc).encode()
+    expected, ignored = _expected_items(gateway, provider, raw)
+    response = gateway.post(provider, raw)
+    assert response.status_code == 200, response.json
+    assert response.json == {"status": "ok", "published": len(expected), "ignored": ignored}
+    published = {p.event.event_id: p for p in gateway.events(provider)}
+    channel = gateway.channels[provider].channel
+    for event in expected:
+        found = published[event.event_id]
+        assert found.event.kind == event.kind and list(found.event.parts) == list(event.parts)
+        assert found.headers["Nats-Msg-Id"] == event.event_id
+        assert found.subject == contract.inbound_subject(gateway.space_id, channel.id, event.contact_external_id)
+
+
 def test_one_contacts_events_share_a_partition_subject_in_order(gateway: Gateway) -> None:
     psid = "77" + uuid.uuid4().hex[:10].translate(str.maketrans("abcdef", "123456"))
     mids = [f"m_order_{uuid.uuid4().hex[:8]}_{i}" for i in range(5)]
@@ -202,6 +252,15 @@ def test_one_contacts_events_share_a_partition_subject_in_order(gateway: Gateway
     mine = [p for p in gateway.events("messenger") if p.event.contact_external_id == psid]
     assert [p.event.provider_message_id for p in mine] == mids
     assert len({p.subject for p in mine}) == 1
+
+
+def test_the_providers_trace_continues_through_the_publish(gateway: Gateway) -> None:
+    trace_id = uuid.uuid4().hex
+    raw, mid = _fresh_messenger_body("traced")
+    response = gateway.post_meta("messenger", raw, traceparent=f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01")
+    assert response.status_code == 200
+    [published] = [p for p in gateway.events("messenger") if p.event.provider_message_id == mid]
+    assert published.headers["traceparent"].split("-")[1] == trace_id
 
 
 def test_a_batched_body_publishes_every_item(gateway: Gateway) -> None:
@@ -359,6 +418,22 @@ def test_metrics_expose_red_by_route_template_and_inbound_counts(gateway: Gatewa
     assert "parley_http_request_duration_seconds_bucket" in text
     assert 'parley_channel_gateway_inbound_events_total{channel_type="messenger",kind="message"}' in text
     assert gateway.client.get("/healthz").json == {"status": "ok"}
+
+
+def test_accepted_webhooks_move_the_channels_last_inbound_time(gateway: Gateway) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(gateway.settings.database_url.replace("+asyncpg", "+psycopg"))
+    channel_id = gateway.channels["whatsapp"].channel.id
+
+    def last_inbound() -> object:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT last_inbound_at FROM channels WHERE id = :i"), {"i": channel_id}).scalar()
+
+    try:
+        gateway.gw.wait_until(last_inbound, timeout=15)
+    finally:
+        engine.dispose()
 
 
 def test_nats_down_answers_503_then_the_providers_retry_is_accepted_once(gateway: Gateway, nats_server: Any) -> None:
