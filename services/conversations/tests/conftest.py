@@ -48,6 +48,7 @@ class FakeContactsService(cpb_grpc.ContactsServiceServicer):
     def __init__(self) -> None:
         self.contacts: dict[tuple[str, str, str], str] = {}
         self.calls: list[cpb.UpsertByIdentityRequest] = []
+        self.traceparents: list[str] = []
         self.fail_with: grpc.StatusCode | None = None
         self._lock = asyncio.Lock()
 
@@ -57,6 +58,7 @@ class FakeContactsService(cpb_grpc.ContactsServiceServicer):
         if self.fail_with is not None:
             await context.abort(self.fail_with, "contacts test double told to fail")
         self.calls.append(request)
+        self.traceparents += [str(v) for k, v in (context.invocation_metadata() or ()) if k == "traceparent"]
         key = (request.space_id, request.channel_id, request.external_id)
         async with self._lock:
             created = key not in self.contacts
@@ -331,7 +333,7 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval
         await asyncio.sleep(interval)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def helpers() -> Any:
     class H:
         inbound = staticmethod(inbound)

@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from google.protobuf.message import Message
+from opentelemetry.context import Context
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -110,24 +111,31 @@ async def enqueue(
     await session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
 
 
-async def enqueue_many(session: AsyncSession, events: Sequence[tuple[str, Message, str]]) -> None:
-    """Add several events, given as (subject, message, msg_id), in order, with one INSERT and one NOTIFY.
-
-    The same as calling `enqueue` for each, for handlers that apply a whole batch in one transaction.
+async def enqueue_many(
+    session: AsyncSession,
+    events: Sequence[tuple[str, Message, str] | tuple[str, Message, str, Context | None]],
+) -> None:
+    """Add several events, in order, with one INSERT and one NOTIFY: (subject, message, msg_id) or
+    (subject, message, msg_id, trace context). The same as calling `enqueue` for each, for handlers that
+    apply a whole batch in one transaction; a row given a trace context carries that context (so the
+    relay's publish span descends from the span of the event that caused it), the others the current one.
     """
     if not events:
         return
-    headers = dict(telemetry.inject({}))
-    rows = [
-        {
-            "subject": subject,
-            "msg_id": msg_id,
-            "event_type": message.DESCRIPTOR.full_name,
-            "payload": message.SerializeToString(),
-            "headers": headers,
-        }
-        for subject, message, msg_id in events
-    ]
+    current = dict(telemetry.inject({}))
+    rows = []
+    for event in events:
+        subject, message, msg_id = event[0], event[1], event[2]
+        context = event[3] if len(event) > 3 else None  # type: ignore[misc]
+        rows.append(
+            {
+                "subject": subject,
+                "msg_id": msg_id,
+                "event_type": message.DESCRIPTOR.full_name,
+                "payload": message.SerializeToString(),
+                "headers": dict(telemetry.inject({}, context=context)) if context is not None else current,
+            }
+        )
     await session.execute(pg_insert(_outbox).values(rows).on_conflict_do_nothing(index_elements=["msg_id"]))
     await session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
 

@@ -108,6 +108,10 @@ class InboundItem:
     payload: str = ""
     title: str = ""
     provider_sequence: int = 0
+    # When the gateway received it (time-to-visibility).
+    received_at: datetime | None = None
+    # Opaque to the domain: the trace context of this event's processing, given to the events it causes.
+    trace: Any = field(default=None, compare=False, repr=False)
 
     @property
     def contact_key(self) -> tuple[str, str, str]:

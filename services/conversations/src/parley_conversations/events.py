@@ -226,11 +226,12 @@ def to_outbox(event: DomainEvent, now: datetime) -> tuple[str, PbMessage, str]:
     return subject, out, out.meta.event_id  # type: ignore[attr-defined]
 
 
-async def write_events(session: AsyncSession, events: Sequence[DomainEvent]) -> None:
-    """The repository's EventWriter: every domain event into the outbox, in order, in the caller's transaction."""
+async def write_events(session: AsyncSession, events: Sequence[tuple[DomainEvent, Any]]) -> None:
+    """The repository's EventWriter: every domain event into the outbox, in order, in the caller's
+    transaction; an event caused by an inbound event carries that event's trace context."""
     now = datetime.now(UTC)
-    await enqueue_many(session, [to_outbox(event, now) for event in events])
-    for event in events:
+    await enqueue_many(session, [(*to_outbox(event, now), trace) for event, trace in events])
+    for event, _ in events:
         metrics.count_event(event)
 
 

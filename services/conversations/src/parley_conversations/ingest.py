@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -46,9 +47,13 @@ import grpc
 from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from parley.channel_gateway.v1 import events_pb2 as gw
 from parley.contacts.v1 import contacts_service_pb2 as cpb
 from parley.contacts.v1 import contacts_service_pb2_grpc as cpb_grpc
+from parley_kit import telemetry
 from parley_kit.contracts import channel_gateway as cg
 from parley_kit.grpc_client import create_channel
 from parley_kit.nats import ConsumerRunner, ConsumerSpec, Delivery, PoisonMessage, TransientError, is_transient
@@ -58,12 +63,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley_conversations import mapping, metrics
-from parley_conversations.domain import CONTACT_ACTIVITY_KINDS, RECEIPT_KINDS, InboundItem
+from parley_conversations.domain import CONTACT_ACTIVITY_KINDS, MESSAGE_KINDS, RECEIPT_KINDS, InboundItem, InboundKind
 from parley_conversations.events import inbound_consumer, inbound_durable
 from parley_conversations.repository import Repository
 from parley_conversations.service import ConversationsService, utcnow
 
 log = logging.getLogger(__name__)
+_tracer = telemetry.tracer("parley_conversations.ingest")
 
 CLASS_MEMBER = 0x50430001
 CLASS_PARTITION = 0x50430002
@@ -125,6 +131,8 @@ class ContactsResolver:
                 interaction_at=mapping.ts(interaction.get(key)),
             )
             async with self._limit:
+                # Called in the trace of the first event of this contact in the batch.
+                token = otel_context.attach(it.trace) if it.trace is not None else None
                 try:
                     reply = await self._stub.UpsertByIdentity(request, timeout=self._timeout)
                 except grpc.aio.AioRpcError as exc:
@@ -138,6 +146,9 @@ class ContactsResolver:
                     raise TransientError(
                         f"contacts.UpsertByIdentity failed: {exc.code().name}: {exc.details()}"
                     ) from exc
+                finally:
+                    if token is not None:
+                        otel_context.detach(token)
             ids[key] = reply.contact_id
 
         await asyncio.gather(*(one(k) for k in first))
@@ -411,31 +422,54 @@ class InboundIngest:
         return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
 
     async def apply(self, worker: PartitionWorker, units: list[_Unit]) -> None:
-        """Resolve contacts, then apply every unit in one transaction on the partition's connection."""
-        items: list[InboundItem] = []
-        item_units: list[_Unit] = []
+        """Resolve contacts, then apply every unit in one transaction on the partition's connection.
+
+        Each event gets its own CONSUMER span (`process <subject>`, child of its producer's context, as
+        docs/telemetry.md asks of batch consumers); its contacts call, its `store message` span and the
+        events it causes (through their outbox rows) descend from it."""
+        spans: list[Span] = []
+        try:
+            await self._apply_traced(worker, units, spans)
+        except BaseException as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            for span in spans:
+                span.end()
+
+    async def _apply_traced(self, worker: PartitionWorker, units: list[_Unit], spans: list[Span]) -> None:
+        pairs: list[tuple[_Unit, InboundItem]] = []
         for u in units:
             if u.event is None:
                 continue
+            span = self._event_span(worker, u)
+            spans.append(span)
             try:
                 item = mapping.inbound_item(u.event)
             except ValueError as exc:
                 u.error = str(exc)
                 continue
-            items.append(item)
-            item_units.append(u)
+            pairs.append((u, dataclasses.replace(item, trace=trace.set_span_in_context(span))))
         started = time.perf_counter()
+        items = [it for _, it in pairs]
         contact_ids, refused = await self._with_retries(lambda: self.contacts.resolve(items))
         metrics.INGEST_SECONDS.labels("contacts").observe(time.perf_counter() - started)
-        if refused:
-            for it, u in zip(items, item_units, strict=True):
-                if it.contact_key in refused:
-                    u.error = refused[it.contact_key]
-            items = [it for it in items if it.contact_key not in refused]
-        pairs = [(u, it) for u, it in zip(item_units, items, strict=True) if not u.error]
+        for u, it in pairs:
+            if it.contact_key in refused:
+                u.error = refused[it.contact_key]
+        pairs = [(u, it) for u, it in pairs if not u.error]
+        stores = {
+            it.event_id: _tracer.start_span("store message", context=it.trace, kind=SpanKind.INTERNAL)
+            for _, it in pairs
+            if it.kind in MESSAGE_KINDS
+        }
+        spans.extend(stores.values())
         started = time.perf_counter()
+        outcomes: dict[str, tuple[str | None, str | None, bool, bool]] = {}
         try:
-            await self._apply_db(worker, pairs, contact_ids, max(u.sequence for u in units))
+            outcomes = await self._apply_db(worker, pairs, contact_ids, max(u.sequence for u in units))
         except Exception as exc:
             if _retryable(exc) or worker.conn.invalidated or worker.conn.closed:
                 raise TransientError(f"partition {worker.partition:02d}: batch not applied ({exc})") from exc
@@ -444,7 +478,7 @@ class InboundIngest:
             log.warning("partition %02d: batch failed (%s); applying its events one by one", worker.partition, exc)
             for u, it in pairs:
                 try:
-                    await self._apply_db(worker, [(u, it)], contact_ids, u.sequence)
+                    outcomes |= await self._apply_db(worker, [(u, it)], contact_ids, u.sequence)
                 except Exception as one:
                     if _retryable(one) or worker.conn.invalidated or worker.conn.closed:
                         raise TransientError(f"partition {worker.partition:02d}: event not applied ({one})") from one
@@ -453,9 +487,52 @@ class InboundIngest:
                 await tx.set_ingest_offset(worker.partition, max(u.sequence for u in units), utcnow())
         metrics.INGEST_SECONDS.labels("database").observe(time.perf_counter() - started)
         metrics.INGEST_BATCH.observe(len(units))
+        now = utcnow()
+        for u, it in pairs:
+            outcome = outcomes.get(it.event_id)
+            store = stores.get(it.event_id)
+            if store is not None and outcome is not None:
+                conversation_id, message_id, opened, duplicate = outcome
+                store.set_attributes(
+                    {
+                        "parley.conversation_id": conversation_id or "",
+                        "parley.message_id": message_id or "",
+                        "parley.message.direction": "outbound" if it.kind == InboundKind.ECHO else "inbound",
+                        "parley.conversation.opened": opened,
+                        "parley.duplicate": duplicate,
+                    }
+                )
+                if not duplicate and it.kind == InboundKind.MESSAGE and it.received_at is not None:
+                    metrics.TIME_TO_VISIBILITY.labels(it.channel_type).observe(
+                        max((now - it.received_at).total_seconds(), 0.0)
+                    )
+            if u.error and store is not None:
+                store.set_status(Status(StatusCode.ERROR, "dead-lettered"))
         poison = sum(1 for u in units if u.error)
         if poison:
             metrics.INGEST_POISON.inc(poison)
+
+    def _event_span(self, worker: PartitionWorker, unit: _Unit) -> Span:
+        """`process <subject>`, child of the event's producer span (from its NATS headers)."""
+        if unit.delivery is not None:
+            parent = unit.delivery.trace_context
+            msg_id, delivered = unit.delivery.msg_id, unit.delivery.num_delivered
+        else:
+            headers = dict(getattr(getattr(unit, "raw", None), "headers", None) or {})
+            parent, msg_id, delivered = telemetry.extract(headers), headers.get("Nats-Msg-Id", ""), 0
+        return _tracer.start_span(
+            f"process {worker.subject}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": worker.subject,
+                "messaging.consumer.group.name": worker.spec.durable,
+                "messaging.message.id": msg_id,
+                "messaging.message.delivery_count": delivered,
+            },
+        )
 
     async def _apply_db(
         self,
@@ -463,7 +540,7 @@ class InboundIngest:
         pairs: list[tuple[_Unit, InboundItem]],
         contact_ids: dict[tuple[str, str, str], str],
         offset: int,
-    ) -> None:
+    ) -> dict[str, tuple[str | None, str | None, bool, bool]]:
         """One transaction on the partition's connection: the events, then the offset. A unique-key race
         with the API (an agent opening the same conversation) is retried at once: the retry sees it."""
         for attempt in range(3):
@@ -477,7 +554,8 @@ class InboundIngest:
                 continue
             metrics.INGEST_DUPLICATES.inc(stats.duplicates)
             metrics.INGEST_UNMATCHED.inc(stats.unmatched)
-            return
+            return stats.outcomes
+        raise AssertionError("unreachable")
 
     @staticmethod
     async def _with_retries(call, attempts: int = 3):  # type: ignore[no-untyped-def]

@@ -189,6 +189,7 @@ def inbound_item(ev: gw.InboundEvent) -> InboundItem:
         payload=ev.payload,
         title=ev.title,
         provider_sequence=ev.provider_sequence,
+        received_at=from_ts(ev.received_at),
     )
 
 

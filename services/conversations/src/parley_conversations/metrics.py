@@ -49,6 +49,12 @@ INGEST_POISON = Counter(
 PARTITIONS_OWNED = Gauge(
     "parley_conversations_ingest_partitions_owned", "Inbound partitions this replica currently consumes"
 )
+TIME_TO_VISIBILITY = Histogram(
+    "parley_conversations_time_to_visibility_seconds",
+    "From the gateway receiving a message (InboundEvent.received_at) to the commit that stored it",
+    ["channel_type"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 AUTO_CLOSED = Counter("parley_conversations_auto_closed_total", "Conversations closed by the inactivity timer")
 
 

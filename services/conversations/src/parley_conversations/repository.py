@@ -8,8 +8,8 @@ batch can only commit while its replica still owns the partition).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -50,7 +50,8 @@ from parley_conversations.models import (
     SpaceSettings,
 )
 
-EventWriter = Callable[[AsyncSession, Sequence[DomainEvent]], Awaitable[None]]
+EventWriter = Callable[[AsyncSession, Sequence[tuple[DomainEvent, Any]]], Awaitable[None]]
+"""Writes (event, trace context or None) pairs to the outbox inside the session's transaction."""
 
 OPEN = ConversationStatus.OPEN.value
 ContactKey = tuple[str, str, str]  # (space_id, contact_id, channel_id)
@@ -86,7 +87,8 @@ class Repository:
 class Tx:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-        self._pending: list[DomainEvent] = []
+        self._pending: list[tuple[DomainEvent, Any]] = []
+        self._trace: Any = None
 
     # -- unit of work -------------------------------------------------------------------------------
 
@@ -95,7 +97,16 @@ class Tx:
 
     def emit(self, *events: DomainEvent) -> None:
         """Queue events; they go to the outbox at the end of the transaction, in order."""
-        self._pending.extend(events)
+        self._pending.extend((e, self._trace) for e in events)
+
+    @contextmanager
+    def traced(self, trace: Any) -> Iterator[None]:
+        """Events emitted inside carry `trace` (an opaque trace context) to the outbox."""
+        previous, self._trace = self._trace, trace
+        try:
+            yield
+        finally:
+            self._trace = previous
 
     async def flush(self) -> None:
         await self.session.flush()

@@ -99,6 +99,8 @@ class IngestStats:
     statuses: int = 0
     updates: int = 0
     unmatched: int = 0
+    # Per message-like event id: (conversation id, message id, opened the conversation, duplicate).
+    outcomes: dict[str, tuple[str | None, str | None, bool, bool]] = field(default_factory=dict)
 
 
 @dataclass
@@ -842,6 +844,7 @@ class ConversationsService:
         for it, pair in zip(message_items, pairs, strict=True):
             if pair in seen:
                 stats.duplicates += 1
+                stats.outcomes[it.event_id] = (None, None, False, True)
                 continue
             seen.add(pair)
             fresh.append(it)
@@ -886,26 +889,8 @@ class ConversationsService:
 
         new_by_pmid: dict[tuple[str, str], Message] = {}
         for it, conv, opened in plan:
-            contact_actor = Actor(f"contact:{conv.contact_id}")
-            if opened:
-                stats.opened += 1
-                tx.emit(ConversationOpened(SYSTEM if it.kind == InboundKind.ECHO else contact_actor, conv))
-            reply_to = None
-            if it.target_provider_message_id:
-                target = new_by_pmid.get((it.channel_id, it.target_provider_message_id)) or targets.get(
-                    (it.channel_id, it.target_provider_message_id)
-                )
-                reply_to = target.id if target is not None else None
-            msg = self._inbound_message(it, conv, reply_to, now)
-            tx.add(msg)
-            new_by_pmid[(it.channel_id, msg.provider_message_id or "")] = msg
-            stats.stored += 1
-            if it.kind == InboundKind.ECHO:
-                self._count_outgoing(conv, msg, now, human=False)
-                tx.emit(MessageSent(SYSTEM, msg))
-            else:
-                self._count_incoming(conv, msg)
-                tx.emit(MessageReceived(contact_actor, msg, opened))
+            with tx.traced(it.trace):
+                self._apply_message(tx, it, conv, opened, targets, new_by_pmid, stats, now)
 
         # -- reactions, edits and deletions of stored messages ---------------------------------------
         for it in items:
@@ -919,13 +904,48 @@ class ConversationsService:
             change = self._apply_change(it, target)
             if change:
                 stats.updates += 1
-                tx.emit(MessageUpdated(Actor(f"contact:{target.contact_id}"), target, change))
+                with tx.traced(it.trace):
+                    tx.emit(MessageUpdated(Actor(f"contact:{target.contact_id}"), target, change))
 
         # -- delivery and read receipts, provider statuses -------------------------------------------
         receipts = [it for it in items if it.kind in RECEIPT_KINDS and it.receipt is not None]
         if receipts:
             await self._apply_receipts(tx, receipts, contact_ids, new_by_pmid, stats, now)
         return stats
+
+    def _apply_message(
+        self,
+        tx: Tx,
+        it: InboundItem,
+        conv: Conversation,
+        opened: bool,
+        targets: dict[tuple[str, str], Message],
+        new_by_pmid: dict[tuple[str, str], Message],
+        stats: IngestStats,
+        now: datetime,
+    ) -> None:
+        """Store one message, postback or echo in `conv` (opened for it when `opened`)."""
+        contact_actor = Actor(f"contact:{conv.contact_id}")
+        if opened:
+            stats.opened += 1
+            tx.emit(ConversationOpened(SYSTEM if it.kind == InboundKind.ECHO else contact_actor, conv))
+        reply_to = None
+        if it.target_provider_message_id:
+            target = new_by_pmid.get((it.channel_id, it.target_provider_message_id)) or targets.get(
+                (it.channel_id, it.target_provider_message_id)
+            )
+            reply_to = target.id if target is not None else None
+        msg = self._inbound_message(it, conv, reply_to, now)
+        tx.add(msg)
+        new_by_pmid[(it.channel_id, msg.provider_message_id or "")] = msg
+        stats.stored += 1
+        stats.outcomes[it.event_id] = (conv.id, msg.id, opened, False)
+        if it.kind == InboundKind.ECHO:
+            self._count_outgoing(conv, msg, now, human=False)
+            tx.emit(MessageSent(SYSTEM, msg))
+        else:
+            self._count_incoming(conv, msg)
+            tx.emit(MessageReceived(contact_actor, msg, opened))
 
     async def _remember_contacts(
         self, tx: Tx, items: Sequence[InboundItem], contact_ids: dict[tuple[str, str, str], str], now: datetime
@@ -1068,7 +1088,8 @@ class ConversationsService:
                     )
                     stats.unmatched += 1
                     continue
-                self._advance(tx, msg, status, it.occurred_at, receipt.error_code, receipt.error_message, stats)
+                with tx.traced(it.trace):
+                    self._advance(tx, msg, status, it.occurred_at, receipt.error_code, receipt.error_message, stats)
             if receipt.watermark is not None:
                 await tx.raise_watermark(
                     it.channel_id, it.contact_external_id, read=status == DeliveryStatus.READ, at=receipt.watermark
@@ -1081,7 +1102,8 @@ class ConversationsService:
                 below = [s.value for s in DeliveryStatus if STATUS_RANK[s] < STATUS_RANK[DeliveryStatus(status)]]
                 below = [s for s in below if s not in (DeliveryStatus.QUEUED, DeliveryStatus.FAILED)]
                 for msg in await tx.outbound_up_to(it.channel_id, contact_id, receipt.watermark, below):
-                    self._advance(tx, msg, status, it.occurred_at, "", "", stats)
+                    with tx.traced(it.trace):
+                        self._advance(tx, msg, status, it.occurred_at, "", "", stats)
         await tx.add_pending_receipts(pending)
 
     @staticmethod
