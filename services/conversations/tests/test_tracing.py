@@ -110,3 +110,22 @@ async def test_each_inbound_event_is_processed_in_its_own_span_under_its_produce
         "parley_conversations_time_to_visibility_seconds_count", {"channel_type": "messenger"}
     )
     assert after - before == 3
+
+
+async def test_a_known_contacts_interaction_is_reported_at_most_once_a_minute(
+    service, stub_for, helpers, fake_contacts
+) -> None:
+    app, _ = service
+    fake, _ = fake_contacts
+    sp = f"sp-{uuid.uuid4().hex[:8]}"
+    stub = stub_for(sp)
+
+    async def messages(n: int):
+        r = await stub.ListConversations(pb.ListConversationsRequest())
+        return r.conversations if r.conversations and r.conversations[0].metrics.incoming_messages == n else None
+
+    for i in range(3):  # three separate batches from one contact within a minute
+        await helpers.publish_inbound(app.rt.js, [helpers.inbound(sp, f"ch-{sp}", "known", f"{sp}-k{i}")])
+        await helpers.wait_for(lambda i=i: messages(i + 1))
+    calls = [c for c in fake.calls if c.space_id == sp]
+    assert len(calls) == 1 and calls[0].external_id == "known"

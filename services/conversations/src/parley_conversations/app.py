@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 
 from parley.channel_gateway.v1 import events_pb2 as gw
 from parley.conversations.v1 import conversations_service_pb2_grpc as pb_grpc
@@ -95,6 +96,9 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
             ack_wait=settings.ingest_ack_wait_seconds,
             rebalance_seconds=settings.ingest_rebalance_seconds,
             max_partitions=settings.ingest_max_partitions,
+            report_every=timedelta(seconds=settings.contacts_report_interval_seconds)
+            if settings.contacts_report_interval_seconds
+            else None,
         )
         rt.add_background(_run_ingest(rt, ingest))
     rt.add_background(_auto_close_loop(rt, service, settings))

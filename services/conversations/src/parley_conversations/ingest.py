@@ -41,7 +41,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -90,12 +90,19 @@ class ContactsResolver:
         return cls(create_channel(target, token=token, timeout=timeout), timeout=timeout)
 
     async def resolve(
-        self, items: Sequence[InboundItem]
-    ) -> tuple[dict[tuple[str, str, str], str], dict[tuple[str, str, str], str]]:
-        """(contact id per identity key, error per identity key the contacts service refused for good).
+        self,
+        items: Sequence[InboundItem],
+        known: dict[tuple[str, str], tuple[str, datetime | None]] | None = None,
+        report_every: timedelta | None = None,
+    ) -> tuple[dict[tuple[str, str, str], str], dict[tuple[str, str, str], str], dict[tuple[str, str, str], datetime]]:
+        """(contact id per identity key, error per identity key the contacts service refused for good,
+        interaction time reported per identity key).
 
-        Receipts need no contact; every other item gets one call per identity per batch, with the
-        identity's latest interaction time. Raises TransientError when the contacts service is down.
+        Receipts need no contact. Other items get one call per identity per batch, with the identity's
+        latest interaction time, unless the identity is `known` (channel_id, external_id -> contact id and
+        the interaction last reported) and that report is less than `report_every` older than this
+        interaction: then the known contact id is used and contacts is not called. Raises TransientError
+        when the contacts service is down.
         """
         first: dict[tuple[str, str, str], InboundItem] = {}
         interaction: dict[tuple[str, str, str], datetime | None] = {}
@@ -151,8 +158,19 @@ class ContactsResolver:
                         otel_context.detach(token)
             ids[key] = reply.contact_id
 
-        await asyncio.gather(*(one(k) for k in first))
-        return ids, refused
+        to_call = []
+        for key in first:
+            hit = (known or {}).get((key[1], key[2]))
+            at = interaction.get(key)
+            if hit is not None and report_every is not None:
+                contact_id, reported_at = hit
+                if at is None or (reported_at is not None and at - reported_at < report_every):
+                    ids[key] = contact_id
+                    continue
+            to_call.append(key)
+        await asyncio.gather(*(one(k) for k in to_call))
+        reported = {k: at for k in to_call if k in ids and (at := interaction.get(k)) is not None}
+        return ids, refused, reported
 
 
 @dataclass
@@ -281,6 +299,7 @@ class InboundIngest:
         partitions: int = cg.INBOUND_PARTITIONS,
         stream: str = cg.STREAM,
         inbound_prefix: str = cg.INBOUND_PREFIX,
+        report_every: timedelta | None = timedelta(seconds=60),
     ) -> None:
         self.js = js
         self.engine = engine
@@ -296,6 +315,7 @@ class InboundIngest:
         self.partitions = partitions
         self.stream = stream
         self.inbound_prefix = inbound_prefix
+        self.report_every = report_every
         self.workers: dict[int, PartitionWorker] = {}
         self._member: AsyncConnection | None = None
         self._slot: int | None = None
@@ -454,7 +474,13 @@ class InboundIngest:
             pairs.append((u, dataclasses.replace(item, trace=trace.set_span_in_context(span))))
         started = time.perf_counter()
         items = [it for _, it in pairs]
-        contact_ids, refused = await self._with_retries(lambda: self.contacts.resolve(items))
+        known: dict[tuple[str, str], tuple[str, datetime | None]] = {}
+        if self.report_every is not None and items:
+            async with self.repo.on_connection(worker.conn) as tx:
+                known = await tx.identities((it.channel_id, it.contact_external_id) for it in items)
+        contact_ids, refused, reported = await self._with_retries(
+            lambda: self.contacts.resolve(items, known, self.report_every)
+        )
         metrics.INGEST_SECONDS.labels("contacts").observe(time.perf_counter() - started)
         for u, it in pairs:
             if it.contact_key in refused:
@@ -469,7 +495,7 @@ class InboundIngest:
         started = time.perf_counter()
         outcomes: dict[str, tuple[str | None, str | None, bool, bool]] = {}
         try:
-            outcomes = await self._apply_db(worker, pairs, contact_ids, max(u.sequence for u in units))
+            outcomes = await self._apply_db(worker, pairs, contact_ids, reported, max(u.sequence for u in units))
         except Exception as exc:
             if _retryable(exc) or worker.conn.invalidated or worker.conn.closed:
                 raise TransientError(f"partition {worker.partition:02d}: batch not applied ({exc})") from exc
@@ -478,7 +504,7 @@ class InboundIngest:
             log.warning("partition %02d: batch failed (%s); applying its events one by one", worker.partition, exc)
             for u, it in pairs:
                 try:
-                    outcomes |= await self._apply_db(worker, [(u, it)], contact_ids, u.sequence)
+                    outcomes |= await self._apply_db(worker, [(u, it)], contact_ids, reported, u.sequence)
                 except Exception as one:
                     if _retryable(one) or worker.conn.invalidated or worker.conn.closed:
                         raise TransientError(f"partition {worker.partition:02d}: event not applied ({one})") from one
@@ -539,6 +565,7 @@ class InboundIngest:
         worker: PartitionWorker,
         pairs: list[tuple[_Unit, InboundItem]],
         contact_ids: dict[tuple[str, str, str], str],
+        reported: dict[tuple[str, str, str], datetime],
         offset: int,
     ) -> dict[str, tuple[str | None, str | None, bool, bool]]:
         """One transaction on the partition's connection: the events, then the offset. A unique-key race
@@ -546,7 +573,7 @@ class InboundIngest:
         for attempt in range(3):
             try:
                 async with self.repo.on_connection(worker.conn) as tx:
-                    stats = await self.service.apply_inbound(tx, [it for _, it in pairs], contact_ids)
+                    stats = await self.service.apply_inbound(tx, [it for _, it in pairs], contact_ids, reported)
                     await tx.set_ingest_offset(worker.partition, offset, utcnow())
             except IntegrityError as exc:
                 if attempt == 2 or not _unique_violation(exc):

@@ -238,6 +238,8 @@ class ContactChannel(Base):
     # Messenger/Instagram receipts: every outbound message sent at or before these was delivered / read.
     delivered_watermark: Mapped[datetime | None] = mapped_column(_TS)
     read_watermark: Mapped[datetime | None] = mapped_column(_TS)
+    # The latest interaction time this service has told the contacts service (UpsertByIdentity).
+    interaction_reported_at: Mapped[datetime | None] = mapped_column(_TS)
 
     __table_args__ = (Index("ix_contact_channels_contact", "space_id", "contact_id", "channel_id"),)
 

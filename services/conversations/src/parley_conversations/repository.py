@@ -348,7 +348,8 @@ class Tx:
     # -- contacts as this service knows them ------------------------------------------------------
 
     async def upsert_contact_channels(self, rows: list[dict[str, Any]]) -> None:
-        """Rows: channel_id, external_id, space_id, contact_id, channel_type, last_inbound_at (may be None)."""
+        """Rows: channel_id, external_id, space_id, contact_id, channel_type, last_inbound_at and
+        interaction_reported_at (either may be None)."""
         if not rows:
             return
         stmt = pg_insert(ContactChannel).values(rows)
@@ -357,9 +358,23 @@ class Tx:
             set_={
                 "contact_id": stmt.excluded.contact_id,
                 "last_inbound_at": func.greatest(ContactChannel.last_inbound_at, stmt.excluded.last_inbound_at),
+                "interaction_reported_at": func.greatest(
+                    ContactChannel.interaction_reported_at, stmt.excluded.interaction_reported_at
+                ),
             },
         )
         await self.session.execute(stmt)
+
+    async def identities(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, datetime | None]]:
+        """(channel_id, external_id) -> (contact_id, interaction_reported_at) for identities already known."""
+        pairs = list(set(pairs))
+        if not pairs:
+            return {}
+        cc = ContactChannel
+        stmt = select(cc.channel_id, cc.external_id, cc.contact_id, cc.interaction_reported_at).where(
+            tuple_(cc.channel_id, cc.external_id).in_(pairs)
+        )
+        return {(ch, ext): (cid, at) for ch, ext, cid, at in (await self.session.execute(stmt)).all()}
 
     async def upsert_contacts(self, rows: list[dict[str, Any]]) -> None:
         """Rows: contact_id, space_id, first_name, last_name, display_name, updated_at. Fill empty names only."""

@@ -822,7 +822,11 @@ class ConversationsService:
     # ==== ingest ================================================================================
 
     async def apply_inbound(
-        self, tx: Tx, items: Sequence[InboundItem], contact_ids: dict[tuple[str, str, str], str]
+        self,
+        tx: Tx,
+        items: Sequence[InboundItem],
+        contact_ids: dict[tuple[str, str, str], str],
+        reported: dict[tuple[str, str, str], datetime] | None = None,
     ) -> IngestStats:
         """Apply one batch of inbound events, in order, inside `tx`.
 
@@ -831,7 +835,7 @@ class ConversationsService:
         """
         stats = IngestStats()
         now = self.clock()
-        await self._remember_contacts(tx, items, contact_ids, now)
+        await self._remember_contacts(tx, items, contact_ids, now, reported or {})
 
         def key_of(it: InboundItem) -> ContactKey:
             return (it.space_id, contact_ids[it.contact_key], it.channel_id)
@@ -948,7 +952,12 @@ class ConversationsService:
             tx.emit(MessageReceived(contact_actor, msg, opened))
 
     async def _remember_contacts(
-        self, tx: Tx, items: Sequence[InboundItem], contact_ids: dict[tuple[str, str, str], str], now: datetime
+        self,
+        tx: Tx,
+        items: Sequence[InboundItem],
+        contact_ids: dict[tuple[str, str, str], str],
+        now: datetime,
+        reported: dict[tuple[str, str, str], datetime],
     ) -> None:
         identities: dict[tuple[str, str], dict[str, Any]] = {}
         profiles: dict[str, dict[str, Any]] = {}
@@ -965,6 +974,7 @@ class ConversationsService:
                     "contact_id": contact_id,
                     "channel_type": it.channel_type,
                     "last_inbound_at": None,
+                    "interaction_reported_at": reported.get(it.contact_key),
                 },
             )
             if it.kind in CONTACT_ACTIVITY_KINDS:
