@@ -872,6 +872,15 @@ def _narrow_ids(node: Any) -> Any:
     return None
 
 
+def _drivers(criteria: ResolvedGroup) -> tuple[list[tuple[Any, Any]], list[Any]]:
+    """An AND's members answerable from narrow tables (with their id SELECTs), and the others."""
+    if criteria.any:
+        return [], list(criteria.children)
+    drivers = [(n, q) for n in criteria.children if (q := _narrow_ids(n)) is not None]
+    rest = [n for n in criteria.children if all(n is not d for d, _ in drivers)]
+    return drivers, rest
+
+
 def _count_statement(space_id: str, criteria: ResolvedGroup, count_limit: int | None) -> Any:
     """COUNT of the contacts matching AND-criteria, driven by narrow tables when it can.
 
@@ -880,10 +889,19 @@ def _count_statement(space_id: str, criteria: ResolvedGroup, count_limit: int | 
     remaining conditions are checked per match, joining the contact row only if they read it. Other
     criteria fall back to filtering the contacts.
     """
-    drivers = [(n, q) for n in criteria.children if (q := _narrow_ids(n)) is not None] if not criteria.any else []
+    if criteria.any and criteria.children:
+        # An OR of tag/value conditions: the union of their ids, all from the narrow indexes.
+        parts = [_narrow_ids(n) for n in criteria.children]
+        if any(q is None for q in parts):
+            return None
+        ids: Any = union(*parts) if len(parts) > 1 else parts[0]
+        inner = select(literal(1)).select_from(ids.subquery("matched"))
+        if count_limit:
+            inner = inner.limit(count_limit)
+        return select(func.count()).select_from(inner.subquery())
+    drivers, rest = _drivers(criteria)
     if not drivers:
         return None
-    rest = [n for n in criteria.children if all(n is not d for d, _ in drivers)]
     ids = drivers[0][1] if len(drivers) == 1 else intersect(*(q for _, q in drivers))
     matched = ids.subquery("matched")
     cid = matched.c.contact_id
