@@ -119,3 +119,12 @@ async def test_health_reports_serving(target: str) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_client_without_retries_still_calls(target: str, key: SigningKey) -> None:
+    token = TokenIssuer(key).issue(space_id="A", role="manager")
+    async with create_channel(target, token=token, timeout=5, max_attempts=1) as channel:
+        rpc = channel.unary_unary(
+            "/test.Spaces/Touch", request_serializer=Req.SerializeToString, response_deserializer=Resp.FromString
+        )
+        assert (await rpc(Req(service="A"))).status == Resp.SERVING
