@@ -36,6 +36,7 @@ from parley_contacts.domain import (
     TimeCond,
     TimeOp,
     TimeTarget,
+    new_id,
     resolve_criteria,
 )
 from parley_contacts.repository import DomainEvent, Repository
@@ -89,8 +90,8 @@ async def seed(url: str, service: ContactsService, n: int, rng: random.Random) -
         for start in range(0, n, chunk):
             contacts, identities, values, tag_rows = [], [], [], []
             for i in range(start, min(n, start + chunk)):
-                cid = uuid.uuid4()
                 created = NOW - timedelta(seconds=(n - i) * (2 * 365 * 86400 / n))
+                cid = new_id(created)  # as the service makes them: time-ordered
                 last = NOW - timedelta(seconds=rng.randrange(0, 90 * 86400)) if rng.random() < 0.9 else None
                 channel, ctype = rng.choice(CHANNELS)
                 first, lastname = rng.choice(firsts), rng.choice(lasts)

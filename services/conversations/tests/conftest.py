@@ -6,16 +6,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
 import nats
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.js.errors import NotFoundError
 from parley.channel_gateway.v1 import events_pb2 as gw
 from parley.common.v1 import common_pb2 as common
@@ -41,6 +48,7 @@ class FakeContactsService(cpb_grpc.ContactsServiceServicer):
     def __init__(self) -> None:
         self.contacts: dict[tuple[str, str, str], str] = {}
         self.calls: list[cpb.UpsertByIdentityRequest] = []
+        self.traceparents: list[str] = []
         self.fail_with: grpc.StatusCode | None = None
         self._lock = asyncio.Lock()
 
@@ -50,12 +58,95 @@ class FakeContactsService(cpb_grpc.ContactsServiceServicer):
         if self.fail_with is not None:
             await context.abort(self.fail_with, "contacts test double told to fail")
         self.calls.append(request)
+        self.traceparents += [str(v) for k, v in (context.invocation_metadata() or ()) if k == "traceparent"]
         key = (request.space_id, request.channel_id, request.external_id)
         async with self._lock:
             created = key not in self.contacts
             if created:
                 self.contacts[key] = f"ct-{uuid.uuid4().hex[:12]}"
         return cpb.UpsertByIdentityResponse(contact_id=self.contacts[key], created=created)
+
+
+class ContactsProcess:
+    """The real contacts service (`python -m parley_contacts serve`) for the whole test session, on its own
+    database; `stop()` / `start()` for outage tests."""
+
+    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+        self.env = env
+        self.port = port
+        self.target = f"127.0.0.1:{port}"
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> ContactsProcess:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "parley_contacts", "serve"], env=self.env, stdout=out, stderr=out
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"contacts exited with {self.proc.returncode}; see {self.log}")
+            try:
+                with grpc.insecure_channel(self.target) as ch:
+                    reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return self
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"contacts did not become SERVING; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def contacts_service(
+    postgres_server: Any, nats_url: str, signing_key: Any, parley_tmp: Path
+) -> Iterator[ContactsProcess]:
+    database_url = postgres_server.create_database(f"contacts_for_conversations_{uuid.uuid4().hex[:8]}")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PARLEY_SERVICE_NAME": "contacts",
+        "PARLEY_DATABASE_URL": database_url,
+        "PARLEY_NATS_URL": nats_url,
+        "PARLEY_GRPC_HOST": "127.0.0.1",
+        "PARLEY_GRPC_PORT": str(port),
+        "PARLEY_METRICS_PORT": "0",
+        "PARLEY_AUTH_JWKS": json.dumps(jwks(signing_key)),
+        "PARLEY_CONTACTS_MIGRATE_ON_START": "true",
+    }
+    process = ContactsProcess(env, port, parley_tmp / "contacts-for-conversations.log").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def contacts_stub(contacts_service: ContactsProcess, mint_token: Any) -> Callable[..., Any]:
+    """contacts_stub(space_id, role=...) -> a ContactsService client of the real contacts service."""
+
+    channels: list[grpc.aio.Channel] = []
+
+    def make(space_id: str, role: str = "owner", subject: str = "user:boss") -> Any:
+        token = mint_token(space_id=space_id, role=role, subject=subject)
+        channels.append(create_channel(contacts_service.target, token=token, max_attempts=2))
+        return cpb_grpc.ContactsServiceStub(channels[-1])
+
+    return make
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +189,7 @@ async def migrated(database_url: str) -> str:
     return database_url
 
 
-STREAMS = (cg.STREAM, "CONVERSATIONS", "CONVERSATIONS_DEAD_LETTER")
+STREAMS = (cg.STREAM, "CONTACTS", "CONVERSATIONS", "CONVERSATIONS_DEAD_LETTER")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +209,7 @@ def make_settings(
     migrated: str,
     fresh_streams: str,
     signing_key: Any,
-    fake_contacts: tuple[FakeContactsService, str],
+    contacts_service: ContactsProcess,
     fake_workspace: tuple[FakeWorkspaceUsers, str],
     mint_token: Any,
 ) -> Callable[..., Settings]:
@@ -131,7 +222,7 @@ def make_settings(
             "grpc_port": 0,
             "metrics_port": 0,
             "auth_jwks": json.dumps(jwks(signing_key)),
-            "contacts_addr": fake_contacts[1],
+            "contacts_addr": contacts_service.target,
             "workspace_addr": fake_workspace[1],
             "service_token": mint_token(space_id="*", role="system", subject="service:conversations"),
             "ingest_rebalance_seconds": 0.5,
@@ -242,7 +333,7 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval
         await asyncio.sleep(interval)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def helpers() -> Any:
     class H:
         inbound = staticmethod(inbound)

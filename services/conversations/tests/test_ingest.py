@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import grpc
 from parley.channel_gateway.v1 import events_pb2 as gw
+from parley.contacts.v1 import contacts_service_pb2 as cpb
 from parley.conversations.v1 import conversations_service_pb2 as pb
 from parley.conversations.v1 import events_pb2 as ev
 from parley.conversations.v1 import resources_pb2 as res
@@ -65,9 +66,10 @@ async def _all_applied(app) -> bool:
     return True
 
 
-async def test_inbound_message_opens_conversation_with_contact_and_events(service, stub_for, helpers, fake_contacts):
+async def test_inbound_message_opens_conversation_for_the_contact_the_contacts_service_resolves(
+    service, stub_for, helpers, contacts_stub
+):
     app, _ = service
-    fake, _ = fake_contacts
     sp = space()
     at = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
     await helpers.publish_inbound(
@@ -77,12 +79,12 @@ async def test_inbound_message_opens_conversation_with_contact_and_events(servic
     (conv,) = await helpers.wait_for(lambda: conversations_of(stub))
     assert conv.status == res.CONVERSATION_STATUS_OPEN
     assert conv.source == res.CONVERSATION_SOURCE_CONTACT
-    assert conv.contact_id == fake.contacts[(sp, "ch-1", "psid-b")]
     assert conv.opened_by == f"contact:{conv.contact_id}"
     assert conv.opened_at.ToDatetime(tzinfo=UTC) == at
-    call = next(c for c in fake.calls if c.space_id == sp)
-    assert call.external_id == "psid-b" and call.profile.first_name == "Bea"
-    assert call.interaction_at.ToDatetime(tzinfo=UTC) == at
+    contact = (await contacts_stub(sp).GetContact(cpb.GetContactRequest(contact_id=conv.contact_id))).contact
+    assert contact.first_name == "Bea"
+    assert [(i.channel_id, i.external_id) for i in contact.identities] == [("ch-1", "psid-b")]
+    assert contact.last_interaction_at.ToDatetime(tzinfo=UTC) == at
     opened = await helpers.wait_for(
         lambda: _events(app, helpers, "conversations.conversation.opened", ev.ConversationOpened, sp)
     )
@@ -181,7 +183,7 @@ async def test_receipts_move_outbound_status_forward_never_back(service, stub_fo
     ]
     assert msgs[1].read_at.ToDatetime(tzinfo=UTC) == t0 + timedelta(seconds=3)
     changed = await helpers.wait_for(
-        lambda: _events(app, helpers, "conversations.message.status_changed", ev.MessageStatusChanged, sp)
+        lambda: _n(_events(app, helpers, "conversations.message.status_changed", ev.MessageStatusChanged, sp), 2)
     )
     assert sorted((e.message_id, e.status) for e in changed) == sorted(
         [(msgs[1].message_id, gw.DELIVERY_STATUS_READ), (msgs[2].message_id, gw.DELIVERY_STATUS_READ)]
@@ -229,19 +231,48 @@ async def test_reaction_edit_and_delete_attach_to_their_target(service, stub_for
                 target_provider_message_id="mid.unknown",
                 reaction=gw.Reaction(emoji="👍"),
             ),
+            helpers.inbound(sp, "ch-1", "psid-e", "mid.e3", text="oops", at=t0 + timedelta(seconds=5)),
+            helpers.inbound(
+                sp,
+                "ch-1",
+                "psid-e",
+                "del.1",
+                text="",
+                kind=gw.INBOUND_KIND_DELETE,
+                at=t0 + timedelta(seconds=6),
+                target_provider_message_id="mid.e3",
+            ),
+            helpers.inbound(
+                sp,
+                "ch-1",
+                "psid-e",
+                "pb.1",
+                text="",
+                kind=gw.INBOUND_KIND_POSTBACK,
+                at=t0 + timedelta(seconds=7),
+                payload="BUY_PRO",
+                title="Buy Pro",
+            ),
         ],
     )
     stub = stub_for(sp)
     (conv,) = await helpers.wait_for(lambda: conversations_of(stub))
     await helpers.wait_for(lambda: _all_applied(app))
-    first, second = await messages_of(stub, conv.conversation_id)
+    first, second, deleted, postback = await messages_of(stub, conv.conversation_id)
     assert first.text == "typo" and first.edited_at.ToDatetime(tzinfo=UTC) == t0 + timedelta(seconds=3)
     assert [(r.emoji, r.by) for r in second.reactions] == [("❤", "contact")]
-    assert conv.metrics.incoming_messages == 2  # reactions and edits are not new messages
+    assert deleted.HasField("deleted_at") and deleted.text == "" and not deleted.parts
+    assert (postback.kind, postback.payload, postback.text) == (res.MESSAGE_KIND_POSTBACK, "BUY_PRO", "Buy Pro")
+    conv = (await stub.GetConversation(pb.GetConversationRequest(conversation_id=conv.conversation_id))).conversation
+    assert conv.metrics.incoming_messages == 4  # reactions, edits and deletions are not new messages
     updates = await helpers.wait_for(
-        lambda: _events(app, helpers, "conversations.message.updated", ev.MessageUpdated, sp)
+        lambda: _n(_events(app, helpers, "conversations.message.updated", ev.MessageUpdated, sp), 3)
     )
-    assert sorted(u.change for u in updates) == [ev.MESSAGE_CHANGE_REACTION, ev.MESSAGE_CHANGE_EDIT]
+    assert sorted(u.change for u in updates) == [
+        ev.MESSAGE_CHANGE_REACTION,
+        ev.MESSAGE_CHANGE_EDIT,
+        ev.MESSAGE_CHANGE_DELETE,
+    ]
 
 
 async def test_next_inbound_after_close_opens_a_new_linked_conversation(service, stub_for, helpers) -> None:
@@ -260,24 +291,21 @@ async def test_next_inbound_after_close_opens_a_new_linked_conversation(service,
     assert [m.text for m in await messages_of(stub, new.conversation_id)] == ["two"]
 
 
-async def test_contacts_outage_delays_ingest_without_losing_or_reordering(service, stub_for, helpers, fake_contacts):
+async def test_contacts_outage_delays_ingest_without_losing_or_reordering(service, stub_for, helpers, contacts_service):
     app, _ = service
-    fake, _ = fake_contacts
     sp = space()
-    fake.fail_with = grpc.StatusCode.UNAVAILABLE
+    contacts_service.stop()
     try:
         await helpers.publish_inbound(
             app.rt.js, [helpers.inbound(sp, "ch-1", "psid-g", f"mid.g{i}", text=f"m{i}") for i in range(5)]
         )
-        import asyncio
-
         await asyncio.sleep(1.5)
         assert await conversations_of(stub_for(sp)) == []
     finally:
-        fake.fail_with = None
+        contacts_service.start()
     stub = stub_for(sp)
-    (conv,) = await helpers.wait_for(lambda: conversations_of(stub), timeout=40)
-    msgs = await helpers.wait_for(lambda: _n(messages_of(stub, conv.conversation_id), 5), timeout=40)
+    (conv,) = await helpers.wait_for(lambda: conversations_of(stub), timeout=60)
+    msgs = await helpers.wait_for(lambda: _n(messages_of(stub, conv.conversation_id), 5), timeout=60)
     assert [m.text for m in msgs] == [f"m{i}" for i in range(5)]
 
 
@@ -295,3 +323,26 @@ async def test_event_the_contacts_service_refuses_is_dead_lettered_and_the_rest_
         lambda: helpers.read_stream(app.rt.js, "dead_letter.conversations.>", gw.InboundEvent)
     )
     assert any(d.provider_message_id == "mid.h0" for d in dead)
+
+
+async def test_an_event_the_database_refuses_is_set_aside_and_its_partition_goes_on(service, stub_for, helpers) -> None:
+    app, _ = service
+    sp = space()
+    events = [
+        helpers.inbound(sp, "ch-1", "psid-n", "mid.n1", text="before"),
+        helpers.inbound(sp, "ch-1", "psid-n", "mid.n2", text="nul \x00 byte"),  # PostgreSQL cannot store NUL
+        helpers.inbound(sp, "ch-1", "psid-n", "mid.n3", text="after", first_name="x" * 500),
+    ]
+    await helpers.publish_inbound(app.rt.js, events)
+    stub = stub_for(sp)
+    (conv,) = await helpers.wait_for(lambda: conversations_of(stub))
+    msgs = await helpers.wait_for(lambda: _n(messages_of(stub, conv.conversation_id), 2))
+    assert [m.text for m in msgs] == ["before", "after"]
+    dead = await helpers.wait_for(
+        lambda: _only(helpers.read_stream(app.rt.js, "dead_letter.conversations.>", gw.InboundEvent), "mid.n2")
+    )
+    assert len(dead) == 1
+
+
+async def _only(coro, mid: str):
+    return [d for d in await coro if d.provider_message_id == mid] or None

@@ -23,13 +23,16 @@ _tracer = telemetry.tracer("parley.grpc.client")
 
 
 def _service_config(max_attempts: int) -> str:
+    """gRPC requires 2 to 5 attempts in a retry policy; 1 means no retry policy at all."""
+    if max_attempts < 2:
+        return json.dumps({"methodConfig": [{"name": [{}]}]})
     return json.dumps(
         {
             "methodConfig": [
                 {
                     "name": [{}],
                     "retryPolicy": {
-                        "maxAttempts": max_attempts,
+                        "maxAttempts": min(max_attempts, 5),
                         "initialBackoff": "0.1s",
                         "maxBackoff": "2s",
                         "backoffMultiplier": 2,

@@ -15,11 +15,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from google.protobuf.message import Message
+from opentelemetry.context import Context
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -112,28 +113,29 @@ async def enqueue(
 
 async def enqueue_many(
     session: AsyncSession,
-    events: Sequence[tuple[str, Message, str] | tuple[str, Message, str, Mapping[str, str]]],
+    events: Sequence[tuple[str, Message, str] | tuple[str, Message, str, Context | None]],
 ) -> None:
-    """Add several events, given as (subject, message, msg_id), in order, with one INSERT and one NOTIFY.
-
-    The same as calling `enqueue` for each, for handlers that apply a whole batch in one transaction.
-    An event may carry a fourth element, the trace context it belongs to (a carrier filled by
-    `telemetry.inject`): a batch of several requests' events keeps each one's trace. Without it, the
-    current context is stored.
+    """Add several events, in order, with one INSERT and one NOTIFY: (subject, message, msg_id) or
+    (subject, message, msg_id, trace context). The same as calling `enqueue` for each, for handlers that
+    apply a whole batch in one transaction; a row given a trace context carries that context (so the
+    relay's publish span descends from the span of the event that caused it), the others the current one.
     """
     if not events:
         return
     current = dict(telemetry.inject({}))
-    rows = [
-        {
-            "subject": event[0],
-            "msg_id": event[2],
-            "event_type": event[1].DESCRIPTOR.full_name,
-            "payload": event[1].SerializeToString(),
-            "headers": dict(event[3]) if len(event) > 3 else current,  # type: ignore[misc]
-        }
-        for event in events
-    ]
+    rows = []
+    for event in events:
+        subject, message, msg_id = event[0], event[1], event[2]
+        context = event[3] if len(event) > 3 else None  # type: ignore[misc]
+        rows.append(
+            {
+                "subject": subject,
+                "msg_id": msg_id,
+                "event_type": message.DESCRIPTOR.full_name,
+                "payload": message.SerializeToString(),
+                "headers": dict(telemetry.inject({}, context=context)) if context is not None else current,
+            }
+        )
     await session.execute(pg_insert(_outbox).values(rows).on_conflict_do_nothing(index_elements=["msg_id"]))
     await session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
 

@@ -165,7 +165,11 @@ class ServiceRuntime:
         if isinstance(self._authenticator, WorkspaceAuthenticator):
             await self._authenticator.close()
         if self.nc is not None and not self.nc.is_closed:
-            await self.nc.drain()
+            try:
+                await self.nc.drain()
+            except Exception as exc:  # NATS already gone (e.g. Ctrl-C on `make run` stops it too): just close
+                log.warning("NATS drain failed (%s); closing the connection", type(exc).__name__)
+                await self.nc.close()
         await self.engine.dispose()
         log.info("stopped")
 

@@ -7,6 +7,7 @@ field type and returns the typed value, `format_value` turns it back.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -190,6 +191,19 @@ def clean_standard(name: str, raw: str | None, country: str | None = None) -> st
         return raw
     value = parse_value(name, STANDARD_FIELDS[name], raw, region=country)
     return str(value)
+
+
+def new_id(at: datetime | None = None) -> uuid.UUID:
+    """A time-ordered UUID (version 7: 48-bit Unix milliseconds, then random bits).
+
+    Contacts get these ids so that rows keyed by contact id (tags, values, identities) are laid out
+    in creation order: walking the newest contacts probes neighbouring index pages instead of random
+    ones across the whole index.
+    """
+    ms = int((at or datetime.now(UTC)).timestamp() * 1000) & ((1 << 48) - 1)
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 64) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return uuid.UUID(int=value)
 
 
 # -- records --------------------------------------------------------------------------------------

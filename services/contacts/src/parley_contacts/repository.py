@@ -388,6 +388,10 @@ class Repository:
     ) -> Page:
         """One page in the stable order (created_at desc, id desc), with the total when asked."""
         stmt, count_stmt = self._list_statements(space_id, criteria, search, after, limit, count_limit)
+        if criteria is not None or search:
+            # Plan for these very values: how selective a tag, a value range or a prefix is decides
+            # the plan, and the driver's prepared statements would otherwise fall back to a generic plan.
+            await s.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
         rows = (await s.execute(stmt)).all()
         has_more = len(rows) > limit
         contacts = await self._hydrate(s, rows[:limit])

@@ -46,6 +46,7 @@ from parley_contacts.domain import (
     View,
     clean_standard,
     format_value,
+    new_id,
     normalize_phone,
     parse_value,
     referenced_tags,
@@ -199,7 +200,7 @@ class ContactsService:
             async with self.repo.unit() as unit:
                 s = unit.session
                 now = self.clock()
-                contact_id, identity_id = uuid.uuid4(), uuid.uuid4()
+                contact_id, identity_id = new_id(now), uuid.uuid4()
                 if await self.repo.claim_identity(
                     s,
                     space_id,
@@ -260,7 +261,7 @@ class ContactsService:
         identities: Sequence[IdentityInput] = (),
     ) -> Contact:
         now = self.clock()
-        contact_id = uuid.uuid4()
+        contact_id = new_id(now)
         async with self.repo.unit() as unit:
             s = unit.session
             cleaned = _clean_profile(profile)

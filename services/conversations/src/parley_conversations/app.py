@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 
 from parley.channel_gateway.v1 import events_pb2 as gw
 from parley.conversations.v1 import conversations_service_pb2_grpc as pb_grpc
 from parley_kit.contracts import channel_gateway as cg
+from parley_kit.contracts import contacts as contacts_contract
 from parley_kit.runtime import ServiceRuntime
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -20,7 +22,7 @@ from parley_conversations.grpc_api import SERVICE_NAME, ConversationsApi
 from parley_conversations.ingest import ContactsResolver, InboundIngest
 from parley_conversations.models import outbox
 from parley_conversations.repository import Repository
-from parley_conversations.service import ConversationsService
+from parley_conversations.service import ContactFollower, ConversationsService
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,13 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
     ]
     rt = ServiceRuntime(
         settings,
-        streams=[cg.stream_spec(replicas), events.conversations_stream(replicas), events.dead_letters(replicas)],
-        consumers=[events.outbound_status_consumer(), *inbound],
+        streams=[
+            cg.stream_spec(replicas),
+            contacts_contract.stream_spec(replicas),
+            events.conversations_stream(replicas),
+            events.dead_letters(replicas),
+        ],
+        consumers=[events.outbound_status_consumer(), events.contacts_consumer(), *inbound],
         outbox=outbox,
     )
     await rt.connect()
@@ -62,6 +69,9 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
         events.OutboundStatusHandler(service),
         message_type=gw.OutboundStatusEvent,
         concurrency=8,
+    )
+    rt.add_consumer(
+        events.contacts_consumer(), events.ContactsHandler(ContactFollower(service)), message_type=None, concurrency=4
     )
     ingest: InboundIngest | None = None
     if settings.ingest_enabled and not settings.contacts_addr and contacts is None:
@@ -86,6 +96,9 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
             ack_wait=settings.ingest_ack_wait_seconds,
             rebalance_seconds=settings.ingest_rebalance_seconds,
             max_partitions=settings.ingest_max_partitions,
+            report_every=timedelta(seconds=settings.contacts_report_interval_seconds)
+            if settings.contacts_report_interval_seconds
+            else None,
         )
         rt.add_background(_run_ingest(rt, ingest))
     rt.add_background(_auto_close_loop(rt, service, settings))

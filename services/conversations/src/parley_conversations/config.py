@@ -16,6 +16,12 @@ class Settings(ServiceSettings):
         default="", description="host:port of the workspace service, for {{user.name}} in shortcuts (optional)"
     )
     contacts_timeout_seconds: float = Field(default=5.0, gt=0)
+    contacts_report_interval_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="A known contact's interaction is reported to contacts (UpsertByIdentity) at most this often; "
+        "0 calls contacts for every inbound batch",
+    )
 
     # Ingest of the gateway's inbound events (one durable consumer per partition subject).
     ingest_batch_size: int = Field(default=200, ge=1, le=1000, description="Inbound events per fetch and transaction")

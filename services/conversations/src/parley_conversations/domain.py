@@ -108,6 +108,10 @@ class InboundItem:
     payload: str = ""
     title: str = ""
     provider_sequence: int = 0
+    # When the gateway received it (time-to-visibility).
+    received_at: datetime | None = None
+    # Opaque to the domain: the trace context of this event's processing, given to the events it causes.
+    trace: Any = field(default=None, compare=False, repr=False)
 
     @property
     def contact_key(self) -> tuple[str, str, str]:
@@ -126,6 +130,20 @@ class StatusUpdate:
     error_code: str = ""
     error_message: str = ""
     occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ContactChange:
+    """What an event of the contacts service says about one contact; None: not said."""
+
+    space_id: str
+    contact_id: str
+    occurred_at: datetime
+    actor: str = "service:contacts"
+    first_name: str | None = None
+    last_name: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    assignee: tuple[str, str] | None = None  # (user_id, team_id); ("", "") unassigns
 
 
 @dataclass(frozen=True)

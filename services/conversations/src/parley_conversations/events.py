@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.json_format import ParseDict
+from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as PbMessage
 from parley.channel_gateway.v1 import events_pb2 as gw
 from parley.common.v1 import common_pb2 as common
+from parley.contacts.v1 import events_pb2 as cev
 from parley.conversations.v1 import events_pb2 as ev
 from parley_kit.contracts import channel_gateway as cg
+from parley_kit.contracts import contacts as contacts_contract
 from parley_kit.nats import ConsumerSpec, Delivery, PoisonMessage, StreamSpec, dead_letter_stream, dead_letter_subject
 from parley_kit.outbox import enqueue_many
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley_conversations import mapping, metrics
 from parley_conversations.domain import (
     Actor,
+    ContactChange,
     ConversationAssigned,
     ConversationClosed,
     ConversationOpened,
@@ -42,7 +47,7 @@ from parley_conversations.domain import (
     OutboundSend,
     StatusUpdate,
 )
-from parley_conversations.service import ConversationsService
+from parley_conversations.service import ContactFollower, ConversationsService
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ MESSAGE_STATUS_CHANGED = "conversations.message.status_changed"
 MESSAGE_UPDATED = "conversations.message.updated"
 
 OUTBOUND_STATUS_DURABLE = "conversations--outbound-status"
+CONTACTS_DURABLE = "conversations--contacts"
 INBOUND_DURABLE_PREFIX = "conversations--inbound"
 
 
@@ -99,6 +105,20 @@ def outbound_status_consumer() -> ConsumerSpec:
         backoff=(timedelta(seconds=1), timedelta(seconds=5), timedelta(seconds=30)),
         max_ack_pending=500,
         dead_letter_subject=dead_letter_subject(SERVICE, OUTBOUND_STATUS_DURABLE),
+    )
+
+
+def contacts_consumer() -> ConsumerSpec:
+    """The contacts service's contact and custom-field events (tags are not needed here)."""
+    return ConsumerSpec(
+        stream=contacts_contract.STREAM,
+        durable=CONTACTS_DURABLE,
+        filter_subjects=("contacts.contact.>", contacts_contract.FIELD_UPDATED),
+        ack_wait=timedelta(seconds=30),
+        max_deliver=10,
+        backoff=(timedelta(seconds=1), timedelta(seconds=5), timedelta(seconds=30)),
+        max_ack_pending=100,
+        dead_letter_subject=dead_letter_subject(SERVICE, CONTACTS_DURABLE),
     )
 
 
@@ -206,11 +226,11 @@ def to_outbox(event: DomainEvent, now: datetime) -> tuple[str, PbMessage, str]:
     return subject, out, out.meta.event_id  # type: ignore[attr-defined]
 
 
-async def write_events(session: AsyncSession, events: Sequence[tuple[DomainEvent, Mapping[str, str]]]) -> None:
-    """The repository's EventWriter: every domain event into the outbox, in order, in the caller's transaction,
-    each with the trace context it was emitted in."""
+async def write_events(session: AsyncSession, events: Sequence[tuple[DomainEvent, Any]]) -> None:
+    """The repository's EventWriter: every domain event into the outbox, in order, in the caller's
+    transaction; an event caused by an inbound event carries that event's trace context."""
     now = datetime.now(UTC)
-    await enqueue_many(session, [(*to_outbox(event, now), carrier) for event, carrier in events])
+    await enqueue_many(session, [(*to_outbox(event, now), trace) for event, trace in events])
     for event, _ in events:
         metrics.count_event(event)
 
@@ -248,3 +268,67 @@ class OutboundStatusHandler:
                 occurred_at=mapping.from_ts(event.occurred_at),
             )
         )
+
+
+class ContactsHandler:
+    """contacts.contact.* and contacts.field.updated -> assignee, names and fields, erasure, merges."""
+
+    def __init__(self, follower: ContactFollower) -> None:
+        self.follower = follower
+
+    async def __call__(self, delivery: Delivery) -> None:
+        subject = delivery.subject
+        kinds: dict[str, type[PbMessage]] = {
+            contacts_contract.CONTACT_CREATED: cev.ContactCreated,
+            contacts_contract.CONTACT_UPDATED: cev.ContactUpdated,
+            contacts_contract.CONTACT_DELETED: cev.ContactDeleted,
+            contacts_contract.CONTACT_MERGED: cev.ContactMerged,
+            contacts_contract.CONTACT_ASSIGNED: cev.ContactAssigned,
+            contacts_contract.FIELD_UPDATED: cev.ContactFieldUpdated,
+        }
+        kind = kinds.get(subject)
+        if kind is None:
+            return  # another contacts event: nothing this service keeps
+        event: Any = kind()
+        try:
+            event.ParseFromString(delivery.data)
+        except DecodeError as exc:
+            raise PoisonMessage(f"undecodable {subject}: {exc}") from None
+        space_id = event.meta.space_id
+        at = mapping.from_ts(event.meta.occurred_at) or datetime.now(UTC)
+        actor = event.meta.actor or "service:contacts"
+        if isinstance(event, cev.ContactCreated):
+            await self.follower.changed(_snapshot(event.contact, at, actor))
+        elif isinstance(event, cev.ContactUpdated):
+            names = {c.field: c.new_value for c in event.changes if c.field in ("first_name", "last_name")}
+            if names:
+                await self.follower.changed(
+                    ContactChange(
+                        space_id, event.contact_id, at, actor, names.get("first_name"), names.get("last_name")
+                    )
+                )
+        elif isinstance(event, cev.ContactFieldUpdated):
+            await self.follower.changed(
+                ContactChange(space_id, event.contact_id, at, actor, fields={event.field_key: event.new_value})
+            )
+        elif isinstance(event, cev.ContactAssigned):
+            assignee = (event.assignee.user_id, event.assignee.team_id)
+            await self.follower.changed(ContactChange(space_id, event.contact_id, at, actor, assignee=assignee))
+        elif isinstance(event, cev.ContactDeleted):
+            await self.follower.erased(space_id, [event.contact_id, *event.merged_ids])
+        elif isinstance(event, cev.ContactMerged):
+            survivor = _snapshot(event.survivor, at, actor)
+            await self.follower.merged(space_id, event.merged_contact_id, survivor)
+
+
+def _snapshot(contact: Any, at: datetime, actor: str) -> ContactChange:
+    return ContactChange(
+        space_id=contact.space_id,
+        contact_id=contact.id,
+        occurred_at=at,
+        actor=actor,
+        first_name=contact.first_name,
+        last_name=contact.last_name,
+        fields={fv.key: fv.value for fv in contact.field_values},
+        assignee=(contact.assignee.user_id, contact.assignee.team_id),
+    )

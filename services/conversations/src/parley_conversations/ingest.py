@@ -29,26 +29,19 @@ Design (the guarantees and why they hold):
 5. Balance. Replicas count each other through advisory locks on (CLASS_MEMBER, slot) that each
    holds while alive; each aims for ceil(16 / replicas) partitions (at most
    `ingest_max_partitions`), releases extras after its current batch, and takes free ones.
-
-Traces. The kit's batch span (`process conversations--inbound-NN`) only links the producers. So that
-one trace runs from the webhook to the stored message and on, each event of a batch gets its own
-`process channel_gateway.inbound.NN` CONSUMER span, a child of its producer span (the NATS headers);
-its contact's `UpsertByIdentity` call runs in it (the first event of that contact in the batch), and a
-`store message` span under it covers the transaction that stores the event's message; the events that
-message emits go to the outbox with that span's context.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -66,6 +59,7 @@ from parley_kit.grpc_client import create_channel
 from parley_kit.nats import ConsumerRunner, ConsumerSpec, Delivery, PoisonMessage, TransientError, is_transient
 from parley_kit.nats.streams import provision
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley_conversations import mapping, metrics
@@ -98,13 +92,17 @@ class ContactsResolver:
     async def resolve(
         self,
         items: Sequence[InboundItem],
-        contexts: Mapping[tuple[str, str, str], otel_context.Context] | None = None,
-    ) -> tuple[dict[tuple[str, str, str], str], dict[tuple[str, str, str], str]]:
-        """(contact id per identity key, error per identity key the contacts service refused for good).
+        known: dict[tuple[str, str], tuple[str, datetime | None]] | None = None,
+        report_every: timedelta | None = None,
+    ) -> tuple[dict[tuple[str, str, str], str], dict[tuple[str, str, str], str], dict[tuple[str, str, str], datetime]]:
+        """(contact id per identity key, error per identity key the contacts service refused for good,
+        interaction time reported per identity key).
 
-        Receipts need no contact; every other item gets one call per identity per batch, with the
-        identity's latest interaction time. Raises TransientError when the contacts service is down.
-        `contexts` gives the trace context each identity's call runs in (else the current one).
+        Receipts need no contact. Other items get one call per identity per batch, with the identity's
+        latest interaction time, unless the identity is `known` (channel_id, external_id -> contact id and
+        the interaction last reported) and that report is less than `report_every` older than this
+        interaction: then the known contact id is used and contacts is not called. Raises TransientError
+        when the contacts service is down.
         """
         first: dict[tuple[str, str, str], InboundItem] = {}
         interaction: dict[tuple[str, str, str], datetime | None] = {}
@@ -121,15 +119,6 @@ class ContactsResolver:
         refused: dict[tuple[str, str, str], str] = {}
 
         async def one(key: tuple[str, str, str]) -> None:
-            # Each call is its own task (gather): attaching its event's trace context is local to it.
-            token = otel_context.attach(contexts[key]) if contexts is not None and key in contexts else None
-            try:
-                await call(key)
-            finally:
-                if token is not None:
-                    otel_context.detach(token)
-
-        async def call(key: tuple[str, str, str]) -> None:
             it = first[key]
             p = it.profile
             request = cpb.UpsertByIdentityRequest(
@@ -149,6 +138,8 @@ class ContactsResolver:
                 interaction_at=mapping.ts(interaction.get(key)),
             )
             async with self._limit:
+                # Called in the trace of the first event of this contact in the batch.
+                token = otel_context.attach(it.trace) if it.trace is not None else None
                 try:
                     reply = await self._stub.UpsertByIdentity(request, timeout=self._timeout)
                 except grpc.aio.AioRpcError as exc:
@@ -162,10 +153,24 @@ class ContactsResolver:
                     raise TransientError(
                         f"contacts.UpsertByIdentity failed: {exc.code().name}: {exc.details()}"
                     ) from exc
+                finally:
+                    if token is not None:
+                        otel_context.detach(token)
             ids[key] = reply.contact_id
 
-        await asyncio.gather(*(one(k) for k in first))
-        return ids, refused
+        to_call = []
+        for key in first:
+            hit = (known or {}).get((key[1], key[2]))
+            at = interaction.get(key)
+            if hit is not None and report_every is not None:
+                contact_id, reported_at = hit
+                if at is None or (reported_at is not None and at - reported_at < report_every):
+                    ids[key] = contact_id
+                    continue
+            to_call.append(key)
+        await asyncio.gather(*(one(k) for k in to_call))
+        reported = {k: at for k in to_call if k in ids and (at := interaction.get(k)) is not None}
+        return ids, refused, reported
 
 
 @dataclass
@@ -294,6 +299,7 @@ class InboundIngest:
         partitions: int = cg.INBOUND_PARTITIONS,
         stream: str = cg.STREAM,
         inbound_prefix: str = cg.INBOUND_PREFIX,
+        report_every: timedelta | None = timedelta(seconds=60),
     ) -> None:
         self.js = js
         self.engine = engine
@@ -309,6 +315,7 @@ class InboundIngest:
         self.partitions = partitions
         self.stream = stream
         self.inbound_prefix = inbound_prefix
+        self.report_every = report_every
         self.workers: dict[int, PartitionWorker] = {}
         self._member: AsyncConnection | None = None
         self._slot: int | None = None
@@ -435,109 +442,147 @@ class InboundIngest:
         return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
 
     async def apply(self, worker: PartitionWorker, units: list[_Unit]) -> None:
-        """Resolve contacts, then apply every unit in one transaction on the partition's connection."""
-        items: list[InboundItem] = []
-        item_units: list[_Unit] = []
-        spans = {id(u): self._event_span(worker, u) for u in units}
-        store_spans: dict[int, Span] = {}  # by id(item)
+        """Resolve contacts, then apply every unit in one transaction on the partition's connection.
+
+        Each event gets its own CONSUMER span (`process <subject>`, child of its producer's context, as
+        docs/telemetry.md asks of batch consumers); its contacts call, its `store message` span and the
+        events it causes (through their outbox rows) descend from it."""
+        spans: list[Span] = []
         try:
-            for u in units:
-                if u.event is None:
-                    continue
-                try:
-                    item = mapping.inbound_item(u.event)
-                except ValueError as exc:
-                    u.error = str(exc)
-                    continue
-                items.append(item)
-                item_units.append(u)
-            contexts: dict[tuple[str, str, str], otel_context.Context] = {}
-            for it, u in zip(items, item_units, strict=True):
-                contexts.setdefault(it.contact_key, trace.set_span_in_context(spans[id(u)]))
-            started = time.perf_counter()
-            contact_ids, refused = await self._with_retries(lambda: self.contacts.resolve(items, contexts))
-            metrics.INGEST_SECONDS.labels("contacts").observe(time.perf_counter() - started)
-            if refused:
-                for it, u in zip(items, item_units, strict=True):
-                    if it.contact_key in refused:
-                        u.error = refused[it.contact_key]
-                items = [it for it in items if it.contact_key not in refused]
-            for it, u in zip(items, item_units, strict=True):
-                if it.kind in MESSAGE_KINDS:
-                    store_spans[id(it)] = _tracer.start_span(
-                        "store message", context=trace.set_span_in_context(spans[id(u)])
-                    )
-
-            def scope(it: InboundItem) -> Any:
-                span = store_spans.get(id(it))
-                return trace.use_span(span, end_on_exit=False) if span is not None else contextlib.nullcontext()
-
-            started = time.perf_counter()
-            async with self.repo.on_connection(worker.conn) as tx:
-                stats = await self.service.apply_inbound(tx, items, contact_ids, scope)
-                await tx.set_ingest_offset(worker.partition, max(u.sequence for u in units), utcnow())
-            committed = time.time()
-            received = {
-                u.event.event_id: u.event.received_at.seconds + u.event.received_at.nanos / 1e9
-                for u in item_units
-                if u.event is not None and u.event.HasField("received_at")
-            }
-            metrics.INGEST_SECONDS.labels("database").observe(time.perf_counter() - started)
-            metrics.INGEST_BATCH.observe(len(units))
-            metrics.INGEST_DUPLICATES.inc(stats.duplicates)
-            metrics.INGEST_UNMATCHED.inc(stats.unmatched)
-            for it in items:
-                stored = stats.stored_items.get(id(it))
-                span = store_spans.get(id(it))
-                if span is not None:
-                    span.set_attribute("parley.duplicate", id(it) in stats.duplicate_items)
-                    direction = "outbound" if it.kind == InboundKind.ECHO else "inbound"
-                    span.set_attribute("parley.message.direction", direction)
-                    if stored is not None:
-                        span.set_attribute("parley.conversation_id", stored.conversation_id)
-                        span.set_attribute("parley.message_id", stored.message_id)
-                        span.set_attribute("parley.conversation.opened", stored.opened)
-                if stored is not None and it.kind == InboundKind.MESSAGE and it.event_id in received:
-                    # webhook received by the gateway -> the message committed (visible through the API)
-                    visible_after = max(0.0, committed - received[it.event_id])
-                    metrics.TIME_TO_VISIBILITY.labels(it.channel_type).observe(visible_after)
-            poison = sum(1 for u in units if u.error)
-            if poison:
-                metrics.INGEST_POISON.inc(poison)
+            await self._apply_traced(worker, units, spans)
         except BaseException as exc:
-            for span in [*store_spans.values(), *spans.values()]:
+            for span in spans:
+                span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                span.set_attribute("error.type", type(exc).__name__)
             raise
         finally:
-            for span in store_spans.values():
+            for span in spans:
                 span.end()
-            for u in units:
-                if u.error:
-                    spans[id(u)].set_status(Status(StatusCode.ERROR, "PoisonMessage"))
-                    spans[id(u)].set_attribute("error.type", "PoisonMessage")
-                spans[id(u)].end()
 
-    @staticmethod
-    def _event_span(worker: PartitionWorker, unit: _Unit) -> Span:
-        """The event's own CONSUMER span, a child of its producer's span (traceparent in the NATS headers)."""
-        if unit.delivery is not None:
-            headers: Mapping[str, str] = unit.delivery.headers
-            msg_id, delivered = unit.delivery.msg_id, unit.delivery.num_delivered
-        else:  # read from the stream to fill a gap
-            raw = getattr(unit, "raw", None)
-            headers = dict(raw.headers or {}) if raw is not None else {}
-            msg_id, delivered = headers.get("Nats-Msg-Id", ""), 0
-        attributes: dict[str, Any] = {
-            "messaging.system": "nats",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": worker.subject,
-            "messaging.consumer.group.name": worker.spec.durable,
-            "messaging.message.id": msg_id or (unit.event.event_id if unit.event is not None else ""),
-            "messaging.message.delivery_count": delivered,
+    async def _apply_traced(self, worker: PartitionWorker, units: list[_Unit], spans: list[Span]) -> None:
+        pairs: list[tuple[_Unit, InboundItem]] = []
+        for u in units:
+            if u.event is None:
+                continue
+            span = self._event_span(worker, u)
+            spans.append(span)
+            try:
+                item = mapping.inbound_item(u.event)
+            except ValueError as exc:
+                u.error = str(exc)
+                continue
+            pairs.append((u, dataclasses.replace(item, trace=trace.set_span_in_context(span))))
+        started = time.perf_counter()
+        items = [it for _, it in pairs]
+        known: dict[tuple[str, str], tuple[str, datetime | None]] = {}
+        if self.report_every is not None and items:
+            async with self.repo.on_connection(worker.conn) as tx:
+                known = await tx.identities((it.channel_id, it.contact_external_id) for it in items)
+        contact_ids, refused, reported = await self._with_retries(
+            lambda: self.contacts.resolve(items, known, self.report_every)
+        )
+        metrics.INGEST_SECONDS.labels("contacts").observe(time.perf_counter() - started)
+        for u, it in pairs:
+            if it.contact_key in refused:
+                u.error = refused[it.contact_key]
+        pairs = [(u, it) for u, it in pairs if not u.error]
+        stores = {
+            it.event_id: _tracer.start_span("store message", context=it.trace, kind=SpanKind.INTERNAL)
+            for _, it in pairs
+            if it.kind in MESSAGE_KINDS
         }
-        parent = telemetry.extract(headers)
-        return _tracer.start_span(f"process {worker.subject}", parent, kind=SpanKind.CONSUMER, attributes=attributes)
+        spans.extend(stores.values())
+        started = time.perf_counter()
+        outcomes: dict[str, tuple[str | None, str | None, bool, bool]] = {}
+        try:
+            outcomes = await self._apply_db(worker, pairs, contact_ids, reported, max(u.sequence for u in units))
+        except Exception as exc:
+            if _retryable(exc) or worker.conn.invalidated or worker.conn.closed:
+                raise TransientError(f"partition {worker.partition:02d}: batch not applied ({exc})") from exc
+            # Something in the batch can never be applied: apply the events one by one and set aside
+            # (dead-letter) those that fail, so one bad event does not block its partition.
+            log.warning("partition %02d: batch failed (%s); applying its events one by one", worker.partition, exc)
+            for u, it in pairs:
+                try:
+                    outcomes |= await self._apply_db(worker, [(u, it)], contact_ids, reported, u.sequence)
+                except Exception as one:
+                    if _retryable(one) or worker.conn.invalidated or worker.conn.closed:
+                        raise TransientError(f"partition {worker.partition:02d}: event not applied ({one})") from one
+                    u.error = f"cannot be applied: {type(one).__name__}: {one}"[:1000]
+            async with self.repo.on_connection(worker.conn) as tx:
+                await tx.set_ingest_offset(worker.partition, max(u.sequence for u in units), utcnow())
+        metrics.INGEST_SECONDS.labels("database").observe(time.perf_counter() - started)
+        metrics.INGEST_BATCH.observe(len(units))
+        now = utcnow()
+        for u, it in pairs:
+            outcome = outcomes.get(it.event_id)
+            store = stores.get(it.event_id)
+            if store is not None and outcome is not None:
+                conversation_id, message_id, opened, duplicate = outcome
+                store.set_attributes(
+                    {
+                        "parley.conversation_id": conversation_id or "",
+                        "parley.message_id": message_id or "",
+                        "parley.message.direction": "outbound" if it.kind == InboundKind.ECHO else "inbound",
+                        "parley.conversation.opened": opened,
+                        "parley.duplicate": duplicate,
+                    }
+                )
+                if not duplicate and it.kind == InboundKind.MESSAGE and it.received_at is not None:
+                    metrics.TIME_TO_VISIBILITY.labels(it.channel_type).observe(
+                        max((now - it.received_at).total_seconds(), 0.0)
+                    )
+            if u.error and store is not None:
+                store.set_status(Status(StatusCode.ERROR, "dead-lettered"))
+        poison = sum(1 for u in units if u.error)
+        if poison:
+            metrics.INGEST_POISON.inc(poison)
+
+    def _event_span(self, worker: PartitionWorker, unit: _Unit) -> Span:
+        """`process <subject>`, child of the event's producer span (from its NATS headers)."""
+        if unit.delivery is not None:
+            parent = unit.delivery.trace_context
+            msg_id, delivered = unit.delivery.msg_id, unit.delivery.num_delivered
+        else:
+            headers = dict(getattr(getattr(unit, "raw", None), "headers", None) or {})
+            parent, msg_id, delivered = telemetry.extract(headers), headers.get("Nats-Msg-Id", ""), 0
+        return _tracer.start_span(
+            f"process {worker.subject}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": worker.subject,
+                "messaging.consumer.group.name": worker.spec.durable,
+                "messaging.message.id": msg_id,
+                "messaging.message.delivery_count": delivered,
+            },
+        )
+
+    async def _apply_db(
+        self,
+        worker: PartitionWorker,
+        pairs: list[tuple[_Unit, InboundItem]],
+        contact_ids: dict[tuple[str, str, str], str],
+        reported: dict[tuple[str, str, str], datetime],
+        offset: int,
+    ) -> dict[str, tuple[str | None, str | None, bool, bool]]:
+        """One transaction on the partition's connection: the events, then the offset. A unique-key race
+        with the API (an agent opening the same conversation) is retried at once: the retry sees it."""
+        for attempt in range(3):
+            try:
+                async with self.repo.on_connection(worker.conn) as tx:
+                    stats = await self.service.apply_inbound(tx, [it for _, it in pairs], contact_ids, reported)
+                    await tx.set_ingest_offset(worker.partition, offset, utcnow())
+            except IntegrityError as exc:
+                if attempt == 2 or not _unique_violation(exc):
+                    raise
+                continue
+            metrics.INGEST_DUPLICATES.inc(stats.duplicates)
+            metrics.INGEST_UNMATCHED.inc(stats.unmatched)
+            return stats.outcomes
+        raise AssertionError("unreachable")
 
     @staticmethod
     async def _with_retries(call, attempts: int = 3):  # type: ignore[no-untyped-def]
@@ -568,6 +613,14 @@ class InboundIngest:
         except Exception:
             log.exception("partition %02d: could not dead-letter #%d", worker.partition, unit.sequence)
         log.error("partition %02d: dead-lettered #%d: %s", worker.partition, unit.sequence, unit.error)
+
+
+def _unique_violation(exc: BaseException) -> bool:
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == "23505"
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, TransientError) or is_transient(exc) or _unique_violation(exc)
 
 
 def partition_durables(partitions: int = cg.INBOUND_PARTITIONS) -> list[str]:

@@ -127,6 +127,15 @@ def inbound_item(ev: gw.InboundEvent) -> InboundItem:
     """The domain view of a gateway event; ValueError when it cannot be applied."""
     if not ev.space_id or not ev.channel_id or not ev.contact_external_id:
         raise ValueError("inbound event lacks space_id, channel_id or contact_external_id")
+    for name, value, limit in (
+        ("space_id", ev.space_id, 64),
+        ("channel_id", ev.channel_id, 64),
+        ("contact_external_id", ev.contact_external_id, 256),
+        ("provider_message_id", ev.provider_message_id, 256),
+        ("target_provider_message_id", ev.target_provider_message_id, 256),
+    ):
+        if len(value) > limit:
+            raise ValueError(f"inbound event {name} is longer than {limit} characters")
     kind = INBOUND_KINDS.get(ev.kind, InboundKind.UNKNOWN)
     occurred = from_ts(ev.provider_timestamp) or from_ts(ev.received_at) or datetime.now(UTC)
     receipt = None
@@ -180,6 +189,7 @@ def inbound_item(ev: gw.InboundEvent) -> InboundItem:
         payload=ev.payload,
         title=ev.title,
         provider_sequence=ev.provider_sequence,
+        received_at=from_ts(ev.received_at),
     )
 
 

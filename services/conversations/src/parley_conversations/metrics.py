@@ -51,8 +51,7 @@ PARTITIONS_OWNED = Gauge(
 )
 TIME_TO_VISIBILITY = Histogram(
     "parley_conversations_time_to_visibility_seconds",
-    "From the gateway receiving the webhook (InboundEvent.received_at) to the commit that stored the message, "
-    "for inbound messages (kind message), once per stored message",
+    "From the gateway receiving a message (InboundEvent.received_at) to the commit that stored it",
     ["channel_type"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )

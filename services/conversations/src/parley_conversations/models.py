@@ -157,6 +157,7 @@ class Conversation(Base):
         Index("ix_conversations_team", "space_id", "assignee_team_id", "status"),
         Index("ix_conversations_contact", "space_id", "contact_id", "channel_id", "opened_at"),
         Index("ix_conversations_closed", "space_id", "closed_at"),
+        Index("ix_conversations_open_contact", "contact_id", postgresql_where=sql_text("status = 'open'")),
         Index(
             "ix_conversations_auto_close",
             "last_agent_message_at",
@@ -237,6 +238,8 @@ class ContactChannel(Base):
     # Messenger/Instagram receipts: every outbound message sent at or before these was delivered / read.
     delivered_watermark: Mapped[datetime | None] = mapped_column(_TS)
     read_watermark: Mapped[datetime | None] = mapped_column(_TS)
+    # The latest interaction time this service has told the contacts service (UpsertByIdentity).
+    interaction_reported_at: Mapped[datetime | None] = mapped_column(_TS)
 
     __table_args__ = (Index("ix_contact_channels_contact", "space_id", "contact_id", "channel_id"),)
 
@@ -253,6 +256,13 @@ class Contact(Base):
     display_name: Mapped[str] = mapped_column(String(400), default="")
     fields: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     updated_at: Mapped[datetime] = mapped_column(_TS)
+    # From the contacts service's events; each part keeps the time of the event that set it, so a late,
+    # older event never overwrites a newer one.
+    assignee_user_id: Mapped[str | None] = mapped_column(String(64))
+    assignee_team_id: Mapped[str | None] = mapped_column(String(64))
+    assignee_at: Mapped[datetime | None] = mapped_column(_TS)
+    names_at: Mapped[datetime | None] = mapped_column(_TS)
+    fields_at: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
 
 
 class Assignment(Base):

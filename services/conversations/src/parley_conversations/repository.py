@@ -8,12 +8,12 @@ batch can only commit while its replica still owns the partition).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any
 
-from parley_kit import db, telemetry
+from parley_kit import db
 from parley_kit.errors import AlreadyExists, FailedPrecondition
 from sqlalchemy import (
     Select,
@@ -50,9 +50,8 @@ from parley_conversations.models import (
     SpaceSettings,
 )
 
-# Writes (event, trace carrier) pairs to the outbox; the carrier is the trace context current when the event was
-# emitted, so each event of a batch keeps its own request's trace.
-EventWriter = Callable[[AsyncSession, Sequence[tuple[DomainEvent, Mapping[str, str]]]], Awaitable[None]]
+EventWriter = Callable[[AsyncSession, Sequence[tuple[DomainEvent, Any]]], Awaitable[None]]
+"""Writes (event, trace context or None) pairs to the outbox inside the session's transaction."""
 
 OPEN = ConversationStatus.OPEN.value
 ContactKey = tuple[str, str, str]  # (space_id, contact_id, channel_id)
@@ -88,7 +87,8 @@ class Repository:
 class Tx:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-        self._pending: list[tuple[DomainEvent, Mapping[str, str]]] = []
+        self._pending: list[tuple[DomainEvent, Any]] = []
+        self._trace: Any = None
 
     # -- unit of work -------------------------------------------------------------------------------
 
@@ -96,10 +96,17 @@ class Tx:
         self.session.add_all(objs)
 
     def emit(self, *events: DomainEvent) -> None:
-        """Queue events; they go to the outbox at the end of the transaction, in order, each with the trace
-        context current now."""
-        carrier = telemetry.inject({})
-        self._pending.extend((event, carrier) for event in events)
+        """Queue events; they go to the outbox at the end of the transaction, in order."""
+        self._pending.extend((e, self._trace) for e in events)
+
+    @contextmanager
+    def traced(self, trace: Any) -> Iterator[None]:
+        """Events emitted inside carry `trace` (an opaque trace context) to the outbox."""
+        previous, self._trace = self._trace, trace
+        try:
+            yield
+        finally:
+            self._trace = previous
 
     async def flush(self) -> None:
         await self.session.flush()
@@ -341,7 +348,8 @@ class Tx:
     # -- contacts as this service knows them ------------------------------------------------------
 
     async def upsert_contact_channels(self, rows: list[dict[str, Any]]) -> None:
-        """Rows: channel_id, external_id, space_id, contact_id, channel_type, last_inbound_at (may be None)."""
+        """Rows: channel_id, external_id, space_id, contact_id, channel_type, last_inbound_at and
+        interaction_reported_at (either may be None)."""
         if not rows:
             return
         stmt = pg_insert(ContactChannel).values(rows)
@@ -350,9 +358,23 @@ class Tx:
             set_={
                 "contact_id": stmt.excluded.contact_id,
                 "last_inbound_at": func.greatest(ContactChannel.last_inbound_at, stmt.excluded.last_inbound_at),
+                "interaction_reported_at": func.greatest(
+                    ContactChannel.interaction_reported_at, stmt.excluded.interaction_reported_at
+                ),
             },
         )
         await self.session.execute(stmt)
+
+    async def identities(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, datetime | None]]:
+        """(channel_id, external_id) -> (contact_id, interaction_reported_at) for identities already known."""
+        pairs = list(set(pairs))
+        if not pairs:
+            return {}
+        cc = ContactChannel
+        stmt = select(cc.channel_id, cc.external_id, cc.contact_id, cc.interaction_reported_at).where(
+            tuple_(cc.channel_id, cc.external_id).in_(pairs)
+        )
+        return {(ch, ext): (cid, at) for ch, ext, cid, at in (await self.session.execute(stmt)).all()}
 
     async def upsert_contacts(self, rows: list[dict[str, Any]]) -> None:
         """Rows: contact_id, space_id, first_name, last_name, display_name, updated_at. Fill empty names only."""
@@ -381,6 +403,68 @@ class Tx:
 
     async def contact(self, contact_id: str) -> Contact | None:
         return await self.session.get(Contact, contact_id)
+
+    async def contacts(self, contact_ids: Iterable[str]) -> dict[str, Contact]:
+        ids = list(set(contact_ids))
+        if not ids:
+            return {}
+        rows = (await self.session.execute(select(Contact).where(Contact.contact_id.in_(ids)))).scalars().all()
+        return {c.contact_id: c for c in rows}
+
+    async def contact_for_update(self, space_id: str, contact_id: str, now: datetime) -> Contact | None:
+        """The contact's row, created empty when missing, locked; None when it belongs to another space."""
+        await self.session.execute(
+            pg_insert(Contact)
+            .values(
+                contact_id=contact_id,
+                space_id=space_id,
+                first_name="",
+                last_name="",
+                display_name="",
+                fields={},
+                fields_at={},
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[Contact.contact_id])
+        )
+        stmt = select(Contact).where(Contact.contact_id == contact_id).with_for_update()
+        contact = (await self.session.execute(stmt)).scalar_one()
+        return contact if contact.space_id == space_id else None
+
+    async def open_conversations_of_contact(self, space_id: str, contact_id: str) -> list[Conversation]:
+        stmt = (
+            select(Conversation)
+            .where(
+                Conversation.space_id == space_id, Conversation.contact_id == contact_id, Conversation.status == OPEN
+            )
+            .order_by(Conversation.id)
+            .with_for_update()
+        )
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    async def erase_contact(self, space_id: str, contact_id: str) -> int:
+        """Delete the contact's conversations (with their messages and assignments) and what this service
+        knows of the contact; the number of conversations deleted."""
+        deleted = await self.session.execute(
+            delete(Conversation).where(Conversation.space_id == space_id, Conversation.contact_id == contact_id)
+        )
+        await self.session.execute(
+            delete(ContactChannel).where(ContactChannel.space_id == space_id, ContactChannel.contact_id == contact_id)
+        )
+        await self.session.execute(
+            delete(Contact).where(Contact.space_id == space_id, Contact.contact_id == contact_id)
+        )
+        return int(deleted.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def repoint_contact(self, space_id: str, merged_id: str, survivor_id: str) -> None:
+        """Records of `merged_id` now belong to `survivor_id`."""
+        for model in (Conversation, Message, ContactChannel):
+            await self.session.execute(
+                update(model)
+                .where(model.space_id == space_id, model.contact_id == merged_id)
+                .values(contact_id=survivor_id)
+            )
+        await self.session.execute(delete(Contact).where(Contact.space_id == space_id, Contact.contact_id == merged_id))
 
     async def contact_channel(self, space_id: str, contact_id: str, channel_id: str) -> ContactChannel | None:
         stmt = (

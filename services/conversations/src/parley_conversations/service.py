@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +28,7 @@ from parley_conversations.domain import (
     RECEIPT_KINDS,
     SYSTEM,
     Actor,
+    ContactChange,
     ConversationAssigned,
     ConversationClosed,
     ConversationFilter,
@@ -91,15 +91,6 @@ PREVIEW = 200
 FRT_BUCKETS = ("<30s", "30s-2m", "2-5m", "5-10m", "10-30m", "30m-1h", ">1h")
 
 
-@dataclass(frozen=True)
-class StoredInbound:
-    """What one inbound event stored: its message, in which conversation, and whether it opened it."""
-
-    message_id: str
-    conversation_id: str
-    opened: bool
-
-
 @dataclass
 class IngestStats:
     stored: int = 0
@@ -108,10 +99,8 @@ class IngestStats:
     statuses: int = 0
     updates: int = 0
     unmatched: int = 0
-    # Per item given to apply_inbound (by id(item): a re-sent event may come twice in one batch): the message it
-    # stored, or (duplicate_items) that its message was already stored.
-    stored_items: dict[int, StoredInbound] = field(default_factory=dict)
-    duplicate_items: set[int] = field(default_factory=set)
+    # Per message-like event id: (conversation id, message id, opened the conversation, duplicate).
+    outcomes: dict[str, tuple[str | None, str | None, bool, bool]] = field(default_factory=dict)
 
 
 @dataclass
@@ -254,6 +243,8 @@ class ConversationsService:
             await tx.flush()
             if assignee_user_id or assignee_team_id:
                 self._assign(tx, conv, actor, assignee_user_id or None, assignee_team_id or None, now, None)
+            else:
+                await self._inherit_assignees(tx, [conv])
             tx.emit(ConversationOpened(actor, conv))
         return conv
 
@@ -402,8 +393,29 @@ class ConversationsService:
                 previous_id=old.id,
             )
             tx.add(conv)
+            await tx.flush()
+            await self._inherit_assignees(tx, [conv])
             tx.emit(ConversationReopened(actor, conv, old.id))
         return conv
+
+    async def _inherit_assignees(self, tx: Tx, convs: Sequence[Conversation]) -> None:
+        """A new conversation starts assigned to its contact's assignee (from the contacts service)."""
+        snapshots = await tx.contacts(c.contact_id for c in convs if c.assignee_user_id is None)
+        for conv in convs:
+            contact = snapshots.get(conv.contact_id)
+            if contact is None or (contact.assignee_user_id is None and contact.assignee_team_id is None):
+                continue
+            if conv.assignee_user_id is not None or conv.assignee_team_id is not None:
+                continue
+            self._assign(
+                tx,
+                conv,
+                Actor("service:contacts"),
+                contact.assignee_user_id,
+                contact.assignee_team_id,
+                conv.opened_at,
+                None,
+            )
 
     @staticmethod
     def _new_conversation(
@@ -814,19 +826,16 @@ class ConversationsService:
         tx: Tx,
         items: Sequence[InboundItem],
         contact_ids: dict[tuple[str, str, str], str],
-        item_scope: Callable[[InboundItem], AbstractContextManager[object]] | None = None,
+        reported: dict[tuple[str, str, str], datetime] | None = None,
     ) -> IngestStats:
         """Apply one batch of inbound events, in order, inside `tx`.
 
         `contact_ids` maps (space_id, channel_id, contact_external_id) to the contact id (resolved by
         the caller through the contacts service). Idempotent: a provider message already stored is skipped.
-        `item_scope(item)`, when given, is entered while the item's message is stored and its events emitted
-        (the ingest uses it to make the event's own trace current).
         """
-        scope = item_scope or (lambda _item: nullcontext())
         stats = IngestStats()
         now = self.clock()
-        await self._remember_contacts(tx, items, contact_ids, now)
+        await self._remember_contacts(tx, items, contact_ids, now, reported or {})
 
         def key_of(it: InboundItem) -> ContactKey:
             return (it.space_id, contact_ids[it.contact_key], it.channel_id)
@@ -839,7 +848,7 @@ class ConversationsService:
         for it, pair in zip(message_items, pairs, strict=True):
             if pair in seen:
                 stats.duplicates += 1
-                stats.duplicate_items.add(id(it))
+                stats.outcomes[it.event_id] = (None, None, False, True)
                 continue
             seen.add(pair)
             fresh.append(it)
@@ -880,31 +889,12 @@ class ConversationsService:
         if new_convs:
             tx.add(*new_convs)
             await tx.flush()
+            await self._inherit_assignees(tx, new_convs)
 
         new_by_pmid: dict[tuple[str, str], Message] = {}
         for it, conv, opened in plan:
-            with scope(it):
-                contact_actor = Actor(f"contact:{conv.contact_id}")
-                if opened:
-                    stats.opened += 1
-                    tx.emit(ConversationOpened(SYSTEM if it.kind == InboundKind.ECHO else contact_actor, conv))
-                reply_to = None
-                if it.target_provider_message_id:
-                    target = new_by_pmid.get((it.channel_id, it.target_provider_message_id)) or targets.get(
-                        (it.channel_id, it.target_provider_message_id)
-                    )
-                    reply_to = target.id if target is not None else None
-                msg = self._inbound_message(it, conv, reply_to, now)
-                tx.add(msg)
-                new_by_pmid[(it.channel_id, msg.provider_message_id or "")] = msg
-                stats.stored += 1
-                stats.stored_items[id(it)] = StoredInbound(msg.id, conv.id, opened)
-                if it.kind == InboundKind.ECHO:
-                    self._count_outgoing(conv, msg, now, human=False)
-                    tx.emit(MessageSent(SYSTEM, msg))
-                else:
-                    self._count_incoming(conv, msg)
-                    tx.emit(MessageReceived(contact_actor, msg, opened))
+            with tx.traced(it.trace):
+                self._apply_message(tx, it, conv, opened, targets, new_by_pmid, stats, now)
 
         # -- reactions, edits and deletions of stored messages ---------------------------------------
         for it in items:
@@ -918,7 +908,8 @@ class ConversationsService:
             change = self._apply_change(it, target)
             if change:
                 stats.updates += 1
-                tx.emit(MessageUpdated(Actor(f"contact:{target.contact_id}"), target, change))
+                with tx.traced(it.trace):
+                    tx.emit(MessageUpdated(Actor(f"contact:{target.contact_id}"), target, change))
 
         # -- delivery and read receipts, provider statuses -------------------------------------------
         receipts = [it for it in items if it.kind in RECEIPT_KINDS and it.receipt is not None]
@@ -926,8 +917,47 @@ class ConversationsService:
             await self._apply_receipts(tx, receipts, contact_ids, new_by_pmid, stats, now)
         return stats
 
+    def _apply_message(
+        self,
+        tx: Tx,
+        it: InboundItem,
+        conv: Conversation,
+        opened: bool,
+        targets: dict[tuple[str, str], Message],
+        new_by_pmid: dict[tuple[str, str], Message],
+        stats: IngestStats,
+        now: datetime,
+    ) -> None:
+        """Store one message, postback or echo in `conv` (opened for it when `opened`)."""
+        contact_actor = Actor(f"contact:{conv.contact_id}")
+        if opened:
+            stats.opened += 1
+            tx.emit(ConversationOpened(SYSTEM if it.kind == InboundKind.ECHO else contact_actor, conv))
+        reply_to = None
+        if it.target_provider_message_id:
+            target = new_by_pmid.get((it.channel_id, it.target_provider_message_id)) or targets.get(
+                (it.channel_id, it.target_provider_message_id)
+            )
+            reply_to = target.id if target is not None else None
+        msg = self._inbound_message(it, conv, reply_to, now)
+        tx.add(msg)
+        new_by_pmid[(it.channel_id, msg.provider_message_id or "")] = msg
+        stats.stored += 1
+        stats.outcomes[it.event_id] = (conv.id, msg.id, opened, False)
+        if it.kind == InboundKind.ECHO:
+            self._count_outgoing(conv, msg, now, human=False)
+            tx.emit(MessageSent(SYSTEM, msg))
+        else:
+            self._count_incoming(conv, msg)
+            tx.emit(MessageReceived(contact_actor, msg, opened))
+
     async def _remember_contacts(
-        self, tx: Tx, items: Sequence[InboundItem], contact_ids: dict[tuple[str, str, str], str], now: datetime
+        self,
+        tx: Tx,
+        items: Sequence[InboundItem],
+        contact_ids: dict[tuple[str, str, str], str],
+        now: datetime,
+        reported: dict[tuple[str, str, str], datetime],
     ) -> None:
         identities: dict[tuple[str, str], dict[str, Any]] = {}
         profiles: dict[str, dict[str, Any]] = {}
@@ -944,18 +974,19 @@ class ConversationsService:
                     "contact_id": contact_id,
                     "channel_type": it.channel_type,
                     "last_inbound_at": None,
+                    "interaction_reported_at": reported.get(it.contact_key),
                 },
             )
             if it.kind in CONTACT_ACTIVITY_KINDS:
                 row["last_inbound_at"] = _later(row["last_inbound_at"], it.occurred_at)
             p = it.profile
             if contact_id not in profiles and (p.first_name or p.last_name or p.display_name):
-                profiles[contact_id] = {
+                profiles[contact_id] = {  # hints, cut to the columns' sizes
                     "contact_id": contact_id,
                     "space_id": it.space_id,
-                    "first_name": p.first_name,
-                    "last_name": p.last_name,
-                    "display_name": p.display_name or " ".join(x for x in (p.first_name, p.last_name) if x),
+                    "first_name": p.first_name[:200],
+                    "last_name": p.last_name[:200],
+                    "display_name": (p.display_name or " ".join(x for x in (p.first_name, p.last_name) if x))[:400],
                     "fields": {},
                     "updated_at": now,
                 }
@@ -1067,7 +1098,8 @@ class ConversationsService:
                     )
                     stats.unmatched += 1
                     continue
-                self._advance(tx, msg, status, it.occurred_at, receipt.error_code, receipt.error_message, stats)
+                with tx.traced(it.trace):
+                    self._advance(tx, msg, status, it.occurred_at, receipt.error_code, receipt.error_message, stats)
             if receipt.watermark is not None:
                 await tx.raise_watermark(
                     it.channel_id, it.contact_external_id, read=status == DeliveryStatus.READ, at=receipt.watermark
@@ -1080,7 +1112,8 @@ class ConversationsService:
                 below = [s.value for s in DeliveryStatus if STATUS_RANK[s] < STATUS_RANK[DeliveryStatus(status)]]
                 below = [s for s in below if s not in (DeliveryStatus.QUEUED, DeliveryStatus.FAILED)]
                 for msg in await tx.outbound_up_to(it.channel_id, contact_id, receipt.watermark, below):
-                    self._advance(tx, msg, status, it.occurred_at, "", "", stats)
+                    with tx.traced(it.trace):
+                        self._advance(tx, msg, status, it.occurred_at, "", "", stats)
         await tx.add_pending_receipts(pending)
 
     @staticmethod
@@ -1158,6 +1191,86 @@ class ConversationsService:
                             changed |= self._advance(tx, msg, status, mark, "", "")
                             break
             return changed
+
+
+class ContactFollower:
+    """Keeps conversations in step with the contacts service's events: the contact's assignee is the
+    assignee of the contact's open conversations (and of new ones); names and custom field values feed
+    shortcuts; an erased contact's conversations are erased; a merged contact's are re-pointed."""
+
+    def __init__(self, service: ConversationsService) -> None:
+        self.service = service
+
+    async def changed(self, change: ContactChange) -> int:
+        """Apply a created/updated/field/assigned event; the number of conversations re-assigned."""
+        svc = self.service
+        now = svc.clock()
+        reassigned = 0
+        async with svc.repo.transaction() as tx:
+            contact = await tx.contact_for_update(change.space_id, change.contact_id, now)
+            if contact is None:
+                return 0
+            at = change.occurred_at
+            names = change.first_name is not None or change.last_name is not None
+            if names and (contact.names_at is None or at >= contact.names_at):
+                if change.first_name is not None:
+                    contact.first_name = change.first_name[:200]
+                if change.last_name is not None:
+                    contact.last_name = change.last_name[:200]
+                contact.display_name = " ".join(x for x in (contact.first_name, contact.last_name) if x)[:400]
+                contact.names_at = at
+            if change.fields:
+                fields, stamps = dict(contact.fields or {}), dict(contact.fields_at or {})
+                for key, value in change.fields.items():
+                    seen = stamps.get(key)
+                    if seen is not None and datetime.fromisoformat(seen) > at:
+                        continue
+                    if value:
+                        fields[key] = value
+                    else:
+                        fields.pop(key, None)
+                    stamps[key] = at.isoformat()
+                contact.fields, contact.fields_at = fields, stamps
+            if change.assignee is not None and (contact.assignee_at is None or at >= contact.assignee_at):
+                user_id, team_id = (change.assignee[0] or None), (change.assignee[1] or None)
+                contact.assignee_user_id, contact.assignee_team_id, contact.assignee_at = user_id, team_id, at
+                actor = Actor(change.actor or "service:contacts")
+                for conv in await tx.open_conversations_of_contact(change.space_id, change.contact_id):
+                    if (conv.assignee_user_id, conv.assignee_team_id) == (user_id, team_id):
+                        continue
+                    previous = (conv.assignee_user_id, conv.assignee_team_id)
+                    current = await tx.current_assignment(conv.id)
+                    if user_id is None and team_id is None:
+                        if current is not None:
+                            current.ended_at, current.ended_by = now, actor.subject
+                        conv.assignee_user_id = conv.assignee_team_id = None
+                        conv.assigned_at = None
+                    else:
+                        svc._assign(tx, conv, actor, user_id, team_id, now, current)
+                    tx.emit(ConversationAssigned(actor, conv, *previous))
+                    reassigned += 1
+            contact.updated_at = now
+        return reassigned
+
+    async def erased(self, space_id: str, contact_ids: Sequence[str]) -> int:
+        async with self.service.repo.transaction() as tx:
+            return sum([await tx.erase_contact(space_id, cid) for cid in contact_ids])
+
+    async def merged(self, space_id: str, merged_id: str, survivor: ContactChange) -> None:
+        """Re-point the merged contact's records to the survivor; where both have an open conversation on
+        one channel, the merged one's is closed first (one open conversation per contact and channel)."""
+        svc = self.service
+        now = svc.clock()
+        actor = Actor(survivor.actor or "service:contacts")
+        async with svc.repo.transaction() as tx:
+            kept = {c.channel_id for c in await tx.open_conversations_of_contact(space_id, survivor.contact_id)}
+            for conv in await tx.open_conversations_of_contact(space_id, merged_id):
+                if conv.channel_id in kept:
+                    svc._close(conv, actor, now, None, f"Contact merged into {survivor.contact_id}")
+                    tx.emit(ConversationClosed(actor, conv))
+            await tx.flush()
+            await tx.repoint_contact(space_id, merged_id, survivor.contact_id)
+        await self.changed(survivor)
 
 
 def _pmid(it: InboundItem) -> str:
