@@ -423,9 +423,11 @@ def time_breakdown(
             f"{h_mean * 1000:.1f} ms"
         )
     u_mean, u_n = mean(contacts, b_contacts, "parley_rpc_duration_seconds", 'method="UpsertByIdentity"')
-    lines.append(
-        f"  contacts: UpsertByIdentity mean {u_mean * 1000:.2f} ms ({u_n:.0f} calls, one per contact per batch)"
-    )
+    if u_n:
+        lines.append(f"  contacts: UpsertByIdentity mean {u_mean * 1000:.2f} ms ({u_n:.0f} calls)")
+    else:
+        lines.append("  contacts: no UpsertByIdentity calls (known contacts: conversations reports an interaction at "
+                     "most once a minute)")  # fmt: skip
     t_mean, t_n = mean(conv, b_conv, "parley_conversations_time_to_visibility_seconds")
     lines.append(f"  server-side time to visibility (received_at -> commit) mean {t_mean * 1000:.1f} ms ({t_n:.0f})")
     return lines
