@@ -47,7 +47,10 @@ def simulate(exporter: InMemorySpanExporter, console: io.StringIO, *, break_nats
         "process channel_gateway.inbound.07", context=telemetry.extract(nats_headers), kind=SpanKind.CONSUMER
     ):
         metadata: dict[str, str] = {}
-        telemetry.inject(metadata)
+        with conversations.start_as_current_span(
+            "parley.contacts.v1.ContactsService/UpsertByIdentity", kind=SpanKind.CLIENT
+        ):
+            telemetry.inject(metadata)
         with contacts.start_as_current_span(
             "parley.contacts.v1.ContactsService/UpsertByIdentity",
             context=telemetry.extract(metadata),
@@ -63,15 +66,15 @@ def simulate(exporter: InMemorySpanExporter, console: io.StringIO, *, break_nats
             "publish channel_gateway.outbound.requested", context=telemetry.extract(outbox_row), kind=SpanKind.PRODUCER
         ):
             telemetry.inject(outbound_headers)
-        with (
-            worker.start_as_current_span(
-                "process channel_gateway.outbound.requested",
-                context=telemetry.extract(outbound_headers),
-                kind=SpanKind.CONSUMER,
-            ),
-            worker.start_as_current_span("send whatsapp", kind=SpanKind.CLIENT),
+        with worker.start_as_current_span(
+            "process channel_gateway.outbound.requested",
+            context=telemetry.extract(outbound_headers),
+            kind=SpanKind.CONSUMER,
         ):
-            pass
+            with worker.start_as_current_span("send whatsapp", kind=SpanKind.CLIENT):
+                pass
+            with worker.start_as_current_span("publish channel_gateway.outbound.status", kind=SpanKind.PRODUCER):
+                pass
     finally:
         otel_context.detach(token)
 

@@ -1,12 +1,13 @@
 """The inbound-to-provider trace of docs/telemetry.md, as data, and a checker for captured spans.
 
     from parley_deploy import traces
-    spans = traces.from_otel(in_memory_exporter.get_finished_spans())    # or from_json_lines(file text)
+    spans = traces.from_otel(in_memory_exporter.get_finished_spans())    # or from_json_lines(console output)
+    spans = traces.from_span_file(path.read_text())                      # PARLEY_TRACE_FILE of running processes
     traces.assert_edges(spans, traces.INBOUND_TO_PROVIDER)               # raises AssertionError
 
 An edge says which span must be the parent (direct) or an ancestor of which, all in one trace. The
-end-to-end test of the running platform captures every process's spans (ConsoleSpanExporter output
-or an in-memory exporter via the kit's `configure_tracing(extra_processor=...)`) and checks these.
+end-to-end test of the running platform (tests/integration/test_trace.py) has every process append its
+spans to one file (the kit's PARLEY_TRACE_FILE) and checks INBOUND_TO_PROVIDER and AGENT_REPLY_TO_PROVIDER.
 """
 
 from __future__ import annotations
@@ -47,11 +48,14 @@ STEPS = {
         Step("webhook", r"POST /webhooks/.+", "SERVER"),
         Step("publish_inbound", r"publish channel_gateway\.inbound(\.[a-z0-9_]+)*", "PRODUCER"),
         Step("process_inbound", r"process channel_gateway\.inbound(\.[a-z0-9_]+)*", "CONSUMER"),
+        Step("upsert_contact_call", r"parley\.contacts\.v1\.ContactsService/UpsertByIdentity", "CLIENT"),
         Step("upsert_contact", r"parley\.contacts\.v1\.ContactsService/UpsertByIdentity", "SERVER"),
         Step("store_message", r"store message", "INTERNAL"),
         Step("publish_outbound", r"publish channel_gateway\.outbound\.requested", "PRODUCER"),
         Step("process_outbound", r"process channel_gateway\.outbound\.requested", "CONSUMER"),
         Step("provider_call", r"send (messenger|instagram|whatsapp|telegram|custom)", "CLIENT"),
+        Step("publish_status", r"publish channel_gateway\.outbound\.status", "PRODUCER"),
+        Step("send_message_rpc", r"parley\.conversations\.v1\.ConversationsService/SendMessage", "SERVER"),
     )
 }
 
@@ -59,11 +63,21 @@ STEPS = {
 INBOUND_TO_PROVIDER = (
     Edge("publish_inbound", "webhook", direct=True),
     Edge("process_inbound", "publish_inbound", direct=True),
-    Edge("upsert_contact", "process_inbound", direct=False),
-    Edge("store_message", "process_inbound", direct=False),
+    Edge("upsert_contact_call", "process_inbound", direct=True),
+    Edge("upsert_contact", "upsert_contact_call", direct=True),
+    Edge("store_message", "process_inbound", direct=True),
     Edge("publish_outbound", "process_inbound", direct=False),
     Edge("process_outbound", "publish_outbound", direct=True),
-    Edge("provider_call", "process_outbound", direct=False),
+    Edge("provider_call", "process_outbound", direct=True),
+    Edge("publish_status", "process_outbound", direct=False),
+)
+
+# An agent's reply starts its own trace at its RPC and follows the same path from the outbound publish.
+AGENT_REPLY_TO_PROVIDER = (
+    Edge("publish_outbound", "send_message_rpc", direct=False),
+    Edge("process_outbound", "publish_outbound", direct=True),
+    Edge("provider_call", "process_outbound", direct=True),
+    Edge("publish_status", "process_outbound", direct=False),
 )
 
 
@@ -108,6 +122,26 @@ def from_json_lines(text: str) -> list[SpanRecord]:
                 service=obj.get("resource", {}).get("attributes", {}).get("service.name", ""),
             )
         )
+
+
+def from_span_file(text: str) -> list[SpanRecord]:
+    """Records from the kit's PARLEY_TRACE_FILE (`telemetry.SpanFileExporter`: one JSON object per line)."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        obj = json.loads(line)
+        out.append(
+            SpanRecord(
+                name=obj["name"],
+                kind=obj["kind"],
+                trace_id=obj["trace_id"],
+                span_id=obj["span_id"],
+                parent_id=obj["parent_id"],
+                service=obj.get("service", ""),
+            )
+        )
+    return out
 
 
 def _matches(span: SpanRecord, step: Step) -> bool:

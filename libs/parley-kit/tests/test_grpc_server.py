@@ -1,4 +1,5 @@
-"""The server interceptor: authentication, error mapping, caller context, health and RED metrics."""
+"""The server interceptor: authentication, error mapping, caller context, health and RED metrics; the client's
+span and the server's as its child."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 from parley_kit import errors, metrics
 from parley_kit.auth import SigningKey, TokenIssuer, TokenVerifier, current_caller, jwks
 from parley_kit.grpc_client import create_channel
 from parley_kit.grpc_server import GrpcServer, JwtAuthenticator
 from parley_kit.permissions import Permission
+from parley_kit.telemetry import configure_tracing
 
 # A tiny service built from generic handlers, reusing health messages as payloads:
 # the request's `service` field carries the space the caller wants to touch.
@@ -128,3 +135,39 @@ async def test_client_without_retries_still_calls(target: str, key: SigningKey) 
             "/test.Spaces/Touch", request_serializer=Req.SerializeToString, response_deserializer=Resp.FromString
         )
         assert (await rpc(Req(service="A"))).status == Resp.SERVING
+
+
+@pytest.fixture(scope="module")
+def exporter() -> InMemorySpanExporter:
+    configure_tracing("parley-kit-tests")
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider), "tracing is disabled (OTEL_SDK_DISABLED?)"
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+async def test_a_client_call_opens_a_client_span_that_parents_the_server_span(
+    target: str, key: SigningKey, exporter: InMemorySpanExporter
+) -> None:
+    exporter.clear()
+    token = TokenIssuer(key).issue(space_id="A", role="owner")
+    with trace.get_tracer("test").start_as_current_span("caller") as caller:
+        await call(target, "A", token)
+        assert (await code_of(target, "missing", token))[0] == grpc.StatusCode.NOT_FOUND
+    spans = exporter.get_finished_spans()
+    clients = [s for s in spans if s.kind == SpanKind.CLIENT]
+    servers = [s for s in spans if s.kind == SpanKind.SERVER]
+    assert [s.name for s in clients] == ["test.Spaces/Touch"] * 2
+    assert [s.name for s in servers] == ["test.Spaces/Touch"] * 2
+    for client, server in zip(clients, servers, strict=True):
+        assert client.parent is not None and client.parent.span_id == caller.get_span_context().span_id
+        assert server.parent is not None and server.parent.span_id == client.context.span_id
+        assert server.context.trace_id == caller.get_span_context().trace_id
+        assert client.attributes["rpc.service"] == "test.Spaces"
+        assert client.attributes["rpc.method"] == "Touch"
+        assert client.attributes["server.address"] == "127.0.0.1"
+    assert [c.attributes["rpc.grpc.status_code"] for c in clients] == [0, grpc.StatusCode.NOT_FOUND.value[0]]
+    assert clients[0].status.status_code == StatusCode.UNSET
+    assert clients[1].status.status_code == StatusCode.ERROR
+    assert clients[1].attributes["error.type"] == "NOT_FOUND"

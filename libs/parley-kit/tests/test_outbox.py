@@ -16,10 +16,11 @@ import pytest
 from nats.js import JetStreamContext
 from opentelemetry import trace
 from parley.channel_gateway.v1.events_pb2 import TextPart
+from parley_kit import telemetry
 from parley_kit.db import create_engine, new_metadata, session_factory, transaction
 from parley_kit.nats import Publisher, StreamSpec, provision
 from parley_kit.nats import headers as h
-from parley_kit.outbox import OutboxRelay, enqueue, outbox_table
+from parley_kit.outbox import OutboxRelay, enqueue, enqueue_many, outbox_table
 from parley_kit.telemetry import configure_tracing
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
@@ -108,6 +109,36 @@ async def test_committed_event_is_relayed_with_its_trace_and_a_rolled_back_one_n
     assert message.headers[h.MSG_ID] == f"{service}-kept"
     assert message.headers[h.EVENT_TYPE] == "parley.channel_gateway.v1.TextPart"
     assert message.headers[h.TRACEPARENT].split("-")[1] == f"{request.get_span_context().trace_id:032x}"
+
+
+async def test_a_batch_keeps_each_event_s_own_trace_context(
+    js: JetStreamContext, sessions: async_sessionmaker[AsyncSession], service: str
+) -> None:
+    configure_tracing("parley-kit-tests")
+    tracer = trace.get_tracer("test")
+    subject = f"{service}.message.received"
+    with tracer.start_as_current_span("event a") as a:
+        carrier_a = telemetry.inject({})
+    with tracer.start_as_current_span("batch") as batch:
+        async with transaction(sessions) as session:
+            await enqueue_many(
+                session,
+                [
+                    (subject, TextPart(text="a"), f"{service}-a", carrier_a),
+                    (subject, TextPart(text="batch"), f"{service}-batch"),
+                ],
+            )
+    async with running(OutboxRelay(sessions, OUTBOX, Publisher(js, service), service, poll_interval=0.05)):
+        await eventually(lambda: stored(js, service), lambda n: n == 2)
+    traces = {}
+    for seq in (1, 2):
+        message = await js.get_msg(service.upper(), seq)
+        assert message.headers is not None
+        traces[message.headers[h.MSG_ID]] = message.headers[h.TRACEPARENT].split("-")[1]
+    assert traces == {
+        f"{service}-a": f"{a.get_span_context().trace_id:032x}",
+        f"{service}-batch": f"{batch.get_span_context().trace_id:032x}",
+    }
 
 
 async def test_enqueueing_the_same_msg_id_twice_stores_one_row(

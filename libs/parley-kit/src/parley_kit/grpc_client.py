@@ -2,6 +2,10 @@
 
 Retries are gRPC's own (a service config retry policy), so they apply per attempt with
 exponential backoff and never retry a call whose deadline has passed.
+
+Every unary call runs in a CLIENT span named after the full method without its leading slash
+(`parley.contacts.v1.ContactsService/UpsertByIdentity`, as the server's span), whose
+`traceparent` goes out in the metadata: the server's span is its child.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from parley_kit import telemetry
+
+_tracer = telemetry.tracer("parley.grpc.client")
 
 
 def _service_config(max_attempts: int) -> str:
@@ -40,9 +47,10 @@ def _service_config(max_attempts: int) -> str:
 class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
     """Adds `authorization` and `traceparent` metadata and a default deadline."""
 
-    def __init__(self, token: Callable[[], str] | None, timeout: float) -> None:
+    def __init__(self, token: Callable[[], str] | None, timeout: float, target: str = "") -> None:
         self._token = token
         self._timeout = timeout
+        self._server_address = target.rsplit(":", 1)[0] if ":" in target else target
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(tuple(details.metadata or ())))
@@ -63,7 +71,24 @@ class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStr
         )
 
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
+        method = client_call_details.method
+        method = (method.decode() if isinstance(method, bytes) else str(method)).lstrip("/")
+        service, _, name = method.rpartition("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        if self._server_address:
+            attributes["server.address"] = self._server_address
+        with _tracer.start_as_current_span(method, kind=SpanKind.CLIENT, attributes=attributes) as span:
+            call = await continuation(self._details(client_call_details), request)  # traceparent: this span
+            code = grpc.StatusCode.OK
+            try:
+                await call
+            except grpc.aio.AioRpcError as exc:  # the caller gets it when it awaits the call
+                code = exc.code()
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code != grpc.StatusCode.OK:
+                span.set_status(Status(StatusCode.ERROR, code.name))
+                span.set_attribute("error.type", code.name)
+            return call
 
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._details(client_call_details), request)
@@ -81,5 +106,5 @@ def create_channel(
     return grpc.aio.insecure_channel(
         target,
         options=[("grpc.service_config", _service_config(max_attempts)), ("grpc.enable_retries", 1)],
-        interceptors=[_ClientInterceptor(token_fn, timeout)],
+        interceptors=[_ClientInterceptor(token_fn, timeout, target)],
     )

@@ -140,12 +140,24 @@ class OutboundHandler:
             if blocked is not None:
                 failures[delivery] = TransientError(f"an earlier message to this contact waits: {blocked}")
                 continue
-            attributes = {"parley.request_id": message.request_id, "parley.channel_id": message.channel_id}
+            attributes = {
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": delivery.subject,
+                "messaging.consumer.group.name": OUTBOUND_DURABLE,
+                "messaging.message.id": delivery.msg_id,
+                "messaging.message.delivery_count": delivery.num_delivered,
+                "parley.request_id": message.request_id,
+                "parley.channel_id": message.channel_id,
+            }
             try:
                 # A child of the requester's trace (its traceparent came in the message headers), so one trace
-                # runs from the request to the provider call and the status event.
+                # runs from the request through the provider call (`send <provider>`) to the status event.
                 with _tracer.start_as_current_span(
-                    "send outbound message", context=delivery.trace_context, kind=SpanKind.CLIENT, attributes=attributes
+                    f"process {delivery.subject}",
+                    context=delivery.trace_context,
+                    kind=SpanKind.CONSUMER,
+                    attributes=attributes,
                 ) as span:
                     outcome = await self.sender.send(message)
                     span.set_attribute("parley.send.status", outcome.status)

@@ -3,7 +3,8 @@
 Reads PARLEY_HTTP_PORT (default 8080), PARLEY_CHANNEL_GATEWAY_HTTP_WORKERS and _HTTP_THREADS. Threaded
 workers (gthread): every request thread hands its publishes to the worker's one asyncio loop thread, so
 many webhooks wait for their JetStream acks at once. Prometheus metrics are aggregated across workers
-through PROMETHEUS_MULTIPROC_DIR.
+through PROMETHEUS_MULTIPROC_DIR, and served summed on PARLEY_METRICS_PORT by the master (where every other
+process serves them, and where the chart's scrape config looks) as well as on the HTTP port's /metrics.
 """
 
 from __future__ import annotations
@@ -39,6 +40,44 @@ accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 proc_name = "parley-channel-gateway-web"
+
+
+def when_ready(server: Any) -> None:
+    """In the master, once it listens: /metrics on PARLEY_METRICS_PORT (0: off), the workers' metrics summed, plus
+    the CPU time and resident memory of the master and its workers together (what every other process exports
+    for itself, and what the RED dashboard's saturation panels read)."""
+    if _settings.metrics_port:
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        registry.register(_ProcessTreeCollector(server))
+        start_http_server(_settings.metrics_port, registry=registry)
+
+
+class _ProcessTreeCollector:
+    """process_cpu_seconds_total and process_resident_memory_bytes of the gunicorn master and its live workers."""
+
+    def __init__(self, arbiter: Any) -> None:
+        self._arbiter = arbiter
+
+    def collect(self) -> Any:
+        from prometheus_client import ProcessCollector
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        totals = {"process_cpu_seconds": 0.0, "process_resident_memory_bytes": 0.0}
+        for pid in [os.getpid(), *list(self._arbiter.WORKERS)]:
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+                if family.name in totals and family.samples:
+                    totals[family.name] += family.samples[0].value
+        yield CounterMetricFamily(
+            "process_cpu_seconds", "Total user and system CPU time of the master and workers in seconds.",
+            value=totals["process_cpu_seconds"],
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "process_resident_memory_bytes", "Resident memory of the master and workers in bytes.",
+            value=totals["process_resident_memory_bytes"],
+        )  # fmt: skip
 
 
 def post_fork(server: Any, worker: Any) -> None:

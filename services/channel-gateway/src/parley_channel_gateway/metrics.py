@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 INBOUND_EVENTS = Counter(
     "parley_channel_gateway_inbound_events_total",
@@ -21,8 +21,16 @@ WEBHOOK_REJECTED = Counter(
 )
 OUTBOUND_SENDS = Counter(
     "parley_channel_gateway_outbound_sends_total",
-    "Send requests finished, by channel type and final status (sent, failed)",
-    ["channel_type", "status"],
+    "Send requests finished, by provider and final status: sent (provider accepted), failed (provider refused, or "
+    "retries exhausted), rejected (refused by Parley's rules before calling the provider)",
+    ["provider", "status"],
+)
+PROVIDER_REQUEST_DURATION = Histogram(
+    "parley_channel_gateway_provider_request_duration_seconds",
+    "Every HTTP call to a provider API, by provider and outcome (ok, rate_limited, client_error, server_error, "
+    "network_error)",
+    ["provider", "outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 PROVIDER_RETRIES = Counter(
     "parley_channel_gateway_provider_retries_total",

@@ -1,20 +1,27 @@
 """Provider send APIs over httpx: Messenger/Instagram Send API, WhatsApp Cloud API, Telegram Bot API, and
 custom channels' signed webhooks. Building each provider's request is pure; errors are classified into
 retryable (timeouts, 5xx, rate limits, with the provider's wait when it gives one) and permanent ones.
+
+Every HTTP call runs in a CLIENT span (`send <provider>` for message sends) and is timed in
+`parley_channel_gateway_provider_request_duration_seconds{provider, outcome}`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from parley_kit import telemetry
 
-from parley_channel_gateway import window
+from parley_channel_gateway import metrics, window
 from parley_channel_gateway.inbound.signatures import CUSTOM_HEADER, sign_custom
 
 # -- what to send ---------------------------------------------------------------------------------------------
@@ -89,12 +96,23 @@ class ProviderError(Exception):
     said how long). Otherwise permanent: the send is recorded failed with `code` and `message`.
     """
 
-    def __init__(self, code: str, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        rate_limited: bool = False,
+        status: int | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+        self.rate_limited = rate_limited  # HTTP 429 or the provider's rate-limit error codes
+        self.status = status  # the HTTP status, when the provider answered
 
 
 class InvalidContent(ProviderError):
@@ -149,7 +167,15 @@ def graph_error(response: httpx.Response) -> ProviderError:
     retry_after = retry_after_header(response.headers.get("Retry-After"))
     code_str = str(code) if code is not None else f"http_{response.status_code}"
     retryable = response.status_code >= 500 or response.status_code == 429 or code in GRAPH_RETRYABLE
-    return ProviderError(code_str, message, retryable=retryable, retry_after=retry_after)
+    rate_limited = response.status_code == 429 or code in GRAPH_RATE_LIMITS
+    return ProviderError(
+        code_str,
+        message,
+        retryable=retryable,
+        retry_after=retry_after,
+        rate_limited=rate_limited,
+        status=response.status_code,
+    )
 
 
 def telegram_error(response: httpx.Response) -> ProviderError:
@@ -162,7 +188,15 @@ def telegram_error(response: httpx.Response) -> ProviderError:
         retry_after = float(params["retry_after"])
     retry_after = retry_after if retry_after is not None else retry_after_header(response.headers.get("Retry-After"))
     retryable = code == 429 or (isinstance(code, int) and code >= 500) or response.status_code >= 500
-    return ProviderError(str(code), message, retryable=retryable, retry_after=retry_after)
+    rate_limited = code == 429 or response.status_code == 429
+    return ProviderError(
+        str(code),
+        message,
+        retryable=retryable,
+        retry_after=retry_after,
+        rate_limited=rate_limited,
+        status=response.status_code,
+    )
 
 
 # -- request builders (pure) ------------------------------------------------------------------------------------
@@ -337,6 +371,26 @@ def custom_payload(msg: OutboundMessage) -> dict[str, Any]:
 
 # -- the HTTP client ---------------------------------------------------------------------------------------------
 
+_tracer = telemetry.tracer("parley_channel_gateway.providers")
+
+
+@dataclass
+class _Call:
+    status: int | None = None  # the provider's HTTP status, once it answered
+
+
+def _outcome(status: int | None, exc: ProviderError | None) -> str:
+    """The provider-request outcome label: ok, rate_limited, client_error, server_error, network_error."""
+    if (exc is not None and exc.rate_limited) or status == 429:
+        return "rate_limited"
+    if status is None:
+        return "network_error" if exc is not None else "ok"
+    if status >= 500:
+        return "server_error"
+    if status >= 400 or exc is not None:
+        return "client_error"
+    return "ok"
+
 
 @dataclass
 class Providers:
@@ -356,32 +410,71 @@ class Providers:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def send(self, target: Target, msg: OutboundMessage, now: datetime) -> str:
-        """Send `msg`; returns the provider's message id. Raises WindowClosed or ProviderError."""
+    async def send(self, target: Target, msg: OutboundMessage, now: datetime, *, attempt: int | None = None) -> str:
+        """Send `msg`; returns the provider's message id. Raises WindowClosed or ProviderError. `attempt` (1, 2,
+        ...) goes on the call's span."""
         if target.type in ("messenger", "instagram"):
             delivery = window.meta_delivery(target.type, msg.tag, msg.contact_last_inbound_at, now)
             body = meta_request(target, msg, delivery)
             # Messenger: the Page's /messages. Instagram (Facebook Login): /me/messages with the Page token
             # linked to the account (the account id is not a node that takes messages).
             path = f"/{target.external_id}/messages" if target.type == "messenger" else "/me/messages"
-            data = await self._graph(path, target.access_token, body)
+            data = await self._graph(target.type, path, target.access_token, body, attempt)
             return str(data.get("message_id") or "")
         if target.type == "whatsapp":
             window.whatsapp_allows(msg.template is not None, msg.contact_last_inbound_at, now)
-            data = await self._graph(f"/{target.external_id}/messages", target.access_token, whatsapp_request(msg))
+            body = whatsapp_request(msg)
+            data = await self._graph("whatsapp", f"/{target.external_id}/messages", target.access_token, body, attempt)
             messages = data.get("messages")
             first = messages[0] if isinstance(messages, list) and messages and isinstance(messages[0], dict) else {}
             return str(first.get("id") or "")
         if target.type == "telegram":
             method, body = telegram_request(msg)
-            result = await self.telegram(target.access_token, method, body)
+            result = await self.telegram(target.access_token, method, body, span_name="send telegram", attempt=attempt)
             chat = result.get("chat") if isinstance(result.get("chat"), dict) else {}
             return f"{chat.get('id', msg.contact_external_id)}:{result.get('message_id', '')}"
         if target.type == "custom":
-            return await self._custom(target, msg)
+            return await self._custom(target, msg, attempt)
         raise InvalidContent(f"unknown channel type {target.type!r}")
 
-    async def _graph(self, path: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def _observed(self, provider: str, url: str, span_name: str = "", attempt: int | None = None) -> Iterator[_Call]:
+        """A provider HTTP call: its CLIENT span and its duration by outcome. The block sets `call.status` from
+        the answer; a ProviderError it raises gives the outcome (no status: network_error)."""
+        call = _Call()
+        attributes = {
+            "parley.provider": provider,
+            "http.request.method": "POST",
+            "server.address": httpx.URL(url).host,
+        }
+        if attempt is not None:
+            attributes["parley.attempt"] = attempt
+        started = time.perf_counter()
+        with _tracer.start_as_current_span(
+            span_name or f"send {provider}", kind=SpanKind.CLIENT, attributes=attributes, record_exception=False
+        ) as span:
+            outcome = "ok"
+            try:
+                yield call
+            except ProviderError as exc:
+                status = exc.status if exc.status is not None else call.status
+                outcome = _outcome(status, exc)
+                span.set_status(Status(StatusCode.ERROR, exc.code))
+                span.set_attribute("error.type", exc.code)
+                raise
+            finally:
+                if call.status is not None:
+                    span.set_attribute("http.response.status_code", call.status)
+                span.set_attribute("parley.outcome", outcome)
+                metrics.PROVIDER_REQUEST_DURATION.labels(provider, outcome).observe(time.perf_counter() - started)
+
+    async def _graph(
+        self, provider: str, path: str, token: str, body: dict[str, Any], attempt: int | None = None
+    ) -> dict[str, Any]:
+        with self._observed(provider, self.graph_api_url, attempt=attempt) as call:
+            return await self._graph_call(call, path, token, body)
+
+    async def _graph_call(self, call: _Call, path: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             response = await self.http.post(
                 self.graph_api_url + path, json=body, headers={"Authorization": f"Bearer {token}"}
@@ -390,12 +483,19 @@ class Providers:
             raise ProviderError("timeout", f"the Graph API did not answer in time ({exc})", retryable=True) from exc
         except httpx.HTTPError as exc:
             raise ProviderError("unreachable", f"cannot reach the Graph API: {exc}", retryable=True) from exc
+        call.status = response.status_code
         if response.status_code >= 300:
             raise graph_error(response)
         return _json(response)
 
-    async def telegram(self, bot_token: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def telegram(
+        self, bot_token: str, method: str, body: dict[str, Any], *, span_name: str = "", attempt: int | None = None
+    ) -> dict[str, Any]:
         """Call a Bot API method; returns its `result` (a dict, or {"value": result} for plain results)."""
+        with self._observed("telegram", self.telegram_api_url, span_name or f"telegram {method}", attempt) as call:
+            return await self._telegram_call(call, bot_token, method, body)
+
+    async def _telegram_call(self, call: _Call, bot_token: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.telegram_api_url}/bot{bot_token}/{method}"
         try:
             response = await self.http.post(url, json=body)
@@ -406,13 +506,18 @@ class Providers:
             raise ProviderError(
                 "unreachable", f"cannot reach the Telegram API ({type(exc).__name__})", retryable=True
             ) from None
+        call.status = response.status_code
         data = _json(response)
         if response.status_code >= 300 or not data.get("ok"):
             raise telegram_error(response)
         result = data.get("result")
         return result if isinstance(result, dict) else {"value": result}
 
-    async def _custom(self, target: Target, msg: OutboundMessage) -> str:
+    async def _custom(self, target: Target, msg: OutboundMessage, attempt: int | None = None) -> str:
+        with self._observed("custom", target.webhook_url, attempt=attempt) as call:
+            return await self._custom_call(call, target, msg)
+
+    async def _custom_call(self, call: _Call, target: Target, msg: OutboundMessage) -> str:
         body = json.dumps(custom_payload(msg), separators=(",", ":")).encode()
         timestamp = int(time.time())
         headers = {
@@ -427,11 +532,19 @@ class Providers:
             raise ProviderError("timeout", "the channel's webhook did not answer in time", retryable=True) from exc
         except httpx.HTTPError as exc:
             raise ProviderError("unreachable", f"cannot reach the channel's webhook: {exc}", retryable=True) from exc
+        call.status = response.status_code
         if response.status_code >= 300:
             retry_after = retry_after_header(response.headers.get("Retry-After"))
             retryable = response.status_code >= 500 or response.status_code in (408, 425, 429)
             text = response.text[:300] if response.text else response.reason_phrase
-            raise ProviderError(f"http_{response.status_code}", text, retryable=retryable, retry_after=retry_after)
+            raise ProviderError(
+                f"http_{response.status_code}",
+                text,
+                retryable=retryable,
+                retry_after=retry_after,
+                rate_limited=response.status_code == 429,
+                status=response.status_code,
+            )
         data = _json(response)
         return str(data.get("message_id") or msg.request_id)
 

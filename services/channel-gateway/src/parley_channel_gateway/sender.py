@@ -104,7 +104,7 @@ class OutboundSender:
             if isinstance(attempt, Outcome):
                 return attempt
             try:
-                provider_id = await self.providers.send(target, msg, self.clock())
+                provider_id = await self.providers.send(target, msg, self.clock(), attempt=attempt)
             except WindowClosed as exc:
                 return await self._finish(msg, FAILED, error_code=exc.code, error_message=exc.reason)
             except ProviderError as exc:
@@ -237,8 +237,16 @@ class OutboundSender:
                 session, row.channel_id, ok=status == SENT, error_code=error_code, error_message=error_message
             )
         await self.on_final(session, row)
-        metrics.OUTBOUND_SENDS.labels(row.channel_type or "unknown", status).inc()
+        metrics.OUTBOUND_SENDS.labels(row.channel_type or "unknown", _status_label(status, error_code)).inc()
         return _outcome(row)
+
+
+# Failures decided by Parley's own rules, before any provider call (`rejected` in the outbound sends metric).
+REJECTED_CODES = frozenset({"window_closed", "unsupported_content"})
+
+
+def _status_label(status: str, error_code: str) -> str:
+    return "rejected" if status == FAILED and error_code in REJECTED_CODES else status
 
 
 def _outcome(row: SendLogRow, duplicate: bool = False) -> Outcome:

@@ -14,12 +14,18 @@ import nats
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 from parley.channel_gateway.v1 import events_pb2 as ev
 from parley_channel_gateway.app import build_worker
 from parley_channel_gateway.inbound.signatures import Verdict, verify_custom_signature
-from parley_kit import db
+from parley_kit import db, telemetry
 from parley_kit.contracts import channel_gateway as contract
 from parley_kit.testing.service import running
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 PAGE_ID = "200000000000001"
@@ -488,3 +494,96 @@ async def test_channel_health_records_sends_and_errors(world: World) -> None:
         await engine.dispose()
     assert channel.last_error_code == "http_400" and channel.consecutive_failures >= 1
     assert channel.last_outbound_at is not None  # from the earlier successful send
+
+
+# -- telemetry --
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture(scope="module")
+def exporter() -> InMemorySpanExporter:
+    telemetry.configure_tracing("channel-gateway-tests")
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider), "tracing is disabled (OTEL_SDK_DISABLED?)"
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+async def test_sends_and_provider_calls_are_counted_by_provider_status_and_outcome(world: World) -> None:
+    sends = "parley_channel_gateway_outbound_sends_total"
+    calls = "parley_channel_gateway_provider_request_duration_seconds_count"
+    before = {
+        "sent": _sample(sends, provider="messenger", status="sent"),
+        "failed": _sample(sends, provider="messenger", status="failed"),
+        "rejected": _sample(sends, provider="messenger", status="rejected"),
+        "ok": _sample(calls, provider="messenger", outcome="ok"),
+        "rate_limited": _sample(calls, provider="messenger", outcome="rate_limited"),
+        "client_error": _sample(calls, provider="messenger", outcome="client_error"),
+        "server_error": _sample(calls, provider="messenger", outcome="server_error"),
+    }
+    world.fake.script(
+        f"/graph/{PAGE_ID}/messages",
+        (400, {"error": {"message": "(#613) Calls to this api have exceeded the rate limit.", "code": 613}}),
+        (500, {"error": {"message": "An unknown error occurred", "code": 1}}, {"Retry-After": "0"}),
+    )
+    retried = await world.request("messenger", text="rate limited, then a 500, then sent")
+    assert (await world.final(retried)).status == "sent"
+    world.fake.script(f"/graph/{PAGE_ID}/messages", (400, {"error": {"message": "(#100) Invalid", "code": 100}}))
+    refused = await world.request("messenger", text="refused by the provider")
+    assert (await world.final(refused)).status == "failed"
+    late = await world.request("messenger", text="outside the window", hours_ago=30)
+    assert (await world.final(late)).error_code == "window_closed"
+    after = {
+        "sent": _sample(sends, provider="messenger", status="sent"),
+        "failed": _sample(sends, provider="messenger", status="failed"),
+        "rejected": _sample(sends, provider="messenger", status="rejected"),
+        "ok": _sample(calls, provider="messenger", outcome="ok"),
+        "rate_limited": _sample(calls, provider="messenger", outcome="rate_limited"),
+        "client_error": _sample(calls, provider="messenger", outcome="client_error"),
+        "server_error": _sample(calls, provider="messenger", outcome="server_error"),
+    }
+    assert {k: after[k] - before[k] for k in before} == {
+        "sent": 1,
+        "failed": 1,
+        "rejected": 1,  # refused by Parley's rules: no provider call
+        "ok": 1,
+        "rate_limited": 1,
+        "client_error": 1,
+        "server_error": 1,
+    }
+
+
+async def test_the_worker_span_continues_the_requester_s_trace_and_parents_each_provider_call(
+    world: World, exporter: InMemorySpanExporter
+) -> None:
+    exporter.clear()
+    world.fake.script(
+        f"/graph/{PAGE_ID}/messages", (429, {"error": {"message": "Too many calls", "code": 4}}, {"Retry-After": "0"})
+    )
+    trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    rid = await world.request("messenger", text="traced", publish=False)
+    message = ev.OutboundSendRequest(
+        request_id=rid, space_id=world.space_id, channel_id=world.channels["messenger"].channel.id,
+        contact_external_id="5923481234567890", text="traced", origin="conversations", origin_ref=f"msg-{rid[:8]}",
+    )  # fmt: skip
+    message.contact_last_inbound_at.FromDatetime(datetime.now(UTC) - timedelta(hours=1))
+    await world.publish(message, headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    assert (await world.final(rid)).status == "sent"
+    spans = [s for s in exporter.get_finished_spans() if f"{s.context.trace_id:032x}" == trace_id]
+    (process,) = [s for s in spans if s.kind == SpanKind.CONSUMER]
+    assert process.name == "process channel_gateway.outbound.requested"
+    assert process.parent is not None and f"{process.parent.span_id:016x}" == parent_id
+    assert process.attributes["messaging.consumer.group.name"] == "channel-gateway--outbound"
+    assert process.attributes["parley.request_id"] == rid
+    sends = sorted((s for s in spans if s.name == "send messenger"), key=lambda s: s.start_time)
+    assert [s.kind for s in sends] == [SpanKind.CLIENT, SpanKind.CLIENT]
+    assert all(s.parent is not None and s.parent.span_id == process.context.span_id for s in sends)
+    assert [s.attributes["parley.attempt"] for s in sends] == [1, 2]
+    assert [s.attributes["parley.outcome"] for s in sends] == ["rate_limited", "ok"]
+    assert [s.attributes["http.response.status_code"] for s in sends] == [429, 200]
+    assert sends[0].status.status_code == StatusCode.ERROR and sends[0].attributes["error.type"] == "4"
+    assert sends[1].attributes["server.address"] == "127.0.0.1"

@@ -25,12 +25,13 @@ def test_web_process_serves_signed_webhooks_through_gunicorn(
     page = str(uuid.uuid4().int)[:15]
     space = f"space-{uuid.uuid4().hex[:8]}"
     channel = gw.run(gw.connect_channel(settings, space, "messenger", page_id=page, page_access_token=gw.META_TOKEN))
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "PARLEY_DATABASE_URL": settings.database_url,
         "PARLEY_NATS_URL": settings.nats_url,
         "PARLEY_HTTP_PORT": str(port),
+        "PARLEY_METRICS_PORT": str(metrics_port),
         "PARLEY_CHANNEL_GATEWAY_HTTP_WORKERS": "2",
         "PARLEY_CHANNEL_GATEWAY_ENCRYPTION_KEY": settings.channel_gateway_encryption_key,
         "PARLEY_CHANNEL_GATEWAY_META_APP_SECRET": gw.APP_SECRET,
@@ -70,15 +71,22 @@ def test_web_process_serves_signed_webhooks_through_gunicorn(
             assert response.status_code == 200, response.text
         events = gw.run(gw.inbound_events(settings.nats_url, channel_id=channel.channel.id))
         assert [e.event.provider_message_id for e in events] == [mid]
-        metrics = httpx.get(f"{base}/metrics").text
-        line = next(
-            ln
-            for ln in metrics.splitlines()
-            if ln.startswith("parley_http_requests_total")
-            and 'route="/webhooks/messenger"' in ln
-            and 'status="200"' in ln
-        )
-        assert float(line.rsplit(" ", 1)[1]) == 4.0  # summed over the workers
+        # Summed over the workers, on the HTTP port and on PARLEY_METRICS_PORT (where the chart scrapes).
+        for url in (f"{base}/metrics", f"http://127.0.0.1:{metrics_port}/metrics"):
+            metrics = httpx.get(url).text
+            line = next(
+                ln
+                for ln in metrics.splitlines()
+                if ln.startswith("parley_http_requests_total")
+                and 'route="/webhooks/messenger"' in ln
+                and 'status="200"' in ln
+            )
+            assert float(line.rsplit(" ", 1)[1]) == 4.0, url
+        # The master's port also has the CPU and memory of the master and workers together.
+        summed = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        cpu = next(ln for ln in summed.splitlines() if ln.startswith("process_cpu_seconds_total "))
+        rss = next(ln for ln in summed.splitlines() if ln.startswith("process_resident_memory_bytes "))
+        assert float(cpu.split()[1]) > 0 and float(rss.split()[1]) > 3 * 10_000_000  # master + 2 workers
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
