@@ -124,7 +124,7 @@ async def test_a_batch_keeps_each_event_s_own_trace_context(
             await enqueue_many(
                 session,
                 [
-                    (subject, TextPart(text="a"), f"{service}-a", carrier_a),
+                    (subject, TextPart(text="a"), f"{service}-a", telemetry.extract(carrier_a)),
                     (subject, TextPart(text="batch"), f"{service}-batch"),
                 ],
             )
