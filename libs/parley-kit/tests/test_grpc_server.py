@@ -128,6 +128,15 @@ async def test_health_reports_serving(target: str) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_client_without_retries_still_calls(target: str, key: SigningKey) -> None:
+    token = TokenIssuer(key).issue(space_id="A", role="manager")
+    async with create_channel(target, token=token, timeout=5, max_attempts=1) as channel:
+        rpc = channel.unary_unary(
+            "/test.Spaces/Touch", request_serializer=Req.SerializeToString, response_deserializer=Resp.FromString
+        )
+        assert (await rpc(Req(service="A"))).status == Resp.SERVING
+
+
 @pytest.fixture(scope="module")
 def exporter() -> InMemorySpanExporter:
     configure_tracing("parley-kit-tests")
@@ -162,12 +171,3 @@ async def test_a_client_call_opens_a_client_span_that_parents_the_server_span(
     assert clients[0].status.status_code == StatusCode.UNSET
     assert clients[1].status.status_code == StatusCode.ERROR
     assert clients[1].attributes["error.type"] == "NOT_FOUND"
-
-
-async def test_client_without_retries_still_calls(target: str, key: SigningKey) -> None:
-    token = TokenIssuer(key).issue(space_id="A", role="manager")
-    async with create_channel(target, token=token, timeout=5, max_attempts=1) as channel:
-        rpc = channel.unary_unary(
-            "/test.Spaces/Touch", request_serializer=Req.SerializeToString, response_deserializer=Resp.FromString
-        )
-        assert (await rpc(Req(service="A"))).status == Resp.SERVING

@@ -289,12 +289,14 @@ async def test_message_whose_earlier_attempts_all_crashed_is_dead_lettered_witho
 async def test_in_progress_heartbeat_keeps_a_handler_slower_than_ack_wait_from_redelivery(
     make_bench: Callable[..., Awaitable[Bench]],
 ) -> None:
-    bench = await make_bench(ack_wait=timedelta(milliseconds=600))
+    # Heartbeats every ack_wait/3 leave room for a ~1 s stall on a loaded machine; the handler still
+    # runs three times longer than ack_wait, so without heartbeats it would be redelivered.
+    bench = await make_bench(ack_wait=timedelta(milliseconds=1500))
     attempts: list[int] = []
 
     async def handler(delivery: Delivery) -> None:
         attempts.append(delivery.num_delivered)
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(4.5)
 
     await bench.runner(handler, concurrency=2).start()  # a redelivery would reach the free slot
     await bench.publish("slow", "m-1")

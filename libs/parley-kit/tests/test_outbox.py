@@ -14,9 +14,9 @@ from typing import TypeVar
 import nats
 import pytest
 from nats.js import JetStreamContext
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from parley.channel_gateway.v1.events_pb2 import TextPart
+from parley_kit import telemetry
 from parley_kit.db import create_engine, new_metadata, session_factory, transaction
 from parley_kit.nats import Publisher, StreamSpec, provision
 from parley_kit.nats import headers as h
@@ -118,13 +118,13 @@ async def test_a_batch_keeps_each_event_s_own_trace_context(
     tracer = trace.get_tracer("test")
     subject = f"{service}.message.received"
     with tracer.start_as_current_span("event a") as a:
-        context_a = otel_context.get_current()
+        carrier_a = telemetry.inject({})
     with tracer.start_as_current_span("batch") as batch:
         async with transaction(sessions) as session:
             await enqueue_many(
                 session,
                 [
-                    (subject, TextPart(text="a"), f"{service}-a", context_a),
+                    (subject, TextPart(text="a"), f"{service}-a", telemetry.extract(carrier_a)),
                     (subject, TextPart(text="batch"), f"{service}-batch"),
                 ],
             )
