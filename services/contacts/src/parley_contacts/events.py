@@ -8,11 +8,12 @@ contacts.tag.added|removed, contacts.field.updated. The event id is the Nats-Msg
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from google.protobuf.message import Message
 from parley.common.v1 import common_pb2
 from parley.contacts.v1 import contact_pb2, events_pb2
+from parley_kit.contracts import contacts as contacts_contract
 from parley_kit.nats.streams import StreamSpec
 from parley_kit.outbox import enqueue
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley_contacts.convert import contact_to_pb, tag_to_pb, ts
 from parley_contacts.repository import DomainEvent
 
-STREAM_NAME = "CONTACTS"
+STREAM_NAME = contacts_contract.STREAM
 SUBJECT_PREFIX = "contacts."
 SUBJECTS = {
     "contact.created": events_pb2.ContactCreated,
@@ -35,7 +36,8 @@ SUBJECTS = {
 
 
 def stream(replicas: int = 1) -> StreamSpec:
-    return StreamSpec(name=STREAM_NAME, subjects=(SUBJECT_PREFIX + ">",), max_age=timedelta(days=7), replicas=replicas)
+    """The CONTACTS stream, declared once in the shared contract its consumers provision too."""
+    return contacts_contract.stream_spec(replicas)
 
 
 def to_message(event: DomainEvent, event_id: str, occurred_at: datetime) -> Message:
