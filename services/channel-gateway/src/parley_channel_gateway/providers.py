@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from parley_kit import telemetry
+from parley_kit.contracts import messaging_window
 
-from parley_channel_gateway import metrics, window
+from parley_channel_gateway import metrics
 from parley_channel_gateway.inbound.signatures import CUSTOM_HEADER, sign_custom
 
 # -- what to send ---------------------------------------------------------------------------------------------
@@ -122,6 +123,25 @@ class InvalidContent(ProviderError):
         super().__init__("unsupported_content", message, retryable=False)
 
 
+class WindowClosed(ProviderError):
+    """The channel's messaging window forbids this send now (permanent; the provider is not called)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("window_closed", message, retryable=False)
+
+
+def allowed(target: Target, msg: OutboundMessage, now: datetime) -> messaging_window.Verdict:
+    """The shared window rule's verdict for this send; raises WindowClosed or InvalidContent when refused."""
+    verdict = messaging_window.decide(
+        target.type, msg.contact_last_inbound_at, now, tag=msg.tag, is_template=msg.template is not None
+    )
+    if verdict.refusal is messaging_window.Refusal.WINDOW_CLOSED:
+        raise WindowClosed(verdict.reason)
+    if verdict.refusal is not None:
+        raise InvalidContent(verdict.reason)
+    return verdict
+
+
 # Graph API error codes that mean "try again later": unknown/temporary errors and rate limits
 # (4 app, 17 user, 32 page, 613 calls, 80007 WhatsApp business account), WhatsApp 130429 (throughput),
 # 131056 (pair rate limit), 131016 (service unavailable), 133004 (server temporarily unavailable), 131000.
@@ -206,8 +226,6 @@ _META_MEDIA = {"image": "image", "video": "video", "audio": "audio", "file": "fi
 
 def meta_message(msg: OutboundMessage) -> dict[str, Any]:
     """The `message` object of a Messenger/Instagram Send API request."""
-    if msg.template is not None:
-        raise InvalidContent("template messages are WhatsApp's; Messenger and Instagram send text, media or buttons")
     if len(msg.attachments) > 1:
         raise InvalidContent("Messenger and Instagram send one attachment per message; send one request per file")
     message: dict[str, Any]
@@ -249,14 +267,15 @@ def meta_message(msg: OutboundMessage) -> dict[str, Any]:
     return message
 
 
-def meta_request(target: Target, msg: OutboundMessage, delivery: window.MetaDelivery) -> dict[str, Any]:
+def meta_request(msg: OutboundMessage, verdict: messaging_window.Verdict) -> dict[str, Any]:
+    """A Messenger/Instagram Send API body; `messaging_type` and `tag` come from the window verdict."""
     body: dict[str, Any] = {
         "recipient": {"id": msg.contact_external_id},
-        "messaging_type": delivery.messaging_type,
+        "messaging_type": verdict.messaging_type,
         "message": meta_message(msg),
     }
-    if delivery.tag:
-        body["tag"] = delivery.tag
+    if verdict.tag:
+        body["tag"] = verdict.tag
     return body
 
 
@@ -411,18 +430,17 @@ class Providers:
         await self.http.aclose()
 
     async def send(self, target: Target, msg: OutboundMessage, now: datetime, *, attempt: int | None = None) -> str:
-        """Send `msg`; returns the provider's message id. Raises WindowClosed or ProviderError. `attempt` (1, 2,
-        ...) goes on the call's span."""
+        """Send `msg`; returns the provider's message id. Raises ProviderError (WindowClosed and InvalidContent
+        before any call). `attempt` (1, 2, ...) goes on the call's span."""
+        verdict = allowed(target, msg, now)
         if target.type in ("messenger", "instagram"):
-            delivery = window.meta_delivery(target.type, msg.tag, msg.contact_last_inbound_at, now)
-            body = meta_request(target, msg, delivery)
+            body = meta_request(msg, verdict)
             # Messenger: the Page's /messages. Instagram (Facebook Login): /me/messages with the Page token
             # linked to the account (the account id is not a node that takes messages).
             path = f"/{target.external_id}/messages" if target.type == "messenger" else "/me/messages"
             data = await self._graph(target.type, path, target.access_token, body, attempt)
             return str(data.get("message_id") or "")
         if target.type == "whatsapp":
-            window.whatsapp_allows(msg.template is not None, msg.contact_last_inbound_at, now)
             body = whatsapp_request(msg)
             data = await self._graph("whatsapp", f"/{target.external_id}/messages", target.access_token, body, attempt)
             messages = data.get("messages")

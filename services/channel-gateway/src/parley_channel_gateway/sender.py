@@ -37,7 +37,6 @@ from parley_channel_gateway.crypto import SecretBox
 from parley_channel_gateway.models import ACTIVE, FAILED, QUEUED, RETRYING, SENDING, SENT, ChannelRow, SendLogRow
 from parley_channel_gateway.providers import OutboundMessage, ProviderError, Providers, Target
 from parley_channel_gateway.repository import Repository
-from parley_channel_gateway.window import WindowClosed
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +104,6 @@ class OutboundSender:
                 return attempt
             try:
                 provider_id = await self.providers.send(target, msg, self.clock(), attempt=attempt)
-            except WindowClosed as exc:
-                return await self._finish(msg, FAILED, error_code=exc.code, error_message=exc.reason)
             except ProviderError as exc:
                 if not exc.retryable:
                     return await self._finish(msg, FAILED, error_code=exc.code, error_message=exc.message)

@@ -254,10 +254,26 @@ async def test_human_agent_tag_sends_within_7_days_and_not_after(world: World) -
         assert row.status == "failed" and row.error_code == "window_closed"
 
 
-async def test_instagram_accepts_only_human_agent_outside_the_window(world: World) -> None:
-    tagged = await world.request("instagram", text="update", hours_ago=48, tag=ev.MESSAGE_TAG_ACCOUNT_UPDATE)
+async def test_messenger_update_tag_sends_outside_the_window_and_tags_are_refused_where_they_do_not_exist(
+    world: World,
+) -> None:
+    update = await world.request(
+        "messenger", text="shipped", hours_ago=24 * 30, tag=ev.MESSAGE_TAG_POST_PURCHASE_UPDATE
+    )
+    assert (await world.final(update)).status == "sent"
+    [call] = world.calls("messenger")
+    assert call.json["messaging_type"] == "MESSAGE_TAG" and call.json["tag"] == "POST_PURCHASE_UPDATE"
+    tagged = await world.request("telegram", text="hi", contact="424242", tag=ev.MESSAGE_TAG_HUMAN_AGENT)
     row = await world.final(tagged)
-    assert row.status == "failed" and row.error_code == "window_closed"
+    assert row.status == "failed" and row.error_code == "unsupported_content"
+    assert world.calls("telegram") == []
+
+
+async def test_instagram_refuses_messenger_update_tags_inside_and_outside_the_window(world: World) -> None:
+    for hours_ago in (48, 2):
+        tagged = await world.request("instagram", text="update", hours_ago=hours_ago, tag=ev.MESSAGE_TAG_ACCOUNT_UPDATE)
+        row = await world.final(tagged)
+        assert row.status == "failed" and row.error_code == "unsupported_content" and "HUMAN_AGENT" in row.error_message
     ok = await world.request("instagram", text="hi", hours_ago=2)
     assert (await world.final(ok)).status == "sent"
     assert world.calls("instagram")[0].json["messaging_type"] == "RESPONSE"

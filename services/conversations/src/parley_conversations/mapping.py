@@ -11,17 +11,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from parley.channel_gateway.v1 import events_pb2 as gw
 from parley.common.v1 import common_pb2 as common
 from parley.conversations.v1 import resources_pb2 as pb
+from parley_kit.contracts import messaging_window
 
 from parley_conversations import models as m
-from parley_conversations import windows
 from parley_conversations.domain import InboundItem, InboundKind, Profile, Receipt
 
 CHANNEL_TYPES = {
-    common.CHANNEL_TYPE_MESSENGER: windows.MESSENGER,
-    common.CHANNEL_TYPE_INSTAGRAM: windows.INSTAGRAM,
-    common.CHANNEL_TYPE_WHATSAPP: windows.WHATSAPP,
-    common.CHANNEL_TYPE_TELEGRAM: windows.TELEGRAM,
-    common.CHANNEL_TYPE_CUSTOM: windows.CUSTOM,
+    common.CHANNEL_TYPE_MESSENGER: messaging_window.MESSENGER,
+    common.CHANNEL_TYPE_INSTAGRAM: messaging_window.INSTAGRAM,
+    common.CHANNEL_TYPE_WHATSAPP: messaging_window.WHATSAPP,
+    common.CHANNEL_TYPE_TELEGRAM: messaging_window.TELEGRAM,
+    common.CHANNEL_TYPE_CUSTOM: messaging_window.CUSTOM,
 }
 CHANNEL_TYPE_PB = {v: k for k, v in CHANNEL_TYPES.items()}
 
@@ -166,7 +166,7 @@ def inbound_item(ev: gw.InboundEvent) -> InboundItem:
         event_id=ev.event_id,
         space_id=ev.space_id,
         channel_id=ev.channel_id,
-        channel_type=CHANNEL_TYPES.get(ev.channel_type, windows.CUSTOM),
+        channel_type=CHANNEL_TYPES.get(ev.channel_type, messaging_window.CUSTOM),
         kind=kind,
         contact_external_id=ev.contact_external_id,
         occurred_at=occurred,

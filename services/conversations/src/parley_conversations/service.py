@@ -19,9 +19,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from parley_kit.contracts import messaging_window
 from parley_kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
-from parley_conversations import pagination, templates, windows
+from parley_conversations import pagination, templates
 from parley_conversations.domain import (
     CONTACT_ACTIVITY_KINDS,
     MESSAGE_KINDS,
@@ -81,14 +82,23 @@ MAX_ATTACHMENTS = 10
 MAX_AUTO_CLOSE = timedelta(days=90)
 MIN_AUTO_CLOSE = timedelta(minutes=1)
 TEXT_LIMITS = {
-    windows.MESSENGER: 2000,
-    windows.INSTAGRAM: 1000,
-    windows.WHATSAPP: 4096,
-    windows.TELEGRAM: 4096,
-    windows.CUSTOM: 10000,
+    messaging_window.MESSENGER: 2000,
+    messaging_window.INSTAGRAM: 1000,
+    messaging_window.WHATSAPP: 4096,
+    messaging_window.TELEGRAM: 4096,
+    messaging_window.CUSTOM: 10000,
 }
 PREVIEW = 200
 FRT_BUCKETS = ("<30s", "30s-2m", "2-5m", "5-10m", "10-30m", "30m-1h", ">1h")
+
+
+def check_window(
+    channel_type: str, last_inbound_at: datetime | None, now: datetime, *, tag: str = "", is_template: bool = False
+) -> None:
+    """The kit's messaging-window rule for a reply: FAILED_PRECONDITION with its reason when it may not go now."""
+    verdict = messaging_window.decide(channel_type, last_inbound_at, now, tag=tag, is_template=is_template)
+    if not verdict.allowed:
+        raise FailedPrecondition(verdict.reason)
 
 
 @dataclass
@@ -487,9 +497,7 @@ class ConversationsService:
             self._validate_reply(conv.channel_type, text, attachments, quick_replies, inp)
             identity = await tx.contact_channel(space_id, conv.contact_id, conv.channel_id)
             last_inbound = identity.last_inbound_at if identity is not None else None
-            windows.check_window(
-                windows.Outgoing(conv.channel_type, inp.tag, inp.template is not None), last_inbound, now
-            )
+            check_window(conv.channel_type, last_inbound, now, tag=inp.tag or "", is_template=inp.template is not None)
             msg = Message(
                 id=new_id(),
                 space_id=space_id,
