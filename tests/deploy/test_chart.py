@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from parley_deploy import chart, dockerfiles, helm
+from parley_kit.grpc_server import LIVENESS
 
 ROOT = chart.ROOT
 CRD_KINDS = {"PodMonitor", "PrometheusRule", "ServiceMonitor"}
@@ -212,8 +213,11 @@ def test_grpc_processes_have_native_grpc_probes_and_the_web_http_probes(
             assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
             assert container["ports"][0] == {"name": "http", "containerPort": 8080, "protocol": "TCP"}
         else:
-            assert container["readinessProbe"]["grpc"]["port"] == 50051
-            assert container["livenessProbe"]["grpc"]["port"] == 50051
+            # Readiness is the whole server (NATS connected); liveness and startup ask the "liveness" health
+            # name, SERVING while the event loop runs, so a NATS outage never restarts pods.
+            assert container["readinessProbe"]["grpc"] == {"port": 50051}
+            assert container["livenessProbe"]["grpc"] == {"port": 50051, "service": LIVENESS}
+            assert container["startupProbe"]["grpc"] == {"port": 50051, "service": LIVENESS}
 
 
 @pytest.mark.parametrize("scenario", ["default_objects", "production_objects"])

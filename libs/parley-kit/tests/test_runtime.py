@@ -1,4 +1,5 @@
-"""The service runtime: SERVING only once ready, and a graceful stop finishes in-flight work."""
+"""The service runtime: SERVING only once ready, liveness apart from readiness, and a graceful stop finishes
+in-flight work."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from parley.common.v1 import common_pb2
 from parley_kit.auth import SigningKey, jwks
+from parley_kit.grpc_server import LIVENESS
+from parley_kit.local.servers import NatsServer
 from parley_kit.nats.consumer import Delivery
 from parley_kit.nats.streams import ConsumerSpec, StreamSpec, dead_letter_subject
 from parley_kit.runtime import ServiceRuntime
@@ -18,10 +21,43 @@ from parley_kit.settings import ServiceSettings
 from parley_kit.testing.service import running
 
 
-async def health(target: str) -> int:
+async def health(target: str, service: str = "") -> int:
     async with grpc.aio.insecure_channel(target) as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
     return reply.status
+
+
+async def wait_for_health(target: str, status: int, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await health(target) != status:
+        assert asyncio.get_running_loop().time() < deadline, f"readiness never became {status}"
+        await asyncio.sleep(0.1)
+
+
+def settings_for(service: str, database_url: str, nats_url: str) -> ServiceSettings:
+    return ServiceSettings(
+        service_name=service, database_url=database_url, nats_url=nats_url, grpc_host="127.0.0.1",
+        grpc_port=0, metrics_port=0, auth_jwks=json.dumps(jwks(SigningKey.generate())), shutdown_grace_seconds=10,
+    )  # fmt: skip
+
+
+async def test_nats_outage_turns_readiness_not_serving_while_liveness_stays_serving(
+    database_url: str, nats_server: NatsServer, unique_name: str
+) -> None:
+    runtime = ServiceRuntime(settings_for(f"live{unique_name.lower()}", database_url, nats_server.url))
+    await runtime.connect()
+    async with running(runtime) as target:
+        assert await health(target) == health_pb2.HealthCheckResponse.SERVING
+        assert await health(target, LIVENESS) == health_pb2.HealthCheckResponse.SERVING
+        await asyncio.to_thread(nats_server.stop)
+        try:
+            await wait_for_health(target, health_pb2.HealthCheckResponse.NOT_SERVING)
+            assert await health(target, LIVENESS) == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            await asyncio.to_thread(nats_server.start)
+        await wait_for_health(target, health_pb2.HealthCheckResponse.SERVING)
+        assert await health(target, LIVENESS) == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_stop_mid_message_finishes_and_acks_it(database_url: str, nats_url: str, unique_name: str) -> None:
@@ -37,10 +73,7 @@ async def test_stop_mid_message_finishes_and_acks_it(database_url: str, nats_url
         max_ack_pending=10,
         dead_letter_subject=dead_letter_subject(service, f"{service}--work"),
     )
-    settings = ServiceSettings(
-        service_name=service, database_url=database_url, nats_url=nats_url, grpc_host="127.0.0.1",
-        grpc_port=0, metrics_port=0, auth_jwks=json.dumps(jwks(SigningKey.generate())), shutdown_grace_seconds=10,
-    )  # fmt: skip
+    settings = settings_for(service, database_url, nats_url)
     started, finished = asyncio.Event(), asyncio.Event()
 
     async def slow(delivery: Delivery) -> None:

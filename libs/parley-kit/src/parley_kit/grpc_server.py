@@ -179,8 +179,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         metrics.RPC_DURATION.labels(self._service, name).observe(time.perf_counter() - start)
 
 
+LIVENESS = "liveness"
+"""Health service name that answers SERVING while the process's event loop runs (the liveness probe's)."""
+
+
 class GrpcServer:
-    """A grpc.aio server with the Parley interceptor, health service and reflection."""
+    """A grpc.aio server with the Parley interceptor, health service and reflection.
+
+    Health: "" and every registered service name are readiness (`set_serving`, tied to the dependencies by
+    the runtime); `LIVENESS` is SERVING from start to stop, answered by the event loop itself, so it fails
+    only when the loop is stuck or gone, the one case a restart mends.
+    """
 
     def __init__(
         self,
@@ -208,17 +217,19 @@ class GrpcServer:
     async def start(self, host: str, port: int) -> int:
         reflection.enable_server_reflection([*self._service_names, reflection.SERVICE_NAME], self.server)
         self.port = self.server.add_insecure_port(f"{host}:{port}")
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(False)
         await self.server.start()
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
+        """Readiness: "" and the registered services (never LIVENESS)."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self._service_names[1:]]:
             await self.health.set(name, status)
         metrics.SERVICE_UP.labels(self.service).set(1 if serving else 0)
 
     async def stop(self, grace: float) -> None:
-        await self.health.enter_graceful_shutdown()
-        metrics.SERVICE_UP.labels(self.service).set(0)
+        """NOT_SERVING for readiness (liveness stays SERVING while in-flight work finishes), then stop."""
+        await self.set_serving(False)
         await self.server.stop(grace)

@@ -2,10 +2,11 @@
 
 Start: logging, tracing, /metrics, database engine, NATS connection, stream and consumer
 provisioning, gRPC server (NOT_SERVING). Once the database answers and NATS is connected,
-consumers and the outbox relay start and health turns SERVING; a lost NATS connection
-turns it NOT_SERVING until reconnected.
+consumers and the outbox relay start and health (readiness: "" and the service names) turns
+SERVING; a lost NATS connection turns it NOT_SERVING until reconnected. The health name
+"liveness" stays SERVING while the event loop answers: restarting does not bring NATS back.
 
-Stop (SIGTERM or SIGINT): NOT_SERVING, stop fetching new messages and let in-flight
+Stop (SIGTERM or SIGINT): readiness NOT_SERVING, stop fetching new messages and let in-flight
 handlers finish and ack, let the relay finish its batch, `server.stop(grace)` so in-flight
 RPCs complete, drain NATS, dispose the engine.
 """
@@ -153,7 +154,7 @@ class ServiceRuntime:
     async def shutdown(self) -> None:
         log.info("shutting down")
         self._ready = False
-        await self.grpc.health.enter_graceful_shutdown()
+        await self.grpc.set_serving(False)
         for runner in self._runners:
             await runner.stop(self.settings.shutdown_grace_seconds)
         if self._relay is not None:

@@ -172,6 +172,11 @@ class Bridge:
         log.info("NATS connection back")
 
     @property
+    def alive(self) -> bool:
+        """The loop thread runs (liveness: NATS being down does not matter here)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def ready(self) -> bool:
         return self.publisher is not None and self.nc is not None and self.nc.is_connected
 

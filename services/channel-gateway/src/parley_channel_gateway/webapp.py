@@ -254,7 +254,10 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> Response:
-        return jsonify({"status": "ok"})
+        """Liveness: the bridge's event loop thread runs (NATS outages show on /readyz only)."""
+        if bridge.alive:
+            return jsonify({"status": "ok"})
+        return _error(503, "not_alive", "the NATS/database event loop thread has stopped")
 
     @app.get("/readyz")
     def readyz() -> Response:

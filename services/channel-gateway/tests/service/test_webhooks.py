@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from parley.channel_gateway.v1 import events_pb2 as ev
+from parley_channel_gateway.bridge import Bridge
 from parley_channel_gateway.inbound import (
     parse_custom,
     parse_instagram,
@@ -420,6 +421,15 @@ def test_metrics_expose_red_by_route_template_and_inbound_counts(gateway: Gatewa
     assert gateway.client.get("/healthz").json == {"status": "ok"}
 
 
+def test_healthz_fails_once_the_bridge_loop_thread_has_stopped(gateway: Gateway) -> None:
+    bridge = Bridge(gateway.settings).start()
+    client = create_app(gateway.settings, bridge=bridge).test_client()
+    assert client.get("/healthz").status_code == 200
+    bridge.stop()
+    answer = client.get("/healthz")
+    assert answer.status_code == 503 and answer.json["error"] == "not_alive"
+
+
 def test_accepted_webhooks_move_the_channels_last_inbound_time(gateway: Gateway) -> None:
     from sqlalchemy import create_engine, text
 
@@ -441,6 +451,7 @@ def test_nats_down_answers_503_then_the_providers_retry_is_accepted_once(gateway
     nats_server.stop()
     try:
         gateway.gw.wait_until(lambda: gateway.client.get("/readyz").status_code == 503, timeout=10)
+        assert gateway.client.get("/healthz").status_code == 200  # liveness: a restart would not bring NATS back
         down = gateway.post_meta("messenger", raw)
         assert down.status_code == 503 and down.json["error"] == "unavailable"
     finally:
