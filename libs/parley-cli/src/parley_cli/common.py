@@ -119,3 +119,16 @@ def command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         return run(fn(*args, **kwargs))
 
     return wrapper
+
+
+def rpc_command(*options: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Callable[..., Any]:
+    """The tail every RPC command repeats: `@rpc_command(space_option)` stands for `@space_option @token_option
+    @json_option @command` (innermost last), so the flags, their order in --help and the output stay the same."""
+
+    def decorate(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        wrapped = token_option(json_option(command(fn)))
+        for option in reversed(options):
+            wrapped = option(wrapped)
+        return wrapped
+
+    return decorate

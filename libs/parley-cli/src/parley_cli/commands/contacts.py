@@ -24,7 +24,7 @@ from parley.contacts.v1 import contact_pb2, criteria_pb2, fields_pb2
 from parley.contacts.v1 import contacts_service_pb2 as pb
 from parley.contacts.v1 import contacts_service_pb2_grpc as pb_grpc
 
-from parley_cli.common import call, command, emit, json_option, to_dict, token_option
+from parley_cli.common import call, emit, rpc_command, to_dict
 
 SERVICE = "contacts"
 PROFILE = ("first_name", "last_name", "email", "phone", "country", "language", "avatar_url")
@@ -118,10 +118,7 @@ def contacts() -> None:
 @click.option("--criteria", default="", help="Ad-hoc criteria (protobuf JSON, or @FILE).")
 @click.option("--page-size", default=50, show_default=True, type=int)
 @click.option("--page-token", default="")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def list_contacts(
     view_id: str,
     search: str,
@@ -155,10 +152,7 @@ async def list_contacts(
 
 @contacts.command("show")
 @click.argument("contact_id")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def show_contact(contact_id: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Everything about one contact (a merged-away id shows its survivor)."""
     resp = await rpc("GetContact", pb.GetContactRequest(space_id=space, contact_id=contact_id), token_value)
@@ -186,10 +180,7 @@ def _profile_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_profile_options
 @click.option("--tag", "tags", multiple=True, help="Tag name or id (repeatable).")
 @click.option("--identity", "identities", multiple=True, help="CHANNEL_ID:EXTERNAL_ID (repeatable).")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def create_contact(
     fields: tuple[str, ...],
     tags: tuple[str, ...],
@@ -220,10 +211,7 @@ async def create_contact(
 @contacts.command("update")
 @click.argument("contact_id")
 @_profile_options
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def update_contact(
     contact_id: str,
     fields: tuple[str, ...],
@@ -243,10 +231,7 @@ async def update_contact(
 @contacts.command("delete")
 @click.argument("contact_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def delete_contact(contact_id: str, yes: bool, space: str, token_value: str | None, as_json: bool) -> None:
     """Erase a contact with its identities, field values and tags."""
     if not yes and not click.confirm(f"Erase contact {contact_id} and everything about it?", err=True):
@@ -258,10 +243,7 @@ async def delete_contact(contact_id: str, yes: bool, space: str, token_value: st
 def _tagging(name: str, add: bool) -> click.Command:
     @click.argument("contact_ids", nargs=-1, required=True)
     @click.option("--tag", "tags", multiple=True, required=True, help="Tag name or id (repeatable).")
-    @space_option
-    @token_option
-    @json_option
-    @command
+    @rpc_command(space_option)
     async def run(
         contact_ids: tuple[str, ...], tags: tuple[str, ...], space: str, token_value: str | None, as_json: bool
     ) -> None:
@@ -284,10 +266,7 @@ _tagging("untag", False)
 @click.argument("contact_ids", nargs=-1, required=True)
 @click.option("--user", default="", help="User id (omit both --user and --team to unassign).")
 @click.option("--team", default="", help="Team id.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def assign(
     contact_ids: tuple[str, ...], user: str, team: str, space: str, token_value: str | None, as_json: bool
 ) -> None:
@@ -302,10 +281,7 @@ async def assign(
 @contacts.command("merge")
 @click.argument("survivor_id")
 @click.argument("merged_id")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def merge(survivor_id: str, merged_id: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Merge MERGED_ID into SURVIVOR_ID (the survivor's values win; merged only fills gaps)."""
     request = pb.MergeContactsRequest(space_id=space, survivor_contact_id=survivor_id, merged_contact_id=merged_id)
@@ -323,10 +299,7 @@ async def merge(survivor_id: str, merged_id: str, space: str, token_value: str |
     "'tags' or '-' to ignore. Columns named like a field or 'tags' map by themselves.",
 )
 @click.option("--tag-separator", default=";", show_default=True, help="Separator inside the tags column.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def import_contacts(
     file: Path, mapping: tuple[str, ...], tag_separator: str, space: str, token_value: str | None, as_json: bool
 ) -> None:
@@ -409,10 +382,7 @@ def fields() -> None:
 
 
 @fields.command("list")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def list_fields(space: str, token_value: str | None, as_json: bool) -> None:
     found = await _all_fields(space, token_value)
     emit(found if as_json else [_field_row(f) for f in found], as_json)
@@ -424,10 +394,7 @@ async def list_fields(space: str, token_value: str | None, as_json: bool) -> Non
 @click.option("--label", default="")
 @click.option("--description", default="")
 @click.option("--option", "options", multiple=True, help="An option of a list field (repeatable).")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def create_field(
     key: str,
     kind: str,
@@ -458,10 +425,7 @@ async def create_field(
 @click.option(
     "--option", "options", multiple=True, help="The list's options (replaces them; values no longer allowed go)."
 )
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def update_field(
     field_id: str,
     key: str | None,
@@ -492,10 +456,7 @@ async def update_field(
 
 @fields.command("delete")
 @click.argument("field_id")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def delete_field(field_id: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Delete a field and every contact's value of it."""
     await rpc("DeleteField", pb.DeleteFieldRequest(space_id=space, field_id=field_id), token_value)
@@ -511,10 +472,7 @@ def tags() -> None:
 
 
 @tags.command("list")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def list_tags(space: str, token_value: str | None, as_json: bool) -> None:
     found = await _all_tags(space, token_value)
     emit(found if as_json else [{"id": t.id, "name": t.name, "color": t.color} for t in found], as_json)
@@ -524,10 +482,7 @@ async def list_tags(space: str, token_value: str | None, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--color", default="")
 @click.option("--description", default="")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def create_tag(
     name: str, color: str, description: str, space: str, token_value: str | None, as_json: bool
 ) -> None:
@@ -540,10 +495,7 @@ async def create_tag(
 @click.option("--name", default=None)
 @click.option("--color", default=None)
 @click.option("--description", default=None)
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def update_tag(
     tag_id: str,
     name: str | None,
@@ -562,10 +514,7 @@ async def update_tag(
 
 @tags.command("delete")
 @click.argument("tag_id")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def delete_tag(tag_id: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Delete a tag from the catalog and from every contact."""
     resp = await rpc("DeleteTag", pb.DeleteTagRequest(space_id=space, tag_id=tag_id), token_value)
@@ -585,10 +534,7 @@ def views() -> None:
 
 
 @views.command("list")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def list_views(space: str, token_value: str | None, as_json: bool) -> None:
     found, token = [], ""
     while True:
@@ -605,10 +551,7 @@ async def list_views(space: str, token_value: str | None, as_json: bool) -> None
 
 @views.command("show")
 @click.argument("view_id")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def show_view(view_id: str, space: str, token_value: str | None, as_json: bool) -> None:
     resp = await rpc("GetView", pb.GetViewRequest(space_id=space, view_id=view_id), token_value)
     if as_json:
@@ -622,10 +565,7 @@ async def show_view(view_id: str, space: str, token_value: str | None, as_json: 
 @click.argument("name")
 @click.option("--criteria", required=True, help="Criteria (protobuf JSON, or @FILE).")
 @click.option("--shared", is_flag=True, help="Visible to everyone in the space (managers).")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def create_view(
     name: str, criteria: str, shared: bool, space: str, token_value: str | None, as_json: bool
 ) -> None:
@@ -639,10 +579,7 @@ async def create_view(
 @click.option("--name", default=None)
 @click.option("--criteria", default=None, help="Criteria (protobuf JSON, or @FILE).")
 @click.option("--shared/--private", default=None)
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def update_view(
     view_id: str,
     name: str | None,
@@ -670,10 +607,7 @@ async def update_view(
 
 @views.command("delete")
 @click.argument("view_id")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def delete_view(view_id: str, space: str, token_value: str | None, as_json: bool) -> None:
     await rpc("DeleteView", pb.DeleteViewRequest(space_id=space, view_id=view_id), token_value)
     emit({"deleted": view_id}, as_json)

@@ -16,7 +16,7 @@ from parley.conversations.v1 import conversations_service_pb2 as pb
 from parley.conversations.v1 import conversations_service_pb2_grpc as pb_grpc
 from parley.conversations.v1 import resources_pb2 as res
 
-from parley_cli.common import call, command, emit, json_option, to_dict, token_option
+from parley_cli.common import call, emit, rpc_command, to_dict
 
 SERVICE = "conversations"
 STUB = pb_grpc.ConversationsServiceStub
@@ -99,10 +99,7 @@ def conversations() -> None:
 @click.option("--page-size", default=50, show_default=True)
 @click.option("--page-token", default="", help="next_page_token of a previous page.")
 @click.option("--all", "all_pages", is_flag=True, help="Follow every page.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def list_conversations(status: str | None, assignee: str, team: str, unassigned: bool, channel: str,
                              contact: str, page_size: int, page_token: str, all_pages: bool, space_id: str,
                              token_value: str | None, as_json: bool) -> None:  # fmt: skip
@@ -139,10 +136,7 @@ async def list_conversations(status: str | None, assignee: str, team: str, unass
 @conversations.command("show")
 @click.argument("conversation_id")
 @click.option("--messages", "message_count", default=50, show_default=True, help="How many messages to show.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def show(conversation_id: str, message_count: int, space_id: str, token_value: str | None, as_json: bool) -> None:
     """One conversation with its assignment history and messages, oldest first."""
     reply = await rpc(
@@ -178,10 +172,7 @@ async def show(conversation_id: str, message_count: int, space_id: str, token_va
 @click.option("--language", default="en", show_default=True, help="WhatsApp template language.")
 @click.option("--param", multiple=True, help="WhatsApp template body parameter (repeat, in order).")
 @click.option("--request-id", default="", help="Idempotency key: a retry with the same key sends once.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def reply(conversation_id: str, text: str, attach: tuple[str, ...], quick_reply: tuple[str, ...],
                 shortcut: str, tag: str | None, template: str, language: str, param: tuple[str, ...],
                 request_id: str, space_id: str, token_value: str | None, as_json: bool) -> None:  # fmt: skip
@@ -218,10 +209,7 @@ async def reply(conversation_id: str, text: str, attach: tuple[str, ...], quick_
 @click.option("--channel", required=True, help="Channel id the contact has written on.")
 @click.option("--user", default="", help="Assign to this user.")
 @click.option("--team", default="", help="Assign to this team.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def open_conversation(contact: str, channel: str, user: str, team: str, space_id: str, token_value: str | None,
                             as_json: bool) -> None:  # fmt: skip
     """Open a conversation with a contact."""
@@ -239,10 +227,7 @@ async def open_conversation(contact: str, channel: str, user: str, team: str, sp
 @click.argument("conversation_id")
 @click.option("--user", default="", help="User id.")
 @click.option("--team", default="", help="Team id.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def assign(conversation_id: str, user: str, team: str, space_id: str, token_value: str | None,
                  as_json: bool) -> None:  # fmt: skip
     """Assign to a user and/or a team (replaces the current assignment)."""
@@ -258,10 +243,7 @@ async def assign(conversation_id: str, user: str, team: str, space_id: str, toke
 
 @conversations.command("unassign")
 @click.argument("conversation_id")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def unassign(conversation_id: str, space_id: str, token_value: str | None, as_json: bool) -> None:
     """Remove the user and team assignment."""
     reply = await rpc(
@@ -276,10 +258,7 @@ async def unassign(conversation_id: str, space_id: str, token_value: str | None,
 @click.argument("conversation_id")
 @click.option("--category", default="", help="Closing category id or name.")
 @click.option("--summary", default="", help="Closing summary.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def close(conversation_id: str, category: str, summary: str, space_id: str, token_value: str | None,
                 as_json: bool) -> None:  # fmt: skip
     """Close with a closing note (the space decides whether category and summary are required)."""
@@ -309,10 +288,7 @@ async def _category_id(value: str, space_id: str, token_value: str | None) -> st
 
 @conversations.command("reopen")
 @click.argument("conversation_id")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def reopen(conversation_id: str, space_id: str, token_value: str | None, as_json: bool) -> None:
     """Open a new conversation following a closed one."""
     reply = await rpc(
@@ -324,10 +300,7 @@ async def reopen(conversation_id: str, space_id: str, token_value: str | None, a
 
 
 @conversations.command("counts")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def counts(space_id: str, token_value: str | None, as_json: bool) -> None:
     """Open/closed/unassigned/mine counts, and open conversations per user and team."""
     reply = await rpc("GetInboxCounts", pb.GetInboxCountsRequest(space_id=space_id), token_value)
@@ -350,10 +323,7 @@ def categories() -> None:
 
 @categories.command("list")
 @click.option("--archived", is_flag=True, help="Include archived categories.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def categories_list(archived: bool, space_id: str, token_value: str | None, as_json: bool) -> None:
     """List the closing categories."""
     reply = await rpc(
@@ -366,10 +336,7 @@ async def categories_list(archived: bool, space_id: str, token_value: str | None
 
 @categories.command("create")
 @click.argument("name")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def categories_create(name: str, space_id: str, token_value: str | None, as_json: bool) -> None:
     """Create a closing category."""
     reply = await rpc(
@@ -382,10 +349,7 @@ async def categories_create(name: str, space_id: str, token_value: str | None, a
 @click.argument("category_id")
 @click.option("--name", default=None, help="New name.")
 @click.option("--archive/--unarchive", default=None, help="Archive (keep for reports, hide from closing).")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def categories_update(category_id: str, name: str | None, archive: bool | None, space_id: str,
                             token_value: str | None, as_json: bool) -> None:  # fmt: skip
     """Rename or (un)archive a closing category."""
@@ -404,10 +368,7 @@ def settings() -> None:
 
 
 @settings.command("show")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def settings_show(space_id: str, token_value: str | None, as_json: bool) -> None:
     """Show the inbox settings."""
     reply = await rpc("GetSpaceSettings", pb.GetSpaceSettingsRequest(space_id=space_id), token_value)
@@ -418,10 +379,7 @@ async def settings_show(space_id: str, token_value: str | None, as_json: bool) -
 @click.option("--require-category/--no-require-category", default=None)
 @click.option("--require-summary/--no-require-summary", default=None)
 @click.option("--auto-close-minutes", type=int, default=None, help="Close after this much inactivity; 0 turns it off.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def settings_set(require_category: bool | None, require_summary: bool | None, auto_close_minutes: int | None,
                        space_id: str, token_value: str | None, as_json: bool) -> None:  # fmt: skip
     """Change the inbox settings (unset options keep their value)."""
@@ -448,10 +406,7 @@ def shortcuts() -> None:
 
 @shortcuts.command("list")
 @click.option("--prefix", default="", help="Only names starting with this.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def shortcuts_list(prefix: str, space_id: str, token_value: str | None, as_json: bool) -> None:
     """List shortcuts by name."""
     rows: list[res.Shortcut] = []
@@ -471,10 +426,7 @@ async def shortcuts_list(prefix: str, space_id: str, token_value: str | None, as
 
 @shortcuts.command("show")
 @click.argument("shortcut_id")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def shortcuts_show(shortcut_id: str, space_id: str, token_value: str | None, as_json: bool) -> None:
     """Show one shortcut."""
     reply = await rpc("GetShortcut", pb.GetShortcutRequest(space_id=space_id, shortcut_id=shortcut_id), token_value)
@@ -495,10 +447,7 @@ def _shortcut_parts(attach: tuple[str, ...], quick_reply: tuple[str, ...]) -> tu
 @click.option("--text", required=True, help="Template text, e.g. 'Hi {{contact.first_name|there}}'.")
 @click.option("--attach", multiple=True, help="Attachment URL.")
 @click.option("--quick-reply", multiple=True, help="Quick reply TITLE or TITLE=PAYLOAD.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def shortcuts_create(name: str, text: str, attach: tuple[str, ...], quick_reply: tuple[str, ...],
                            space_id: str, token_value: str | None, as_json: bool) -> None:  # fmt: skip
     """Create a shortcut (managers)."""
@@ -515,10 +464,7 @@ async def shortcuts_create(name: str, text: str, attach: tuple[str, ...], quick_
 @click.argument("shortcut_id")
 @click.option("--name", default=None)
 @click.option("--text", default=None)
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def shortcuts_update(shortcut_id: str, name: str | None, text: str | None, space_id: str,
                            token_value: str | None, as_json: bool) -> None:  # fmt: skip
     """Rename a shortcut or change its text (managers)."""
@@ -533,10 +479,7 @@ async def shortcuts_update(shortcut_id: str, name: str | None, text: str | None,
 
 @shortcuts.command("delete")
 @click.argument("shortcut_id")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def shortcuts_delete(shortcut_id: str, space_id: str, token_value: str | None, as_json: bool) -> None:
     """Delete a shortcut (managers)."""
     await rpc("DeleteShortcut", pb.DeleteShortcutRequest(space_id=space_id, shortcut_id=shortcut_id), token_value)
@@ -546,10 +489,7 @@ async def shortcuts_delete(shortcut_id: str, space_id: str, token_value: str | N
 @shortcuts.command("render")
 @click.argument("name")
 @click.option("--conversation", "conversation_id", required=True, help="Render for this conversation's contact.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def shortcuts_render(name: str, conversation_id: str, space_id: str, token_value: str | None,
                            as_json: bool) -> None:  # fmt: skip
     """Show the text a shortcut would send in a conversation."""
@@ -577,10 +517,7 @@ def reports() -> None:
 @click.option("--to", "end", default=None, help="End, exclusive (ISO date/time); default now.")
 @click.option("--period", type=click.Choice(sorted(PERIODS)), default="day", show_default=True)
 @click.option("--tz", "time_zone", default="UTC", show_default=True, help="IANA time zone for period boundaries.")
-@space_option
-@token_option
-@json_option
-@command
+@rpc_command(space_option)
 async def reports_conversations(start: str | None, end: str | None, period: str, time_zone: str, space_id: str,
                                 token_value: str | None, as_json: bool) -> None:  # fmt: skip
     """Opened/closed per period, by closing category, assignee and team; response and resolution times."""
