@@ -17,17 +17,21 @@ time on that channel, now, and the requested tag / template flag; it returns a `
 An unknown last inbound time (the contact never wrote on the channel) is outside every window. A tag or
 template the channel does not have is refused as `not_supported` whatever the time.
 
-Source for the tags (read 2026-11): Meta's "Message Tags" page
-(https://developers.facebook.com/docs/messenger-platform/send-messages/message-tags/) lists HUMAN_AGENT
-("messages can be sent within 7 days after a user message", Messenger and Instagram) and CONFIRMED_EVENT_UPDATE,
-POST_PURCHASE_UPDATE, ACCOUNT_UPDATE "not available for Instagram Messaging API", none with a time limit; the
-"Messenger Platform and IG Messaging API policy" (https://developers.facebook.com/documentation/business-messaging/
-messenger-platform/policy/, updated 2026-09-28) still describes message tags, some Messenger-only, with the 7-day
-Human Agent tag. Meta's "utility messages" (templates for order, account and event updates, .../send-messages/
-utility-messages, 2026-03) cover the update tags' use cases and some vendors call those tags deprecated; no
-removal date was found in Meta's documentation, so the tags stay allowed and a refusal by Meta arrives as the
-provider's error on the send. Not modelled: the standard window of up to 7 days that Meta opens after a
-Click-to-Messenger/Direct ad (Parley does not know the entry point; 24 hours is the safe side).
+Source for the tags (Meta's documentation as searched in 2026-11):
+- "Message Tags", https://developers.facebook.com/docs/messenger-platform/send-messages/message-tags/ :
+  HUMAN_AGENT, "messages can be sent within 7 days after a user message" (Messenger and Instagram);
+  CONFIRMED_EVENT_UPDATE, POST_PURCHASE_UPDATE, ACCOUNT_UPDATE "not available for Instagram Messaging API",
+  with no time limit (Meta restricts their content: non-promotional, for the stated use case).
+- "Messenger Platform and IG Messaging API policy" (updated 2026-09-28),
+  https://developers.facebook.com/documentation/business-messaging/messenger-platform/policy/ : message tags,
+  some Messenger-only, and the 7-day Human Agent tag are still described.
+- "Send a utility message" (2026-03),
+  https://developers.facebook.com/documentation/business-messaging/messenger-platform/send-messages/utility-messages
+  : templates for order, account and event updates, the update tags' use cases. Some vendors call those tags
+  deprecated, but no removal date was found in Meta's documentation, so they stay allowed; should Meta refuse
+  one, its error is recorded on the send like any provider refusal.
+Not modelled: the standard window of up to 7 days Meta opens after a Click-to-Messenger/Direct ad (Parley does
+not know the entry point; 24 hours is the safe side).
 """
 
 from __future__ import annotations
