@@ -97,11 +97,12 @@ async def seed(url: str, service: ContactsService, n: int, rng: random.Random) -
                 first, lastname = rng.choice(firsts), rng.choice(lasts)
                 user = f"u{rng.randrange(1, 41)}" if rng.random() < 0.7 else None
                 team = f"t{rng.randrange(1, 6)}" if rng.random() < 0.3 else None
-                tag_rows += [(cid, t.id, SPACE) for t, w in zip(tags, weights, strict=True) if rng.random() < w]
+                tagged = sorted(t.id for t, w in zip(tags, weights, strict=True) if rng.random() < w)
+                tag_rows += [(cid, t, SPACE) for t in tagged]
                 contacts.append((
                     cid, SPACE, first, lastname, f"{first.lower()}.{lastname.lower()}{i}@example.com",
                     f"+3361{i:07d}", rng.choice(["FR", "PT", "ES", "DE", "US"]), rng.choice(["en", "fr", "pt-BR"]),
-                    None, user, team, created, created, last, channel if last else None, ctype if last else 0,
+                    None, user, team, created, created, last, channel if last else None, ctype if last else 0, tagged,
                 ))  # fmt: skip
                 identities.append((uuid.uuid4(), SPACE, cid, channel, ctype, f"ext-{i}", created))
                 if i % 97 == 0:
@@ -133,7 +134,7 @@ async def seed(url: str, service: ContactsService, n: int, rng: random.Random) -
             await conn.copy_records_to_table("contacts", records=contacts, columns=[
                 "id", "space_id", "first_name", "last_name", "email", "phone", "country", "language", "avatar_url",
                 "assignee_user_id", "assignee_team_id", "created_at", "updated_at", "last_interaction_at",
-                "last_interaction_channel_id", "last_interaction_channel_type"])  # fmt: skip
+                "last_interaction_channel_id", "last_interaction_channel_type", "tag_ids"])  # fmt: skip
             await conn.copy_records_to_table(
                 "contact_tags", records=tag_rows, columns=["contact_id", "tag_id", "space_id"]
             )

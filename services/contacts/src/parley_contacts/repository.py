@@ -8,6 +8,8 @@ or roll back together.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -19,6 +21,7 @@ from sqlalchemy import (
     ColumnElement,
     and_,
     bindparam,
+    cast,
     delete,
     exists,
     false,
@@ -79,6 +82,7 @@ _CONTACT_COLUMNS = [
     C.last_interaction_at,
     C.last_interaction_channel_id,
     C.last_interaction_channel_type,
+    C.tag_ids,
 ]
 VALUE_COLUMN = {
     FieldType.NUMBER: "value_number",
@@ -123,13 +127,10 @@ class Unit:
         self.events.append(event)
 
 
-def _contact(
-    row: Any,
-    identities: Sequence[Identity] = (),
-    values: dict[uuid.UUID, Any] | None = None,
-    tag_ids: Sequence[uuid.UUID] = (),
-) -> Contact:
-    return Contact(**row._mapping, tag_ids=tuple(tag_ids), identities=tuple(identities), values=values or {})
+def _contact(row: Any, identities: Sequence[Identity] = (), values: dict[uuid.UUID, Any] | None = None) -> Contact:
+    data = dict(row._mapping)
+    data["tag_ids"] = tuple(sorted(data["tag_ids"] or ()))
+    return Contact(**data, identities=tuple(identities), values=values or {})
 
 
 def _field(row: Any) -> FieldDef:
@@ -341,10 +342,7 @@ class Repository:
         for r in await s.execute(stmt2):
             # Exactly one value column is set: the one of the field's type.
             values[r.contact_id][r.field_id] = next((v for v in r[2:] if v is not None), None)
-        tags: dict[uuid.UUID, list[uuid.UUID]] = {i: [] for i in ids}
-        for r in await s.execute(select(T.contact_id, T.tag_id).where(T.contact_id.in_(ids)).order_by(T.tag_id)):
-            tags[r.contact_id].append(r.tag_id)
-        return [_contact(r, identities[r.id], values[r.id], tags[r.id]) for r in rows]
+        return [_contact(r, identities[r.id], values[r.id]) for r in rows]
 
     def _list_statements(
         self,
@@ -386,17 +384,33 @@ class Repository:
         count: bool,
         count_limit: int | None = None,
     ) -> Page:
-        """One page in the stable order (created_at desc, id desc), with the total when asked."""
+        """One page in the stable order (created_at desc, id desc), with the total when asked.
+
+        The total is counted on a second connection while the page is read (a count reads every match,
+        the page only the first ones), so the answer takes about the longer of the two, not their sum.
+        """
         stmt, count_stmt = self._list_statements(space_id, criteria, search, after, limit, count_limit)
-        if criteria is not None or search:
-            # Plan for these very values: how selective a tag, a value range or a prefix is decides
-            # the plan, and the driver's prepared statements would otherwise fall back to a generic plan.
-            await s.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
-        rows = (await s.execute(stmt)).all()
-        has_more = len(rows) > limit
-        contacts = await self._hydrate(s, rows[:limit])
-        total = (await s.execute(count_stmt)).scalar_one() if count else None
-        return Page(contacts, total, has_more)
+        custom_plans = criteria is not None or search
+        counting = asyncio.create_task(self._count(count_stmt, bool(custom_plans))) if count else None
+        try:
+            if custom_plans:
+                await s.execute(_CUSTOM_PLANS)
+            rows = (await s.execute(stmt)).all()
+            contacts = await self._hydrate(s, rows[:limit])
+        except BaseException:
+            if counting is not None:
+                counting.cancel()
+                with contextlib.suppress(BaseException):
+                    await counting
+            raise
+        total = await counting if counting is not None else None
+        return Page(contacts, total, len(rows) > limit)
+
+    async def _count(self, stmt: Any, custom_plans: bool) -> int:
+        async with self.sessions() as s, s.begin():
+            if custom_plans:
+                await s.execute(_CUSTOM_PLANS)
+            return (await s.execute(stmt)).scalar_one()
 
     async def explain_list(
         self, s: AsyncSession, space_id: str, criteria: ResolvedGroup | None, search: str | None, limit: int
@@ -418,7 +432,10 @@ class Repository:
     ) -> None:
         if tag_ids:
             rows = [{"contact_id": contact_id, "tag_id": t, "space_id": space_id} for t in tag_ids]
-            await s.execute(pg_insert(m.ContactTag).values(rows).on_conflict_do_nothing())
+            stmt = pg_insert(m.ContactTag).values(rows).on_conflict_do_nothing().returning(T.tag_id)
+            added = list((await s.execute(stmt)).scalars())
+            if added:
+                await s.execute(update(m.Contact).where(C.id == contact_id).values(tag_ids=C.tag_ids.concat(added)))
 
     async def update_contact(self, s: AsyncSession, contact_id: uuid.UUID, values: dict[str, Any]) -> None:
         await s.execute(update(m.Contact).where(C.id == contact_id).values(**values))
@@ -480,7 +497,11 @@ class Repository:
         )
         changed = list((await s.execute(stmt)).scalars())
         if changed:
-            await s.execute(update(m.Contact).where(C.id.in_(changed)).values(updated_at=now))
+            await s.execute(
+                update(m.Contact)
+                .where(C.id.in_(changed))
+                .values(updated_at=now, tag_ids=func.array_append(C.tag_ids, literal(tag_id, m.Contact.id.type)))
+            )
         return changed
 
     async def remove_tag(
@@ -491,8 +512,14 @@ class Repository:
         if ids is not None:
             where.append(T.contact_id.in_(ids))
         changed = list((await s.execute(delete(m.ContactTag).where(*where).returning(T.contact_id))).scalars())
-        if changed and ids is not None:
-            await s.execute(update(m.Contact).where(C.id.in_(changed)).values(updated_at=now))
+        if changed:
+            # Deleting a tag from the catalog (ids is None) is not a change of its contacts' updated_at.
+            untag: dict[str, Any] = {"tag_ids": func.array_remove(C.tag_ids, literal(tag_id, m.Contact.id.type))}
+            await s.execute(
+                update(m.Contact)
+                .where(C.id.in_(changed))
+                .values(**untag, **({"updated_at": now} if ids is not None else {}))
+            )
         return changed
 
     # -- custom field values ----------------------------------------------------------------------
@@ -730,6 +757,9 @@ def _touch_statements() -> tuple[Any, Any]:
 
 
 _LOOKUP, _TOUCH = _touch_statements()
+# Plan for these very values: how selective a tag, a value range or a prefix is decides the plan,
+# and the driver's prepared statements would otherwise fall back to a generic plan.
+_CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
 
 _VALUE_COLS = ("value_text", "value_number", "value_date", "value_datetime", "value_bool")
 
@@ -818,9 +848,11 @@ def _compile(node: Any, cid: Any = C.id) -> ColumnElement[bool]:
     if isinstance(node, ResolvedGroup):
         return compile_criteria(node, cid)
     if isinstance(node, TagCond):
+        # Row predicates on contacts.tag_ids (kept equal to the contact's contact_tags rows).
+        wanted = cast(literal(list(node.tag_ids), C.tag_ids.type), C.tag_ids.type)  # uuid[], also as a literal
         if node.match is TagMatch.ALL:
-            return and_(*(exists().where(T.contact_id == cid, T.tag_id == t) for t in node.tag_ids))
-        tagged = exists().where(T.contact_id == cid, T.tag_id.in_(list(node.tag_ids)))
+            return C.tag_ids.contains(wanted)
+        tagged = C.tag_ids.overlap(wanted)
         return tagged if node.match is TagMatch.ANY else ~tagged
     if isinstance(node, ResolvedField):
         return _compile_field(node, cid)
@@ -849,7 +881,7 @@ def _uses_contact_row(node: Any) -> bool:
         return any(_uses_contact_row(c) for c in node.children)
     if isinstance(node, ResolvedField):
         return node.field_id is None
-    return isinstance(node, ResolvedAssignee | ResolvedTime)
+    return isinstance(node, ResolvedAssignee | ResolvedTime | TagCond)
 
 
 def _narrow_ids(node: Any) -> Any:
