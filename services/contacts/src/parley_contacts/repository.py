@@ -70,6 +70,7 @@ T = m.ContactTag.__table__.c
 I = m.ContactIdentity.__table__.c  # noqa: E741
 V = m.FieldValue.__table__.c
 
+_SEARCH_TOTAL = "search_total"
 PROFILE_COLUMNS = ("first_name", "last_name", "email", "phone", "country", "language", "avatar_url")
 _CONTACT_COLUMNS = [
     C.id,
@@ -129,6 +130,7 @@ class Unit:
 
 def _contact(row: Any, identities: Sequence[Identity] = (), values: dict[uuid.UUID, Any] | None = None) -> Contact:
     data = dict(row._mapping)
+    data.pop(_SEARCH_TOTAL, None)
     data["tag_ids"] = tuple(sorted(data["tag_ids"] or ()))
     return Contact(**data, identities=tuple(identities), values=values or {})
 
@@ -391,7 +393,8 @@ class Repository:
         """
         stmt, count_stmt = self._list_statements(space_id, criteria, search, after, limit, count_limit)
         custom_plans = criteria is not None or search
-        counting = asyncio.create_task(self._count(count_stmt, bool(custom_plans))) if count else None
+        inline = search is not None and criteria is None  # the page statement carries the total
+        counting = asyncio.create_task(self._count(count_stmt, bool(custom_plans))) if count and not inline else None
         try:
             if custom_plans:
                 await s.execute(_CUSTOM_PLANS)
@@ -404,6 +407,9 @@ class Repository:
                     await counting
             raise
         total = await counting if counting is not None else None
+        if inline and count:
+            # No row on this page (past the last one) says nothing of the total: count it then.
+            total = rows[0]._mapping[_SEARCH_TOTAL] if rows else (await s.execute(count_stmt)).scalar_one()
         return Page(contacts, total, len(rows) > limit)
 
     async def _count(self, stmt: Any, custom_plans: bool) -> int:
@@ -771,22 +777,27 @@ def _search_statements(
     space_id: str, query: str, after: tuple[datetime, uuid.UUID] | None, limit: int, count_limit: int | None
 ) -> tuple[Any, Any]:
     """Search alone: rank the candidates (id, created_at, straight from the search indexes) and fetch
-    only the page's rows, instead of visiting every candidate's row."""
-    cands = _search_candidates(space_id, query).subquery("cands")
+    only the page's rows, instead of visiting every candidate's row.
+
+    The page statement also carries the total (column `search_total`, the same for every row): the
+    candidates are found once (a CTE used twice is materialized) and page and total come in one round trip.
+    """
+    cands = _search_candidates(space_id, query).cte("cands")
     top = select(cands.c.id, cands.c.created_at)
     if after is not None:
         top = top.where(tuple_(cands.c.created_at, cands.c.id) < tuple_(literal(after[0]), literal(after[1])))
     page = top.order_by(cands.c.created_at.desc(), cands.c.id.desc()).limit(limit + 1).subquery("page")
+    counted = select(cands.c.id)
+    if count_limit:
+        counted = counted.limit(count_limit)
+    total = select(func.count()).select_from(counted.subquery())
     stmt = (
-        select(*_CONTACT_COLUMNS)
+        select(*_CONTACT_COLUMNS, total.scalar_subquery().label(_SEARCH_TOTAL))
         .select_from(m.Contact.__table__.join(page, C.id == page.c.id))
         .where(C.space_id == space_id)
         .order_by(C.created_at.desc(), C.id.desc())
     )
-    counted = select(cands.c.id)
-    if count_limit:
-        counted = counted.limit(count_limit)
-    return stmt, select(func.count()).select_from(counted.subquery())
+    return stmt, total
 
 
 def _search_patterns(query: str) -> tuple[str, str | None]:
