@@ -208,6 +208,27 @@ class Repository:
             record = await raw.fetchrow(sql, *(params[n] for n in names))
         return None if record is None else dict(record.items())
 
+    async def touch_by_identities(
+        self, keys: Sequence[tuple[str, str, str]], moves: Sequence[tuple[datetime | None, int]]
+    ) -> dict[tuple[str, str, str], dict[str, Any]]:
+        """The inbound fast path for many identities in ONE statement and round trip (autocommit).
+
+        `keys` are distinct (space_id, channel_id, external_id); `moves[i]` is (interaction time or None,
+        channel type) of keys[i]. Each found contact's last interaction moves forward to the latest time
+        given for it (several identities may share a contact), locking contacts in id order so concurrent
+        batches cannot deadlock. Returns, per found key, {"id", "last_interaction_at", profile fields...}
+        as they were; unknown identities are absent.
+        """
+        if not keys:
+            return {}
+        spaces, channels, externals = (list(col) for col in zip(*keys, strict=True))
+        ats, types = [mv[0] for mv in moves], [mv[1] for mv in moves]
+        async with self._engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            records = await raw.fetch(_TOUCH_MANY, spaces, channels, externals, ats, types)
+        return {(r["space_id"], r["channel_id"], r["external_id"]): dict(list(r.items())[4:]) for r in records}
+
     def _compiled(self, stmt: Any) -> tuple[str, tuple[str, ...]]:
         """`stmt` compiled for this engine's dialect: SQL with $n placeholders and the parameter order."""
         found = self._sql_cache.get(id(stmt))
@@ -763,6 +784,33 @@ def _touch_statements() -> tuple[Any, Any]:
 
 
 _LOOKUP, _TOUCH = _touch_statements()
+# touch_by_identities: the identities of a batch, each contact's latest interaction (DISTINCT ON), those
+# contacts locked in id order (no deadlock between concurrent batches), moved forward, and the
+# contacts as they were.
+_TOUCH_MANY = f"""
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int[])
+        AS t(space_id, channel_id, external_id, at, channel_type)
+), found AS (
+    SELECT i.*, ci.contact_id FROM input i JOIN contact_identities ci
+        ON ci.space_id = i.space_id AND ci.channel_id = i.channel_id AND ci.external_id = i.external_id
+), latest AS (
+    SELECT DISTINCT ON (contact_id) contact_id, at, channel_id, channel_type FROM found
+    WHERE at IS NOT NULL ORDER BY contact_id, at DESC
+), locked AS (
+    SELECT c.id, l.at, l.channel_id, l.channel_type FROM contacts c JOIN latest l ON c.id = l.contact_id
+    WHERE c.last_interaction_at IS NULL OR c.last_interaction_at < l.at
+    ORDER BY c.id FOR NO KEY UPDATE OF c
+), moved AS (
+    UPDATE contacts c SET last_interaction_at = l.at, last_interaction_channel_id = l.channel_id,
+        last_interaction_channel_type = l.channel_type
+    FROM locked l WHERE c.id = l.id AND (c.last_interaction_at IS NULL OR c.last_interaction_at < l.at)
+    RETURNING c.id
+)
+SELECT f.space_id, f.channel_id, f.external_id, (SELECT count(*) FROM moved) AS moved,
+    c.id, c.last_interaction_at, {", ".join(f"c.{n}" for n in PROFILE_COLUMNS)}
+FROM found f JOIN contacts c ON c.id = f.contact_id
+"""
 # Plan for these very values: how selective a tag, a value range or a prefix is decides the plan,
 # and the driver's prepared statements would otherwise fall back to a generic plan.
 _CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
