@@ -15,6 +15,7 @@ unit of work (one transaction). Events, one per change:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -67,6 +68,8 @@ MAX_PAGE_SIZE = 500
 MAX_BULK = 1000
 MAX_LIST_OPTIONS = 200
 MAX_UPSERT_BATCH = 500
+# New identities of one UpsertByIdentities call created at once (each its own transaction and connection).
+NEW_IDENTITY_CONCURRENCY = 4
 
 
 def utcnow() -> datetime:
@@ -285,10 +288,10 @@ class ContactsService:
         """UpsertByIdentity for many identities (≤ MAX_UPSERT_BATCH), one outcome per item, in order.
 
         Known identities take one statement for the whole batch (each contact's last interaction moves
-        forward to its latest time in the batch). Unknown ones then go through UpsertByIdentity one by one
-        (race-safe). An identity repeated in the batch counts once, with its latest interaction time and
-        the first non-empty value of each hint; only its first item reports created. A refused item
-        (invalid identity) carries its error and does not fail the others.
+        forward to its latest time in the batch). Unknown ones then go through UpsertByIdentity (race-safe),
+        NEW_IDENTITY_CONCURRENCY at a time. An identity repeated in the batch counts once, with its latest
+        interaction time and the first non-empty value of each hint; only its first item reports created.
+        A refused item (invalid identity) carries its error and does not fail the others.
         """
         if len(items) > MAX_UPSERT_BATCH:
             raise InvalidArgument(f"at most {MAX_UPSERT_BATCH} identities per call; split the batch")
@@ -314,21 +317,26 @@ class ContactsService:
             keys, [(merged[k].interaction_at, merged[k].identity.channel_type) for k in keys]
         )
         results: dict[tuple[str, str, str], UpsertOutcome] = {}
-        for key in keys:
+        slots = asyncio.Semaphore(NEW_IDENTITY_CONCURRENCY)
+
+        async def one(key: tuple[str, str, str]) -> None:
             item = merged[key]
             try:
                 row = found.get(key)
                 if row is None:
-                    contact_id, created = await self.upsert_by_identity(
-                        item.space_id, actor, item.identity, item.hints, item.interaction_at
-                    )
+                    async with slots:
+                        contact_id, created = await self.upsert_by_identity(
+                            item.space_id, actor, item.identity, item.hints, item.interaction_at
+                        )
                     results[key] = UpsertOutcome(contact_id, created)
-                    continue
+                    return
                 await self._fill_hints(item.space_id, actor, row, _clean_hints(item.hints))
                 results[key] = UpsertOutcome(row["id"])
                 metrics.UPSERTS.labels("existing").inc()
             except DomainError as exc:
                 results[key] = UpsertOutcome(error=exc)
+
+        await asyncio.gather(*(one(k) for k in keys))
         out: list[UpsertOutcome] = []
         reported: set[tuple[str, str, str]] = set()
         for i, item in enumerate(items):
