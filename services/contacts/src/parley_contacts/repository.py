@@ -980,7 +980,7 @@ def _count_statement(space_id: str, criteria: ResolvedGroup, count_limit: int | 
     """COUNT of the contacts matching AND-criteria, driven by narrow tables when it can.
 
     Counting reads every match. When the criteria are an AND including tag or custom-value conditions,
-    those matches come from index-only scans of `contact_tags` / `field_values` (intersected), and the
+    those matches come from index-only scans of `contact_tags` / `field_values` (semi-joined), and the
     remaining conditions are checked per match, joining the contact row only if they read it. Other
     criteria fall back to filtering the contacts.
     """
@@ -997,11 +997,12 @@ def _count_statement(space_id: str, criteria: ResolvedGroup, count_limit: int | 
     drivers, rest = _drivers(criteria)
     if not drivers:
         return None
-    ids = drivers[0][1] if len(drivers) == 1 else intersect(*(q for _, q in drivers))
-    matched = ids.subquery("matched")
+    # The other drivers as semi-joins (IN) rather than INTERSECT: the planner can then hash-join them,
+    # in parallel workers, where a HashSetOp intersect runs in one process (2-4x slower on 1M contacts).
+    matched = drivers[0][1].subquery("matched")
     cid = matched.c.contact_id
     source: Any = matched
-    where = [_compile(n, cid) for n in rest]
+    where = [cid.in_(q) for _, q in drivers[1:]] + [_compile(n, cid) for n in rest]
     if any(_uses_contact_row(n) for n in rest):
         source = matched.join(m.Contact.__table__, C.id == cid)
         where.append(C.space_id == space_id)
