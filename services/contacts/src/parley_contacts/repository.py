@@ -435,8 +435,7 @@ class Repository:
 
     async def _count(self, stmt: Any, custom_plans: bool) -> int:
         async with self.sessions() as s, s.begin():
-            if custom_plans:
-                await s.execute(_CUSTOM_PLANS)
+            await s.execute(_COUNT_SETTINGS if custom_plans else _COUNT_MEMORY)
             return (await s.execute(stmt)).scalar_one()
 
     async def explain_list(
@@ -814,6 +813,12 @@ FROM found f JOIN contacts c ON c.id = f.contact_id
 # Plan for these very values: how selective a tag, a value range or a prefix is decides the plan,
 # and the driver's prepared statements would otherwise fall back to a generic plan.
 _CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
+# Counts hash the ids of their matches (a union for OR, a hash join for AND): with the default 4 MB of
+# work_mem the hash of an OR matching 170k contacts spilled to disk in 5 batches.
+_COUNT_MEMORY = text("SELECT set_config('work_mem', '16MB', true)")
+_COUNT_SETTINGS = text(
+    "SELECT set_config('work_mem', '16MB', true), set_config('plan_cache_mode', 'force_custom_plan', true)"
+)
 
 _VALUE_COLS = ("value_text", "value_number", "value_date", "value_datetime", "value_bool")
 
