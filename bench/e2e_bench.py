@@ -18,7 +18,7 @@ directory, creates a space with a Messenger channel, then:
    same-run baseline, and prints both with their ratio;
 4. says where the time goes during the fixed-rate run: CPU per message of every process of the platform (from
    /proc: the services, nats-server, PostgreSQL's backends, this client), and the services' own histograms
-   (webhook handling, the ingest's batch stages, UpsertByIdentity, server-side time to visibility).
+   (webhook handling, the ingest's batch stages, UpsertByIdentities, server-side time to visibility).
 
 Traffic goes only to 127.0.0.1. Run: `python -m bench e2e [--seconds 20 --rate 250]` (or `make bench BENCH=e2e`).
 """
@@ -422,11 +422,11 @@ def time_breakdown(
             f"stage {c_mean * 1000:.1f} ms, database transaction {d_mean * 1000:.1f} ms, whole handler "
             f"{h_mean * 1000:.1f} ms"
         )
-    u_mean, u_n = mean(contacts, b_contacts, "parley_rpc_duration_seconds", 'method="UpsertByIdentity"')
+    u_mean, u_n = mean(contacts, b_contacts, "parley_rpc_duration_seconds", 'method="UpsertByIdentities"')
     if u_n:
-        lines.append(f"  contacts: UpsertByIdentity mean {u_mean * 1000:.2f} ms ({u_n:.0f} calls)")
+        lines.append(f"  contacts: UpsertByIdentities mean {u_mean * 1000:.2f} ms ({u_n:.0f} calls)")
     else:
-        lines.append("  contacts: no UpsertByIdentity calls (known contacts: conversations reports an interaction at "
+        lines.append("  contacts: no UpsertByIdentities calls (known contacts: conversations reports an interaction at "
                      "most once a minute)")  # fmt: skip
     t_mean, t_n = mean(conv, b_conv, "parley_conversations_time_to_visibility_seconds")
     lines.append(f"  server-side time to visibility (received_at -> commit) mean {t_mean * 1000:.1f} ms ({t_n:.0f})")

@@ -48,11 +48,11 @@ def simulate(exporter: InMemorySpanExporter, console: io.StringIO, *, break_nats
     ):
         metadata: dict[str, str] = {}
         with conversations.start_as_current_span(
-            "parley.contacts.v1.ContactsService/UpsertByIdentity", kind=SpanKind.CLIENT
+            "parley.contacts.v1.ContactsService/UpsertByIdentities", kind=SpanKind.CLIENT
         ):
             telemetry.inject(metadata)
         with contacts.start_as_current_span(
-            "parley.contacts.v1.ContactsService/UpsertByIdentity",
+            "parley.contacts.v1.ContactsService/UpsertByIdentities",
             context=telemetry.extract(metadata),
             kind=SpanKind.SERVER,
         ):

@@ -2,7 +2,7 @@
 appends its finished spans to one file (PARLEY_TRACE_FILE), and the parent/child chain is checked with
 `parley_deploy.traces`.
 
-- Inbound to provider: a signed webhook → JetStream → the conversations consumer → UpsertByIdentity → the stored
+- Inbound to provider: a signed webhook → JetStream → the conversations consumer → UpsertByIdentities → the stored
   message → `conversations.message.received`, whose headers carry the trace to an automation that replies with
   `SendMessage` (a service token, the event's `traceparent`) → outbox → outbound publish → the gateway worker →
   the provider call → the status event. (The automation service is not built yet; the test plays its part, as

@@ -11,8 +11,10 @@ import pytest
 from click.testing import CliRunner, Result
 from parley_cli.main import cli
 from parley_contacts.grpc_api import SERVICE_NAME, ContactsApi, register
-from parley_contacts.service import ContactsService
+from parley_contacts.repository import Repository
+from parley_contacts.service import Actor, ContactsService
 from parley_kit.auth import SigningKey, TokenVerifier, jwks
+from parley_kit.db import session_factory
 from parley_kit.grpc_server import GrpcServer, JwtAuthenticator
 
 SPACE = "sp_cli"
@@ -108,3 +110,26 @@ async def test_csv_import_maps_columns_and_reports_bad_rows_without_stopping(par
     assert listed["contacts"][0]["email"] == "dee@x.com"
     unmapped = await parley("contacts", "import", str(csv_file))
     assert unmapped.exit_code != 0 and "E-mail" in unmapped.output
+
+
+async def test_cli_says_a_capped_total_is_a_lower_bound(
+    engine, sink, signing_key: SigningKey, mint_token: Callable[..., str]
+) -> None:
+    capped = ContactsService(Repository(session_factory(engine), sink), count_limit=2)
+    for name in ("a", "b", "c"):
+        await capped.create_contact("sp_cli_cap", Actor(subject="user:m"), {"first_name": name})
+    server = GrpcServer("contacts", authenticator=JwtAuthenticator(TokenVerifier.from_jwks(jwks(signing_key))))
+    server.add(register, ContactsApi(capped), SERVICE_NAME)
+    port = await server.start("127.0.0.1", 0)
+    await server.set_serving(True)
+    try:
+        env = {
+            "PARLEY_CONTACTS_ADDR": f"127.0.0.1:{port}",
+            "PARLEY_TOKEN": mint_token(space_id="sp_cli_cap", role="manager", subject="user:m"),
+        }
+        table = await asyncio.to_thread(CliRunner().invoke, cli, ["contacts", "list"], env=env, catch_exceptions=False)
+        assert "\n2+ contact(s)" in table.output
+        raw = await asyncio.to_thread(CliRunner().invoke, cli, ["contacts", "list", "--json"], env=env)
+        assert json.loads(raw.output)["total_count_capped"] is True
+    finally:
+        await server.stop(1)

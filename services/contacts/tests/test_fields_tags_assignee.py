@@ -6,6 +6,7 @@ import pytest
 from parley_contacts.domain import format_value
 from parley_contacts.service import Actor, ContactsService
 from parley_kit.errors import AlreadyExists, InvalidArgument, NotFound
+from sqlalchemy import text
 
 VALID = {
     "text": ("hello", "hello"),
@@ -158,3 +159,29 @@ async def test_bulk_assign_changes_every_contact(service: ContactsService, space
     assert await service.assign(space, agent, [str(c.id) for c in cs], "", "sales") == 5
     with pytest.raises(InvalidArgument, match="at most"):
         await service.assign(space, agent, [str(cs[0].id)] * 1001, "u", "")
+
+
+async def test_contact_row_tag_ids_always_equal_its_contact_tags_rows(
+    service: ContactsService, engine, space: str, manager: Actor
+) -> None:
+    """Tag criteria read contacts.tag_ids; every tag change keeps it equal to contact_tags."""
+    a, b, c = [await service.create_tag(space, n) for n in ("a", "b", "c")]
+    one = await service.create_contact(space, manager, {}, tag_ids=[str(a.id), str(b.id)])
+    two = await service.create_contact(space, manager, {}, tag_ids=[str(b.id)])
+    ids = [str(one.id), str(two.id)]
+    await service.change_tags(space, manager, ids, [str(c.id)], [str(b.id)])
+    await service.change_tags(space, manager, ids, [str(a.id)], [])
+    await service.merge(space, manager, str(one.id), str(two.id))
+    await service.delete_tag(space, manager, str(a.id))
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT c.id, c.tag_ids, coalesce((SELECT array_agg(t.tag_id) FROM contact_tags t"
+                    " WHERE t.contact_id = c.id), '{}') AS rows FROM contacts c WHERE c.space_id = :s"
+                ),
+                {"s": space},
+            )
+        ).all()
+    assert [(r.id, sorted(r.tag_ids)) for r in rows] == [(one.id, [c.id])]
+    assert all(sorted(r.tag_ids) == sorted(r.rows) for r in rows)

@@ -191,6 +191,32 @@ async def test_upsert_by_identity_over_grpc_with_a_service_token(client) -> None
     assert await _code(system.UpsertByIdentity(missing_space)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_upsert_by_identities_answers_per_item_and_keeps_each_in_its_space(client) -> None:
+    agent = client("agent", "sp_api_batch")
+    items = [
+        pb.UpsertByIdentityRequest(channel_id="ch1", external_id="b1", profile=pb.IdentityProfile(first_name="B")),
+        pb.UpsertByIdentityRequest(space_id="sp_api_batch_other", channel_id="ch1", external_id="b2"),
+        pb.UpsertByIdentityRequest(channel_id="ch1", external_id=""),
+        pb.UpsertByIdentityRequest(space_id="sp_api_batch", channel_id="ch1", external_id="b1"),
+    ]
+    got = (await agent.UpsertByIdentities(pb.UpsertByIdentitiesRequest(items=items))).results
+    assert len(got) == 4 and got[0].created and got[0].error_code == 0
+    assert got[1].error_code == grpc.StatusCode.PERMISSION_DENIED.value[0] and not got[1].contact_id
+    assert got[2].error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "external_id" in got[2].error_message
+    assert (got[3].contact_id, got[3].created) == (got[0].contact_id, False)
+    other = client("agent", "sp_api_batch_other")
+    assert (
+        await _code(other.GetContact(pb.GetContactRequest(contact_id=got[0].contact_id))) == grpc.StatusCode.NOT_FOUND
+    )
+    system = client("system", "*", "conversations")
+    spread = [
+        pb.UpsertByIdentityRequest(space_id=sp, channel_id="ch1", external_id="b1")
+        for sp in ("sp_api_batch", "sp_api_batch_other")
+    ]
+    a, b = (await system.UpsertByIdentities(pb.UpsertByIdentitiesRequest(items=spread))).results
+    assert a.contact_id == got[0].contact_id and not a.created and b.created and b.contact_id != a.contact_id
+
+
 async def test_import_reports_bad_rows_and_keeps_good_ones(client) -> None:
     manager = client("manager", "sp_api_import")
     await manager.CreateField(pb.CreateFieldRequest(key="age", label="Age", type=fields_pb2.FIELD_TYPE_NUMBER))

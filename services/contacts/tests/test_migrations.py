@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
 from parley_contacts.models import metadata
 from parley_kit.db import create_engine, run_migrations
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 
 async def _tables(url: str) -> set[str]:
@@ -23,3 +25,42 @@ async def test_migrations_upgrade_downgrade_and_upgrade_again(database_url: str)
     assert await _tables(database_url) <= {"alembic_version"}
     await run_migrations("parley_contacts", database_url)
     assert set(metadata.tables) <= await _tables(database_url)
+
+
+async def test_tag_ids_migration_backfills_existing_contacts_and_reverts(database_url: str) -> None:
+    await run_migrations("parley_contacts", database_url, "base", downgrade=True)
+    await run_migrations("parley_contacts", database_url, "20261125_0002")
+    contact, untagged, t1, t2 = (uuid.uuid4() for _ in range(4))
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO tags (id, space_id, name, created_at)"
+                    " VALUES (:t1, 's', 'one', now()), (:t2, 's', 'two', now())"
+                ),
+                {"t1": t1, "t2": t2},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO contacts (id, space_id, created_at, updated_at)"
+                    " VALUES (:c, 's', now(), now()), (:u, 's', now(), now())"
+                ),
+                {"c": contact, "u": untagged},
+            )
+            await conn.execute(
+                text("INSERT INTO contact_tags (contact_id, tag_id, space_id) VALUES (:c, :t1, 's'), (:c, :t2, 's')"),
+                {"c": contact, "t1": t1, "t2": t2},
+            )
+        await run_migrations("parley_contacts", database_url)
+        async with engine.connect() as conn:
+            got = dict((await conn.execute(text("SELECT id, tag_ids FROM contacts"))).all())
+        assert sorted(got[contact]) == sorted([t1, t2]) and got[untagged] == []
+        await run_migrations("parley_contacts", database_url, "20261125_0002", downgrade=True)
+        async with engine.connect() as conn:
+            columns = {c["name"] for c in await conn.run_sync(lambda c: inspect(c).get_columns("contacts"))}
+            assert "tag_ids" not in columns
+            assert (await conn.execute(text("SELECT count(*) FROM contact_tags"))).scalar() == 2
+    finally:
+        await engine.dispose()
+        await run_migrations("parley_contacts", database_url)

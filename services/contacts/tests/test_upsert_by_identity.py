@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from parley_contacts.service import Actor, ContactsService, IdentityInput
+import pytest
+from parley_contacts.service import MAX_UPSERT_BATCH, Actor, ContactsService, IdentityInput, UpsertItem
+from parley_kit.errors import InvalidArgument
 
 SERVICE = Actor(subject="service:conversations")
 
@@ -86,3 +88,65 @@ async def test_repeated_upsert_without_news_emits_no_event(service: ContactsServ
     for _ in range(3):
         await service.upsert_by_identity(space, SERVICE, ident(), {"first_name": "Bo"}, at)
     assert len([e for e in sink.events if e.space_id == space]) == before
+
+
+def item(space: str, external_id: str, at: datetime | None = None, **hints: str) -> UpsertItem:
+    return UpsertItem(space, ident(external_id), hints, at)
+
+
+async def test_concurrent_batches_with_one_new_identity_create_exactly_one_contact(
+    service: ContactsService, space: str, sink
+) -> None:
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    batches = [[item(space, f"own-{i}", at), item(space, "shared", at, first_name="Ana")] for i in range(20)]
+    results = await asyncio.gather(*(service.upsert_by_identities(SERVICE, b) for b in batches))
+    shared = [r[1] for r in results]
+    assert len({r.contact_id for r in shared}) == 1 and sum(r.created for r in shared) == 1
+    assert all(r[0].created and r[0].error is None for r in results)
+    assert (await service.list_contacts(space, SERVICE)).total == 21
+    assert len(sink.of("contact.created", space)) == 21
+
+
+async def test_batch_reports_a_refused_identity_per_item_and_keeps_the_others(
+    service: ContactsService, space: str
+) -> None:
+    known, _ = await service.upsert_by_identity(space, SERVICE, ident("known"), {}, None)
+    out = await service.upsert_by_identities(
+        SERVICE, [item(space, "fresh"), UpsertItem(space, ident(""), {}, None), item(space, "known")]
+    )
+    assert out[0].created and out[0].contact_id is not None and out[0].error is None
+    assert isinstance(out[1].error, InvalidArgument) and out[1].contact_id is None
+    assert (out[2].contact_id, out[2].created, out[2].error) == (known, False, None)
+    with pytest.raises(InvalidArgument, match="at most 500"):
+        await service.upsert_by_identities(SERVICE, [item(space, f"x{i}") for i in range(MAX_UPSERT_BATCH + 1)])
+
+
+async def test_batch_moves_interaction_forward_to_the_latest_and_fills_only_empty_hints(
+    service: ContactsService, space: str, sink
+) -> None:
+    t1 = datetime(2026, 11, 1, 10, tzinfo=UTC)
+    cid, _ = await service.upsert_by_identity(space, SERVICE, ident("p"), {"first_name": "Ana"}, t1)
+    out = await service.upsert_by_identities(
+        SERVICE,
+        [
+            item(space, "p", t1 + timedelta(hours=2), first_name="Other", language="fr"),
+            item(space, "p", t1 + timedelta(hours=3)),
+            item(space, "p", t1 - timedelta(days=1)),
+        ],
+    )
+    assert [(o.contact_id, o.created) for o in out] == [(cid, False)] * 3
+    got, _ = await service.get_contact(space, str(cid))
+    assert got.last_interaction_at == t1 + timedelta(hours=3)
+    assert (got.first_name, got.language) == ("Ana", "fr")
+    assert len(sink.of("contact.updated", space)) == 1
+    await service.upsert_by_identities(SERVICE, [item(space, "p", t1)])  # older: never moves back
+    got, _ = await service.get_contact(space, str(cid))
+    assert got.last_interaction_at == t1 + timedelta(hours=3)
+
+
+async def test_a_batch_repeating_a_new_identity_creates_it_once(service: ContactsService, space: str) -> None:
+    at = datetime(2026, 11, 2, tzinfo=UTC)
+    out = await service.upsert_by_identities(SERVICE, [item(space, "twice", at), item(space, "twice")])
+    assert out[0].contact_id == out[1].contact_id and [o.created for o in out] == [True, False]
+    got, _ = await service.get_contact(space, str(out[0].contact_id))
+    assert got.last_interaction_at == at

@@ -42,14 +42,17 @@ from parley_kit.testing.service import running
 
 
 class FakeContactsService(cpb_grpc.ContactsServiceServicer):
-    """TEST DOUBLE of ContactsService.UpsertByIdentity: one contact per (space, channel, external id),
-    created exactly once even under concurrent calls (an asyncio lock), recording every call."""
+    """TEST DOUBLE of ContactsService.UpsertByIdentity and UpsertByIdentities: one contact per (space,
+    channel, external id), created exactly once even under concurrent calls (an asyncio lock), recording
+    every identity asked for (`calls`) and the traceparent of every call."""
 
     def __init__(self) -> None:
         self.contacts: dict[tuple[str, str, str], str] = {}
         self.calls: list[cpb.UpsertByIdentityRequest] = []
         self.traceparents: list[str] = []
         self.fail_with: grpc.StatusCode | None = None
+        self.refuse: set[str] = set()  # external ids UpsertByIdentities answers INVALID_ARGUMENT for
+        self.batches = 0
         self._lock = asyncio.Lock()
 
     async def UpsertByIdentity(
@@ -65,6 +68,28 @@ class FakeContactsService(cpb_grpc.ContactsServiceServicer):
             if created:
                 self.contacts[key] = f"ct-{uuid.uuid4().hex[:12]}"
         return cpb.UpsertByIdentityResponse(contact_id=self.contacts[key], created=created)
+
+    async def UpsertByIdentities(
+        self, request: cpb.UpsertByIdentitiesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.UpsertByIdentitiesResponse:
+        if self.fail_with is not None:
+            await context.abort(self.fail_with, "contacts test double told to fail")
+        self.traceparents += [str(v) for k, v in (context.invocation_metadata() or ()) if k == "traceparent"]
+        self.batches += 1
+        results = []
+        for item in request.items:
+            if item.external_id in self.refuse:
+                code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                results.append(cpb.UpsertByIdentitiesResult(error_code=code, error_message="refused by the double"))
+                continue
+            self.calls.append(item)
+            key = (item.space_id, item.channel_id, item.external_id)
+            async with self._lock:
+                created = key not in self.contacts
+                if created:
+                    self.contacts[key] = f"ct-{uuid.uuid4().hex[:12]}"
+            results.append(cpb.UpsertByIdentitiesResult(contact_id=self.contacts[key], created=created))
+        return cpb.UpsertByIdentitiesResponse(results=results)
 
 
 class ContactsProcess:

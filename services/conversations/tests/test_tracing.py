@@ -102,7 +102,8 @@ async def test_each_inbound_event_is_processed_in_its_own_span_under_its_produce
         assert store.attributes["parley.conversation.opened"] is True and store.attributes["parley.message_id"]
         (received,) = [s for s in mine if s.name == "publish conversations.message.received"]
         assert process in _ancestors(received, index)
-    # each contacts call carried the context of a gRPC client span opened under its event's process span
+    # each contacts call (one per batch of identities) carried the context of a gRPC client span opened
+    # under the process span of an event of its batch
     process_ids = {s.context.span_id for s in spans if s.name.startswith("process channel_gateway.inbound.")}
     client_ids = {
         f"{s.context.span_id:016x}"
@@ -110,7 +111,7 @@ async def test_each_inbound_event_is_processed_in_its_own_span_under_its_produce
         if s.kind == SpanKind.CLIENT and s.parent is not None and s.parent.span_id in process_ids
     }
     calls = fake_contacts[0].traceparents
-    assert len(calls) >= 3 and all(tp.split("-")[2] in client_ids for tp in calls)
+    assert calls and all(tp.split("-")[2] in client_ids for tp in calls)
     after = REGISTRY.get_sample_value(
         "parley_conversations_time_to_visibility_seconds_count", {"channel_type": "messenger"}
     )

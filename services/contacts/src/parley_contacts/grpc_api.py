@@ -16,7 +16,8 @@ from parley.common.v1 import common_pb2
 from parley.contacts.v1 import contacts_service_pb2 as pb
 from parley.contacts.v1 import contacts_service_pb2_grpc as pb_grpc
 from parley_kit.auth import Caller, current_caller
-from parley_kit.errors import InvalidArgument
+from parley_kit.errors import DomainError, InvalidArgument
+from parley_kit.grpc_server import status_for
 from parley_kit.permissions import Permission
 
 from parley_contacts.convert import (
@@ -36,6 +37,8 @@ from parley_contacts.service import (
     ContactsService,
     IdentityInput,
     ImportRow,
+    UpsertItem,
+    UpsertOutcome,
 )
 
 T = TypeVar("T")
@@ -69,6 +72,24 @@ def _paginate(items: Sequence[T], key: Callable[[T], str], page: common_pb2.Page
     return chunk, common_pb2.PageResponse(next_page_token=token, total_count=len(items))
 
 
+def _upsert_item(space: str, request: pb.UpsertByIdentityRequest) -> UpsertItem:
+    p = request.profile
+    hints = {
+        "display_name": p.display_name,
+        "first_name": p.first_name,
+        "last_name": p.last_name,
+        "phone": p.phone,
+        "language": p.language,
+        "avatar_url": p.avatar_url,
+    }
+    return UpsertItem(
+        space,
+        IdentityInput(request.channel_id, int(request.channel_type), request.external_id),
+        hints,
+        from_ts(request.interaction_at) if request.HasField("interaction_at") else None,
+    )
+
+
 class ContactsApi(pb_grpc.ContactsServiceServicer):
     def __init__(self, service: ContactsService) -> None:
         self.service = service
@@ -77,23 +98,37 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
 
     async def UpsertByIdentity(self, request: pb.UpsertByIdentityRequest, context: Ctx) -> pb.UpsertByIdentityResponse:
         space, actor, _ = _scope(request, Permission.CONTACTS_WRITE)
-        p = request.profile
-        hints = {
-            "display_name": p.display_name,
-            "first_name": p.first_name,
-            "last_name": p.last_name,
-            "phone": p.phone,
-            "language": p.language,
-            "avatar_url": p.avatar_url,
-        }
+        item = _upsert_item(space, request)
         contact_id, created = await self.service.upsert_by_identity(
-            space,
-            actor,
-            IdentityInput(request.channel_id, int(request.channel_type), request.external_id),
-            hints,
-            from_ts(request.interaction_at) if request.HasField("interaction_at") else None,
+            space, actor, item.identity, item.hints, item.interaction_at
         )
         return pb.UpsertByIdentityResponse(contact_id=str(contact_id), created=created)
+
+    async def UpsertByIdentities(
+        self, request: pb.UpsertByIdentitiesRequest, context: Ctx
+    ) -> pb.UpsertByIdentitiesResponse:
+        """Each item is scoped to its space on its own: an item naming a space the token may not act on is
+        refused (PERMISSION_DENIED) like its own UpsertByIdentity call would be; the others go on."""
+        caller = current_caller()
+        caller.require(Permission.CONTACTS_WRITE)
+        actor = Actor(subject=caller.subject, user_id=caller.user_id)
+        items: list[UpsertItem] = []
+        refused: dict[int, DomainError] = {}
+        for i, one in enumerate(request.items):
+            try:
+                items.append(_upsert_item(caller.scoped_space(one.space_id), one))
+            except DomainError as exc:
+                refused[i] = exc
+        outcomes = iter(await self.service.upsert_by_identities(actor, items))
+        results = []
+        for i in range(len(request.items)):
+            got = UpsertOutcome(error=refused[i]) if i in refused else next(outcomes)
+            if got.error is not None:
+                code = status_for(got.error).value[0]
+                results.append(pb.UpsertByIdentitiesResult(error_code=code, error_message=got.error.message))
+            else:
+                results.append(pb.UpsertByIdentitiesResult(contact_id=str(got.contact_id), created=got.created))
+        return pb.UpsertByIdentitiesResponse(results=results)
 
     async def CreateContact(self, request: pb.CreateContactRequest, context: Ctx) -> pb.CreateContactResponse:
         space, actor, _ = _scope(request, Permission.CONTACTS_WRITE)

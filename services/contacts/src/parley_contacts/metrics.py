@@ -13,6 +13,11 @@ UPSERTS = Counter(
 UPSERT_SECONDS = Histogram(
     "parley_contacts_upsert_seconds", "Time spent in UpsertByIdentity's transaction", buckets=LATENCY_BUCKETS
 )
+UPSERT_BATCH_SECONDS = Histogram(
+    "parley_contacts_upsert_batch_seconds",
+    "Time spent in one UpsertByIdentities call (all its identities)",
+    buckets=LATENCY_BUCKETS,
+)
 EVENTS = Counter(
     "parley_contacts_changes_total",
     "Domain changes recorded (one per event put in the outbox), by kind (contact.created, tag.added, ...)",

@@ -67,11 +67,21 @@ class Contact(Base):
     last_interaction_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_interaction_channel_id: Mapped[str | None] = mapped_column(String(64))
     last_interaction_channel_type: Mapped[int] = mapped_column(Integer, server_default="0")
+    # The contact's tags (sorted), written with its `contact_tags` rows in the same transaction: tag
+    # criteria are row predicates (`&&`, `@>`) instead of joins and anti-joins over `contact_tags`.
+    tag_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(Uuid), server_default="{}")
 
     __table_args__ = (
         # The stable sort of every list: newest first, id as tie-breaker.
         Index("ix_contacts_space_created", "space_id", created_at.desc(), id.desc()),
-        Index("ix_contacts_space_assignee_user", "space_id", "assignee_user_id"),
+        # "My contacts" counts (with an interaction window and/or tag conditions) from the index alone.
+        Index(
+            "ix_contacts_space_assignee_user",
+            "space_id",
+            "assignee_user_id",
+            "last_interaction_at",
+            postgresql_include=["tag_ids"],
+        ),
         Index("ix_contacts_space_assignee_team", "space_id", "assignee_team_id"),
         Index("ix_contacts_space_last_interaction", "space_id", "last_interaction_at"),
         # Prefix, case-insensitive search (LIKE 'q%' on lower(...)).

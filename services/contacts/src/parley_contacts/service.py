@@ -15,6 +15,7 @@ unit of work (one transaction). Events, one per change:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -27,7 +28,15 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from parley_kit.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from parley_kit.errors import (
+    Aborted,
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 
 from parley_contacts import metrics
 from parley_contacts.domain import (
@@ -58,6 +67,9 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MAX_BULK = 1000
 MAX_LIST_OPTIONS = 200
+MAX_UPSERT_BATCH = 500
+# New identities of one UpsertByIdentities call created at once (each its own transaction and connection).
+NEW_IDENTITY_CONCURRENCY = 4
 
 
 def utcnow() -> datetime:
@@ -78,6 +90,25 @@ class IdentityInput:
     channel_id: str
     channel_type: int
     external_id: str
+
+
+@dataclass(frozen=True)
+class UpsertItem:
+    """One identity of an UpsertByIdentities call, in its (already authorized) space."""
+
+    space_id: str
+    identity: IdentityInput
+    hints: dict[str, str]
+    interaction_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UpsertOutcome:
+    """The contact of one item (and whether this item created it), or why it was refused."""
+
+    contact_id: uuid.UUID | None = None
+    created: bool = False
+    error: DomainError | None = None
 
 
 @dataclass(frozen=True)
@@ -238,16 +269,86 @@ class ContactsService:
                     raise Aborted("the identity changed concurrently; retry")
         if not created:
             contact_id = row["id"]
-            missing = {k: v for k, v in clean.items() if row[k] is None}
-            if missing:
-                async with self.repo.unit() as unit:
-                    filled = await self.repo.fill_empty(unit.session, contact_id, missing, self.clock())
-                    if filled:
-                        changes = [Change(k, "", v) for k, v in filled.items()]
-                        self._event(unit, "contact.updated", space_id, actor, contact_id=contact_id, changes=changes)
+            await self._fill_hints(space_id, actor, row, clean)
         metrics.UPSERTS.labels("created" if created else "existing").inc()
         metrics.UPSERT_SECONDS.observe(time.perf_counter() - started)
         return contact_id, created
+
+    async def _fill_hints(self, space_id: str, actor: Actor, row: dict[str, Any], clean: dict[str, str]) -> None:
+        """Fill the hinted profile fields the found contact `row` still lacks (one contact.updated)."""
+        missing = {k: v for k, v in clean.items() if row[k] is None}
+        if missing:
+            async with self.repo.unit() as unit:
+                filled = await self.repo.fill_empty(unit.session, row["id"], missing, self.clock())
+                if filled:
+                    changes = [Change(k, "", v) for k, v in filled.items()]
+                    self._event(unit, "contact.updated", space_id, actor, contact_id=row["id"], changes=changes)
+
+    async def upsert_by_identities(self, actor: Actor, items: Sequence[UpsertItem]) -> list[UpsertOutcome]:
+        """UpsertByIdentity for many identities (≤ MAX_UPSERT_BATCH), one outcome per item, in order.
+
+        Known identities take one statement for the whole batch (each contact's last interaction moves
+        forward to its latest time in the batch). Unknown ones then go through UpsertByIdentity (race-safe),
+        NEW_IDENTITY_CONCURRENCY at a time. An identity repeated in the batch counts once, with its latest
+        interaction time and the first non-empty value of each hint; only its first item reports created.
+        A refused item (invalid identity) carries its error and does not fail the others.
+        """
+        if len(items) > MAX_UPSERT_BATCH:
+            raise InvalidArgument(f"at most {MAX_UPSERT_BATCH} identities per call; split the batch")
+        started = time.perf_counter()
+        errors: dict[int, DomainError] = {}
+        merged: dict[tuple[str, str, str], UpsertItem] = {}
+        for i, item in enumerate(items):
+            try:
+                _check_identity(item.identity)
+            except DomainError as exc:
+                errors[i] = exc
+                continue
+            key = (item.space_id, item.identity.channel_id, item.identity.external_id)
+            seen = merged.get(key)
+            if seen is None:
+                merged[key] = item
+                continue
+            at = max((t for t in (seen.interaction_at, item.interaction_at) if t is not None), default=None)
+            hints = {**{k: v for k, v in item.hints.items() if v}, **{k: v for k, v in seen.hints.items() if v}}
+            merged[key] = replace(seen, hints=hints, interaction_at=at)
+        keys = list(merged)
+        found = await self.repo.touch_by_identities(
+            keys, [(merged[k].interaction_at, merged[k].identity.channel_type) for k in keys]
+        )
+        results: dict[tuple[str, str, str], UpsertOutcome] = {}
+        slots = asyncio.Semaphore(NEW_IDENTITY_CONCURRENCY)
+
+        async def one(key: tuple[str, str, str]) -> None:
+            item = merged[key]
+            try:
+                row = found.get(key)
+                if row is None:
+                    async with slots:
+                        contact_id, created = await self.upsert_by_identity(
+                            item.space_id, actor, item.identity, item.hints, item.interaction_at
+                        )
+                    results[key] = UpsertOutcome(contact_id, created)
+                    return
+                await self._fill_hints(item.space_id, actor, row, _clean_hints(item.hints))
+                results[key] = UpsertOutcome(row["id"])
+                metrics.UPSERTS.labels("existing").inc()
+            except DomainError as exc:
+                results[key] = UpsertOutcome(error=exc)
+
+        await asyncio.gather(*(one(k) for k in keys))
+        out: list[UpsertOutcome] = []
+        reported: set[tuple[str, str, str]] = set()
+        for i, item in enumerate(items):
+            if i in errors:
+                out.append(UpsertOutcome(error=errors[i]))
+                continue
+            key = (item.space_id, item.identity.channel_id, item.identity.external_id)
+            result = results[key]
+            out.append(result if key not in reported else replace(result, created=False))
+            reported.add(key)
+        metrics.UPSERT_BATCH_SECONDS.observe(time.perf_counter() - started)
+        return out
 
     # -- contacts CRUD --------------------------------------------------------------------------
 

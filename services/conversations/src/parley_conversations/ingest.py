@@ -78,12 +78,23 @@ GAP_LIMIT = 2000
 
 
 class ContactsResolver:
-    """Finds or creates the contact of each identity in a batch (ContactsService.UpsertByIdentity)."""
+    """Finds or creates the contact of each identity in a batch: one ContactsService.UpsertByIdentities
+    call per `chunk` identities (the service's maximum, 500), answered per identity."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, concurrency: int = 16, timeout: float = 5.0) -> None:
+    # google.rpc.Code values of per-identity answers that are the contacts service's final word on it.
+    REFUSED = {
+        grpc.StatusCode.INVALID_ARGUMENT.value[0]: "INVALID_ARGUMENT",
+        grpc.StatusCode.NOT_FOUND.value[0]: "NOT_FOUND",
+        grpc.StatusCode.FAILED_PRECONDITION.value[0]: "FAILED_PRECONDITION",
+    }
+
+    def __init__(
+        self, channel: grpc.aio.Channel, *, concurrency: int = 16, timeout: float = 5.0, chunk: int = 500
+    ) -> None:
         self._stub = cpb_grpc.ContactsServiceStub(channel)
         self._limit = asyncio.Semaphore(concurrency)
         self._timeout = timeout
+        self._chunk = chunk
 
     @classmethod
     def connect(cls, target: str, token: str, timeout: float = 5.0) -> ContactsResolver:
@@ -98,11 +109,12 @@ class ContactsResolver:
         """(contact id per identity key, error per identity key the contacts service refused for good,
         interaction time reported per identity key).
 
-        Receipts need no contact. Other items get one call per identity per batch, with the identity's
-        latest interaction time, unless the identity is `known` (channel_id, external_id -> contact id and
-        the interaction last reported) and that report is less than `report_every` older than this
-        interaction: then the known contact id is used and contacts is not called. Raises TransientError
-        when the contacts service is down.
+        Receipts need no contact. Other items' identities are upserted (one UpsertByIdentities call per
+        chunk of identities, each with the identity's latest interaction time), unless the identity is
+        `known` (channel_id, external_id -> contact id and the interaction last reported) and that report
+        is less than `report_every` older than this interaction: then the known contact id is used and
+        contacts is not called. Raises TransientError when the contacts service is down or answers an
+        identity with anything but a refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION).
         """
         first: dict[tuple[str, str, str], InboundItem] = {}
         interaction: dict[tuple[str, str, str], datetime | None] = {}
@@ -118,10 +130,10 @@ class ContactsResolver:
         ids: dict[tuple[str, str, str], str] = {}
         refused: dict[tuple[str, str, str], str] = {}
 
-        async def one(key: tuple[str, str, str]) -> None:
+        def request(key: tuple[str, str, str]) -> cpb.UpsertByIdentityRequest:
             it = first[key]
             p = it.profile
-            request = cpb.UpsertByIdentityRequest(
+            return cpb.UpsertByIdentityRequest(
                 space_id=it.space_id,
                 channel_id=it.channel_id,
                 channel_type=mapping.CHANNEL_TYPE_PB.get(it.channel_type, 0),
@@ -137,26 +149,39 @@ class ContactsResolver:
                 ),
                 interaction_at=mapping.ts(interaction.get(key)),
             )
+
+        async def call(keys: list[tuple[str, str, str]]) -> None:
+            batch = cpb.UpsertByIdentitiesRequest(items=[request(k) for k in keys])
             async with self._limit:
-                # Called in the trace of the first event of this contact in the batch.
-                token = otel_context.attach(it.trace) if it.trace is not None else None
+                # Called in the trace of the first event of the chunk's first contact.
+                trace_of = first[keys[0]].trace
+                token = otel_context.attach(trace_of) if trace_of is not None else None
                 try:
-                    reply = await self._stub.UpsertByIdentity(request, timeout=self._timeout)
+                    reply = await self._stub.UpsertByIdentities(batch, timeout=self._timeout)
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() in (
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        grpc.StatusCode.NOT_FOUND,
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                    ):
-                        refused[key] = f"contacts refused the identity: {exc.code().name}: {exc.details()}"
+                    if exc.code().value[0] in self.REFUSED:  # the whole call: each of its identities
+                        for k in keys:
+                            refused[k] = f"contacts refused the identity: {exc.code().name}: {exc.details()}"
                         return
                     raise TransientError(
-                        f"contacts.UpsertByIdentity failed: {exc.code().name}: {exc.details()}"
+                        f"contacts.UpsertByIdentities failed: {exc.code().name}: {exc.details()}"
                     ) from exc
                 finally:
                     if token is not None:
                         otel_context.detach(token)
-            ids[key] = reply.contact_id
+            if len(reply.results) != len(keys):
+                raise TransientError(f"contacts.UpsertByIdentities answered {len(reply.results)} of {len(keys)}")
+            for k, result in zip(keys, reply.results, strict=True):
+                if not result.error_code:
+                    ids[k] = result.contact_id
+                elif result.error_code in self.REFUSED:
+                    name = self.REFUSED[result.error_code]
+                    refused[k] = f"contacts refused the identity: {name}: {result.error_message}"
+                else:
+                    raise TransientError(
+                        f"contacts.UpsertByIdentities failed for an identity: code {result.error_code}: "
+                        f"{result.error_message}"
+                    )
 
         to_call = []
         for key in first:
@@ -168,7 +193,7 @@ class ContactsResolver:
                     ids[key] = contact_id
                     continue
             to_call.append(key)
-        await asyncio.gather(*(one(k) for k in to_call))
+        await asyncio.gather(*(call(to_call[i : i + self._chunk]) for i in range(0, len(to_call), self._chunk)))
         reported = {k: at for k in to_call if k in ids and (at := interaction.get(k)) is not None}
         return ids, refused, reported
 

@@ -144,8 +144,10 @@ async def list_contacts(
         return
     names = {t.id: t.name for t in await _all_tags(space, token_value)}
     emit([_contact_row(c, names) for c in resp.contacts], False, CONTACT_COLUMNS)
+    # A capped total (the service's PARLEY_CONTACTS_COUNT_LIMIT) is a lower bound: "10,000+ contact(s)".
+    total = f"{resp.page.total_count:,}+" if resp.total_count_capped else str(resp.page.total_count)
     click.echo(
-        f"\n{resp.page.total_count} contact(s)"
+        f"\n{total} contact(s)"
         + (f"; next page: --page-token {resp.page.next_page_token}" if resp.page.next_page_token else "")
     )
 

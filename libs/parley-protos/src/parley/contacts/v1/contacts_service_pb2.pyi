@@ -128,6 +128,86 @@ class UpsertByIdentityResponse(_message.Message):
 Global___UpsertByIdentityResponse: _TypeAlias = UpsertByIdentityResponse  # noqa: Y015
 
 @_typing.final
+class UpsertByIdentitiesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpsertByIdentityRequest]:
+        """At most 500. Each item names its space like an UpsertByIdentityRequest (needed only with
+        platform-wide service tokens); an identity repeated in the batch is upserted once, with its
+        latest interaction_at.
+        """
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___UpsertByIdentityRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertByIdentitiesRequest: _TypeAlias = UpsertByIdentitiesRequest  # noqa: Y015
+
+@_typing.final
+class UpsertByIdentitiesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpsertByIdentitiesResult]:
+        """One per request item, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___UpsertByIdentitiesResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertByIdentitiesResponse: _TypeAlias = UpsertByIdentitiesResponse  # noqa: Y015
+
+@_typing.final
+class UpsertByIdentitiesResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    """The contact of the identity; empty when error_code is set."""
+    created: _builtins.bool
+    """True for the item whose call created the contact (the first of repeated identities)."""
+    error_code: _builtins.int
+    """0 when the item succeeded; otherwise the status code the same UpsertByIdentity call would have
+    failed with (google.rpc.Code numbering: 3 INVALID_ARGUMENT, 5 NOT_FOUND, 7 PERMISSION_DENIED, ...).
+    """
+    error_message: _builtins.str
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+        created: _builtins.bool = ...,
+        error_code: _builtins.int = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "created", b"created", "error_code", b"error_code", "error_message", b"error_message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertByIdentitiesResult: _TypeAlias = UpsertByIdentitiesResult  # noqa: Y015
+
+@_typing.final
 class CreateContactRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -40,6 +40,11 @@ class ContactsServiceStub:
                 request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentityRequest.SerializeToString,
                 response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentityResponse.FromString,
                 _registered_method=True)
+        self.UpsertByIdentities = channel.unary_unary(
+                '/parley.contacts.v1.ContactsService/UpsertByIdentities',
+                request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentitiesRequest.SerializeToString,
+                response_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentitiesResponse.FromString,
+                _registered_method=True)
         self.CreateContact = channel.unary_unary(
                 '/parley.contacts.v1.ContactsService/CreateContact',
                 request_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateContactRequest.SerializeToString,
@@ -170,6 +175,15 @@ class ContactsServiceServicer:
         """Find or create the contact owning a channel identity. Idempotent and race-safe:
         concurrent calls for one new identity create exactly one contact. Called by the
         conversations service for every inbound message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertByIdentities(self, request, context):
+        """UpsertByIdentity for up to 500 identities in one call, each with the same semantics, answered
+        per item (in request order): one refused identity does not fail the others. Known identities
+        take one statement for the whole batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -337,6 +351,11 @@ def add_ContactsServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentityRequest.FromString,
                     response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentityResponse.SerializeToString,
             ),
+            'UpsertByIdentities': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertByIdentities,
+                    request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentitiesRequest.FromString,
+                    response_serializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentitiesResponse.SerializeToString,
+            ),
             'CreateContact': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateContact,
                     request_deserializer=parley_dot_contacts_dot_v1_dot_contacts__service__pb2.CreateContactRequest.FromString,
@@ -486,6 +505,33 @@ class ContactsService:
             '/parley.contacts.v1.ContactsService/UpsertByIdentity',
             parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentityRequest.SerializeToString,
             parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertByIdentities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.contacts.v1.ContactsService/UpsertByIdentities',
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentitiesRequest.SerializeToString,
+            parley_dot_contacts_dot_v1_dot_contacts__service__pb2.UpsertByIdentitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,
