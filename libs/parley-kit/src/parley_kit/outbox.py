@@ -1,12 +1,24 @@
 """Transactional outbox: an event is stored in the same transaction as the change it describes,
 and `OutboxRelay` publishes it to JetStream after the commit.
 
-A relay that dies between publishing and marking rows published republishes them on restart
-with the same `Nats-Msg-Id`, which JetStream drops inside the stream's duplicate window; beyond
-it, consumers' own idempotency applies. `enqueue` issues `NOTIFY parley_outbox`, so the relay
-wakes on commit instead of waiting for its next poll. Rows are claimed with `FOR UPDATE SKIP
-LOCKED`, so relays of several replicas never publish the same row at once (each publishes in id
-order; order across concurrent replicas is not guaranteed).
+The relay claims a batch of rows in id order and publishes it pipelined (`Publisher.publish_many`):
+every event of the batch is written to the NATS connection, in id order, before any acknowledgement is
+awaited, so one batch costs one round trip instead of one per event, and JetStream stores the events
+in id order. Then, in the same transaction, it marks every acknowledged row published.
+
+Failures. A relay that dies between publishing and marking rows published republishes them on restart
+with the same `Nats-Msg-Id`, which JetStream drops inside the stream's duplicate window; beyond it,
+consumers' own idempotency applies. If the publish of event k fails (an error or no acknowledgement in
+time) while k+1 is acknowledged, k+1 is marked published and only k stays pending: it is published
+again (first, in id order with the rows still pending) on the next round after `error_backoff`. So
+nothing is lost, an acknowledged event is never published again by this relay, and a k that was in
+fact stored (a lost acknowledgement) is dropped as a duplicate. The order guarantee is therefore: the
+stream holds a relay's events in id order, except that an event whose publish failed may land after
+events of its batch that follow it. A failed write to the connection stops the batch there (the rest
+is not sent). Rows are claimed with `FOR UPDATE SKIP LOCKED`, so relays of several replicas never
+publish the same row at once (order across concurrent replicas is not guaranteed).
+
+`enqueue` issues `NOTIFY parley_outbox`, so the relay wakes on commit instead of waiting for its next poll.
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.schema import SchemaItem
 
 from parley_kit import metrics, telemetry
-from parley_kit.nats.publisher import Publisher
+from parley_kit.nats.publisher import Publisher, RawEvent
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +153,13 @@ async def enqueue_many(
 
 
 class OutboxRelay:
-    """Publishes committed rows of `table` (from `outbox_table()`) in id order and marks them published.
+    """Publishes committed rows of `table` (from `outbox_table()`) in id order, up to `batch_size` per
+    transaction and pipelined, and marks them published.
 
     Wakes on `NOTIFY parley_outbox` and otherwise every `poll_interval` seconds; deletes rows
-    published more than `retention` ago; keeps the `parley_outbox_pending_events` gauge current.
+    published more than `retention` ago; keeps the `parley_outbox_pending_events` gauge current
+    (exact after a batch that drained the table; while a backlog lasts, counted at most every
+    `count_interval` seconds).
     """
 
     def __init__(
@@ -154,8 +169,9 @@ class OutboxRelay:
         publisher: Publisher,
         service: str,
         *,
-        batch_size: int = 100,
+        batch_size: int = 500,
         poll_interval: float = 1.0,
+        count_interval: float = 1.0,
         retention: timedelta = timedelta(days=1),
         prune_interval: float = 60.0,
         error_backoff: float = 1.0,
@@ -169,7 +185,9 @@ class OutboxRelay:
         self._retention = retention
         self._prune_interval = prune_interval
         self._error_backoff = error_backoff
+        self._count_interval = count_interval
         self._next_prune = 0.0
+        self._next_count = 0.0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -209,35 +227,45 @@ class OutboxRelay:
 
     async def _relay_batch(self) -> int:
         t = self._table.c
-        failure: Exception | None = None
-        published: list[int] = []
         async with self._sessions() as session, session.begin():
-            rows = await session.execute(
-                select(t.id, t.subject, t.msg_id, t.event_type, t.payload, t.headers)
-                .where(t.published_at.is_(None))
-                .order_by(t.id)
-                .limit(self._batch_size)
-                .with_for_update(skip_locked=True)
-            )
-            for row in rows:
-                try:
-                    await self._publisher.publish_raw(
+            conn = await session.connection()
+            rows = (
+                await conn.execute(
+                    select(t.id, t.subject, t.msg_id, t.event_type, t.payload, t.headers)
+                    .where(t.published_at.is_(None))
+                    .order_by(t.id)
+                    .limit(self._batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            results = await self._publisher.publish_many(
+                [
+                    RawEvent(
                         row.subject,
                         row.payload,
-                        msg_id=row.msg_id,
-                        event_type=row.event_type,
-                        headers=row.headers,
-                        context=telemetry.extract(row.headers),
+                        row.msg_id,
+                        row.event_type,
+                        row.headers,
+                        telemetry.extract(row.headers),
                     )
-                except Exception as exc:  # keep what was published; the rest waits for the next round
-                    failure = exc
-                    break
-                published.append(row.id)
+                    for row in rows
+                ]
+            )
+            # Every acknowledged row is marked, also after a failed one: it is in the stream (see the module
+            # docstring); only the failed rows stay pending, and the next round publishes them first.
+            published = [row.id for row, result in zip(rows, results, strict=True) if not isinstance(result, Exception)]
+            failure = next((result for result in results if isinstance(result, Exception)), None)
             if published:
-                await session.execute(update(self._table).where(t.id.in_(published)).values(published_at=func.now()))
-            pending = await session.scalar(select(func.count()).where(t.published_at.is_(None)))
+                await conn.execute(update(self._table).where(t.id.in_(published)).values(published_at=func.now()))
+            pending = len(rows) - len(published)
+            if len(rows) == self._batch_size:  # a backlog: count it, at most every `count_interval`
+                pending = None
+                if time.monotonic() >= self._next_count:
+                    self._next_count = time.monotonic() + self._count_interval
+                    pending = int(await conn.scalar(select(func.count()).where(t.published_at.is_(None))) or 0)
         metrics.OUTBOX_RELAYED.labels(self._service).inc(len(published))
-        metrics.OUTBOX_PENDING.labels(self._service).set(pending or 0)
+        if pending is not None:
+            metrics.OUTBOX_PENDING.labels(self._service).set(pending)
         if failure is not None:
             raise failure
         return len(published)
