@@ -352,7 +352,7 @@ class Tx:
         interaction_reported_at (either may be None)."""
         if not rows:
             return
-        stmt = pg_insert(ContactChannel).values(rows)
+        stmt = pg_insert(ContactChannel)
         stmt = stmt.on_conflict_do_update(
             index_elements=[ContactChannel.channel_id, ContactChannel.external_id],
             set_={
@@ -363,7 +363,7 @@ class Tx:
                 ),
             },
         )
-        await self.session.execute(stmt)
+        await self.session.execute(stmt, rows)  # executemany: one cached statement, one round trip
 
     async def identities(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, datetime | None]]:
         """(channel_id, external_id) -> (contact_id, interaction_reported_at) for identities already known."""
@@ -380,7 +380,7 @@ class Tx:
         """Rows: contact_id, space_id, first_name, last_name, display_name, updated_at. Fill empty names only."""
         if not rows:
             return
-        stmt = pg_insert(Contact).values(rows)
+        stmt = pg_insert(Contact)
         cols = Contact.__table__.c
         stmt = stmt.on_conflict_do_update(
             index_elements=[Contact.contact_id],
@@ -389,7 +389,7 @@ class Tx:
                 for name in ("first_name", "last_name", "display_name")
             },
         )
-        await self.session.execute(stmt)
+        await self.session.execute(stmt, rows)
 
     async def raise_watermark(self, channel_id: str, external_id: str, *, read: bool, at: datetime) -> None:
         """Move a contact's delivery (and, for read receipts, read) watermark forward."""
