@@ -22,6 +22,7 @@ from sqlalchemy import (
     delete,
     false,
     func,
+    insert,
     literal,
     or_,
     select,
@@ -33,6 +34,8 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from parley_conversations.domain import ConversationFilter, DomainEvent
 from parley_conversations.models import (
@@ -54,6 +57,9 @@ EventWriter = Callable[[AsyncSession, Sequence[tuple[DomainEvent, Any]]], Awaita
 """Writes (event, trace context or None) pairs to the outbox inside the session's transaction."""
 
 OPEN = ConversationStatus.OPEN.value
+_MESSAGES = Message.__table__
+_MESSAGE_INSERT_KEYS = [c.key for c in _MESSAGES.c if c.key != "seq"]
+_INSERT_MESSAGES = insert(_MESSAGES).returning(_MESSAGES.c.seq, sort_by_parameter_order=True)
 ContactKey = tuple[str, str, str]  # (space_id, contact_id, channel_id)
 
 
@@ -306,6 +312,22 @@ class Tx:
             stmt = stmt.order_by(Message.id).with_for_update()
         rows = (await self.session.execute(stmt)).scalars().all()
         return {(m.channel_id, m.provider_message_id or ""): m for m in rows}
+
+    async def insert_messages(self, messages: Sequence[Message], *, track: bool) -> None:
+        """Insert new messages (every column but `seq` set) in order with one bulk statement, and set each
+        one's `seq`. With `track` they join the session as persistent objects, so later changes to them in
+        this transaction are flushed as updates; without it, later changes to them would be lost."""
+        if not messages:
+            return
+        rows = [{key: getattr(m, key) for key in _MESSAGE_INSERT_KEYS} for m in messages]
+        conn = await self.session.connection()
+        result = await conn.execute(_INSERT_MESSAGES, rows)
+        for m, seq in zip(messages, result.scalars().all(), strict=True):
+            set_committed_value(m, "seq", seq)
+        if track:
+            for m in messages:
+                make_transient_to_detached(m)
+            self.session.add_all(messages)
 
     async def existing_provider_ids(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         pairs = list(set(pairs))

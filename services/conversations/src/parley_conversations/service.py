@@ -23,6 +23,7 @@ from parley_kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 
 from parley_conversations import pagination, templates, windows
 from parley_conversations.domain import (
+    CHANGE_KINDS,
     CONTACT_ACTIVITY_KINDS,
     MESSAGE_KINDS,
     RECEIPT_KINDS,
@@ -895,11 +896,14 @@ class ConversationsService:
         for it, conv, opened in plan:
             with tx.traced(it.trace):
                 self._apply_message(tx, it, conv, opened, targets, new_by_pmid, stats, now)
+        # One bulk INSERT; the new messages join the session (so later changes to them are saved) only when
+        # a change or receipt in this batch may touch them.
+        changes = [it for it in items if it.kind in CHANGE_KINDS]
+        receipts = [it for it in items if it.kind in RECEIPT_KINDS and it.receipt is not None]
+        await tx.insert_messages(list(new_by_pmid.values()), track=bool(changes or receipts))
 
         # -- reactions, edits and deletions of stored messages ---------------------------------------
-        for it in items:
-            if it.kind not in (InboundKind.REACTION, InboundKind.EDIT, InboundKind.DELETE):
-                continue
+        for it in changes:
             pair = (it.channel_id, it.target_provider_message_id)
             target = new_by_pmid.get(pair) or targets.get(pair)
             if target is None:
@@ -912,7 +916,6 @@ class ConversationsService:
                     tx.emit(MessageUpdated(Actor(f"contact:{target.contact_id}"), target, change))
 
         # -- delivery and read receipts, provider statuses -------------------------------------------
-        receipts = [it for it in items if it.kind in RECEIPT_KINDS and it.receipt is not None]
         if receipts:
             await self._apply_receipts(tx, receipts, contact_ids, new_by_pmid, stats, now)
         return stats
@@ -940,7 +943,6 @@ class ConversationsService:
             )
             reply_to = target.id if target is not None else None
         msg = self._inbound_message(it, conv, reply_to, now)
-        tx.add(msg)
         new_by_pmid[(it.channel_id, msg.provider_message_id or "")] = msg
         stats.stored += 1
         stats.outcomes[it.event_id] = (conv.id, msg.id, opened, False)
@@ -1020,7 +1022,13 @@ class ConversationsService:
             provider_sequence=it.provider_sequence,
             reply_to_message_id=reply_to,
             reactions=[],
+            shortcut_id=None,
+            client_request_id=None,
+            edited_at=None,
+            deleted_at=None,
             sent_at=it.occurred_at,
+            delivered_at=None,
+            read_at=None,
             created_at=now,
         )
 
