@@ -60,6 +60,37 @@ OPEN = ConversationStatus.OPEN.value
 _MESSAGES = Message.__table__
 _MESSAGE_INSERT_KEYS = [c.key for c in _MESSAGES.c if c.key != "seq"]
 _INSERT_MESSAGES = insert(_MESSAGES).returning(_MESSAGES.c.seq, sort_by_parameter_order=True)
+
+
+def _upsert_contact_channels() -> Any:
+    cc = ContactChannel.__table__.c
+    stmt = pg_insert(ContactChannel.__table__)
+    return stmt.on_conflict_do_update(
+        index_elements=[cc.channel_id, cc.external_id],
+        set_={
+            "contact_id": stmt.excluded.contact_id,
+            "last_inbound_at": func.greatest(cc.last_inbound_at, stmt.excluded.last_inbound_at),
+            "interaction_reported_at": func.greatest(cc.interaction_reported_at, stmt.excluded.interaction_reported_at),
+        },
+    )
+
+
+def _upsert_contact_hints() -> Any:
+    """Fill a contact's empty names from a message's profile hints; a row with nothing to fill is left as is."""
+    cols = Contact.__table__.c
+    stmt = pg_insert(Contact.__table__)
+    names = ("first_name", "last_name", "display_name")
+    return stmt.on_conflict_do_update(
+        index_elements=[cols.contact_id],
+        set_={name: case((cols[name] == "", stmt.excluded[name]), else_=cols[name]) for name in names},
+        where=or_(*(and_(cols[name] == "", stmt.excluded[name] != "") for name in names)),
+    )
+
+
+# Bulk statements executed for all rows of a batch at once (executemany: compiled once, one round trip), on the
+# Core tables: the ORM's bulk-insert layer adds nothing here.
+_UPSERT_CONTACT_CHANNELS = _upsert_contact_channels()
+_UPSERT_CONTACT_HINTS = _upsert_contact_hints()
 ContactKey = tuple[str, str, str]  # (space_id, contact_id, channel_id)
 
 
@@ -374,18 +405,7 @@ class Tx:
         interaction_reported_at (either may be None)."""
         if not rows:
             return
-        stmt = pg_insert(ContactChannel)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[ContactChannel.channel_id, ContactChannel.external_id],
-            set_={
-                "contact_id": stmt.excluded.contact_id,
-                "last_inbound_at": func.greatest(ContactChannel.last_inbound_at, stmt.excluded.last_inbound_at),
-                "interaction_reported_at": func.greatest(
-                    ContactChannel.interaction_reported_at, stmt.excluded.interaction_reported_at
-                ),
-            },
-        )
-        await self.session.execute(stmt, rows)  # executemany: one cached statement, one round trip
+        await (await self.session.connection()).execute(_UPSERT_CONTACT_CHANNELS, rows)
 
     async def identities(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, datetime | None]]:
         """(channel_id, external_id) -> (contact_id, interaction_reported_at) for identities already known."""
@@ -402,16 +422,7 @@ class Tx:
         """Rows: contact_id, space_id, first_name, last_name, display_name, updated_at. Fill empty names only."""
         if not rows:
             return
-        stmt = pg_insert(Contact)
-        cols = Contact.__table__.c
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[Contact.contact_id],
-            set_={
-                name: case((cols[name] == "", stmt.excluded[name]), else_=cols[name])
-                for name in ("first_name", "last_name", "display_name")
-            },
-        )
-        await self.session.execute(stmt, rows)
+        await (await self.session.connection()).execute(_UPSERT_CONTACT_HINTS, rows)
 
     async def raise_watermark(self, channel_id: str, external_id: str, *, read: bool, at: datetime) -> None:
         """Move a contact's delivery (and, for read receipts, read) watermark forward."""
