@@ -282,36 +282,36 @@ async def test_changes_and_receipts_in_the_batch_that_stores_their_target_are_sa
     sp = space()
     t0 = datetime.now(UTC) - timedelta(minutes=1)
     events = [
-        helpers.inbound(sp, "ch-1", "psid-b", "mid.b1", text="tpyo", at=t0),
+        helpers.inbound(sp, "ch-1", "psid-sb", "mid.sb1", text="tpyo", at=t0),
         helpers.inbound(
-            sp, "ch-1", "psid-b", "mid.b2", text="echo", kind=gw.INBOUND_KIND_ECHO, at=t0 + timedelta(seconds=1)
+            sp, "ch-1", "psid-sb", "mid.sb2", text="echo", kind=gw.INBOUND_KIND_ECHO, at=t0 + timedelta(seconds=1)
         ),
         helpers.inbound(
             sp,
             "ch-1",
-            "psid-b",
-            "edit.b1",
+            "psid-sb",
+            "edit.sb1",
             text="typo",
             kind=gw.INBOUND_KIND_EDIT,
             at=t0 + timedelta(seconds=2),
-            target_provider_message_id="mid.b1",
+            target_provider_message_id="mid.sb1",
         ),
         helpers.inbound(
             sp,
             "ch-1",
-            "psid-b",
-            "react.b1",
+            "psid-sb",
+            "react.sb1",
             text="",
             kind=gw.INBOUND_KIND_REACTION,
             at=t0 + timedelta(seconds=3),
-            target_provider_message_id="mid.b1",
+            target_provider_message_id="mid.sb1",
             reaction=gw.Reaction(emoji="❤"),
         ),
         helpers.inbound(
             sp,
             "ch-1",
-            "psid-b",
-            "read.b1",
+            "psid-sb",
+            "read.sb1",
             text="",
             kind=gw.INBOUND_KIND_READ,
             at=t0 + timedelta(seconds=4),
