@@ -87,6 +87,12 @@ def _upsert_contact_hints() -> Any:
     )
 
 
+_IDENTITIES = (
+    "SELECT cc.channel_id, cc.external_id, cc.contact_id, cc.interaction_reported_at"
+    " FROM unnest($1::text[], $2::text[]) AS wanted(channel_id, external_id)"
+    " JOIN contact_channels cc USING (channel_id, external_id)"
+)
+
 # Bulk statements executed for all rows of a batch at once (executemany: compiled once, one round trip), on the
 # Core tables: the ORM's bulk-insert layer adds nothing here.
 _UPSERT_CONTACT_CHANNELS = _upsert_contact_channels()
@@ -119,6 +125,22 @@ class Repository:
             tx = Tx(session)
             yield tx
             await tx.flush_events(self._events)
+
+    @staticmethod
+    async def identities(
+        conn: AsyncConnection, pairs: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, datetime | None]]:
+        """(channel_id, external_id) -> (contact_id, interaction_reported_at) for identities already known.
+
+        One statement outside any transaction on `conn` (which must not be in one): a read on its own needs no
+        BEGIN and COMMIT round trips, and the ingest asks this before every batch."""
+        pairs = list(set(pairs))
+        if not pairs:
+            return {}
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        rows = await driver.fetch(_IDENTITIES, [p[0] for p in pairs], [p[1] for p in pairs])
+        return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
 
 class Tx:
@@ -406,17 +428,6 @@ class Tx:
         if not rows:
             return
         await (await self.session.connection()).execute(_UPSERT_CONTACT_CHANNELS, rows)
-
-    async def identities(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, datetime | None]]:
-        """(channel_id, external_id) -> (contact_id, interaction_reported_at) for identities already known."""
-        pairs = list(set(pairs))
-        if not pairs:
-            return {}
-        cc = ContactChannel
-        stmt = select(cc.channel_id, cc.external_id, cc.contact_id, cc.interaction_reported_at).where(
-            tuple_(cc.channel_id, cc.external_id).in_(pairs)
-        )
-        return {(ch, ext): (cid, at) for ch, ext, cid, at in (await self.session.execute(stmt)).all()}
 
     async def upsert_contacts(self, rows: list[dict[str, Any]]) -> None:
         """Rows: contact_id, space_id, first_name, last_name, display_name, updated_at. Fill empty names only."""
