@@ -233,15 +233,26 @@ class OutboxRelay:
         t = self._table.c
         async with self._sessions() as session, session.begin():
             conn = await session.connection()
-            rows = (
-                await conn.execute(
-                    select(t.id, t.subject, t.msg_id, t.event_type, t.payload, t.headers)
-                    .where(t.published_at.is_(None))
-                    .order_by(t.id)
-                    .limit(self._batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            # Claim and mark in one statement; the marks only commit after the publishing below (a crash
+            # before the commit leaves the rows unpublished), and the failed rows are unmarked first.
+            claim = (
+                select(t.id)
+                .where(t.published_at.is_(None))
+                .order_by(t.id)
+                .limit(self._batch_size)
+                .with_for_update(skip_locked=True)
+            )
+            rows = sorted(
+                (
+                    await conn.execute(
+                        update(self._table)
+                        .where(t.id.in_(claim.scalar_subquery()))
+                        .values(published_at=func.now())
+                        .returning(t.id, t.subject, t.msg_id, t.event_type, t.payload, t.headers)
+                    )
+                ).all(),
+                key=lambda row: row.id,
+            )
             results = await self._publisher.publish_many(
                 [
                     RawEvent(
@@ -255,24 +266,25 @@ class OutboxRelay:
                     for row in rows
                 ]
             )
-            # Every acknowledged row is marked, also after a failed one: it is in the stream (see the module
+            # Every acknowledged row stays marked, also after a failed one: it is in the stream (see the module
             # docstring); only the failed rows stay pending, and the next round publishes them first.
-            published = [row.id for row, result in zip(rows, results, strict=True) if not isinstance(result, Exception)]
+            failed = [row.id for row, result in zip(rows, results, strict=True) if isinstance(result, Exception)]
             failure = next((result for result in results if isinstance(result, Exception)), None)
-            if published:
-                await conn.execute(update(self._table).where(t.id.in_(published)).values(published_at=func.now()))
-            pending = len(rows) - len(published)
+            if failed:
+                await conn.execute(update(self._table).where(t.id.in_(failed)).values(published_at=None))
+            published = len(rows) - len(failed)
+            pending: int | None = len(failed)
             if len(rows) == self._batch_size:  # a backlog: count it, at most every `count_interval`
                 pending = None
                 if time.monotonic() >= self._next_count:
                     self._next_count = time.monotonic() + self._count_interval
                     pending = int(await conn.scalar(select(func.count()).where(t.published_at.is_(None))) or 0)
-        metrics.OUTBOX_RELAYED.labels(self._service).inc(len(published))
+        metrics.OUTBOX_RELAYED.labels(self._service).inc(published)
         if pending is not None:
             metrics.OUTBOX_PENDING.labels(self._service).set(pending)
         if failure is not None:
             raise failure
-        return len(published)
+        return published
 
     async def _prune_if_due(self) -> None:
         if time.monotonic() < self._next_prune:
