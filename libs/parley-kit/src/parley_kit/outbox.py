@@ -1,10 +1,11 @@
 """Transactional outbox: an event is stored in the same transaction as the change it describes,
 and `OutboxRelay` publishes it to JetStream after the commit.
 
-The relay claims a batch of rows in id order and publishes it pipelined (`Publisher.publish_many`):
-every event of the batch is written to the NATS connection, in id order, before any acknowledgement is
-awaited, so one batch costs one round trip instead of one per event, and JetStream stores the events
-in id order. Then, in the same transaction, it marks every acknowledged row published.
+The relay claims a batch of rows in id order, marking them published in the same statement (uncommitted),
+and publishes it pipelined (`Publisher.publish_many`): every event of the batch is written to the NATS
+connection, in id order, before any acknowledgement is awaited, so one batch costs one round trip instead
+of one per event, and JetStream stores the events in id order. Then it unmarks the rows whose publish
+failed and commits.
 
 Failures. A relay that dies between publishing and marking rows published republishes them on restart
 with the same `Nats-Msg-Id`, which JetStream drops inside the stream's duplicate window; beyond it,
