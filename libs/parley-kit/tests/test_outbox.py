@@ -151,6 +151,32 @@ async def test_enqueueing_the_same_msg_id_twice_stores_one_row(
     assert await unpublished(sessions, service) == 1
 
 
+async def test_enqueue_many_keeps_the_order_and_skips_msg_ids_already_there(
+    sessions: async_sessionmaker[AsyncSession], service: str
+) -> None:
+    subject = f"{service}.contact.created"
+    async with transaction(sessions) as session:
+        await enqueue(session, subject, TextPart(text="first"), msg_id=f"{service}-b")
+    async with transaction(sessions) as session:
+        await enqueue_many(
+            session,
+            [(subject, TextPart(text=t), f"{service}-{t}") for t in ("c", "b", "a", "c")],
+        )
+    async with sessions() as session:
+        rows = (
+            await session.execute(
+                select(OUTBOX.c.msg_id, OUTBOX.c.payload)
+                .where(OUTBOX.c.msg_id.startswith(service))
+                .order_by(OUTBOX.c.id)
+            )
+        ).all()
+    assert [(m, TextPart.FromString(p).text) for m, p in rows] == [
+        (f"{service}-b", "first"),
+        (f"{service}-c", "c"),
+        (f"{service}-a", "a"),
+    ]
+
+
 async def test_relay_wakes_on_notify_without_waiting_for_its_poll_interval(
     js: JetStreamContext, sessions: async_sessionmaker[AsyncSession], service: str
 ) -> None:
