@@ -893,14 +893,15 @@ class ConversationsService:
             await self._inherit_assignees(tx, new_convs)
 
         new_by_pmid: dict[tuple[str, str], Message] = {}
+        new_messages: list[Message] = []
         for it, conv, opened in plan:
             with tx.traced(it.trace):
-                self._apply_message(tx, it, conv, opened, targets, new_by_pmid, stats, now)
+                new_messages.append(self._apply_message(tx, it, conv, opened, targets, new_by_pmid, stats, now))
         # One bulk INSERT; the new messages join the session (so later changes to them are saved) only when
         # a change or receipt in this batch may touch them.
         changes = [it for it in items if it.kind in CHANGE_KINDS]
         receipts = [it for it in items if it.kind in RECEIPT_KINDS and it.receipt is not None]
-        await tx.insert_messages(list(new_by_pmid.values()), track=bool(changes or receipts))
+        await tx.insert_messages(new_messages, track=bool(changes or receipts))
 
         # -- reactions, edits and deletions of stored messages ---------------------------------------
         for it in changes:
@@ -930,8 +931,8 @@ class ConversationsService:
         new_by_pmid: dict[tuple[str, str], Message],
         stats: IngestStats,
         now: datetime,
-    ) -> None:
-        """Store one message, postback or echo in `conv` (opened for it when `opened`)."""
+    ) -> Message:
+        """The new message, postback or echo in `conv` (opened for it when `opened`), to be inserted."""
         contact_actor = Actor(f"contact:{conv.contact_id}")
         if opened:
             stats.opened += 1
@@ -952,6 +953,7 @@ class ConversationsService:
         else:
             self._count_incoming(conv, msg)
             tx.emit(MessageReceived(contact_actor, msg, opened))
+        return msg
 
     async def _remember_contacts(
         self,
