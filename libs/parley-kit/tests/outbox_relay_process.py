@@ -1,7 +1,8 @@
 """An OutboxRelay in its own process, for the crash test: `python outbox_relay_process.py DB_URL NATS_URL DELAY`.
 
-Each publish waits DELAY seconds first, so the test can SIGKILL the process mid-batch. SIGTERM
-stops it gracefully.
+Each publish waits DELAY seconds before it is sent (the relay pipelines a batch's publishes: the acks of
+the first ones come back while the later ones wait), so the test can SIGKILL the process mid-batch, with
+events stored in JetStream and not yet marked published. SIGTERM stops it gracefully.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import sys
 from typing import Any
 
 import nats
-from nats.js.api import PubAck
 from parley_kit.db import create_engine, new_metadata, session_factory
 from parley_kit.nats import Publisher
 from parley_kit.outbox import OutboxRelay, outbox_table
@@ -21,9 +21,9 @@ from parley_kit.outbox import OutboxRelay, outbox_table
 class SlowPublisher(Publisher):
     delay = 0.0
 
-    async def publish_raw(self, *args: Any, **kwargs: Any) -> PubAck:
+    async def _send(self, *args: Any, **kwargs: Any) -> None:
         await asyncio.sleep(self.delay)
-        return await super().publish_raw(*args, **kwargs)
+        await super()._send(*args, **kwargs)
 
 
 async def main(database_url: str, nats_url: str, delay: float) -> None:

@@ -9,7 +9,7 @@ from datetime import timedelta
 import nats
 import pytest
 from nats.js import JetStreamContext
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -21,6 +21,7 @@ from parley_kit.nats import (
     ConsumerSpec,
     Delivery,
     Publisher,
+    RawEvent,
     StreamSpec,
     dead_letter_stream,
     dead_letter_subject,
@@ -146,3 +147,53 @@ async def test_publish_without_a_stream_fails_and_is_counted_as_error(js: JetStr
     with pytest.raises(NoStreamResponseError):
         await Publisher(js, service).publish(f"{service}.x.y", TextPart(text="lost?"), msg_id="m-1")
     assert _published(service, "error") == 1
+
+
+async def test_publish_many_stores_a_batch_in_order_with_one_producer_span_per_event(
+    js: JetStreamContext, stream: StreamSpec, spans: InMemorySpanExporter
+) -> None:
+    service = stream.name.lower()
+    event_type = TextPart.DESCRIPTOR.full_name
+    with trace.get_tracer("test").start_as_current_span("request") as request:
+        parent = trace.set_span_in_context(request)
+    events = [
+        RawEvent(f"{service}.e.{n % 7}", TextPart(text=str(n)).SerializeToString(), f"m-{n}", event_type, None, parent)
+        for n in range(600)
+    ]
+
+    results = await Publisher(js, service).publish_many(events)
+
+    assert [r.seq for r in results] == list(range(1, 601))  # type: ignore[union-attr]
+    stored = [(await js.get_msg(stream.name, seq)).headers[h.MSG_ID] for seq in range(1, 601)]  # type: ignore[index]
+    assert stored == [f"m-{n}" for n in range(600)]
+    producers = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+    assert len(producers) == 600
+    assert {s.parent.span_id for s in producers if s.parent} == {request.get_span_context().span_id}
+    last = await js.get_msg(stream.name, 600)
+    assert last.headers is not None
+    assert last.headers[h.TRACEPARENT].split("-")[2] == f"{producers[-1].context.span_id:016x}"
+    assert _published(service, "ok") == 600
+
+
+async def test_publish_many_reports_each_event_s_own_outcome(js: JetStreamContext, unique_name: str) -> None:
+    service = f"many{unique_name.lower()}"
+    await provision(
+        js, [StreamSpec(name=service.upper(), subjects=(f"{service}.>",), max_age=None, max_msg_size=400)], []
+    )
+    event_type = TextPart.DESCRIPTOR.full_name
+    publisher = Publisher(js, service)
+    await publisher.publish(f"{service}.x", TextPart(text="first"), msg_id="m-0")
+    events = [
+        RawEvent(f"{service}.x", TextPart(text="first").SerializeToString(), "m-0", event_type),  # a repeat
+        RawEvent(f"{service}.x", TextPart(text="too big" * 100).SerializeToString(), "m-1", event_type),
+        RawEvent(f"{service}.x", TextPart(text="fits").SerializeToString(), "m-2", event_type),
+        RawEvent(f"other{service}.x", TextPart(text="no stream").SerializeToString(), "m-3", event_type),
+    ]
+
+    duplicate, refused, ok, unrouted = await publisher.publish_many(events)
+
+    assert duplicate.duplicate is True  # type: ignore[union-attr]
+    assert isinstance(refused, APIError)
+    assert ok.seq == 2 and not ok.duplicate  # type: ignore[union-attr]
+    assert isinstance(unrouted, NoStreamResponseError)
+    assert (_published(service, "ok"), _published(service, "duplicate"), _published(service, "error")) == (2, 1, 2)

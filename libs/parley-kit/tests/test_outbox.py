@@ -14,6 +14,7 @@ from typing import TypeVar
 import nats
 import pytest
 from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
 from opentelemetry import trace
 from parley.channel_gateway.v1.events_pb2 import TextPart
 from parley_kit import telemetry
@@ -150,6 +151,32 @@ async def test_enqueueing_the_same_msg_id_twice_stores_one_row(
     assert await unpublished(sessions, service) == 1
 
 
+async def test_enqueue_many_keeps_the_order_and_skips_msg_ids_already_there(
+    sessions: async_sessionmaker[AsyncSession], service: str
+) -> None:
+    subject = f"{service}.contact.created"
+    async with transaction(sessions) as session:
+        await enqueue(session, subject, TextPart(text="first"), msg_id=f"{service}-b")
+    async with transaction(sessions) as session:
+        await enqueue_many(
+            session,
+            [(subject, TextPart(text=t), f"{service}-{t}") for t in ("c", "b", "a", "c")],
+        )
+    async with sessions() as session:
+        rows = (
+            await session.execute(
+                select(OUTBOX.c.msg_id, OUTBOX.c.payload)
+                .where(OUTBOX.c.msg_id.startswith(service))
+                .order_by(OUTBOX.c.id)
+            )
+        ).all()
+    assert [(m, TextPart.FromString(p).text) for m, p in rows] == [
+        (f"{service}-b", "first"),
+        (f"{service}-c", "c"),
+        (f"{service}-a", "a"),
+    ]
+
+
 async def test_relay_wakes_on_notify_without_waiting_for_its_poll_interval(
     js: JetStreamContext, sessions: async_sessionmaker[AsyncSession], service: str
 ) -> None:
@@ -230,3 +257,88 @@ async def test_relay_killed_mid_batch_republishes_and_every_event_is_stored_exac
     assert await stored(js, service) == events
     msg_ids = {(await js.get_msg(service.upper(), seq)).headers[h.MSG_ID] for seq in range(1, events + 1)}  # type: ignore[index]
     assert msg_ids == {f"{service}-{n:03}" for n in range(events)}
+
+
+async def stream_msg_ids(js: JetStreamContext, service: str) -> list[str]:
+    """The Nats-Msg-Id of every message of the service's stream, in stream order."""
+    messages = [await js.get_msg(service.upper(), seq) for seq in range(1, await stored(js, service) + 1)]
+    return [m.headers[h.MSG_ID] for m in messages]  # type: ignore[index]
+
+
+def published_total(service: str, outcome: str) -> float:
+    labels = {"service": service, "event_type": TextPart.DESCRIPTOR.full_name, "outcome": outcome}
+    return REGISTRY.get_sample_value("parley_events_published_total", labels) or 0
+
+
+async def test_relay_publishes_a_backlog_of_several_batches_in_id_order(
+    js: JetStreamContext, sessions: async_sessionmaker[AsyncSession], service: str
+) -> None:
+    events = 1234
+    async with transaction(sessions) as session:
+        await enqueue_many(
+            session,
+            [(f"{service}.kind.{n % 5}", TextPart(text=str(n)), f"{service}-{n:05}") for n in range(events)],
+        )
+    relay = OutboxRelay(sessions, OUTBOX, Publisher(js, service), service, poll_interval=0.05, batch_size=500)
+    async with running(relay):
+        await eventually(lambda: unpublished(sessions, service), lambda n: n == 0, within=30.0)
+
+    assert await stream_msg_ids(js, service) == [f"{service}-{n:05}" for n in range(events)]
+    assert published_total(service, "duplicate") == 0
+
+
+async def test_a_publish_refused_mid_batch_keeps_only_that_event_pending_and_publishes_nothing_twice(
+    js: JetStreamContext, sessions: async_sessionmaker[AsyncSession], unique_name: str
+) -> None:
+    service = f"refused{unique_name.lower()}"
+    spec = StreamSpec(name=service.upper(), subjects=(f"{service}.>",), max_age=None, max_msg_size=400)
+    await provision(js, [spec], [])
+    async with transaction(sessions) as session:
+        for n in range(10):
+            text_ = "too big for the stream " * 30 if n == 4 else str(n)
+            await enqueue(session, f"{service}.contact.created", TextPart(text=text_), msg_id=f"{service}-{n}")
+    relay = OutboxRelay(sessions, OUTBOX, Publisher(js, service), service, poll_interval=0.05, error_backoff=0.1)
+    async with running(relay):
+        await eventually(lambda: stored(js, service), lambda n: n == 9)
+        await asyncio.sleep(0.3)  # a few more rounds, each refused again
+        assert await unpublished(sessions, service) == 1
+        assert await stored(js, service) == 9
+        config: StreamConfig = (await js.stream_info(spec.name)).config
+        config.max_msg_size = -1
+        await js.update_stream(config)
+        await eventually(lambda: unpublished(sessions, service), lambda n: n == 0)
+
+    # Every event once; the refused one after the rest of its batch (the documented exception to id order).
+    assert await stream_msg_ids(js, service) == [f"{service}-{n}" for n in (0, 1, 2, 3, 5, 6, 7, 8, 9, 4)]
+    assert published_total(service, "duplicate") == 0  # the acknowledged ones were never published again
+    assert published_total(service, "error") >= 2
+
+
+class AckLosingPublisher(Publisher):
+    """Sends one chosen event once with a reply subject nobody listens on: stored, never acknowledged."""
+
+    def __init__(self, js: JetStreamContext, service: str, lose: str) -> None:
+        super().__init__(js, service, timeout=0.3)
+        self.lose: str | None = lose
+
+    async def _send(self, subject: str, data: bytes, *, reply: str, headers: dict[str, str]) -> None:
+        if headers[h.MSG_ID] == self.lose:
+            self.lose, reply = None, f"{reply}.nobody"
+        await super()._send(subject, data, reply=reply, headers=headers)
+
+
+async def test_a_lost_acknowledgement_mid_batch_is_republished_and_dropped_as_a_duplicate(
+    js: JetStreamContext, sessions: async_sessionmaker[AsyncSession], service: str
+) -> None:
+    async with transaction(sessions) as session:
+        for n in range(10):
+            await enqueue(session, f"{service}.contact.created", TextPart(text=str(n)), msg_id=f"{service}-{n}")
+    publisher = AckLosingPublisher(js, service, lose=f"{service}-4")
+    relay = OutboxRelay(sessions, OUTBOX, publisher, service, poll_interval=0.05, error_backoff=0.1)
+    async with running(relay):
+        await eventually(lambda: unpublished(sessions, service), lambda n: n == 0)
+
+    assert publisher.lose is None
+    assert await stream_msg_ids(js, service) == [f"{service}-{n}" for n in range(10)]
+    assert (published_total(service, "ok"), published_total(service, "duplicate")) == (9, 1)
+    assert published_total(service, "error") == 1

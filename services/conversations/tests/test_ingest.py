@@ -11,6 +11,7 @@ from parley.contacts.v1 import contacts_service_pb2 as cpb
 from parley.conversations.v1 import conversations_service_pb2 as pb
 from parley.conversations.v1 import events_pb2 as ev
 from parley.conversations.v1 import resources_pb2 as res
+from parley_conversations import mapping
 
 
 def space() -> str:
@@ -273,6 +274,61 @@ async def test_reaction_edit_and_delete_attach_to_their_target(service, stub_for
         ev.MESSAGE_CHANGE_EDIT,
         ev.MESSAGE_CHANGE_DELETE,
     ]
+
+
+async def test_changes_and_receipts_in_the_batch_that_stores_their_target_are_saved(service, stub_for, helpers) -> None:
+    """New messages are inserted in bulk; an edit, reaction or receipt in the same batch must still reach them."""
+    app, _ = service
+    sp = space()
+    t0 = datetime.now(UTC) - timedelta(minutes=1)
+    events = [
+        helpers.inbound(sp, "ch-1", "psid-sb", "mid.sb1", text="tpyo", at=t0),
+        helpers.inbound(
+            sp, "ch-1", "psid-sb", "mid.sb2", text="echo", kind=gw.INBOUND_KIND_ECHO, at=t0 + timedelta(seconds=1)
+        ),
+        helpers.inbound(
+            sp,
+            "ch-1",
+            "psid-sb",
+            "edit.sb1",
+            text="typo",
+            kind=gw.INBOUND_KIND_EDIT,
+            at=t0 + timedelta(seconds=2),
+            target_provider_message_id="mid.sb1",
+        ),
+        helpers.inbound(
+            sp,
+            "ch-1",
+            "psid-sb",
+            "react.sb1",
+            text="",
+            kind=gw.INBOUND_KIND_REACTION,
+            at=t0 + timedelta(seconds=3),
+            target_provider_message_id="mid.sb1",
+            reaction=gw.Reaction(emoji="❤"),
+        ),
+        helpers.inbound(
+            sp,
+            "ch-1",
+            "psid-sb",
+            "read.sb1",
+            text="",
+            kind=gw.INBOUND_KIND_READ,
+            at=t0 + timedelta(seconds=4),
+            receipt=gw.Receipt(status=gw.DELIVERY_STATUS_READ, watermark=helpers.ts(t0 + timedelta(seconds=1))),
+        ),
+    ]
+    items = [mapping.inbound_item(e) for e in events]
+    async with app.service.repo.transaction() as tx:
+        stats = await app.service.apply_inbound(tx, items, {it.contact_key: "ct-same-batch" for it in items})
+    assert (stats.stored, stats.updates, stats.statuses) == (2, 2, 1)
+
+    (conv,) = await conversations_of(stub_for(sp))
+    first, echo = await messages_of(stub_for(sp), conv.conversation_id)
+    assert first.text == "typo" and first.edited_at.ToDatetime(tzinfo=UTC) == t0 + timedelta(seconds=2)
+    assert [(r.emoji, r.by) for r in first.reactions] == [("❤", "contact")]
+    assert echo.status == gw.DELIVERY_STATUS_READ
+    assert first.sequence < echo.sequence
 
 
 async def test_next_inbound_after_close_opens_a_new_linked_conversation(service, stub_for, helpers) -> None:

@@ -63,6 +63,7 @@ CONTACT_ACTIVITY_KINDS = {
     InboundKind.REFERRAL,
     InboundKind.OPTIN,
 }
+CHANGE_KINDS = {InboundKind.REACTION, InboundKind.EDIT, InboundKind.DELETE}
 RECEIPT_KINDS = {InboundKind.DELIVERY, InboundKind.READ, InboundKind.STATUS}
 
 

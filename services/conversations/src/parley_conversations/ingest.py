@@ -501,8 +501,7 @@ class InboundIngest:
         items = [it for _, it in pairs]
         known: dict[tuple[str, str], tuple[str, datetime | None]] = {}
         if self.report_every is not None and items:
-            async with self.repo.on_connection(worker.conn) as tx:
-                known = await tx.identities((it.channel_id, it.contact_external_id) for it in items)
+            known = await self.repo.identities(worker.conn, ((it.channel_id, it.contact_external_id) for it in items))
         contact_ids, refused, reported = await self._with_retries(
             lambda: self.contacts.resolve(items, known, self.report_every)
         )

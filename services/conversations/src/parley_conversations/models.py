@@ -152,6 +152,7 @@ class Conversation(Base):
             postgresql_where=sql_text("status = 'open'"),
         ),
         Index("ix_conversations_inbox", "space_id", "status", "last_activity_at", "id"),
+        Index("ix_conversations_activity", "space_id", "last_activity_at", "id"),
         Index("ix_conversations_opened", "space_id", "opened_at", "id"),
         Index("ix_conversations_assignee", "space_id", "assignee_user_id", "status"),
         Index("ix_conversations_team", "space_id", "assignee_team_id", "status"),

@@ -22,6 +22,7 @@ from sqlalchemy import (
     delete,
     false,
     func,
+    insert,
     literal,
     or_,
     select,
@@ -33,6 +34,8 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from parley_conversations.domain import ConversationFilter, DomainEvent
 from parley_conversations.models import (
@@ -54,6 +57,46 @@ EventWriter = Callable[[AsyncSession, Sequence[tuple[DomainEvent, Any]]], Awaita
 """Writes (event, trace context or None) pairs to the outbox inside the session's transaction."""
 
 OPEN = ConversationStatus.OPEN.value
+_MESSAGES = Message.__table__
+_MESSAGE_INSERT_KEYS = [c.key for c in _MESSAGES.c if c.key != "seq"]
+_INSERT_MESSAGES = insert(_MESSAGES).returning(_MESSAGES.c.seq, sort_by_parameter_order=True)
+
+
+def _upsert_contact_channels() -> Any:
+    cc = ContactChannel.__table__.c
+    stmt = pg_insert(ContactChannel.__table__)
+    return stmt.on_conflict_do_update(
+        index_elements=[cc.channel_id, cc.external_id],
+        set_={
+            "contact_id": stmt.excluded.contact_id,
+            "last_inbound_at": func.greatest(cc.last_inbound_at, stmt.excluded.last_inbound_at),
+            "interaction_reported_at": func.greatest(cc.interaction_reported_at, stmt.excluded.interaction_reported_at),
+        },
+    )
+
+
+def _upsert_contact_hints() -> Any:
+    """Fill a contact's empty names from a message's profile hints; a row with nothing to fill is left as is."""
+    cols = Contact.__table__.c
+    stmt = pg_insert(Contact.__table__)
+    names = ("first_name", "last_name", "display_name")
+    return stmt.on_conflict_do_update(
+        index_elements=[cols.contact_id],
+        set_={name: case((cols[name] == "", stmt.excluded[name]), else_=cols[name]) for name in names},
+        where=or_(*(and_(cols[name] == "", stmt.excluded[name] != "") for name in names)),
+    )
+
+
+_IDENTITIES = (
+    "SELECT cc.channel_id, cc.external_id, cc.contact_id, cc.interaction_reported_at"
+    " FROM unnest($1::text[], $2::text[]) AS wanted(channel_id, external_id)"
+    " JOIN contact_channels cc USING (channel_id, external_id)"
+)
+
+# Bulk statements executed for all rows of a batch at once (executemany: compiled once, one round trip), on the
+# Core tables: the ORM's bulk-insert layer adds nothing here.
+_UPSERT_CONTACT_CHANNELS = _upsert_contact_channels()
+_UPSERT_CONTACT_HINTS = _upsert_contact_hints()
 ContactKey = tuple[str, str, str]  # (space_id, contact_id, channel_id)
 
 
@@ -82,6 +125,22 @@ class Repository:
             tx = Tx(session)
             yield tx
             await tx.flush_events(self._events)
+
+    @staticmethod
+    async def identities(
+        conn: AsyncConnection, pairs: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, datetime | None]]:
+        """(channel_id, external_id) -> (contact_id, interaction_reported_at) for identities already known.
+
+        One statement outside any transaction on `conn` (which must not be in one): a read on its own needs no
+        BEGIN and COMMIT round trips, and the ingest asks this before every batch."""
+        pairs = list(set(pairs))
+        if not pairs:
+            return {}
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        rows = await driver.fetch(_IDENTITIES, [p[0] for p in pairs], [p[1] for p in pairs])
+        return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
 
 class Tx:
@@ -307,6 +366,22 @@ class Tx:
         rows = (await self.session.execute(stmt)).scalars().all()
         return {(m.channel_id, m.provider_message_id or ""): m for m in rows}
 
+    async def insert_messages(self, messages: Sequence[Message], *, track: bool) -> None:
+        """Insert new messages (every column but `seq` set) in order with one bulk statement, and set each
+        one's `seq`. With `track` they join the session as persistent objects, so later changes to them in
+        this transaction are flushed as updates; without it, later changes to them would be lost."""
+        if not messages:
+            return
+        rows = [{key: getattr(m, key) for key in _MESSAGE_INSERT_KEYS} for m in messages]
+        conn = await self.session.connection()
+        result = await conn.execute(_INSERT_MESSAGES, rows)
+        for m, seq in zip(messages, result.scalars().all(), strict=True):
+            set_committed_value(m, "seq", seq)
+        if track:
+            for m in messages:
+                make_transient_to_detached(m)
+            self.session.add_all(messages)
+
     async def existing_provider_ids(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         pairs = list(set(pairs))
         if not pairs:
@@ -352,44 +427,13 @@ class Tx:
         interaction_reported_at (either may be None)."""
         if not rows:
             return
-        stmt = pg_insert(ContactChannel).values(rows)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[ContactChannel.channel_id, ContactChannel.external_id],
-            set_={
-                "contact_id": stmt.excluded.contact_id,
-                "last_inbound_at": func.greatest(ContactChannel.last_inbound_at, stmt.excluded.last_inbound_at),
-                "interaction_reported_at": func.greatest(
-                    ContactChannel.interaction_reported_at, stmt.excluded.interaction_reported_at
-                ),
-            },
-        )
-        await self.session.execute(stmt)
-
-    async def identities(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, datetime | None]]:
-        """(channel_id, external_id) -> (contact_id, interaction_reported_at) for identities already known."""
-        pairs = list(set(pairs))
-        if not pairs:
-            return {}
-        cc = ContactChannel
-        stmt = select(cc.channel_id, cc.external_id, cc.contact_id, cc.interaction_reported_at).where(
-            tuple_(cc.channel_id, cc.external_id).in_(pairs)
-        )
-        return {(ch, ext): (cid, at) for ch, ext, cid, at in (await self.session.execute(stmt)).all()}
+        await (await self.session.connection()).execute(_UPSERT_CONTACT_CHANNELS, rows)
 
     async def upsert_contacts(self, rows: list[dict[str, Any]]) -> None:
         """Rows: contact_id, space_id, first_name, last_name, display_name, updated_at. Fill empty names only."""
         if not rows:
             return
-        stmt = pg_insert(Contact).values(rows)
-        cols = Contact.__table__.c
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[Contact.contact_id],
-            set_={
-                name: case((cols[name] == "", stmt.excluded[name]), else_=cols[name])
-                for name in ("first_name", "last_name", "display_name")
-            },
-        )
-        await self.session.execute(stmt)
+        await (await self.session.connection()).execute(_UPSERT_CONTACT_HINTS, rows)
 
     async def raise_watermark(self, channel_id: str, external_id: str, *, read: bool, at: datetime) -> None:
         """Move a contact's delivery (and, for read receipts, read) watermark forward."""

@@ -24,6 +24,7 @@ from parley_kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 
 from parley_conversations import pagination, templates
 from parley_conversations.domain import (
+    CHANGE_KINDS,
     CONTACT_ACTIVITY_KINDS,
     MESSAGE_KINDS,
     RECEIPT_KINDS,
@@ -900,14 +901,18 @@ class ConversationsService:
             await self._inherit_assignees(tx, new_convs)
 
         new_by_pmid: dict[tuple[str, str], Message] = {}
+        new_messages: list[Message] = []
         for it, conv, opened in plan:
             with tx.traced(it.trace):
-                self._apply_message(tx, it, conv, opened, targets, new_by_pmid, stats, now)
+                new_messages.append(self._apply_message(tx, it, conv, opened, targets, new_by_pmid, stats, now))
+        # One bulk INSERT; the new messages join the session (so later changes to them are saved) only when
+        # a change or receipt in this batch may touch them.
+        changes = [it for it in items if it.kind in CHANGE_KINDS]
+        receipts = [it for it in items if it.kind in RECEIPT_KINDS and it.receipt is not None]
+        await tx.insert_messages(new_messages, track=bool(changes or receipts))
 
         # -- reactions, edits and deletions of stored messages ---------------------------------------
-        for it in items:
-            if it.kind not in (InboundKind.REACTION, InboundKind.EDIT, InboundKind.DELETE):
-                continue
+        for it in changes:
             pair = (it.channel_id, it.target_provider_message_id)
             target = new_by_pmid.get(pair) or targets.get(pair)
             if target is None:
@@ -920,7 +925,6 @@ class ConversationsService:
                     tx.emit(MessageUpdated(Actor(f"contact:{target.contact_id}"), target, change))
 
         # -- delivery and read receipts, provider statuses -------------------------------------------
-        receipts = [it for it in items if it.kind in RECEIPT_KINDS and it.receipt is not None]
         if receipts:
             await self._apply_receipts(tx, receipts, contact_ids, new_by_pmid, stats, now)
         return stats
@@ -935,8 +939,8 @@ class ConversationsService:
         new_by_pmid: dict[tuple[str, str], Message],
         stats: IngestStats,
         now: datetime,
-    ) -> None:
-        """Store one message, postback or echo in `conv` (opened for it when `opened`)."""
+    ) -> Message:
+        """The new message, postback or echo in `conv` (opened for it when `opened`), to be inserted."""
         contact_actor = Actor(f"contact:{conv.contact_id}")
         if opened:
             stats.opened += 1
@@ -948,7 +952,6 @@ class ConversationsService:
             )
             reply_to = target.id if target is not None else None
         msg = self._inbound_message(it, conv, reply_to, now)
-        tx.add(msg)
         new_by_pmid[(it.channel_id, msg.provider_message_id or "")] = msg
         stats.stored += 1
         stats.outcomes[it.event_id] = (conv.id, msg.id, opened, False)
@@ -958,6 +961,7 @@ class ConversationsService:
         else:
             self._count_incoming(conv, msg)
             tx.emit(MessageReceived(contact_actor, msg, opened))
+        return msg
 
     async def _remember_contacts(
         self,
@@ -1028,7 +1032,13 @@ class ConversationsService:
             provider_sequence=it.provider_sequence,
             reply_to_message_id=reply_to,
             reactions=[],
+            shortcut_id=None,
+            client_request_id=None,
+            edited_at=None,
+            deleted_at=None,
             sent_at=it.occurred_at,
+            delivered_at=None,
+            read_at=None,
             created_at=now,
         )
 

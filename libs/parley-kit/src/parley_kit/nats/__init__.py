@@ -2,7 +2,7 @@
 
 from parley_kit.nats.consumer import BatchHandler, ConsumerRunner, Delivery, Handler
 from parley_kit.nats.errors import PoisonMessage, ProvisioningError, TransientError, is_transient
-from parley_kit.nats.publisher import Publisher
+from parley_kit.nats.publisher import Publisher, RawEvent
 from parley_kit.nats.streams import ConsumerSpec, StreamSpec, dead_letter_stream, dead_letter_subject, provision
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "PoisonMessage",
     "ProvisioningError",
     "Publisher",
+    "RawEvent",
     "StreamSpec",
     "TransientError",
     "dead_letter_stream",
