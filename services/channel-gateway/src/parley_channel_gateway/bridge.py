@@ -1,6 +1,9 @@
-"""The web process's asyncio side: one event loop on a background thread owning the NATS connection, the
-kit Publisher and the database engine. Flask's request threads hand it coroutines with `run()`
-(asyncio.run_coroutine_threadsafe) and wait for their result.
+"""The web process's asyncio side: the event loop owning the NATS connection, the kit Publisher and the database
+engine, and `run()`, through which the synchronous Flask app waits for a coroutine on it.
+
+Under gunicorn (`asgi.py`) the loop is the worker's own and requests run in greenlets on it: `run()` awaits
+right there (`greenlets.wait`). Elsewhere (Flask's test client, any threaded WSGI server) `start()` runs a loop
+on a background thread and `run()` hands it the coroutine (asyncio.run_coroutine_threadsafe) and blocks.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from parley_kit.nats.streams import provision
 
 from parley_channel_gateway.config import Settings
 from parley_channel_gateway.crypto import SecretBox
+from parley_channel_gateway.greenlets import in_greenlet, wait
 from parley_channel_gateway.models import ACTIVE, ChannelRow
 from parley_channel_gateway.repository import Repository
 
@@ -85,6 +89,7 @@ class Bridge:
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._stopping: asyncio.Event | None = None
+        self._main_task: asyncio.Task[None] | None = None
         self._touched: set[str] = set()
         self.nc: NatsClient | None = None
         self.publisher: Publisher | None = None
@@ -94,6 +99,7 @@ class Bridge:
     # -- life ---------------------------------------------------------------------------------------------------
 
     def start(self) -> Bridge:
+        """Run the loop on a background thread (callers block in `run()`)."""
         self._thread = threading.Thread(target=self._run_loop, name="parley-bridge", daemon=True)
         self._thread.start()
         self._started.wait(10)
@@ -102,16 +108,31 @@ class Bridge:
     def _run_loop(self) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        self._loop = loop
-        self._stopping = asyncio.Event()
-        self._engine = db.create_engine(self.settings.database_url, pool_size=5)
-        self.repo = Repository(db.session_factory(self._engine))
+        self._open(loop)
         self._started.set()
         try:
             loop.run_until_complete(self._main())
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+    async def start_on_running_loop(self) -> Bridge:
+        """Run on the current loop (callers are greenlets on it: `run()` awaits in place)."""
+        self._open(asyncio.get_running_loop())
+        self._main_task = asyncio.create_task(self._main())
+        return self
+
+    async def aclose(self) -> None:
+        """Stop what start_on_running_loop started: flush, drain NATS, close the engine."""
+        if self._stopping is not None and self._main_task is not None:
+            self._stopping.set()
+            await self._main_task
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._stopping = asyncio.Event()
+        self._engine = db.create_engine(self.settings.database_url, pool_size=5)
+        self.repo = Repository(db.session_factory(self._engine))
 
     async def _main(self) -> None:
         assert self._stopping is not None
@@ -127,7 +148,8 @@ class Bridge:
         await self._engine.dispose()
 
     def stop(self) -> None:
-        if self._loop is None or self._stopping is None or self._loop.is_closed():
+        """Stop what start() started."""
+        if self._thread is None or self._loop is None or self._stopping is None or self._loop.is_closed():
             return
         self._loop.call_soon_threadsafe(self._stopping.set)
         if self._thread is not None:
@@ -181,6 +203,8 @@ class Bridge:
         """Run `coro` on the loop with the caller's trace context; wait at most `timeout` seconds."""
         assert self._loop is not None, "start() the bridge first"
         ctx = otel_context.get_current()
+        if self._main_task is not None and in_greenlet():
+            return wait(_within(timeout, _with_context(ctx, coro)))
         future = asyncio.run_coroutine_threadsafe(_with_context(ctx, coro), self._loop)
         try:
             return future.result(timeout)
@@ -271,6 +295,15 @@ class Bridge:
             await self.repo.touch_inbound(ids)
         except Exception:
             log.warning("cannot record last inbound time of %d channels", len(ids), exc_info=True)
+
+
+async def _within(timeout: float, coro: Coroutine[Any, Any, T]) -> T:
+    """`coro`'s result, or NatsUnavailable after `timeout` seconds (no extra task, unlike asyncio.wait_for)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await coro
+    except TimeoutError:
+        raise NatsUnavailable(f"no answer within {timeout}s") from None
 
 
 async def _with_context(ctx: otel_context.Context, coro: Coroutine[Any, Any, T]) -> T:
