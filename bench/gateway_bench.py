@@ -312,7 +312,7 @@ def main(argv: list[str]) -> None:
         if args.py_spy:
             worker = next(int(e) for e in os.listdir("/proc") if e.isdigit() and _parent(int(e)) == web.pid)
             spy = subprocess.Popen(
-                [args.py_spy, "record", "-p", str(worker), "-d", str(max(1, int(args.duration))), "-r", "200", "--gil",
+                [args.py_spy, "record", "-p", str(worker), "-d", str(max(1, int(args.duration))), "-r", "200",
                  "--nonblocking", "-f", "raw", "-o", str(data / "web.folded")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
@@ -321,8 +321,9 @@ def main(argv: list[str]) -> None:
         user, system = (after - before for after, before in zip(tree_cpu(web.pid), cpu_before, strict=True))
         per = 1000 / max(fixed.ok, 1)
         print(report(f"signed Messenger webhook @ {args.rate:.0f}/s", fixed))
+        busy = (user + system) / fixed.elapsed * 100
         print(f"  web process CPU per webhook: {(user + system) * per:.2f} ms (user {user * per:.2f}, system "
-              f"{system * per:.2f}; master and workers, {(user + system) / fixed.elapsed * 100:.0f}% of a core)")  # fmt: skip
+              f"{system * per:.2f}; master and workers, {busy:.0f}% of a core)")  # fmt: skip
         if spy is not None:
             spy.wait(60)
             print(f"  py-spy profile of one worker (collapsed stacks): {data / 'web.folded'}")

@@ -53,7 +53,7 @@ class WsgiOnLoop:
 
     async def startup(self) -> None:
         if self.app is None:
-            self.bridge = await Bridge(self.settings).start_on_running_loop()
+            self.bridge = await Bridge(self.settings).start()
             self.app = create_app(self.settings, self.bridge)
 
     async def shutdown(self) -> None:

@@ -1,9 +1,6 @@
-"""The web process's asyncio side: the event loop owning the NATS connection, the kit Publisher and the database
-engine, and `run()`, through which the synchronous Flask app waits for a coroutine on it.
-
-Under gunicorn (`asgi.py`) the loop is the worker's own and requests run in greenlets on it: `run()` awaits
-right there (`greenlets.wait`). Elsewhere (Flask's test client, any threaded WSGI server) `start()` runs a loop
-on a background thread and `run()` hands it the coroutine (asyncio.run_coroutine_threadsafe) and blocks.
+"""The web process's asyncio side, on the gunicorn worker's event loop: the NATS connection, the kit Publisher and
+the database engine, and `run()`, through which the synchronous Flask app, running in a greenlet per request
+on that same loop (`asgi.py`), waits for a coroutine (`greenlets.wait`): no thread, no hand-off.
 """
 
 from __future__ import annotations
@@ -11,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +24,7 @@ from parley_kit.nats.streams import provision
 
 from parley_channel_gateway.config import Settings
 from parley_channel_gateway.crypto import SecretBox
-from parley_channel_gateway.greenlets import in_greenlet, wait
+from parley_channel_gateway.greenlets import wait
 from parley_channel_gateway.models import ACTIVE, ChannelRow
 from parley_channel_gateway.repository import Repository
 
@@ -57,7 +53,7 @@ class ChannelInfo:
 
 
 class _Cache:
-    """A small TTL cache of channel lookups (None = known to be absent), used only on the loop thread."""
+    """A small TTL cache of channel lookups (None = known to be absent), used only on the loop."""
 
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl
@@ -85,10 +81,7 @@ class Bridge:
         self.publish_timeout = settings.channel_gateway_publish_timeout_seconds
         self._touch_interval = touch_interval
         self._cache = _Cache(settings.channel_gateway_channel_cache_seconds)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._started = threading.Event()
-        self._stopping: asyncio.Event | None = None
+        self._stopping = asyncio.Event()
         self._main_task: asyncio.Task[None] | None = None
         self._touched: set[str] = set()
         self.nc: NatsClient | None = None
@@ -98,44 +91,20 @@ class Bridge:
 
     # -- life ---------------------------------------------------------------------------------------------------
 
-    def start(self) -> Bridge:
-        """Run the loop on a background thread (callers block in `run()`)."""
-        self._thread = threading.Thread(target=self._run_loop, name="parley-bridge", daemon=True)
-        self._thread.start()
-        self._started.wait(10)
-        return self
-
-    def _run_loop(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._open(loop)
-        self._started.set()
-        try:
-            loop.run_until_complete(self._main())
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def start_on_running_loop(self) -> Bridge:
-        """Run on the current loop (callers are greenlets on it: `run()` awaits in place)."""
-        self._open(asyncio.get_running_loop())
+    async def start(self) -> Bridge:
+        """Connect (in the background, retrying) on the running loop, whose greenlets then call `run()`."""
+        self._engine = db.create_engine(self.settings.database_url, pool_size=5)
+        self.repo = Repository(db.session_factory(self._engine))
         self._main_task = asyncio.create_task(self._main())
         return self
 
     async def aclose(self) -> None:
-        """Stop what start_on_running_loop started: flush, drain NATS, close the engine."""
-        if self._stopping is not None and self._main_task is not None:
+        """Stop: write pending last-inbound times, drain NATS, close the engine."""
+        if self._main_task is not None:
             self._stopping.set()
             await self._main_task
 
-    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._stopping = asyncio.Event()
-        self._engine = db.create_engine(self.settings.database_url, pool_size=5)
-        self.repo = Repository(db.session_factory(self._engine))
-
     async def _main(self) -> None:
-        assert self._stopping is not None
         tasks = [asyncio.create_task(self._connect()), asyncio.create_task(self._flush_touches())]
         await self._stopping.wait()
         for task in tasks:
@@ -146,14 +115,6 @@ class Bridge:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), 5)
         await self._engine.dispose()
-
-    def stop(self) -> None:
-        """Stop what start() started."""
-        if self._thread is None or self._loop is None or self._stopping is None or self._loop.is_closed():
-            return
-        self._loop.call_soon_threadsafe(self._stopping.set)
-        if self._thread is not None:
-            self._thread.join(15)
 
     async def _connect(self) -> None:
         """Connect to NATS (retrying until it answers), then provision the stream (idempotent)."""
@@ -197,20 +158,13 @@ class Bridge:
     def ready(self) -> bool:
         return self.publisher is not None and self.nc is not None and self.nc.is_connected
 
-    # -- calls from request threads -------------------------------------------------------------------------------
+    # -- calls from the Flask app ------------------------------------------------------------------------------------
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run `coro` on the loop with the caller's trace context; wait at most `timeout` seconds."""
-        assert self._loop is not None, "start() the bridge first"
-        ctx = otel_context.get_current()
-        if self._main_task is not None and in_greenlet():
-            return wait(_within(timeout, _with_context(ctx, coro)))
-        future = asyncio.run_coroutine_threadsafe(_with_context(ctx, coro), self._loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise NatsUnavailable(f"no answer within {timeout}s") from None
+        """From a request's greenlet: `coro`'s result, awaited on the loop with the caller's trace context; at most
+        `timeout` seconds (then NatsUnavailable)."""
+        assert self._main_task is not None, "start() the bridge first"
+        return wait(_within(timeout, _with_context(otel_context.get_current(), coro)))
 
     # -- on the loop ------------------------------------------------------------------------------------------------
 

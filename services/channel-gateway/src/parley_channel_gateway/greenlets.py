@@ -45,7 +45,7 @@ async def run_in_greenlet(fn: Callable[..., T], *args: Any) -> T:
     while not child.dead:
         try:
             value = await result
-        except BaseException as exc:  # noqa: BLE001 - handed back to the greenlet, which raises it
+        except BaseException as exc:  # handed back to the greenlet, which raises it (or handles it)
             result = child.throw(exc)
         else:
             result = child.switch(value)

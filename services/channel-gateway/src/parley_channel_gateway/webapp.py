@@ -70,13 +70,11 @@ def _error(status: int, error: str, message: str) -> Response:
     return response
 
 
-def create_app(settings: Settings, bridge: Bridge | None = None) -> Flask:
-    """The webhook app. Starts a Bridge (NATS, database) unless one is given."""
+def create_app(settings: Settings, bridge: Bridge) -> Flask:
+    """The webhook app, served by `asgi.WsgiOnLoop` on the loop `bridge` was started on."""
     telemetry.configure_tracing(settings.service_name)
     app = Flask("parley_channel_gateway")
     app.config["MAX_CONTENT_LENGTH"] = settings.channel_gateway_max_body_bytes
-    bridge = bridge or Bridge(settings).start()
-    app.extensions["parley_bridge"] = bridge
     service = settings.service_name
     limit = settings.channel_gateway_max_body_bytes
     timeout = settings.channel_gateway_publish_timeout_seconds

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import nats
 import pytest
 from cryptography.fernet import Fernet
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from parley.channel_gateway.v1 import events_pb2 as ev
+from parley_channel_gateway.asgi import WsgiOnLoop
 from parley_channel_gateway.config import Settings
 from parley_channel_gateway.crypto import SecretBox
 from parley_channel_gateway.providers import Providers
@@ -243,6 +245,52 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+class Answer:
+    """An HTTP answer of the web app, read like Flask's test responses (`status_code`, `data`, `json`)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
+        self.data = response.content
+        self.headers = response.headers
+
+    @property
+    def is_json(self) -> bool:
+        return self.headers.get("content-type", "").startswith("application/json")
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.data) if self.is_json else None
+
+
+class WebClient:
+    """The web process's app (`asgi.WsgiOnLoop`: Flask in greenlets, the Bridge on the same loop) served on an event
+    loop in a background thread, as gunicorn's asyncio worker serves it, with a synchronous client for tests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = WsgiOnLoop(settings)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="web-app-loop", daemon=True)
+        self.thread.start()
+        self._call(self.app.startup())
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://127.0.0.1:8080")
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def get(self, path: str, query_string: dict[str, str] | None = None) -> Answer:
+        return Answer(self._call(self.http.get(path, params=query_string)))
+
+    def post(self, path: str, data: bytes = b"", headers: dict[str, str] | None = None) -> Answer:
+        return Answer(self._call(self.http.post(path, content=data, headers=headers)))
+
+    def close(self) -> None:
+        self._call(self.http.aclose())
+        self._call(self.app.shutdown())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
 @pytest.fixture(scope="session")
 def gw() -> Any:
     """Helpers and constants for the gateway tests (test modules cannot import conftest)."""
@@ -253,6 +301,7 @@ def gw() -> Any:
         connect_channel=connect_channel,
         inbound_events=inbound_events,
         wait_until=wait_until,
+        WebClient=WebClient,
         APP_SECRET=APP_SECRET,
         VERIFY_TOKEN=VERIFY_TOKEN,
         BOT_TOKEN=BOT_TOKEN,

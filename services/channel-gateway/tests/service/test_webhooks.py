@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask.testing import FlaskClient
 from parley.channel_gateway.v1 import events_pb2 as ev
 from parley_channel_gateway.inbound import (
     parse_custom,
@@ -23,7 +22,6 @@ from parley_channel_gateway.inbound import (
     parse_whatsapp,
 )
 from parley_channel_gateway.inbound.signatures import sign_custom
-from parley_channel_gateway.webapp import create_app
 from parley_kit.contracts import channel_gateway as contract
 
 PAGE_ID = "106385812345678"
@@ -38,7 +36,7 @@ def meta_signature(body: bytes, secret: str) -> str:
 class Gateway:
     """The webhook app under test, with its connected channels and signing helpers."""
 
-    def __init__(self, client: FlaskClient, gw: Any, settings: Any, channels: dict[str, Any], space_id: str) -> None:
+    def __init__(self, client: Any, gw: Any, settings: Any, channels: dict[str, Any], space_id: str) -> None:
         self.client = client
         self.gw = gw
         self.settings = settings
@@ -111,11 +109,10 @@ def gateway(migrated: str, make_settings: Callable[..., Any], gw: Any, fake_prov
             gw.connect_channel(settings, space_id, "custom", outbound_webhook_url=fake_provider.url + "/hook")
         ),
     }
-    app = create_app(settings)
-    client = app.test_client()
+    client = gw.WebClient(settings)
     gw.wait_until(lambda: client.get("/readyz").status_code == 200, timeout=20)
     yield Gateway(client, gw, settings, channels, space_id)
-    app.extensions["parley_bridge"].stop()
+    client.close()
 
 
 # -- Meta's verification handshake ---------------------------------------------------------------------------------
