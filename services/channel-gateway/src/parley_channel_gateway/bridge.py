@@ -17,7 +17,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 from opentelemetry import context as otel_context
 from parley.channel_gateway.v1.events_pb2 import InboundEvent
-from parley_kit import db
+from parley_kit import db, metrics
 from parley_kit.contracts import channel_gateway as contract
 from parley_kit.nats.publisher import Publisher
 from parley_kit.nats.streams import provision
@@ -101,6 +101,7 @@ class Bridge:
     async def aclose(self) -> None:
         """Stop: write pending last-inbound times, drain NATS, close the engine."""
         if self._main_task is not None:
+            self._serving(False)
             self._stopping.set()
             await self._main_task
 
@@ -143,16 +144,23 @@ class Bridge:
                 log.warning("cannot provision stream %s (%s); retrying", contract.STREAM, exc)
                 await asyncio.sleep(1)
         self.publisher = Publisher(js, self.settings.service_name, timeout=self.publish_timeout)
+        self._serving(True)
         log.info("connected to NATS; publishing webhooks to %s", contract.STREAM)
 
     async def _nats_error(self, exc: Exception) -> None:
         log.debug("NATS: %s", exc)
 
     async def _nats_down(self) -> None:
+        self._serving(False)
         log.warning("NATS connection lost; webhooks answer 503 until it is back")
 
     async def _nats_up(self) -> None:
+        self._serving(self.publisher is not None)
         log.info("NATS connection back")
+
+    def _serving(self, serving: bool) -> None:
+        """The kit's parley_service_serving gauge, as the gRPC processes set it: 1 while webhooks can be stored."""
+        metrics.SERVICE_UP.labels(self.settings.service_name).set(1 if serving else 0)
 
     @property
     def ready(self) -> bool:

@@ -433,6 +433,16 @@ def test_accepted_webhooks_move_the_channels_last_inbound_time(gateway: Gateway)
         engine.dispose()
 
 
+def _serving(gateway: Gateway) -> float:
+    """The web process's parley_service_serving gauge."""
+    text = gateway.client.get("/metrics").data.decode()
+    return float(next(ln for ln in text.splitlines() if ln.startswith("parley_service_serving{")).split()[-1])
+
+
+def test_serving_gauge_is_set_while_connected(gateway: Gateway) -> None:
+    assert _serving(gateway) == 1.0
+
+
 def test_nats_down_answers_503_then_the_providers_retry_is_accepted_once(gateway: Gateway, nats_server: Any) -> None:
     raw, mid = _fresh_messenger_body("during an outage")
     nats_server.stop()
@@ -440,9 +450,11 @@ def test_nats_down_answers_503_then_the_providers_retry_is_accepted_once(gateway
         gateway.gw.wait_until(lambda: gateway.client.get("/readyz").status_code == 503, timeout=10)
         down = gateway.post_meta("messenger", raw)
         assert down.status_code == 503 and down.json["error"] == "unavailable"
+        gateway.gw.wait_until(lambda: _serving(gateway) == 0.0, timeout=10)
     finally:
         nats_server.start()
     gateway.gw.wait_until(lambda: gateway.client.get("/readyz").status_code == 200, timeout=20)
+    gateway.gw.wait_until(lambda: _serving(gateway) == 1.0, timeout=10)
     assert gateway.post_meta("messenger", raw).status_code == 200
     assert gateway.post_meta("messenger", raw).status_code == 200
     assert [p.event.provider_message_id for p in gateway.events("messenger")].count(mid) == 1
