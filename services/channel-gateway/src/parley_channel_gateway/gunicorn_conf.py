@@ -1,11 +1,11 @@
 """gunicorn configuration of the webhook process (`python -m parley_channel_gateway web`).
 
-Reads PARLEY_HTTP_PORT (default 8080) and PARLEY_CHANNEL_GATEWAY_HTTP_WORKERS. gunicorn's asyncio worker
-(`asgi`): each worker is one thread running one event loop, which parses HTTP, runs the Flask app in a greenlet
-per request (`asgi.py`) and awaits the JetStream acks, so many webhooks wait for their acks at once without
-any thread hand-off. Prometheus metrics are aggregated across workers
-through PROMETHEUS_MULTIPROC_DIR, and served summed on PARLEY_METRICS_PORT by the master (where every other
-process serves them, and where the chart's scrape config looks) as well as on the HTTP port's /metrics.
+Reads PARLEY_HTTP_PORT (default 8080) and PARLEY_CHANNEL_GATEWAY_HTTP_WORKERS. The worker class is
+`web_worker.WebhookWorker`: each worker is one thread running one uvloop event loop, which parses HTTP, runs the
+Flask app in a greenlet per request and awaits the JetStream acks, so many webhooks wait for their acks at once
+without any thread hand-off. Prometheus metrics are aggregated across workers through PROMETHEUS_MULTIPROC_DIR,
+and served summed on PARLEY_METRICS_PORT by the master (where every other process serves them, and where the
+chart's scrape config looks) as well as on the HTTP port's /metrics.
 """
 
 from __future__ import annotations
@@ -24,15 +24,13 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="parley-gateway-metrics-")
 
 # Import the app's modules once in the master (forked workers share them); each worker still builds its own
-# app, NATS connection and loop thread after the fork (preload_app stays off). PROMETHEUS_MULTIPROC_DIR is set
+# app, NATS connection and event loop after the fork (preload_app stays off). PROMETHEUS_MULTIPROC_DIR is set
 # above, before prometheus_client creates the kit's metrics.
 import parley_channel_gateway.webapp  # noqa: E402, F401
 
 bind = [f"0.0.0.0:{_settings.http_port}"]
 workers = _settings.channel_gateway_http_workers
-worker_class = "asgi"
-asgi_lifespan = "on"  # builds the Bridge and the app on the worker's loop; drains NATS on shutdown
-asgi_loop = "uvloop"
+worker_class = "parley_channel_gateway.web_worker.WebhookWorker"
 backlog = 2048
 keepalive = 5
 timeout = 30

@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from parley.channel_gateway.v1 import events_pb2 as ev
 from parley_kit import metrics, telemetry
 from parley_kit.contracts import channel_gateway as contract
+from parley_kit.settings import load_settings
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -72,10 +73,18 @@ def _error(status: int, error: str, message: str) -> Response:
     return response
 
 
+def make_app() -> Flask:
+    """gunicorn's app factory (`parley_channel_gateway.webapp:make_app()`), for `web_worker.WebhookWorker`, which starts
+    the Bridge on its event loop."""
+    settings = load_settings(Settings)
+    return create_app(settings, Bridge(settings))
+
+
 def create_app(settings: Settings, bridge: Bridge) -> Flask:
-    """The webhook app, served by `asgi.WsgiOnLoop` on the loop `bridge` was started on."""
+    """The webhook app; its requests run in greenlets on the loop `bridge` is started on (`web_worker.WebServer`)."""
     telemetry.configure_tracing(settings.service_name)
     app = Flask("parley_channel_gateway")
+    app.extensions["parley_bridge"] = bridge
     app.config["MAX_CONTENT_LENGTH"] = settings.channel_gateway_max_body_bytes
     service = settings.service_name
     limit = settings.channel_gateway_max_body_bytes

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,15 +19,18 @@ from typing import Any
 import httpx
 import nats
 import pytest
+import uvloop
 from cryptography.fernet import Fernet
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from parley.channel_gateway.v1 import events_pb2 as ev
-from parley_channel_gateway.asgi import WsgiOnLoop
+from parley_channel_gateway.bridge import Bridge
 from parley_channel_gateway.config import Settings
 from parley_channel_gateway.crypto import SecretBox
 from parley_channel_gateway.providers import Providers
 from parley_channel_gateway.repository import Repository
 from parley_channel_gateway.service import ChannelService, validate_credentials
+from parley_channel_gateway.web_worker import WebServer
+from parley_channel_gateway.webapp import create_app
 from parley_kit import db
 from parley_kit.auth import jwks
 
@@ -263,29 +268,31 @@ class Answer:
 
 
 class WebClient:
-    """The web process's app (`asgi.WsgiOnLoop`: Flask in greenlets, the Bridge on the same loop) served on an event
-    loop in a background thread, as gunicorn's asyncio worker serves it, with a synchronous client for tests."""
+    """The web process's server (`web_worker.WebServer`: HTTP on an event loop, Flask in greenlets, the Bridge on the
+    same loop) on a local port, its loop in a background thread as in a gunicorn worker, and an HTTP client."""
 
     def __init__(self, settings: Settings) -> None:
-        self.app = WsgiOnLoop(settings)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="web-app-loop", daemon=True)
+        self.server = WebServer(create_app(settings, Bridge(settings)), keepalive=5, log=logging.getLogger("web"))
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="web-server-loop", daemon=True)
         self.thread.start()
-        self._call(self.app.startup())
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://127.0.0.1:8080")
+        listener = socket.create_server(("127.0.0.1", 0))
+        self._call(self.server.start([listener]))
+        self.base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        self.http = httpx.Client(base_url=self.base_url, timeout=30)
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
 
     def get(self, path: str, query_string: dict[str, str] | None = None) -> Answer:
-        return Answer(self._call(self.http.get(path, params=query_string)))
+        return Answer(self.http.get(path, params=query_string))
 
     def post(self, path: str, data: bytes = b"", headers: dict[str, str] | None = None) -> Answer:
-        return Answer(self._call(self.http.post(path, content=data, headers=headers)))
+        return Answer(self.http.post(path, content=data, headers=headers))
 
     def close(self) -> None:
-        self._call(self.http.aclose())
-        self._call(self.app.shutdown())
+        self.http.close()
+        self._call(self.server.stop(5))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
