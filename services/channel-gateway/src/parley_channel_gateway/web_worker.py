@@ -253,16 +253,17 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        room = self.limit + 1 - self.body_bytes  # one byte past the limit is enough for the app to answer 413
+        if room > 0:
+            self.body.append(body[:room])
         self.body_bytes += len(body)
-        if self.body_bytes <= self.limit + 1:  # one byte past the limit is enough for the app to answer 413
-            self.body.append(body)
 
     def on_message_complete(self) -> None:
         if not self.discard:
             self._enqueue(keep_alive=self.parser.should_keep_alive())
 
     def _enqueue(self, keep_alive: bool) -> None:
-        body = b"".join(self.body)[: self.limit + 1]
+        body = b"".join(self.body)
         self.queue.append(
             {
                 "method": self.parser.get_method().decode("latin-1"),
