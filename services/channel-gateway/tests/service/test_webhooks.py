@@ -90,7 +90,9 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(migrated: str, make_settings: Callable[..., Any], gw: Any, fake_provider: Any) -> Iterator[Gateway]:
-    settings = make_settings(channel_gateway_max_body_bytes=65_536)
+    # Its own service name: the serving gauge is process-wide, and other modules' gateways set theirs.
+    service = f"channel-gateway-{uuid.uuid4().hex[:6]}"
+    settings = make_settings(channel_gateway_max_body_bytes=65_536, service_name=service)
     space_id = f"space-{uuid.uuid4().hex[:8]}"
     channels = {
         "messenger": gw.run(
@@ -436,7 +438,8 @@ def test_accepted_webhooks_move_the_channels_last_inbound_time(gateway: Gateway)
 def _serving(gateway: Gateway) -> float:
     """The web process's parley_service_serving gauge."""
     text = gateway.client.get("/metrics").data.decode()
-    return float(next(ln for ln in text.splitlines() if ln.startswith("parley_service_serving{")).split()[-1])
+    series = f'parley_service_serving{{service="{gateway.settings.service_name}"}} '
+    return float(next(ln for ln in text.splitlines() if ln.startswith(series)).split()[-1])
 
 
 def test_serving_gauge_is_set_while_connected(gateway: Gateway) -> None:
