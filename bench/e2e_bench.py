@@ -548,7 +548,7 @@ def main(argv: list[str]) -> None:
             print(warm.line("warm-up (creates the contacts)"), flush=True)
 
             print(
-                f"\nplatform as `make run` starts it (gateway web: 1 gunicorn worker x 4 threads; conversations, "
+                f"\nplatform as `make run` starts it (gateway web: 1 gunicorn worker, one event loop; conversations, "
                 f"contacts, workspace, gateway serve/worker: 1 process each), nats-server, PostgreSQL and this client "
                 f"on one machine ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}); logs at WARNING; "
                 f"tracing {'off' if args.no_tracing else 'on (spans made, not exported)'}"

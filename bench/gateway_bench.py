@@ -226,6 +226,32 @@ def wait_ready(port: int, timeout: float = 60) -> None:
     raise TimeoutError("the gateway web process did not become ready")
 
 
+def tree_cpu(root_pid: int) -> tuple[float, float]:
+    """CPU seconds (user, system) of `root_pid` and its children (the gunicorn master and its workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if int(entry) == root_pid or int(fields[1]) == root_pid:
+            user += int(fields[11]) / ticks
+            system += int(fields[12]) / ticks
+    return user, system
+
+
+def _parent(pid: int) -> int:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(raw[raw.rindex(")") + 2 :].split()[1])
+
+
 def report(name: str, run: Run) -> str:
     return (
         f"{name:<44} sent {run.sent:>6}  ok {run.ok:>6}  errors {run.errors:>4}  "
@@ -248,7 +274,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--step-duration", type=float, default=4.0, help="seconds per ramp step")
     parser.add_argument("--steps", default="500,750,1000,1250,1500,1750,2000,2500,3000")
     parser.add_argument("--workers", default="4", help="gunicorn workers of the web process")
-    parser.add_argument("--threads", default="4", help="threads per gunicorn worker")
+    parser.add_argument("--py-spy", default="", help="py-spy binary: profile one web worker during the fixed-rate run")
     args = parser.parse_args(argv)
 
     data = Path(tempfile.mkdtemp(prefix="parley-gateway-bench-"))
@@ -269,7 +295,6 @@ def main(argv: list[str]) -> None:
             "PARLEY_CHANNEL_GATEWAY_ENCRYPTION_KEY": key,
             "PARLEY_CHANNEL_GATEWAY_META_APP_SECRET": APP_SECRET,
             "PARLEY_CHANNEL_GATEWAY_HTTP_WORKERS": args.workers,
-            "PARLEY_CHANNEL_GATEWAY_HTTP_THREADS": args.threads,
             "PARLEY_LOG_LEVEL": "WARNING",
             "OTEL_SDK_DISABLED": "false",
         }
@@ -280,13 +305,30 @@ def main(argv: list[str]) -> None:
         asyncio.run(open_loop(port, 200, 2))  # warm-up: connections, channel cache, JIT-less but warm imports
 
         print(
-            f"gateway web process: gunicorn, {args.workers} workers x {args.threads} threads; nats-server, PostgreSQL "
+            f"gateway web process: gunicorn, {args.workers} asyncio workers; nats-server, PostgreSQL "
             f"and this client on the same machine ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})"
         )
+        spy = None
+        if args.py_spy:
+            worker = next(int(e) for e in os.listdir("/proc") if e.isdigit() and _parent(int(e)) == web.pid)
+            spy = subprocess.Popen(
+                [args.py_spy, "record", "-p", str(worker), "-d", str(max(1, int(args.duration))), "-r", "200",
+                 "--nonblocking", "-f", "raw", "-o", str(data / "web.folded")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        cpu_before = tree_cpu(web.pid)
         fixed = asyncio.run(open_loop(port, args.rate, args.duration))
+        user, system = (after - before for after, before in zip(tree_cpu(web.pid), cpu_before, strict=True))
+        per = 1000 / max(fixed.ok, 1)
         print(report(f"signed Messenger webhook @ {args.rate:.0f}/s", fixed))
+        busy = (user + system) / fixed.elapsed * 100
+        print(f"  web process CPU per webhook: {(user + system) * per:.2f} ms (user {user * per:.2f}, system "
+              f"{system * per:.2f}; master and workers, {busy:.0f}% of a core)")  # fmt: skip
+        if spy is not None:
+            spy.wait(60)
+            print(f"  py-spy profile of one worker (collapsed stacks): {data / 'web.folded'}")
         best: Run | None = None
-        for step in [float(s) for s in args.steps.split(",")]:
+        for step in [float(s) for s in args.steps.split(",") if s]:
             run = asyncio.run(open_loop(port, step, args.step_duration, connections=128))
             print(report(f"  ramp step @ {step:.0f}/s", run) + ("" if sustained(run) else "   <- not sustained"))
             if not sustained(run):

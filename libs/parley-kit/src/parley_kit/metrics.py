@@ -57,7 +57,12 @@ CONSUMER_ACK_PENDING = Gauge(
 )
 OUTBOX_PENDING = Gauge("parley_outbox_pending_events", "Outbox rows not yet published", ["service"])
 OUTBOX_RELAYED = Counter("parley_outbox_relayed_total", "Outbox rows published to JetStream", ["service"])
-SERVICE_UP = Gauge("parley_service_serving", "1 while the process reports SERVING", ["service"])
+SERVICE_UP = Gauge(
+    "parley_service_serving",
+    "1 while the process reports SERVING",
+    ["service"],
+    multiprocess_mode="livemin",  # gunicorn (PROMETHEUS_MULTIPROC_DIR): 1 while every live worker serves, no pid label
+)
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:

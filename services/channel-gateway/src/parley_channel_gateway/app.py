@@ -86,6 +86,6 @@ def web() -> None:
         "gunicorn",
         "--config",
         "python:parley_channel_gateway.gunicorn_conf",
-        "parley_channel_gateway.wsgi:make_app()",
+        "parley_channel_gateway.webapp:make_app()",
     ]
     os.execv(sys.executable, args)

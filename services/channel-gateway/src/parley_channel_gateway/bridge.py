@@ -1,6 +1,6 @@
-"""The web process's asyncio side: one event loop on a background thread owning the NATS connection, the
-kit Publisher and the database engine. Flask's request threads hand it coroutines with `run()`
-(asyncio.run_coroutine_threadsafe) and wait for their result.
+"""The web process's asyncio side, on the gunicorn worker's event loop: the NATS connection, the kit Publisher and
+the database engine, and `run()`, through which the synchronous Flask app, running in a greenlet per request
+on that same loop (`asgi.py`), waits for a coroutine (`greenlets.wait`): no thread, no hand-off.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,13 +17,14 @@ import nats
 from nats.aio.client import Client as NatsClient
 from opentelemetry import context as otel_context
 from parley.channel_gateway.v1.events_pb2 import InboundEvent
-from parley_kit import db
+from parley_kit import db, metrics
 from parley_kit.contracts import channel_gateway as contract
 from parley_kit.nats.publisher import Publisher
 from parley_kit.nats.streams import provision
 
 from parley_channel_gateway.config import Settings
 from parley_channel_gateway.crypto import SecretBox
+from parley_channel_gateway.greenlets import wait
 from parley_channel_gateway.models import ACTIVE, ChannelRow
 from parley_channel_gateway.repository import Repository
 
@@ -53,7 +53,7 @@ class ChannelInfo:
 
 
 class _Cache:
-    """A small TTL cache of channel lookups (None = known to be absent), used only on the loop thread."""
+    """A small TTL cache of channel lookups (None = known to be absent), used only on the loop."""
 
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl
@@ -81,10 +81,8 @@ class Bridge:
         self.publish_timeout = settings.channel_gateway_publish_timeout_seconds
         self._touch_interval = touch_interval
         self._cache = _Cache(settings.channel_gateway_channel_cache_seconds)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._started = threading.Event()
-        self._stopping: asyncio.Event | None = None
+        self._stopping = asyncio.Event()
+        self._main_task: asyncio.Task[None] | None = None
         self._touched: set[str] = set()
         self.nc: NatsClient | None = None
         self.publisher: Publisher | None = None
@@ -93,28 +91,21 @@ class Bridge:
 
     # -- life ---------------------------------------------------------------------------------------------------
 
-    def start(self) -> Bridge:
-        self._thread = threading.Thread(target=self._run_loop, name="parley-bridge", daemon=True)
-        self._thread.start()
-        self._started.wait(10)
-        return self
-
-    def _run_loop(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        self._stopping = asyncio.Event()
+    async def start(self) -> Bridge:
+        """Connect (in the background, retrying) on the running loop, whose greenlets then call `run()`."""
         self._engine = db.create_engine(self.settings.database_url, pool_size=5)
         self.repo = Repository(db.session_factory(self._engine))
-        self._started.set()
-        try:
-            loop.run_until_complete(self._main())
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+        self._main_task = asyncio.create_task(self._main())
+        return self
+
+    async def aclose(self) -> None:
+        """Stop: write pending last-inbound times, drain NATS, close the engine."""
+        if self._main_task is not None:
+            self._serving(False)
+            self._stopping.set()
+            await self._main_task
 
     async def _main(self) -> None:
-        assert self._stopping is not None
         tasks = [asyncio.create_task(self._connect()), asyncio.create_task(self._flush_touches())]
         await self._stopping.wait()
         for task in tasks:
@@ -125,13 +116,6 @@ class Bridge:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), 5)
         await self._engine.dispose()
-
-    def stop(self) -> None:
-        if self._loop is None or self._stopping is None or self._loop.is_closed():
-            return
-        self._loop.call_soon_threadsafe(self._stopping.set)
-        if self._thread is not None:
-            self._thread.join(15)
 
     async def _connect(self) -> None:
         """Connect to NATS (retrying until it answers), then provision the stream (idempotent)."""
@@ -160,16 +144,23 @@ class Bridge:
                 log.warning("cannot provision stream %s (%s); retrying", contract.STREAM, exc)
                 await asyncio.sleep(1)
         self.publisher = Publisher(js, self.settings.service_name, timeout=self.publish_timeout)
+        self._serving(True)
         log.info("connected to NATS; publishing webhooks to %s", contract.STREAM)
 
     async def _nats_error(self, exc: Exception) -> None:
         log.debug("NATS: %s", exc)
 
     async def _nats_down(self) -> None:
+        self._serving(False)
         log.warning("NATS connection lost; webhooks answer 503 until it is back")
 
     async def _nats_up(self) -> None:
+        self._serving(self.publisher is not None)
         log.info("NATS connection back")
+
+    def _serving(self, serving: bool) -> None:
+        """The kit's parley_service_serving gauge, as the gRPC processes set it: 1 while webhooks can be stored."""
+        metrics.SERVICE_UP.labels(self.settings.service_name).set(1 if serving else 0)
 
     @property
     def alive(self) -> bool:
@@ -180,18 +171,13 @@ class Bridge:
     def ready(self) -> bool:
         return self.publisher is not None and self.nc is not None and self.nc.is_connected
 
-    # -- calls from request threads -------------------------------------------------------------------------------
+    # -- calls from the Flask app ------------------------------------------------------------------------------------
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run `coro` on the loop with the caller's trace context; wait at most `timeout` seconds."""
-        assert self._loop is not None, "start() the bridge first"
-        ctx = otel_context.get_current()
-        future = asyncio.run_coroutine_threadsafe(_with_context(ctx, coro), self._loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise NatsUnavailable(f"no answer within {timeout}s") from None
+        """From a request's greenlet: `coro`'s result, awaited on the loop with the caller's trace context; at most
+        `timeout` seconds (then NatsUnavailable)."""
+        assert self._main_task is not None, "start() the bridge first"
+        return wait(_within(timeout, _with_context(otel_context.get_current(), coro)))
 
     # -- on the loop ------------------------------------------------------------------------------------------------
 
@@ -276,6 +262,15 @@ class Bridge:
             await self.repo.touch_inbound(ids)
         except Exception:
             log.warning("cannot record last inbound time of %d channels", len(ids), exc_info=True)
+
+
+async def _within(timeout: float, coro: Coroutine[Any, Any, T]) -> T:
+    """`coro`'s result, or NatsUnavailable after `timeout` seconds (no extra task, unlike asyncio.wait_for)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await coro
+    except TimeoutError:
+        raise NatsUnavailable(f"no answer within {timeout}s") from None
 
 
 async def _with_context(ctx: otel_context.Context, coro: Coroutine[Any, Any, T]) -> T:

@@ -46,7 +46,6 @@ class Settings(ServiceSettings):
     # -- web process ----------------------------------------------------------------------------------------
     http_port: int = Field(default=8080, ge=0, le=65535, description="The webhook HTTP port (PARLEY_HTTP_PORT)")
     channel_gateway_http_workers: int = Field(default=4, ge=1, le=64, description="gunicorn worker processes")
-    channel_gateway_http_threads: int = Field(default=4, ge=1, le=256, description="threads per gunicorn worker")
     channel_gateway_max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger webhooks get 413")
     channel_gateway_publish_timeout_seconds: float = Field(
         default=3.0, gt=0, description="how long a webhook waits for JetStream acks before answering 503"

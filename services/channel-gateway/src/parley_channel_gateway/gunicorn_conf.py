@@ -1,10 +1,11 @@
 """gunicorn configuration of the webhook process (`python -m parley_channel_gateway web`).
 
-Reads PARLEY_HTTP_PORT (default 8080), PARLEY_CHANNEL_GATEWAY_HTTP_WORKERS and _HTTP_THREADS. Threaded
-workers (gthread): every request thread hands its publishes to the worker's one asyncio loop thread, so
-many webhooks wait for their JetStream acks at once. Prometheus metrics are aggregated across workers
-through PROMETHEUS_MULTIPROC_DIR, and served summed on PARLEY_METRICS_PORT by the master (where every other
-process serves them, and where the chart's scrape config looks) as well as on the HTTP port's /metrics.
+Reads PARLEY_HTTP_PORT (default 8080) and PARLEY_CHANNEL_GATEWAY_HTTP_WORKERS. The worker class is
+`web_worker.WebhookWorker`: each worker is one thread running one uvloop event loop, which parses HTTP, runs the
+Flask app in a greenlet per request and awaits the JetStream acks, so many webhooks wait for their acks at once
+without any thread hand-off. Prometheus metrics are aggregated across workers through PROMETHEUS_MULTIPROC_DIR,
+and served summed on PARLEY_METRICS_PORT by the master (where every other process serves them, and where the
+chart's scrape config looks) as well as on the HTTP port's /metrics.
 """
 
 from __future__ import annotations
@@ -23,19 +24,18 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="parley-gateway-metrics-")
 
 # Import the app's modules once in the master (forked workers share them); each worker still builds its own
-# app, NATS connection and loop thread after the fork (preload_app stays off). PROMETHEUS_MULTIPROC_DIR is set
+# app, NATS connection and event loop after the fork (preload_app stays off). PROMETHEUS_MULTIPROC_DIR is set
 # above, before prometheus_client creates the kit's metrics.
 import parley_channel_gateway.webapp  # noqa: E402, F401
 
 bind = [f"0.0.0.0:{_settings.http_port}"]
 workers = _settings.channel_gateway_http_workers
-worker_class = "gthread"
-threads = _settings.channel_gateway_http_threads
+worker_class = "parley_channel_gateway.web_worker.WebhookWorker"
 backlog = 2048
 keepalive = 5
 timeout = 30
 graceful_timeout = max(1, round(_settings.shutdown_grace_seconds))
-preload_app = False  # each worker builds its own app, NATS connection and loop thread after the fork
+preload_app = False  # each worker builds its own app and NATS connection on its loop after the fork
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
@@ -81,23 +81,11 @@ class _ProcessTreeCollector:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    import sys
-
-    # Request threads and the asyncio loop thread share the GIL: a short switch interval lets the loop thread
-    # take JetStream acks promptly instead of waiting out the default 5 ms behind a busy request thread.
-    sys.setswitchinterval(0.0005)
     from parley_kit import telemetry
     from parley_kit.logs import configure_logging
 
     configure_logging(_settings.service_name, _settings.log_level)
     telemetry.configure_tracing(_settings.service_name)
-
-
-def worker_exit(server: Any, worker: Any) -> None:
-    app = getattr(worker, "wsgi", None)
-    bridge = getattr(app, "extensions", {}).get("parley_bridge") if app is not None else None
-    if bridge is not None:
-        bridge.stop()
 
 
 def child_exit(server: Any, worker: Any) -> None:

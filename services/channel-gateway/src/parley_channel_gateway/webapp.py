@@ -9,19 +9,22 @@ provider retries; the retry is de-duplicated by Nats-Msg-Id).
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from parley.channel_gateway.v1 import events_pb2 as ev
 from parley_kit import metrics, telemetry
 from parley_kit.contracts import channel_gateway as contract
+from parley_kit.settings import load_settings
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -70,13 +73,19 @@ def _error(status: int, error: str, message: str) -> Response:
     return response
 
 
-def create_app(settings: Settings, bridge: Bridge | None = None) -> Flask:
-    """The webhook app. Starts a Bridge (NATS, database) unless one is given."""
+def make_app() -> Flask:
+    """gunicorn's app factory (`parley_channel_gateway.webapp:make_app()`), for `web_worker.WebhookWorker`, which starts
+    the Bridge on its event loop."""
+    settings = load_settings(Settings)
+    return create_app(settings, Bridge(settings))
+
+
+def create_app(settings: Settings, bridge: Bridge) -> Flask:
+    """The webhook app; its requests run in greenlets on the loop `bridge` is started on (`web_worker.WebServer`)."""
     telemetry.configure_tracing(settings.service_name)
     app = Flask("parley_channel_gateway")
-    app.config["MAX_CONTENT_LENGTH"] = settings.channel_gateway_max_body_bytes
-    bridge = bridge or Bridge(settings).start()
     app.extensions["parley_bridge"] = bridge
+    app.config["MAX_CONTENT_LENGTH"] = settings.channel_gateway_max_body_bytes
     service = settings.service_name
     limit = settings.channel_gateway_max_body_bytes
     timeout = settings.channel_gateway_publish_timeout_seconds
@@ -88,12 +97,20 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Flask:
     def _start() -> None:
         g.started = time.perf_counter()
 
+    observers: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # the labelled children, looked up once
+
     @app.after_request
     def _observe(response: Response) -> Response:
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        metrics.HTTP_REQUESTS.labels(service, route, request.method, str(response.status_code)).inc()
-        metrics.HTTP_DURATION.labels(service, route, request.method).observe(elapsed)
+        rule = request.url_rule
+        key = (rule.rule if rule is not None else "unmatched", request.method, response.status_code)
+        found = observers.get(key)
+        if found is None:
+            found = observers[key] = (
+                metrics.HTTP_REQUESTS.labels(service, key[0], key[1], str(key[2])),
+                metrics.HTTP_DURATION.labels(service, key[0], key[1]),
+            )
+        found[0].inc()
+        found[1].observe(time.perf_counter() - g.get("started", time.perf_counter()))
         return response
 
     @app.errorhandler(HTTPException)
@@ -114,7 +131,8 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Flask:
             raise Refused(413, "body_too_large", f"the body is larger than {limit} bytes")
         if request.mimetype != "application/json":
             raise Refused(415, "unsupported_media_type", "send the webhook as Content-Type: application/json")
-        data = request.get_data(cache=False)  # raises RequestEntityTooLarge past MAX_CONTENT_LENGTH
+        # Straight from the input (werkzeug's get_data would cut a chunked body at the limit without a word).
+        data: bytes = request.environ["wsgi.input"].read(limit + 1)
         if len(data) > limit:
             raise Refused(413, "body_too_large", f"the body is larger than {limit} bytes")
         return data
@@ -128,7 +146,13 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Flask:
             raise Refused(403, "signature_invalid", f"the {what} does not match this body")
 
     def webhook(channel_type: str, handle: Callable[[], dict[str, Any]]) -> Response:
-        parent = telemetry.extract({key.lower(): value for key, value in request.headers.items()})
+        environ = request.environ
+        traceparent = environ.get("HTTP_TRACEPARENT")
+        parent = (
+            telemetry.extract({"traceparent": traceparent, "tracestate": environ.get("HTTP_TRACESTATE", "")})
+            if traceparent
+            else Context()  # a root span: the provider sent no trace context
+        )
         route = request.url_rule.rule if request.url_rule is not None else request.path
         with _tracer.start_as_current_span(
             f"POST {route}",
@@ -157,7 +181,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Flask:
                 response.headers["Retry-After"] = "1"
                 return response
             span.set_attribute("http.response.status_code", 200)
-            return jsonify(body)
+            return Response(json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n", mimetype="application/json")
 
     async def deliver(channel_type: str, items: list[ParsedItem], fixed: ChannelInfo | None) -> dict[str, Any]:
         """On the bridge loop: resolve each item's channel, publish the known ones, count the rest."""
@@ -165,7 +189,8 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Flask:
             channels: list[ChannelInfo | None] = [fixed] * len(items)
         else:
             channels = await bridge.resolve_accounts(channel_type, [item.channel_keys for item in items])
-        now = datetime.now(UTC)
+        now = Timestamp()
+        now.GetCurrentTime()
         batch: list[tuple[str, ev.InboundEvent]] = []
         unknown = 0
         for item, channel in zip(items, channels, strict=True):
@@ -180,7 +205,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Flask:
                 continue
             event = item.event
             event.space_id, event.channel_id = channel.space_id, channel.id
-            event.received_at.FromDatetime(now)
+            event.received_at.CopyFrom(now)
             subject = contract.inbound_subject(channel.space_id, channel.id, event.contact_external_id)
             batch.append((subject, event))
         await bridge.publish(batch)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,16 +16,21 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import nats
 import pytest
+import uvloop
 from cryptography.fernet import Fernet
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from parley.channel_gateway.v1 import events_pb2 as ev
+from parley_channel_gateway.bridge import Bridge
 from parley_channel_gateway.config import Settings
 from parley_channel_gateway.crypto import SecretBox
 from parley_channel_gateway.providers import Providers
 from parley_channel_gateway.repository import Repository
 from parley_channel_gateway.service import ChannelService, validate_credentials
+from parley_channel_gateway.web_worker import WebServer
+from parley_channel_gateway.webapp import create_app
 from parley_kit import db
 from parley_kit.auth import jwks
 
@@ -243,6 +250,54 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+class Answer:
+    """An HTTP answer of the web app, read like Flask's test responses (`status_code`, `data`, `json`)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
+        self.data = response.content
+        self.headers = response.headers
+
+    @property
+    def is_json(self) -> bool:
+        return self.headers.get("content-type", "").startswith("application/json")
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.data) if self.is_json else None
+
+
+class WebClient:
+    """The web process's server (`web_worker.WebServer`: HTTP on an event loop, Flask in greenlets, the Bridge on the
+    same loop) on a local port, its loop in a background thread as in a gunicorn worker, and an HTTP client."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.server = WebServer(create_app(settings, Bridge(settings)), keepalive=5, log=logging.getLogger("web"))
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="web-server-loop", daemon=True)
+        self.thread.start()
+        listener = socket.create_server(("127.0.0.1", 0))
+        self._call(self.server.start([listener]))
+        self.base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        self.http = httpx.Client(base_url=self.base_url, timeout=30)
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def get(self, path: str, query_string: dict[str, str] | None = None) -> Answer:
+        return Answer(self.http.get(path, params=query_string))
+
+    def post(self, path: str, data: bytes = b"", headers: dict[str, str] | None = None) -> Answer:
+        return Answer(self.http.post(path, content=data, headers=headers))
+
+    def close(self) -> None:
+        self.http.close()
+        self._call(self.server.stop(5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
 @pytest.fixture(scope="session")
 def gw() -> Any:
     """Helpers and constants for the gateway tests (test modules cannot import conftest)."""
@@ -253,6 +308,7 @@ def gw() -> Any:
         connect_channel=connect_channel,
         inbound_events=inbound_events,
         wait_until=wait_until,
+        WebClient=WebClient,
         APP_SECRET=APP_SECRET,
         VERIFY_TOKEN=VERIFY_TOKEN,
         BOT_TOKEN=BOT_TOKEN,

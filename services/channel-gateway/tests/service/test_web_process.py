@@ -82,6 +82,9 @@ def test_web_process_serves_signed_webhooks_through_gunicorn(
                 and 'status="200"' in ln
             )
             assert float(line.rsplit(" ", 1)[1]) == 4.0, url
+            # Serving (connected to NATS): one series for the process, as the gRPC processes export it.
+            serving = [ln for ln in metrics.splitlines() if ln.startswith("parley_service_serving{")]
+            assert serving == ['parley_service_serving{service="channel-gateway"} 1.0'], url
         # The master's port also has the CPU and memory of the master and workers together.
         summed = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
         cpu = next(ln for ln in summed.splitlines() if ln.startswith("process_cpu_seconds_total "))

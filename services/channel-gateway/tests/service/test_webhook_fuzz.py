@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from parley_channel_gateway.crypto import SecretBox
 from parley_channel_gateway.inbound.signatures import sign_custom
-from parley_channel_gateway.webapp import create_app
 
 PAGE_ID = "106385812345678"
 IG_ID = "17841400000000001"
@@ -105,8 +104,7 @@ def fuzz_client(migrated: str, make_settings: Callable[..., Any], gw: Any, fake_
     telegram = gw.run(gw.connect_channel(settings_, space, "telegram", bot_token=gw.BOT_TOKEN))
     custom = gw.run(gw.connect_channel(settings_, space, "custom", outbound_webhook_url=fake_provider.url + "/hook"))
     box = SecretBox(settings_.channel_gateway_encryption_key)
-    app = create_app(settings_)
-    client = app.test_client()
+    client = gw.WebClient(settings_)
     gw.wait_until(lambda: client.get("/readyz").status_code == 200, timeout=20)
 
     def post(provider: str, payload: Any) -> Any:
@@ -122,7 +120,7 @@ def fuzz_client(migrated: str, make_settings: Callable[..., Any], gw: Any, fake_
         return client.post(f"/webhooks/{provider}", data=raw, headers=headers)
 
     yield post
-    app.extensions["parley_bridge"].stop()
+    client.close()
 
 
 @pytest.mark.parametrize("provider", sorted(bodies))

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask.testing import FlaskClient
 from parley.channel_gateway.v1 import events_pb2 as ev
 from parley_channel_gateway.bridge import Bridge
 from parley_channel_gateway.inbound import (
@@ -24,7 +23,6 @@ from parley_channel_gateway.inbound import (
     parse_whatsapp,
 )
 from parley_channel_gateway.inbound.signatures import sign_custom
-from parley_channel_gateway.webapp import create_app
 from parley_kit.contracts import channel_gateway as contract
 
 PAGE_ID = "106385812345678"
@@ -39,7 +37,7 @@ def meta_signature(body: bytes, secret: str) -> str:
 class Gateway:
     """The webhook app under test, with its connected channels and signing helpers."""
 
-    def __init__(self, client: FlaskClient, gw: Any, settings: Any, channels: dict[str, Any], space_id: str) -> None:
+    def __init__(self, client: Any, gw: Any, settings: Any, channels: dict[str, Any], space_id: str) -> None:
         self.client = client
         self.gw = gw
         self.settings = settings
@@ -93,7 +91,9 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(migrated: str, make_settings: Callable[..., Any], gw: Any, fake_provider: Any) -> Iterator[Gateway]:
-    settings = make_settings(channel_gateway_max_body_bytes=65_536)
+    # Its own service name: the serving gauge is process-wide, and other modules' gateways set theirs.
+    service = f"channel-gateway-{uuid.uuid4().hex[:6]}"
+    settings = make_settings(channel_gateway_max_body_bytes=65_536, service_name=service)
     space_id = f"space-{uuid.uuid4().hex[:8]}"
     channels = {
         "messenger": gw.run(
@@ -112,11 +112,10 @@ def gateway(migrated: str, make_settings: Callable[..., Any], gw: Any, fake_prov
             gw.connect_channel(settings, space_id, "custom", outbound_webhook_url=fake_provider.url + "/hook")
         ),
     }
-    app = create_app(settings)
-    client = app.test_client()
+    client = gw.WebClient(settings)
     gw.wait_until(lambda: client.get("/readyz").status_code == 200, timeout=20)
     yield Gateway(client, gw, settings, channels, space_id)
-    app.extensions["parley_bridge"].stop()
+    client.close()
 
 
 # -- Meta's verification handshake ---------------------------------------------------------------------------------
@@ -446,6 +445,17 @@ def test_accepted_webhooks_move_the_channels_last_inbound_time(gateway: Gateway)
         engine.dispose()
 
 
+def _serving(gateway: Gateway) -> float:
+    """The web process's parley_service_serving gauge."""
+    text = gateway.client.get("/metrics").data.decode()
+    series = f'parley_service_serving{{service="{gateway.settings.service_name}"}} '
+    return float(next(ln for ln in text.splitlines() if ln.startswith(series)).split()[-1])
+
+
+def test_serving_gauge_is_set_while_connected(gateway: Gateway) -> None:
+    assert _serving(gateway) == 1.0
+
+
 def test_nats_down_answers_503_then_the_providers_retry_is_accepted_once(gateway: Gateway, nats_server: Any) -> None:
     raw, mid = _fresh_messenger_body("during an outage")
     nats_server.stop()
@@ -454,9 +464,11 @@ def test_nats_down_answers_503_then_the_providers_retry_is_accepted_once(gateway
         assert gateway.client.get("/healthz").status_code == 200  # liveness: a restart would not bring NATS back
         down = gateway.post_meta("messenger", raw)
         assert down.status_code == 503 and down.json["error"] == "unavailable"
+        gateway.gw.wait_until(lambda: _serving(gateway) == 0.0, timeout=10)
     finally:
         nats_server.start()
     gateway.gw.wait_until(lambda: gateway.client.get("/readyz").status_code == 200, timeout=20)
+    gateway.gw.wait_until(lambda: _serving(gateway) == 1.0, timeout=10)
     assert gateway.post_meta("messenger", raw).status_code == 200
     assert gateway.post_meta("messenger", raw).status_code == 200
     assert [p.event.provider_message_id for p in gateway.events("messenger")].count(mid) == 1
