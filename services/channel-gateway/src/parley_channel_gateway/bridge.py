@@ -103,6 +103,9 @@ class Bridge:
         if self._main_task is not None:
             self._serving(False)
             self._stopping.set()
+            if self._main_task.done():  # it ended on its own (see `alive`): nothing is left to drain
+                await self._engine.dispose()
+                return
             await self._main_task
 
     async def _main(self) -> None:
@@ -164,8 +167,12 @@ class Bridge:
 
     @property
     def alive(self) -> bool:
-        """The loop thread runs (liveness: NATS being down does not matter here)."""
-        return self._thread is not None and self._thread.is_alive()
+        """The bridge's main task (NATS connection, last-inbound writes) runs, or is being stopped on purpose.
+
+        Liveness: NATS being down does not matter here (that is readiness); a main task that ended on its own
+        does, and only a restart brings it back. A dead event loop answers no probe at all."""
+        task = self._main_task
+        return task is not None and (not task.done() or self._stopping.is_set())
 
     @property
     def ready(self) -> bool:

@@ -279,10 +279,10 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> Response:
-        """Liveness: the bridge's event loop thread runs (NATS outages show on /readyz only)."""
+        """Liveness: the bridge's main task runs (NATS outages show on /readyz only)."""
         if bridge.alive:
             return jsonify({"status": "ok"})
-        return _error(503, "not_alive", "the NATS/database event loop thread has stopped")
+        return _error(503, "not_alive", "the NATS/database bridge has stopped")
 
     @app.get("/readyz")
     def readyz() -> Response:

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from parley.channel_gateway.v1 import events_pb2 as ev
-from parley_channel_gateway.bridge import Bridge
 from parley_channel_gateway.inbound import (
     parse_custom,
     parse_instagram,
@@ -420,13 +419,19 @@ def test_metrics_expose_red_by_route_template_and_inbound_counts(gateway: Gatewa
     assert gateway.client.get("/healthz").json == {"status": "ok"}
 
 
-def test_healthz_fails_once_the_bridge_loop_thread_has_stopped(gateway: Gateway) -> None:
-    bridge = Bridge(gateway.settings).start()
-    client = create_app(gateway.settings, bridge=bridge).test_client()
-    assert client.get("/healthz").status_code == 200
-    bridge.stop()
-    answer = client.get("/healthz")
-    assert answer.status_code == 503 and answer.json["error"] == "not_alive"
+def test_healthz_fails_once_the_bridge_has_died_on_its_own(gateway: Gateway) -> None:
+    settings = gateway.settings.model_copy(update={"service_name": f"channel-gateway-{uuid.uuid4().hex[:6]}"})
+    client = gateway.gw.WebClient(settings)  # its own serving gauge: the module's gateway keeps serving
+    try:
+        gateway.gw.wait_until(lambda: client.get("/readyz").status_code == 200, timeout=20)
+        assert client.get("/healthz").status_code == 200
+        bridge = client.server.bridge
+        client.loop.call_soon_threadsafe(bridge._main_task.cancel)  # as if it had crashed
+        gateway.gw.wait_until(lambda: bridge._main_task.done(), timeout=10)
+        answer = client.get("/healthz")
+        assert answer.status_code == 503 and answer.json["error"] == "not_alive"
+    finally:
+        client.close()
 
 
 def test_accepted_webhooks_move_the_channels_last_inbound_time(gateway: Gateway) -> None:
