@@ -24,18 +24,7 @@ def contacts_on_distinct_partitions(space_id: str, channel_id: str, n: int) -> l
 async def test_every_partition_lock_is_held_on_one_connection(service, helpers) -> None:
     app, _ = service
     await helpers.wait_for(lambda: len(app.ingest.workers) == 16)
-    async with app.ingest.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT pid, count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
-                    " AND classid::bigint = :cls"
-                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) GROUP BY pid"
-                ),
-                {"cls": CLASS_PARTITION},
-            )
-        ).all()
-    assert [count for _, count in rows] == [16]
+    assert [count for _, count in await _lock_holders(app)] == [16]
 
 
 async def _apply_queued_together(
@@ -122,3 +111,41 @@ async def _count(app, space_id: str, n: int) -> list[tuple[str, str]] | None:
 async def _dead(helpers, app, mid: str):
     found = await helpers.read_stream(app.rt.js, "dead_letter.conversations.>", gw.InboundEvent)
     return [d for d in found if d.provider_message_id == mid] or None
+
+
+async def _lock_holders(app) -> list[tuple[int, int]]:
+    async with app.ingest.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT pid, count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+                " AND classid::bigint = :cls"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) GROUP BY pid"
+            ),
+            {"cls": CLASS_PARTITION},
+        )
+        return [(r[0], r[1]) for r in rows]
+
+
+async def test_a_lost_lock_connection_gives_every_partition_up_and_they_are_claimed_again(service, helpers) -> None:
+    app, _ = service
+    sp = f"sp-{uuid.uuid4().hex[:8]}"
+    contacts = contacts_on_distinct_partitions(sp, "ch-l", 3)
+    ((pid, _),) = await helpers.wait_for(lambda: _lock_holders(app))
+    before = dict(app.ingest.workers)
+    async with app.ingest.engine.connect() as conn:
+        await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        await conn.commit()
+    events = [helpers.inbound(sp, "ch-l", c, f"{c}-{i}", text=str(i)) for i in range(3) for c in contacts]
+    await helpers.publish_inbound(app.rt.js, events)
+    rows = await helpers.wait_for(lambda: _count(app, sp, 9), timeout=60)
+    assert len(rows) == 9  # none lost, none twice
+    for c in contacts:
+        assert [mid for mid, _ in rows if mid.startswith(c + "-")] == [f"{c}-0", f"{c}-1", f"{c}-2"]
+    holders = await helpers.wait_for(lambda: _holders_of_all(app))
+    assert [p for p, _ in holders] != [pid]  # claimed again, on a new lock connection
+    assert all(app.ingest.workers[p] is not w for p, w in before.items())
+
+
+async def _holders_of_all(app) -> list[tuple[int, int]] | None:
+    holders = await _lock_holders(app)
+    return holders if [n for _, n in holders] == [16] and len(app.ingest.workers) == 16 else None
