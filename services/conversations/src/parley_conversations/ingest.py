@@ -7,28 +7,44 @@ Design (the guarantees and why they hold):
    Each partition has its own durable pull consumer `conversations--inbound-<NN>`.
 
 2. One owner per partition. A replica consumes a partition only while it holds the PostgreSQL
-   advisory lock (CLASS_PARTITION, NN) on a dedicated connection, and it applies every batch of
-   that partition in a transaction ON THAT CONNECTION. A batch can therefore only commit while its
-   replica still owns the partition: if the replica dies or its connection drops, the lock and the
-   open transaction go together, and another replica may take the lock. There is never a window
-   with two writers for one partition (fencing by construction, no lease clocks).
+   advisory lock (CLASS_PARTITION, NN). Each replica holds the locks of ALL the partitions it owns
+   on one dedicated connection, the lock connection (taken with pg_try_advisory_lock on it, released
+   with pg_advisory_unlock on it once that partition's consumer has stopped and its in-flight batch
+   is settled), and it applies every batch in a transaction ON THAT CONNECTION. A batch can
+   therefore only commit while its replica still owns the partition: if the replica dies or the
+   connection drops, all its locks and the open transaction go together (the replica then gives
+   every partition up, and claims again on a new connection), and another replica may take them.
+   A partition being released is marked first, under the connection's lock, so nothing of it is
+   applied after its unlock. There is never a window with two writers for one partition (fencing by
+   construction, no lease clocks).
 
-3. Order. The owner fetches a batch (up to `ingest_batch_size`), applies it in stream order in
-   one transaction, and records the partition's last applied stream sequence (`ingest_offsets`)
-   in the same transaction. Events at or below the offset are already applied and are only
-   acknowledged. JetStream may hold older events of the partition elsewhere (delivered to an
-   owner that died, waiting for ack_wait, or nak'ed after a failed batch) while it delivers newer
-   ones: before applying a batch the owner asks the stream for the next message on the
-   partition's subject after its offset; if that is older than the batch, the missing events are
-   read directly from the stream and applied first. So events of one partition, hence of one
-   contact, are applied strictly in stream order, whatever JetStream redelivers and when.
+3. Group commit and order. Each partition's consumer (one batch at a time) fetches a batch (up to
+   `ingest_batch_size`), puts it in stream order and hands it to the replica's applier, and waits.
+   The applier takes every batch waiting (up to GROUP_MAX_EVENTS events) from all partitions and
+   applies the group with ONE contacts resolution and ONE transaction on the lock connection: each
+   partition's events in its stream order (partitions never share a contact, so the order between
+   partitions does not matter), and every partition's last applied stream sequence
+   (`ingest_offsets`) in the same transaction. Batches arriving meanwhile wait for the next group.
+   Events at or below the offset are already applied and are only acknowledged. JetStream may hold
+   older events of the partition elsewhere (delivered to an owner that died, waiting for ack_wait,
+   or nak'ed after a failed batch) while it delivers newer ones: before handing a batch over the
+   consumer asks the stream for the next message on the partition's subject after its offset; if
+   that is older than the batch, the missing events are read directly from the stream and applied
+   first, in the same group. So events of one partition, hence of one contact, are applied strictly
+   in stream order, whatever JetStream redelivers and when.
+
+   Failures. A transient failure of the group (contacts down, a lost connection, a serialization
+   error) fails every batch in it (each is nak'ed and retried). A group that can never be applied
+   as a whole is applied again event by event, each event with its partition's offset in its own
+   transaction: an event that fails for good is dead-lettered (one bad event blocks neither its
+   partition nor the others), one that fails transiently fails only its own partition's batch.
 
 4. Once. The offset makes a redelivered event a no-op; the unique (channel_id,
    provider_message_id) makes a provider's re-sent webhook (a new stream message) a no-op too.
 
 5. Balance. Replicas count each other through advisory locks on (CLASS_MEMBER, slot) that each
    holds while alive; each aims for ceil(16 / replicas) partitions (at most
-   `ingest_max_partitions`), releases extras after its current batch, and takes free ones.
+   `ingest_max_partitions`), releases extras after their current batch, and takes free ones.
 """
 
 from __future__ import annotations
@@ -75,6 +91,7 @@ CLASS_MEMBER = 0x50430001
 CLASS_PARTITION = 0x50430002
 MAX_MEMBER_SLOTS = 1024
 GAP_LIMIT = 2000
+GROUP_MAX_EVENTS = 2000  # most events one group commit takes (at least one partition's batch)
 
 
 class ContactsResolver:
@@ -208,18 +225,27 @@ class _Unit:
     error: str = ""
 
 
-class PartitionWorker:
-    """Consumes one partition while holding its advisory lock on `conn`."""
+@dataclass(eq=False)
+class _Pending:
+    """One partition's units waiting for the next group commit, and the future its handler awaits."""
 
-    def __init__(self, owner: InboundIngest, partition: int, conn: AsyncConnection) -> None:
+    worker: PartitionWorker
+    units: list[_Unit]
+    done: asyncio.Future[None]
+
+
+class PartitionWorker:
+    """Consumes one partition while the replica holds its advisory lock on the ingest's lock connection."""
+
+    def __init__(self, owner: InboundIngest, partition: int) -> None:
         self.owner = owner
         self.partition = partition
-        self.conn = conn
         self.subject = f"{owner.inbound_prefix}.{partition:02d}"
         self.spec: ConsumerSpec = owner.consumer_spec(partition)
         self.runner: ConsumerRunner | None = None
         self.offset: int | None = None
-        self.failed = False
+        self.failed = False  # the lock connection was lost: the partition must be given up
+        self.released = False  # the lock is released (or going): nothing more of it may be applied
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -237,10 +263,9 @@ class PartitionWorker:
         await self.runner.start()
 
     async def stop(self) -> None:
+        """Stop consuming; returns once the in-flight batch (if any) is settled."""
         if self.runner is not None:
             await self.runner.stop()
-        with contextlib.suppress(Exception):
-            await self.conn.close()  # releases the advisory lock
 
     async def handle(self, deliveries: list[Delivery]) -> Mapping[Delivery, BaseException] | None:
         async with self._lock:
@@ -249,12 +274,11 @@ class PartitionWorker:
             except Exception as exc:
                 if not is_transient(exc) and not isinstance(exc, TransientError):
                     log.exception("partition %02d: batch failed", self.partition)
-                if self.conn.invalidated or self.conn.closed:
-                    self.failed = True  # the lock went with the connection: give the partition up
+                self.offset = None  # part of the batch may be committed: re-read the offset next time
                 raise
 
     async def _handle(self, deliveries: list[Delivery]) -> Mapping[Delivery, BaseException] | None:
-        if self.failed:
+        if self.failed or self.released:
             raise TransientError(f"partition {self.partition:02d} is being released")
         if self.offset is None:
             self.offset = await self.owner.initial_offset(self)
@@ -271,7 +295,7 @@ class PartitionWorker:
             fresh = []
         units += [_Unit(d.stream_sequence, d.message, d) for d in fresh]  # type: ignore[arg-type]
         metrics.INGEST_GAP_FILLED.inc(sum(1 for u in units if u.delivery is None))
-        await self.owner.apply(self, units)
+        await self.owner.submit(self, units)
         self.offset = max(u.sequence for u in units)
         for u in units:
             if u.error and u.delivery is not None:
@@ -305,7 +329,7 @@ class PartitionWorker:
 
 
 class InboundIngest:
-    """Claims inbound partitions (see the module docstring) and applies their batches."""
+    """Claims inbound partitions (see the module docstring) and applies their batches in group commits."""
 
     def __init__(
         self,
@@ -346,6 +370,12 @@ class InboundIngest:
         self._slot: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # The lock connection: holds every owned partition's advisory lock; every group commits on it.
+        # `_conn_lock` serializes its users (one statement at a time on one connection).
+        self._conn: AsyncConnection | None = None
+        self._conn_lock = asyncio.Lock()
+        self._pending: list[_Pending] = []
+        self._applier: asyncio.Task[None] | None = None
 
     def consumer_spec(self, partition: int) -> ConsumerSpec:
         return inbound_consumer(partition, ack_wait=self.ack_wait, batch_size=self.batch_size)
@@ -377,7 +407,7 @@ class InboundIngest:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await asyncio.gather(*(self._release(p) for p in list(self.workers)), return_exceptions=True)
+        await self._release_all()
         if self._member is not None:
             with contextlib.suppress(Exception):
                 await self._member.close()
@@ -395,9 +425,11 @@ class InboundIngest:
                 log.warning("ingest rebalance failed; retrying", exc_info=True)
 
     async def rebalance(self) -> None:
-        """Release failed and surplus partitions, then claim free ones up to this replica's share."""
-        for p in [p for p, w in self.workers.items() if w.failed]:
-            await self._release(p)
+        """Give every partition up if the lock connection was lost, release surplus partitions, then claim
+        free ones up to this replica's share."""
+        if self._conn is not None and (self._conn_broken() or any(w.failed for w in self.workers.values())):
+            log.warning("ingest: the partition lock connection was lost; giving up %d partitions", len(self.workers))
+            await self._release_all()
         members = max(await self._members(), 1)
         target = min(math.ceil(self.partitions / members), self.max_partitions)
         while len(self.workers) > target:
@@ -425,56 +457,155 @@ class InboundIngest:
         await self._member.commit()
         return int(count or 0)
 
+    def _conn_broken(self) -> bool:
+        return self._conn is None or self._conn.invalidated or self._conn.closed
+
+    def _lost_connection(self) -> None:
+        """The lock connection is gone, and every partition lock with it: stop applying any of them."""
+        for w in self.workers.values():
+            w.failed = True
+
     async def _claim(self, partition: int) -> None:
-        conn = await self.engine.connect()
-        try:
-            locked = await self._try_lock(conn, CLASS_PARTITION, partition)
-            await conn.commit()
-        except Exception:
-            await conn.close()
-            raise
+        async with self._conn_lock:
+            if self._conn is None:
+                self._conn = await self.engine.connect()
+            try:
+                locked = await self._try_lock(self._conn, CLASS_PARTITION, partition)
+                await self._conn.commit()
+            except Exception:
+                if self._conn_broken():
+                    self._lost_connection()
+                raise
         if not locked:
-            await conn.close()
             return
-        worker = PartitionWorker(self, partition, conn)
+        worker = PartitionWorker(self, partition)
+        self.workers[partition] = worker
         try:
             await worker.start()
         except Exception:
-            await worker.stop()
+            await self._release(partition)
             raise
-        self.workers[partition] = worker
         log.info("ingest: claimed partition %02d", partition)
 
     async def _release(self, partition: int) -> None:
+        """Stop the partition's consumer, then (its in-flight batch settled) unlock it on the lock connection."""
         worker = self.workers.pop(partition, None)
-        if worker is not None:
-            await worker.stop()
-            log.info("ingest: released partition %02d", partition)
+        if worker is None:
+            return
+        await worker.stop()
+        async with self._conn_lock:
+            worker.released = True
+            if not self._conn_broken():
+                assert self._conn is not None
+                try:
+                    await self._conn.scalar(
+                        text("SELECT pg_advisory_unlock(:c, :k)"), {"c": CLASS_PARTITION, "k": partition}
+                    )
+                    await self._conn.commit()
+                except Exception:
+                    log.warning("partition %02d: unlock failed", partition, exc_info=True)
+                    if self._conn_broken():
+                        self._lost_connection()
+        log.info("ingest: released partition %02d", partition)
+
+    async def _release_all(self) -> None:
+        """Stop every partition's consumer, then close the lock connection (which releases every lock)."""
+        workers = list(self.workers.values())
+        self.workers.clear()
+        await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+        async with self._conn_lock:
+            for w in workers:
+                w.released = True
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        for w in workers:
+            log.info("ingest: released partition %02d", w.partition)
 
     @staticmethod
     async def _try_lock(conn: AsyncConnection, cls: int, key: int) -> bool:
         return bool(await conn.scalar(text("SELECT pg_try_advisory_lock(:c, :k)"), {"c": cls, "k": key}))
 
-    # -- one batch ---------------------------------------------------------------------------------
+    # -- group commit ------------------------------------------------------------------------------
 
     async def initial_offset(self, worker: PartitionWorker) -> int:
         """The partition's committed offset; for a partition never applied, the consumer's ack floor."""
-        async with self.repo.on_connection(worker.conn) as tx:
-            offset = await tx.ingest_offset(worker.partition)
+        async with self._conn_lock:
+            if worker.failed or worker.released or self._conn_broken():
+                raise TransientError(f"partition {worker.partition:02d} is being released")
+            assert self._conn is not None
+            async with self.repo.on_connection(self._conn) as tx:
+                offset = await tx.ingest_offset(worker.partition)
         if offset is not None:
             return offset
         info = await self.js.consumer_info(self.stream, worker.spec.durable)
         return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
 
-    async def apply(self, worker: PartitionWorker, units: list[_Unit]) -> None:
-        """Resolve contacts, then apply every unit in one transaction on the partition's connection.
+    async def submit(self, worker: PartitionWorker, units: list[_Unit]) -> None:
+        """Apply `units` (one partition's, in stream order) in the next group commit; returns once it is
+        committed (each unit's `error` says if it was set aside), raises if it was not."""
+        pending = _Pending(worker, units, asyncio.get_running_loop().create_future())
+        self._pending.append(pending)
+        if self._applier is None or self._applier.done():
+            self._applier = asyncio.create_task(self._apply_groups(), name="ingest group commit")
+        await pending.done
+
+    async def _apply_groups(self) -> None:
+        """While anything is pending: take it all (up to GROUP_MAX_EVENTS) and apply it as one group."""
+        while self._pending:
+            group: list[_Pending] = []
+            size = 0
+            while self._pending and (not group or size + len(self._pending[0].units) <= GROUP_MAX_EVENTS):
+                group.append(self._pending.pop(0))
+                size += len(group[-1].units)
+            try:
+                failed = await self._apply_group(group)
+            except BaseException as exc:
+                for p in group:
+                    if not p.done.done():
+                        p.done.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for p in group:
+                if not p.done.done():
+                    if p in failed:
+                        p.done.set_exception(failed[p])
+                    else:
+                        p.done.set_result(None)
+
+    async def _apply_group(self, group: list[_Pending]) -> dict[_Pending, BaseException]:
+        """Apply the group in one transaction on the lock connection; the partitions that failed on their own."""
+        async with self._conn_lock:
+            failed: dict[_Pending, BaseException] = {
+                p: TransientError(f"partition {p.worker.partition:02d} is being released")
+                for p in group
+                if p.worker.failed or p.worker.released or p.done.done()
+            }
+            live = [p for p in group if p not in failed]
+            if not live:
+                return failed
+            if self._conn_broken():
+                self._lost_connection()
+                raise TransientError("the partition lock connection was lost")
+            assert self._conn is not None
+            try:
+                return failed | await self.apply(self._conn, live)
+            except Exception:
+                if self._conn_broken():
+                    self._lost_connection()
+                raise
+
+    async def apply(self, conn: AsyncConnection, group: list[_Pending]) -> dict[_Pending, BaseException]:
+        """Resolve the group's contacts, then apply every unit in one transaction on `conn`.
 
         Each event gets its own CONSUMER span (`process <subject>`, child of its producer's context, as
         docs/telemetry.md asks of batch consumers); its contacts call, its `store message` span and the
         events it causes (through their outbox rows) descend from it."""
         spans: list[Span] = []
         try:
-            await self._apply_traced(worker, units, spans)
+            return await self._apply_traced(conn, group, spans)
         except BaseException as exc:
             for span in spans:
                 span.record_exception(exc)
@@ -484,61 +615,75 @@ class InboundIngest:
             for span in spans:
                 span.end()
 
-    async def _apply_traced(self, worker: PartitionWorker, units: list[_Unit], spans: list[Span]) -> None:
-        pairs: list[tuple[_Unit, InboundItem]] = []
-        for u in units:
-            if u.event is None:
-                continue
-            span = self._event_span(worker, u)
-            spans.append(span)
-            try:
-                item = mapping.inbound_item(u.event)
-            except ValueError as exc:
-                u.error = str(exc)
-                continue
-            pairs.append((u, dataclasses.replace(item, trace=trace.set_span_in_context(span))))
+    async def _apply_traced(
+        self, conn: AsyncConnection, group: list[_Pending], spans: list[Span]
+    ) -> dict[_Pending, BaseException]:
+        triples: list[tuple[_Pending, _Unit, InboundItem]] = []
+        for p in group:
+            for u in p.units:
+                if u.event is None:
+                    continue
+                span = self._event_span(p.worker, u)
+                spans.append(span)
+                try:
+                    item = mapping.inbound_item(u.event)
+                except ValueError as exc:
+                    u.error = str(exc)
+                    continue
+                triples.append((p, u, dataclasses.replace(item, trace=trace.set_span_in_context(span))))
         started = time.perf_counter()
-        items = [it for _, it in pairs]
+        items = [it for _, _, it in triples]
         known: dict[tuple[str, str], tuple[str, datetime | None]] = {}
         if self.report_every is not None and items:
-            known = await self.repo.identities(worker.conn, ((it.channel_id, it.contact_external_id) for it in items))
+            known = await self.repo.identities(conn, ((it.channel_id, it.contact_external_id) for it in items))
         contact_ids, refused, reported = await self._with_retries(
             lambda: self.contacts.resolve(items, known, self.report_every)
         )
         metrics.INGEST_SECONDS.labels("contacts").observe(time.perf_counter() - started)
-        for u, it in pairs:
+        for _, u, it in triples:
             if it.contact_key in refused:
                 u.error = refused[it.contact_key]
-        pairs = [(u, it) for u, it in pairs if not u.error]
+        triples = [t for t in triples if not t[1].error]
         stores = {
             it.event_id: _tracer.start_span("store message", context=it.trace, kind=SpanKind.INTERNAL)
-            for _, it in pairs
+            for _, _, it in triples
             if it.kind in MESSAGE_KINDS
         }
         spans.extend(stores.values())
         started = time.perf_counter()
+        offsets = {p.worker.partition: max(u.sequence for u in p.units) for p in group}
         outcomes: dict[str, tuple[str | None, str | None, bool, bool]] = {}
+        failed: dict[_Pending, BaseException] = {}
         try:
-            outcomes = await self._apply_db(worker, pairs, contact_ids, reported, max(u.sequence for u in units))
+            outcomes = await self._apply_db(conn, [it for _, _, it in triples], contact_ids, reported, offsets)
         except Exception as exc:
-            if _retryable(exc) or worker.conn.invalidated or worker.conn.closed:
-                raise TransientError(f"partition {worker.partition:02d}: batch not applied ({exc})") from exc
-            # Something in the batch can never be applied: apply the events one by one and set aside
-            # (dead-letter) those that fail, so one bad event does not block its partition.
-            log.warning("partition %02d: batch failed (%s); applying its events one by one", worker.partition, exc)
-            for u, it in pairs:
+            if _retryable(exc) or conn.invalidated or conn.closed:
+                raise TransientError(f"group of {len(group)} partitions not applied ({exc})") from exc
+            # Something in the group can never be applied: apply its events one by one (each with its
+            # partition's offset) and set aside (dead-letter) those that fail, so one bad event blocks
+            # neither its partition nor the others. A transient failure fails only its own partition.
+            log.warning("ingest: group of %d partitions failed (%s); applying its events one by one", len(group), exc)
+            for p, u, it in triples:
+                if p in failed:
+                    continue
                 try:
-                    outcomes |= await self._apply_db(worker, [(u, it)], contact_ids, reported, u.sequence)
+                    one_offset = {p.worker.partition: u.sequence}
+                    outcomes |= await self._apply_db(conn, [it], contact_ids, reported, one_offset)
                 except Exception as one:
-                    if _retryable(one) or worker.conn.invalidated or worker.conn.closed:
-                        raise TransientError(f"partition {worker.partition:02d}: event not applied ({one})") from one
+                    if conn.invalidated or conn.closed:
+                        raise TransientError(f"partition {p.worker.partition:02d}: event not applied ({one})") from one
+                    if _retryable(one):
+                        failed[p] = TransientError(f"partition {p.worker.partition:02d}: event not applied ({one})")
+                        continue
                     u.error = f"cannot be applied: {type(one).__name__}: {one}"[:1000]
-            async with self.repo.on_connection(worker.conn) as tx:
-                await tx.set_ingest_offset(worker.partition, max(u.sequence for u in units), utcnow())
+            rest = {part: seq for part, seq in offsets.items() if not any(p.worker.partition == part for p in failed)}
+            async with self.repo.on_connection(conn) as tx:
+                await tx.set_ingest_offsets(rest, utcnow())
         metrics.INGEST_SECONDS.labels("database").observe(time.perf_counter() - started)
-        metrics.INGEST_BATCH.observe(len(units))
+        metrics.INGEST_BATCH.observe(sum(len(p.units) for p in group))
+        metrics.INGEST_GROUP_PARTITIONS.observe(len(group))
         now = utcnow()
-        for u, it in pairs:
+        for p, u, it in triples:
             outcome = outcomes.get(it.event_id)
             store = stores.get(it.event_id)
             if store is not None and outcome is not None:
@@ -556,11 +701,12 @@ class InboundIngest:
                     metrics.TIME_TO_VISIBILITY.labels(it.channel_type).observe(
                         max((now - it.received_at).total_seconds(), 0.0)
                     )
-            if u.error and store is not None:
-                store.set_status(Status(StatusCode.ERROR, "dead-lettered"))
-        poison = sum(1 for u in units if u.error)
+            if store is not None and (u.error or p in failed):
+                store.set_status(Status(StatusCode.ERROR, "dead-lettered" if u.error else "not applied"))
+        poison = sum(1 for p in group if p not in failed for u in p.units if u.error)
         if poison:
             metrics.INGEST_POISON.inc(poison)
+        return failed
 
     def _event_span(self, worker: PartitionWorker, unit: _Unit) -> Span:
         """`process <subject>`, child of the event's producer span (from its NATS headers)."""
@@ -586,19 +732,19 @@ class InboundIngest:
 
     async def _apply_db(
         self,
-        worker: PartitionWorker,
-        pairs: list[tuple[_Unit, InboundItem]],
+        conn: AsyncConnection,
+        items: list[InboundItem],
         contact_ids: dict[tuple[str, str, str], str],
         reported: dict[tuple[str, str, str], datetime],
-        offset: int,
+        offsets: dict[int, int],
     ) -> dict[str, tuple[str | None, str | None, bool, bool]]:
-        """One transaction on the partition's connection: the events, then the offset. A unique-key race
-        with the API (an agent opening the same conversation) is retried at once: the retry sees it."""
+        """One transaction on the lock connection: the events, then the partitions' offsets. A unique-key
+        race with the API (an agent opening the same conversation) is retried at once: the retry sees it."""
         for attempt in range(3):
             try:
-                async with self.repo.on_connection(worker.conn) as tx:
-                    stats = await self.service.apply_inbound(tx, [it for _, it in pairs], contact_ids, reported)
-                    await tx.set_ingest_offset(worker.partition, offset, utcnow())
+                async with self.repo.on_connection(conn) as tx:
+                    stats = await self.service.apply_inbound(tx, items, contact_ids, reported)
+                    await tx.set_ingest_offsets(offsets, utcnow())
             except IntegrityError as exc:
                 if attempt == 2 or not _unique_violation(exc):
                     raise

@@ -23,8 +23,13 @@ REPLIES_REFUSED = Counter(
 )
 INGEST_BATCH = Histogram(
     "parley_conversations_ingest_batch_events",
-    "Inbound events applied per batch (one transaction)",
-    buckets=(1, 5, 10, 25, 50, 100, 200, 500, 1000),
+    "Inbound events applied per group commit (one transaction across the partitions it covers)",
+    buckets=(1, 5, 10, 25, 50, 100, 200, 500, 1000, 2000),
+)
+INGEST_GROUP_PARTITIONS = Histogram(
+    "parley_conversations_ingest_group_partitions",
+    "Partitions whose batches one group commit applied together",
+    buckets=(1, 2, 4, 8, 12, 16),
 )
 INGEST_SECONDS = Histogram(
     "parley_conversations_ingest_batch_seconds",

@@ -588,11 +588,18 @@ class Tx:
         row = await self.session.get(IngestOffset, partition)
         return None if row is None else row.stream_sequence
 
-    async def set_ingest_offset(self, partition: int, sequence: int, now: datetime) -> None:
-        stmt = pg_insert(IngestOffset).values(partition=partition, stream_sequence=sequence, updated_at=now)
+    async def set_ingest_offsets(self, offsets: dict[int, int], now: datetime) -> None:
+        """Move each partition's offset forward to its sequence (never back): one statement for all."""
+        if not offsets:
+            return
+        rows = [{"partition": p, "stream_sequence": seq, "updated_at": now} for p, seq in sorted(offsets.items())]
+        stmt = pg_insert(IngestOffset).values(rows)
         stmt = stmt.on_conflict_do_update(
             index_elements=[IngestOffset.partition],
-            set_={"stream_sequence": func.greatest(IngestOffset.stream_sequence, sequence), "updated_at": now},
+            set_={
+                "stream_sequence": func.greatest(IngestOffset.stream_sequence, stmt.excluded.stream_sequence),
+                "updated_at": stmt.excluded.updated_at,
+            },
         )
         await self.session.execute(stmt)
 
