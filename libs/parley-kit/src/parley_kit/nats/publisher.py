@@ -86,20 +86,9 @@ class Publisher:
         """Publish already-encoded `data`. The producer span's parent is `context` (the
         outbox passes the enqueuing request's) or else the current span; any
         `traceparent` in `headers` is replaced by the producer span's."""
-        attributes = {
-            "messaging.system": "nats",
-            "messaging.operation.type": "publish",
-            "messaging.destination.name": subject,
-            "messaging.message.id": msg_id,
-            "parley.event_type": event_type,
-        }
-        with _tracer.start_as_current_span(
-            f"publish {subject}", context=context, kind=SpanKind.PRODUCER, attributes=attributes
-        ) as span:
-            hdrs = {k: v for k, v in (headers or {}).items() if k not in (h.TRACEPARENT, h.TRACESTATE)}
-            hdrs[h.MSG_ID] = msg_id
-            hdrs[h.EVENT_TYPE] = event_type
-            telemetry.inject(hdrs)
+        span = _producer_span(subject, msg_id, event_type, context)
+        with trace.use_span(span, end_on_exit=True):
+            hdrs = _headers(headers, msg_id, event_type, span)
             try:
                 ack = await self.js.publish(subject, data, timeout=timeout or self.timeout, headers=hdrs)
             except Exception:  # the span records the exception itself
@@ -131,23 +120,9 @@ class Publisher:
         sent: list[tuple[asyncio.Future[PubAck] | Exception, Span, str]] = []
         failure: Exception | None = None
         for event in events:
-            span = _tracer.start_span(
-                f"publish {event.subject}",
-                context=event.context,
-                kind=SpanKind.PRODUCER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.operation.type": "publish",
-                    "messaging.destination.name": event.subject,
-                    "messaging.message.id": event.msg_id,
-                    "parley.event_type": event.event_type,
-                },
-            )
+            span = _producer_span(event.subject, event.msg_id, event.event_type, event.context)
             if failure is None:
-                hdrs = {k: v for k, v in (event.headers or {}).items() if k not in (h.TRACEPARENT, h.TRACESTATE)}
-                hdrs[h.MSG_ID] = event.msg_id
-                hdrs[h.EVENT_TYPE] = event.event_type
-                telemetry.inject(hdrs, context=trace.set_span_in_context(span))
+                hdrs = _headers(event.headers, event.msg_id, event.event_type, span)
                 token = str(next(self._tokens))
                 future: asyncio.Future[PubAck] = loop.create_future()
                 self._acks[token] = future
@@ -216,3 +191,28 @@ class Publisher:
             future.set_result(PubAck.from_response(reply))
         except Exception as exc:
             future.set_exception(exc)
+
+
+def _producer_span(subject: str, msg_id: str, event_type: str, context: Context | None) -> Span:
+    """The PRODUCER span of one publish, child of `context` (or of the current span)."""
+    return _tracer.start_span(
+        f"publish {subject}",
+        context=context,
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.type": "publish",
+            "messaging.destination.name": subject,
+            "messaging.message.id": msg_id,
+            "parley.event_type": event_type,
+        },
+    )
+
+
+def _headers(headers: Mapping[str, str] | None, msg_id: str, event_type: str, span: Span) -> dict[str, str]:
+    """`headers` with the de-duplication id, the event type and `span`'s trace context (replacing any given)."""
+    hdrs = {k: v for k, v in (headers or {}).items() if k not in (h.TRACEPARENT, h.TRACESTATE)}
+    hdrs[h.MSG_ID] = msg_id
+    hdrs[h.EVENT_TYPE] = event_type
+    telemetry.inject(hdrs, context=trace.set_span_in_context(span))
+    return hdrs
