@@ -113,7 +113,7 @@ async def seed(url: str, service: ContactsService, n: int, rng: random.Random) -
                 for key, kind, options in FIELDS:
                     if rng.random() < 0.5:
                         continue
-                    row: list[Any] = [cid, fields[key].id, SPACE, None, None, None, None, None]
+                    row: list[Any] = [cid, fields[key].id, SPACE, None, None, None, None, None, tagged]
                     if kind == "number":
                         row[4] = Decimal(rng.randrange(0, 100_000)) / 100
                     elif kind == "date":
@@ -142,7 +142,7 @@ async def seed(url: str, service: ContactsService, n: int, rng: random.Random) -
                 "id", "space_id", "contact_id", "channel_id", "channel_type", "external_id", "created_at"])  # fmt: skip
             await conn.copy_records_to_table("field_values", records=values, columns=[
                 "contact_id", "field_id", "space_id", "value_text", "value_number", "value_date", "value_datetime",
-                "value_bool"])  # fmt: skip
+                "value_bool", "tag_ids"])  # fmt: skip
             done = min(n, start + chunk)
             print(f"  seeded {done:>9,} contacts ({done / (time.perf_counter() - started):,.0f}/s)", flush=True)
         await conn.execute("VACUUM ANALYZE")

@@ -89,6 +89,7 @@ async def world(engine, sink) -> dict[str, Any]:
     rng = random.Random(SEED)
     fields = {k: await service.create_field(SPACE, k, k, t, options=o) for k, (t, o) in CUSTOM.items()}
     tags = [await service.create_tag(SPACE, f"tag{i}") for i in range(5)]
+    created: list[uuid.UUID] = []
     for i in range(160):
         clock.now = NOW - timedelta(hours=i * 3 + rng.randrange(3))
         profile = {
@@ -102,6 +103,7 @@ async def world(engine, sink) -> dict[str, Any]:
         tag_ids = [str(t.id) for t in tags if rng.random() < 0.3]
         idents = [IdentityInput(ch, ty, f"{ch}-{i}") for ch, ty in CHANNELS if rng.random() < 0.4]
         contact = await service.create_contact(SPACE, ME, profile, values, tag_ids, idents)
+        created.append(contact.id)
         if rng.random() < 0.6:
             await service.assign(
                 SPACE,
@@ -113,6 +115,12 @@ async def world(engine, sink) -> dict[str, Any]:
         if idents and rng.random() < 0.8:
             at = NOW - timedelta(hours=rng.randrange(0, 400))
             await service.upsert_by_identity(SPACE, ME, idents[0], {}, at)
+    # Tags change after the values were written: counts that read the values' copy of the tags see it.
+    for _ in range(40):
+        chosen = [str(i) for i in rng.sample(created, 8)]
+        tag = str(rng.choice(tags).id)
+        added = rng.random() < 0.5
+        await service.change_tags(SPACE, ME, chosen, [tag] if added else [], [] if added else [tag])
     clock.now = NOW
     everyone, token = [], ""
     while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from parley_contacts.domain import format_value
 from parley_contacts.service import Actor, ContactsService
@@ -161,20 +163,11 @@ async def test_bulk_assign_changes_every_contact(service: ContactsService, space
         await service.assign(space, agent, [str(cs[0].id)] * 1001, "u", "")
 
 
-async def test_contact_row_tag_ids_always_equal_its_contact_tags_rows(
-    service: ContactsService, engine, space: str, manager: Actor
-) -> None:
-    """Tag criteria read contacts.tag_ids; every tag change keeps it equal to contact_tags."""
-    a, b, c = [await service.create_tag(space, n) for n in ("a", "b", "c")]
-    one = await service.create_contact(space, manager, {}, tag_ids=[str(a.id), str(b.id)])
-    two = await service.create_contact(space, manager, {}, tag_ids=[str(b.id)])
-    ids = [str(one.id), str(two.id)]
-    await service.change_tags(space, manager, ids, [str(c.id)], [str(b.id)])
-    await service.change_tags(space, manager, ids, [str(a.id)], [])
-    await service.merge(space, manager, str(one.id), str(two.id))
-    await service.delete_tag(space, manager, str(a.id))
+async def _tag_copies(engine, space: str) -> tuple[list, list]:
+    """(contact id, tag_ids, contact_tags rows) per contact, and (contact id, contact's tag_ids, value's copy)
+    per custom value, of the space."""
     async with engine.connect() as conn:
-        rows = (
+        contacts = (
             await conn.execute(
                 text(
                     "SELECT c.id, c.tag_ids, coalesce((SELECT array_agg(t.tag_id) FROM contact_tags t"
@@ -183,5 +176,106 @@ async def test_contact_row_tag_ids_always_equal_its_contact_tags_rows(
                 {"s": space},
             )
         ).all()
-    assert [(r.id, sorted(r.tag_ids)) for r in rows] == [(one.id, [c.id])]
-    assert all(sorted(r.tag_ids) == sorted(r.rows) for r in rows)
+        values = (
+            await conn.execute(
+                text(
+                    "SELECT v.contact_id, c.tag_ids AS theirs, v.tag_ids AS copy FROM field_values v"
+                    " JOIN contacts c ON c.id = v.contact_id WHERE v.space_id = :s"
+                ),
+                {"s": space},
+            )
+        ).all()
+    return contacts, values
+
+
+async def test_tag_ids_on_contact_rows_and_values_always_equal_contact_tags_rows(
+    service: ContactsService, engine, space: str, manager: Actor
+) -> None:
+    """Tag criteria read contacts.tag_ids, and counts read the copy on each custom value: every tag
+    change (create, bulk add/remove, merge, catalog delete) and every value write keeps both equal to
+    contact_tags."""
+    a, b, c = [await service.create_tag(space, n) for n in ("a", "b", "c")]
+    await service.create_field(space, "score", "Score", "number")
+    await service.create_field(space, "city", "City", "text")
+    one = await service.create_contact(space, manager, {}, {"score": "1"}, tag_ids=[str(a.id), str(b.id)])
+    two = await service.create_contact(space, manager, {}, {"score": "2", "city": "Porto"}, tag_ids=[str(b.id)])
+    ids = [str(one.id), str(two.id)]
+    await service.change_tags(space, manager, ids, [str(c.id)], [str(b.id)])
+    await service.update_contact(space, manager, str(one.id), {}, {"city": "Lisbon", "score": "3"})
+    await service.change_tags(space, manager, ids, [str(a.id)], [])
+    await service.merge(space, manager, str(one.id), str(two.id))  # two's city moves over to one
+    await service.delete_tag(space, manager, str(a.id))
+    await service.update_contact(space, manager, str(one.id), {}, {"score": "4"})  # a value written last
+    contacts, values = await _tag_copies(engine, space)
+    assert [(r.id, sorted(r.tag_ids)) for r in contacts] == [(one.id, [c.id])]
+    assert all(sorted(r.tag_ids) == sorted(r.rows) for r in contacts)
+    assert sorted((r.contact_id, r.copy) for r in values) == [(one.id, [c.id])] * 2
+
+
+async def test_concurrent_tag_and_value_changes_leave_the_values_tag_copies_exact(
+    service: ContactsService, engine, space: str, manager: Actor
+) -> None:
+    """Tagging and value writes on the same contacts race; the copies end equal to the contact's tags."""
+    tags = [await service.create_tag(space, f"t{i}") for i in range(4)]
+    await service.create_field(space, "score", "Score", "number")
+    await service.create_field(space, "city", "City", "text")
+    cs = [await service.create_contact(space, manager, {}) for _ in range(3)]
+    ids = [str(x.id) for x in cs]
+
+    async def tagger(i: int) -> None:
+        for r in range(6):
+            tag = str(tags[(i + r) % 4].id)
+            await service.change_tags(space, manager, ids, [tag] if r % 2 == 0 else [], [] if r % 2 == 0 else [tag])
+
+    async def writer(i: int) -> None:
+        for r in range(9):  # longer than the taggers: the last writes often follow the last tag change
+            key = "score" if (i + r) % 2 else "city"
+            value = "" if r % 3 == 2 else str(i * 10 + r)  # "" clears, then the next write sets it again
+            await service.update_contact(space, manager, ids[(i + r) % 3], {}, {key: value})
+
+    await asyncio.gather(*(tagger(i) for i in range(3)), *(writer(i) for i in range(3)))
+    contacts, values = await _tag_copies(engine, space)
+    assert all(sorted(r.tag_ids) == sorted(r.rows) for r in contacts)
+    assert values and all(sorted(r.copy) == sorted(r.theirs) for r in values)
+
+
+async def test_deleting_a_tag_carried_by_more_contacts_than_a_statement_has_parameters(
+    service: ContactsService, engine, space: str, manager: Actor
+) -> None:
+    """A tag on 40,000 contacts (above PostgreSQL's 32,767 bind parameters) is deleted from all of them."""
+    tag = await service.create_tag(space, "popular")
+    field = await service.create_field(space, "score", "Score", "number")
+    async with engine.begin() as conn:
+        params = {"s": space, "t": tag.id, "f": field.id}
+        await conn.execute(
+            text(
+                "INSERT INTO contacts (id, space_id, created_at, updated_at, tag_ids)"
+                " SELECT gen_random_uuid(), :s, now(), now(), ARRAY[CAST(:t AS uuid)] FROM generate_series(1, 40000)"
+            ),
+            params,
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO contact_tags (contact_id, tag_id, space_id)"
+                " SELECT id, CAST(:t AS uuid), space_id FROM contacts WHERE space_id = :s"
+            ),
+            params,
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO field_values (contact_id, field_id, space_id, value_number, tag_ids)"
+                " SELECT id, CAST(:f AS uuid), space_id, 1, tag_ids FROM contacts WHERE space_id = :s"
+            ),
+            params,
+        )
+    assert await service.delete_tag(space, manager, str(tag.id)) == 40_000
+    async with engine.connect() as conn:
+        left = await conn.execute(
+            text(
+                "SELECT (SELECT count(*) FROM contacts WHERE space_id = :s AND tag_ids <> '{}'),"
+                " (SELECT count(*) FROM field_values WHERE space_id = :s AND tag_ids <> '{}'),"
+                " (SELECT count(*) FROM contact_tags WHERE space_id = :s)"
+            ),
+            {"s": space},
+        )
+        assert tuple(left.one()) == (0, 0, 0)

@@ -64,3 +64,49 @@ async def test_tag_ids_migration_backfills_existing_contacts_and_reverts(databas
     finally:
         await engine.dispose()
         await run_migrations("parley_contacts", database_url)
+
+
+async def test_value_tag_ids_migration_backfills_existing_values_and_reverts(database_url: str) -> None:
+    await run_migrations("parley_contacts", database_url, "base", downgrade=True)
+    await run_migrations("parley_contacts", database_url, "20261125_0003")
+    tagged, untagged, tag, field = (uuid.uuid4() for _ in range(4))
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO field_definitions (id, space_id, key, label, type, created_at, updated_at)"
+                    " VALUES (:f, 's', 'score', 'Score', 'number', now(), now())"
+                ),
+                {"f": field},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO contacts (id, space_id, created_at, updated_at, tag_ids)"
+                    " VALUES (:c, 's', now(), now(), ARRAY[CAST(:t AS uuid)]), (:u, 's', now(), now(), '{}')"
+                ),
+                {"c": tagged, "u": untagged, "t": tag},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO field_values (contact_id, field_id, space_id, value_number)"
+                    " VALUES (:c, :f, 's', 1), (:u, :f, 's', 2)"
+                ),
+                {"c": tagged, "u": untagged, "f": field},
+            )
+        await run_migrations("parley_contacts", database_url)
+        async with engine.connect() as conn:
+            got = dict((await conn.execute(text("SELECT contact_id, tag_ids FROM field_values"))).all())
+            include = (
+                await conn.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_field_values_number'"))
+            ).scalar_one()
+        assert got == {tagged: [tag], untagged: []}
+        assert "INCLUDE (contact_id, tag_ids)" in include
+        await run_migrations("parley_contacts", database_url, "20261125_0003", downgrade=True)
+        async with engine.connect() as conn:
+            columns = {c["name"] for c in await conn.run_sync(lambda c: inspect(c).get_columns("field_values"))}
+            assert "tag_ids" not in columns
+            assert (await conn.execute(text("SELECT count(*) FROM field_values"))).scalar() == 2
+    finally:
+        await engine.dispose()
+        await run_migrations("parley_contacts", database_url)

@@ -195,16 +195,20 @@ class FieldValue(Base):
     value_date: Mapped[date | None] = mapped_column(Date)
     value_datetime: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     value_bool: Mapped[bool | None] = mapped_column(Boolean)
+    # A copy of the contact's `tag_ids`, rewritten with it (under the contact's row lock): a count of
+    # "tag conditions and a value condition" is one index-only scan of the value's entries, filtering on
+    # the tags they carry, instead of a join of the tag's and the value's contact ids.
+    tag_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(Uuid), server_default="{}")
 
-    # Covering (contact_id, and the raw text for the lower() index): value criteria are index-only scans.
-    # Partial: each typed index holds only the rows of its type.
+    # Covering (contact_id, the tags, and the raw text for the lower() index): value criteria, alone or
+    # with tag criteria, are index-only scans. Partial: each typed index holds only the rows of its type.
     __table_args__ = (
         *(
             Index(
                 f"ix_field_values_{kind}",
                 "field_id",
                 f"value_{kind}",
-                postgresql_include=["contact_id"],
+                postgresql_include=["contact_id", "tag_ids"],
                 postgresql_where=text(f"value_{kind} IS NOT NULL"),
             )
             for kind in ("number", "date", "datetime", "bool")
@@ -214,7 +218,7 @@ class FieldValue(Base):
             "field_id",
             func.lower(value_text).label("lower_value_text"),
             postgresql_ops={"lower_value_text": "text_pattern_ops"},
-            postgresql_include=["contact_id", "value_text"],
+            postgresql_include=["contact_id", "value_text", "tag_ids"],
             postgresql_where=text("value_text IS NOT NULL"),
         ),
     )

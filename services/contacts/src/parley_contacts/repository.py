@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     and_,
+    any_,
     bindparam,
     cast,
     delete,
@@ -38,6 +39,7 @@ from sqlalchemy import (
     union,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -163,6 +165,11 @@ def _view(row: Any) -> View:
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
+
+
+def _id_array(ids: Sequence[uuid.UUID]) -> Any:
+    """Contact ids as one uuid[] parameter (for `= ANY(...)`): any number of them, unlike an IN list."""
+    return literal(list(ids), ARRAY(m.Contact.id.type))
 
 
 def like_prefix(text: str) -> str:
@@ -462,6 +469,21 @@ class Repository:
             added = list((await s.execute(stmt)).scalars())
             if added:
                 await s.execute(update(m.Contact).where(C.id == contact_id).values(tag_ids=C.tag_ids.concat(added)))
+                await self.copy_tags_to_values(s, [contact_id])
+
+    async def copy_tags_to_values(self, s: AsyncSession, contact_ids: Sequence[uuid.UUID]) -> None:
+        """Rewrite the `tag_ids` copy on these contacts' custom values from their rows.
+
+        Call it after changing the contacts' `tag_ids` in this transaction, in a statement of its own: the
+        contacts' row locks are then held, and this statement's snapshot sees every value another
+        transaction wrote before it released the lock (`set_value` copies the tags under that lock too).
+        """
+        stmt = (
+            update(m.FieldValue)
+            .where(V.contact_id == C.id, C.id == any_(_id_array(contact_ids)), V.tag_ids != C.tag_ids)
+            .values(tag_ids=C.tag_ids)
+        )
+        await s.execute(stmt)
 
     async def update_contact(self, s: AsyncSession, contact_id: uuid.UUID, values: dict[str, Any]) -> None:
         await s.execute(update(m.Contact).where(C.id == contact_id).values(**values))
@@ -525,9 +547,10 @@ class Repository:
         if changed:
             await s.execute(
                 update(m.Contact)
-                .where(C.id.in_(changed))
+                .where(C.id == any_(_id_array(changed)))
                 .values(updated_at=now, tag_ids=func.array_append(C.tag_ids, literal(tag_id, m.Contact.id.type)))
             )
+            await self.copy_tags_to_values(s, changed)
         return changed
 
     async def remove_tag(
@@ -543,9 +566,10 @@ class Repository:
             untag: dict[str, Any] = {"tag_ids": func.array_remove(C.tag_ids, literal(tag_id, m.Contact.id.type))}
             await s.execute(
                 update(m.Contact)
-                .where(C.id.in_(changed))
+                .where(C.id == any_(_id_array(changed)))
                 .values(**untag, **({"updated_at": now} if ids is not None else {}))
             )
+            await self.copy_tags_to_values(s, changed)
         return changed
 
     # -- custom field values ----------------------------------------------------------------------
@@ -553,13 +577,17 @@ class Repository:
     async def set_value(
         self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, definition: FieldDef, value: Any
     ) -> None:
+        """Set one custom value, with a copy of the contact's tags; the caller holds the contact's row lock
+        (or created the contact in this transaction), so the copy cannot miss a concurrent tag change."""
         column = value_column(definition.type)
-        row = {"contact_id": contact_id, "field_id": definition.id, "space_id": space_id}
+        row: dict[str, Any] = {"contact_id": contact_id, "field_id": definition.id, "space_id": space_id}
         row.update({c: None for c in _VALUE_COLS})
         row[column] = value
+        row["tag_ids"] = select(C.tag_ids).where(C.id == contact_id).scalar_subquery()
         stmt = pg_insert(m.FieldValue).values(**row)
         stmt = stmt.on_conflict_do_update(
-            index_elements=[V.contact_id, V.field_id], set_={c: stmt.excluded[c] for c in _VALUE_COLS}
+            index_elements=[V.contact_id, V.field_id],
+            set_={c: stmt.excluded[c] for c in (*_VALUE_COLS, "tag_ids")},
         )
         await s.execute(stmt)
 
@@ -738,6 +766,7 @@ class Repository:
             .values(contact_id=survivor.id)
         )
         await self.add_tag_rows(s, space_id, survivor.id, merged.tag_ids)
+        await self.copy_tags_to_values(s, [survivor.id])  # the values moved over carry the merged's tags
         await s.execute(update(m.Contact).where(C.id == survivor.id).values(**profile, updated_at=now))
         # Earlier merges into the merged contact now resolve to the survivor too.
         await s.execute(
@@ -896,27 +925,28 @@ def _search_ids(space_id: str, query: str) -> Any:
     return union(*parts)
 
 
-def compile_criteria(group: ResolvedGroup, cid: Any = C.id) -> ColumnElement[bool]:
+def compile_criteria(group: ResolvedGroup, cid: Any = C.id, tags: Any = C.tag_ids) -> ColumnElement[bool]:
     """The WHERE clause selecting the contacts that match resolved criteria.
 
-    `cid` is the contact id the tag, value and identity conditions correlate with: `contacts.id`,
-    or a narrow table's contact_id when counting without the contact rows (see `_count_statement`).
+    `cid` is the contact id the value and identity conditions correlate with, and `tags` the tag ids
+    the tag conditions read: `contacts.id` and `contacts.tag_ids`, or a custom value's contact_id and
+    its copy of the tags when counting without the contact rows (see `_count_statement`).
     """
-    parts = [_compile(child, cid) for child in group.children]
+    parts = [_compile(child, cid, tags) for child in group.children]
     if not parts:
         return true()
     return or_(*parts) if group.any else and_(*parts)
 
 
-def _compile(node: Any, cid: Any = C.id) -> ColumnElement[bool]:
+def _compile(node: Any, cid: Any = C.id, tags: Any = C.tag_ids) -> ColumnElement[bool]:
     if isinstance(node, ResolvedGroup):
-        return compile_criteria(node, cid)
+        return compile_criteria(node, cid, tags)
     if isinstance(node, TagCond):
-        # Row predicates on contacts.tag_ids (kept equal to the contact's contact_tags rows).
+        # Row predicates on the tag ids (kept equal to the contact's contact_tags rows).
         wanted = cast(literal(list(node.tag_ids), C.tag_ids.type), C.tag_ids.type)  # uuid[], also as a literal
         if node.match is TagMatch.ALL:
-            return C.tag_ids.contains(wanted)
-        tagged = C.tag_ids.overlap(wanted)
+            return tags.contains(wanted)
+        tagged = tags.overlap(wanted)
         return tagged if node.match is TagMatch.ANY else ~tagged
     if isinstance(node, ResolvedField):
         return _compile_field(node, cid)
@@ -939,13 +969,16 @@ def _compile(node: Any, cid: Any = C.id) -> ColumnElement[bool]:
     raise TypeError(f"cannot compile {node!r}")
 
 
-def _uses_contact_row(node: Any) -> bool:
-    """Whether a condition reads columns of the contact row (not only tags, values or identities)."""
+def _uses_contact_row(node: Any, tags_carried: bool) -> bool:
+    """Whether a condition reads columns of the contact row (not only values or identities, nor tags
+    when the counted rows carry them)."""
     if isinstance(node, ResolvedGroup):
-        return any(_uses_contact_row(c) for c in node.children)
+        return any(_uses_contact_row(c, tags_carried) for c in node.children)
     if isinstance(node, ResolvedField):
         return node.field_id is None
-    return isinstance(node, ResolvedAssignee | ResolvedTime | TagCond)
+    if isinstance(node, TagCond):
+        return not tags_carried
+    return isinstance(node, ResolvedAssignee | ResolvedTime)
 
 
 def _narrow_ids(node: Any) -> Any:
@@ -960,14 +993,15 @@ def _narrow_ids(node: Any) -> Any:
             return one if len(node.tag_ids) == 1 else one.distinct()  # (contact, tag) is unique
         return None
     if isinstance(node, ResolvedField) and node.field_id is not None:
+        column = getattr(V, value_column(node.type))
         if node.op is FieldOp.IS_SET:
-            return select(V.contact_id).where(V.field_id == node.field_id)
+            # A value row always has its type's column set: saying so lets the typed (partial) index answer.
+            return select(V.contact_id).where(V.field_id == node.field_id, column.is_not(None))
         if node.op in (FieldOp.NOT_EQUALS, FieldOp.IS_NOT_SET):
             return None
         if node.type is FieldType.CHECKBOX and False in node.operands:
             return None  # "false" includes unset
         text = node.type not in ORDERED and node.type is not FieldType.CHECKBOX
-        column = getattr(V, value_column(node.type))
         return select(V.contact_id).where(V.field_id == node.field_id, _value_predicate(column, node, text))
     return None
 
@@ -986,8 +1020,9 @@ def _count_statement(space_id: str, criteria: ResolvedGroup, count_limit: int | 
 
     Counting reads every match. When the criteria are an AND including tag or custom-value conditions,
     those matches come from index-only scans of `contact_tags` / `field_values` (semi-joined), and the
-    remaining conditions are checked per match, joining the contact row only if they read it. Other
-    criteria fall back to filtering the contacts.
+    remaining conditions are checked per match, joining the contact row only if they read it. With a
+    value condition, that value's entries are the base and tag conditions read the tags they carry.
+    Other criteria fall back to filtering the contacts.
     """
     if criteria.any and criteria.children:
         # An OR of tag/value conditions: the union of their ids, all from the narrow indexes.
@@ -1002,13 +1037,24 @@ def _count_statement(space_id: str, criteria: ResolvedGroup, count_limit: int | 
     drivers, rest = _drivers(criteria)
     if not drivers:
         return None
+    values = [d for d in drivers if isinstance(d[0], ResolvedField)]
+    if values:
+        # A value's index entries carry the contact's tags: the tag conditions (any, all or none) filter
+        # them there, so "tags and a value" is one index-only scan, with no join of two id sets.
+        others = values[1:]
+        matched = values[0][1].add_columns(V.tag_ids).subquery("matched")
+        rest = [*rest, *(n for n, _ in drivers if isinstance(n, TagCond))]
+        tags = matched.c.tag_ids
+    else:
+        others = drivers[1:]
+        matched = drivers[0][1].subquery("matched")
+        tags = C.tag_ids
     # The other drivers as semi-joins (IN) rather than INTERSECT: the planner can then hash-join them,
     # in parallel workers, where a HashSetOp intersect runs in one process (2-4x slower on 1M contacts).
-    matched = drivers[0][1].subquery("matched")
     cid = matched.c.contact_id
     source: Any = matched
-    where = [cid.in_(q) for _, q in drivers[1:]] + [_compile(n, cid) for n in rest]
-    if any(_uses_contact_row(n) for n in rest):
+    where = [cid.in_(q) for _, q in others] + [_compile(n, cid, tags) for n in rest]
+    if any(_uses_contact_row(n, bool(values)) for n in rest):
         source = matched.join(m.Contact.__table__, C.id == cid)
         where.append(C.space_id == space_id)
     inner = select(literal(1)).select_from(source).where(*where)
