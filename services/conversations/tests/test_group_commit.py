@@ -8,6 +8,7 @@ import uuid
 from parley.channel_gateway.v1 import events_pb2 as gw
 from parley_conversations.ingest import CLASS_PARTITION
 from parley_kit.contracts import channel_gateway as cg
+from parley_kit.nats import TransientError
 from sqlalchemy import text
 
 
@@ -101,6 +102,40 @@ async def test_a_poison_event_in_a_group_is_dead_lettered_and_every_partition_go
     )
     dead = await helpers.wait_for(lambda: _dead(helpers, app, f"{bad}-1"))
     assert len(dead) == 1
+
+
+async def test_an_event_set_aside_before_a_transient_failure_is_dead_lettered_once(service, helpers) -> None:
+    """One by one, a partition's poison event is set aside, the next event is committed (its offset passes the
+    poison's) and a later one fails transiently: the poison is dead-lettered then, not skipped unseen."""
+    app, _ = service
+    sp = f"sp-{uuid.uuid4().hex[:8]}"
+    contacts = contacts_on_distinct_partitions(sp, "ch-t", 2)
+    await helpers.publish_inbound(app.rt.js, [helpers.inbound(sp, "ch-t", c, f"{c}-0") for c in contacts])
+    await helpers.wait_for(lambda: _count(app, sp, 2))
+    bad = contacts[0]
+    flaky = f"{bad}-3"
+    apply_db, raised = app.ingest._apply_db, []
+
+    async def failing_once(conn, items, *args):  # type: ignore[no-untyped-def]
+        if [it.provider_message_id for it in items] == [flaky] and not raised:
+            raised.append(flaky)
+            raise TransientError("injected: the database went away for a moment")
+        return await apply_db(conn, items, *args)
+
+    events = [
+        helpers.inbound(sp, "ch-t", c, f"{c}-{i}", text="nul \x00 byte" if (c, i) == (bad, 1) else str(i))
+        for c in contacts
+        for i in (1, 2, 3)
+    ]
+    app.ingest._apply_db = failing_once
+    try:
+        _, rows = await _apply_queued_together(app, helpers, sp, events, 7)
+    finally:
+        del app.ingest._apply_db
+    assert raised == [flaky]
+    dead = await helpers.wait_for(lambda: _dead(helpers, app, f"{bad}-1"))
+    assert len(dead) == 1
+    assert [mid for mid, _ in rows if mid.startswith(bad + "-")] == [f"{bad}-0", f"{bad}-2", flaky]
 
 
 async def _count(app, space_id: str, n: int) -> list[tuple[str, str]] | None:

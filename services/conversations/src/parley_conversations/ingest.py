@@ -37,7 +37,9 @@ Design (the guarantees and why they hold):
    error) fails every batch in it (each is nak'ed and retried). A group that can never be applied
    as a whole is applied again event by event, each event with its partition's offset in its own
    transaction: an event that fails for good is dead-lettered (one bad event blocks neither its
-   partition nor the others), one that fails transiently fails only its own partition's batch.
+   partition nor the others), one that fails transiently fails only its own partition's batch from
+   that event on: the partition's events committed before it are acknowledged, and those set aside
+   before them dead-lettered (their offset is passed), the rest redelivered.
 
 4. Once. The offset makes a redelivered event a no-op; the unique (channel_id,
    provider_message_id) makes a provider's re-sent webhook (a new stream message) a no-op too.
@@ -225,6 +227,15 @@ class _Unit:
     error: str = ""
 
 
+class PartitionNotApplied(TransientError):
+    """Not all of a partition's events in a group were applied: those up to stream sequence `committed` were
+    (or were set aside for good, to be dead-lettered), the later ones were not (None: none was)."""
+
+    def __init__(self, message: str, committed: int | None) -> None:
+        super().__init__(message)
+        self.committed = committed
+
+
 @dataclass(eq=False)
 class _Pending:
     """One partition's units waiting for the next group commit, and the future its handler awaits."""
@@ -295,13 +306,24 @@ class PartitionWorker:
             fresh = []
         units += [_Unit(d.stream_sequence, d.message, d) for d in fresh]  # type: ignore[arg-type]
         metrics.INGEST_GAP_FILLED.inc(sum(1 for u in units if u.delivery is None))
-        await self.owner.submit(self, units)
-        self.offset = max(u.sequence for u in units)
+        committed = max(u.sequence for u in units)
+        try:
+            await self.owner.submit(self, units)
+        except PartitionNotApplied as exc:
+            if exc.committed is None:
+                raise
+            # The events up to `committed` are settled for good; the later ones are redelivered, in order.
+            committed = exc.committed
+            failures |= {u.delivery: exc for u in units if u.sequence > committed and u.delivery is not None}
+        self.offset = committed
         for u in units:
-            if u.error and u.delivery is not None:
-                failures[u.delivery] = PoisonMessage(u.error)
-            elif u.error:
-                await self.owner.dead_letter(self, u)
+            if u.error and u.sequence <= committed:
+                # Set aside, below the committed offset: dead-letter it now or it would never be seen again.
+                metrics.INGEST_POISON.inc()
+                if u.delivery is not None:
+                    failures[u.delivery] = PoisonMessage(u.error)
+                else:
+                    await self.owner.dead_letter(self, u)
         return failures or None
 
     async def _gap(self, offset: int, first: int) -> list[_Unit]:
@@ -654,6 +676,7 @@ class InboundIngest:
         offsets = {p.worker.partition: max(u.sequence for u in p.units) for p in group}
         outcomes: dict[str, tuple[str | None, str | None, bool, bool]] = {}
         failed: dict[_Pending, BaseException] = {}
+        applied: dict[_Pending, int] = {}  # one by one: the last stream sequence committed per partition
         try:
             outcomes = await self._apply_db(conn, [it for _, _, it in triples], contact_ids, reported, offsets)
         except Exception as exc:
@@ -669,11 +692,16 @@ class InboundIngest:
                 try:
                     one_offset = {p.worker.partition: u.sequence}
                     outcomes |= await self._apply_db(conn, [it], contact_ids, reported, one_offset)
+                    applied[p] = u.sequence
                 except Exception as one:
                     if conn.invalidated or conn.closed:
                         raise TransientError(f"partition {p.worker.partition:02d}: event not applied ({one})") from one
                     if _retryable(one):
-                        failed[p] = TransientError(f"partition {p.worker.partition:02d}: event not applied ({one})")
+                        # Its earlier events are committed (and any set aside before the last of those must
+                        # be dead-lettered): the partition's handler settles them and retries the rest.
+                        failed[p] = PartitionNotApplied(
+                            f"partition {p.worker.partition:02d}: event not applied ({one})", applied.get(p)
+                        )
                         continue
                     u.error = f"cannot be applied: {type(one).__name__}: {one}"[:1000]
             rest = {part: seq for part, seq in offsets.items() if not any(p.worker.partition == part for p in failed)}
@@ -703,9 +731,6 @@ class InboundIngest:
                     )
             if store is not None and (u.error or p in failed):
                 store.set_status(Status(StatusCode.ERROR, "dead-lettered" if u.error else "not applied"))
-        poison = sum(1 for p in group if p not in failed for u in p.units if u.error)
-        if poison:
-            metrics.INGEST_POISON.inc(poison)
         return failed
 
     def _event_span(self, worker: PartitionWorker, unit: _Unit) -> Span:
