@@ -1,5 +1,6 @@
 """Workspace commands: `parley admin bootstrap`, `parley login`, and the orgs, spaces, users, teams,
-keys, hours and availability groups. Every command takes `--json` and `--token`."""
+keys, hours and availability groups. Every command takes `--json`; all but bootstrap, login, logout and
+`users accept-invite` (which work without an access token) also `--token`."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from parley.workspace.v1 import user_service_pb2 as us_pb
 from parley.workspace.v1 import user_service_pb2_grpc as us_grpc
 
 from parley_cli import common
-from parley_cli.common import command, emit, json_option, token_option
+from parley_cli.common import command, emit, json_option, rpc_command
 
 SPACE_ROLES = {"agent": res.SPACE_ROLE_AGENT, "manager": res.SPACE_ROLE_MANAGER, "owner": res.SPACE_ROLE_OWNER}
 ORG_ROLES = {
@@ -234,10 +235,8 @@ async def logout(all_sessions: bool, as_json: bool) -> None:
 
 
 @click.command()
-@json_option
-@token_option
-@command
-async def whoami(as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def whoami(token_value: str | None, as_json: bool) -> None:
     """Who the token names, its space, role and permissions."""
     reply = await rpc(auth_grpc.AuthServiceStub, "WhoAmI", auth_pb.WhoAmIRequest(), token_value)
     if as_json:
@@ -266,11 +265,8 @@ def orgs() -> None:
 
 
 @orgs.command("list")
-@paging
-@json_option
-@token_option
-@command
-async def orgs_list(page_size: int, page_token: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(paging)
+async def orgs_list(page_size: int, page_token: str, token_value: str | None, as_json: bool) -> None:
     """Your organizations."""
     reply = await rpc(
         org_grpc.OrganizationServiceStub,
@@ -284,10 +280,8 @@ async def orgs_list(page_size: int, page_token: str, as_json: bool, token_value:
 
 @orgs.command("create")
 @click.argument("name")
-@json_option
-@token_option
-@command
-async def orgs_create(name: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def orgs_create(name: str, token_value: str | None, as_json: bool) -> None:
     """Create an organization (you become its admin)."""
     reply = await rpc(
         org_grpc.OrganizationServiceStub, "CreateOrganization", org_pb.CreateOrganizationRequest(name=name), token_value
@@ -297,10 +291,8 @@ async def orgs_create(name: str, as_json: bool, token_value: str | None) -> None
 
 @orgs.command("get")
 @click.argument("organization_id")
-@json_option
-@token_option
-@command
-async def orgs_get(organization_id: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def orgs_get(organization_id: str, token_value: str | None, as_json: bool) -> None:
     """One organization."""
     request = org_pb.GetOrganizationRequest(organization_id=organization_id)
     reply = await rpc(org_grpc.OrganizationServiceStub, "GetOrganization", request, token_value)
@@ -310,10 +302,8 @@ async def orgs_get(organization_id: str, as_json: bool, token_value: str | None)
 @orgs.command("rename")
 @click.argument("organization_id")
 @click.argument("name")
-@json_option
-@token_option
-@command
-async def orgs_rename(organization_id: str, name: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def orgs_rename(organization_id: str, name: str, token_value: str | None, as_json: bool) -> None:
     """Rename an organization (admins)."""
     request = org_pb.RenameOrganizationRequest(organization_id=organization_id, name=name)
     reply = await rpc(org_grpc.OrganizationServiceStub, "RenameOrganization", request, token_value)
@@ -322,12 +312,9 @@ async def orgs_rename(organization_id: str, name: str, as_json: bool, token_valu
 
 @orgs.command("members")
 @click.argument("organization_id")
-@paging
-@json_option
-@token_option
-@command
+@rpc_command(paging)
 async def orgs_members(
-    organization_id: str, page_size: int, page_token: str, as_json: bool, token_value: str | None
+    organization_id: str, page_size: int, page_token: str, token_value: str | None, as_json: bool
 ) -> None:
     """Members of an organization and their organization roles."""
     request = org_pb.ListOrganizationMembersRequest(organization_id=organization_id, page=page(page_size, page_token))
@@ -340,11 +327,9 @@ async def orgs_members(
 @click.argument("organization_id")
 @click.argument("user_id")
 @role_option(ORG_ROLES, "member")
-@json_option
-@token_option
-@command
+@rpc_command()
 async def orgs_add_member(
-    organization_id: str, user_id: str, role: str, as_json: bool, token_value: str | None
+    organization_id: str, user_id: str, role: str, token_value: str | None, as_json: bool
 ) -> None:
     """Add an existing user to an organization (admins)."""
     request = org_pb.AddOrganizationMemberRequest(
@@ -358,10 +343,8 @@ async def orgs_add_member(
 @click.argument("organization_id")
 @click.argument("user_id")
 @role_option(ORG_ROLES)
-@json_option
-@token_option
-@command
-async def orgs_set_role(organization_id: str, user_id: str, role: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def orgs_set_role(organization_id: str, user_id: str, role: str, token_value: str | None, as_json: bool) -> None:
     """Change a member's organization role (admins)."""
     request = org_pb.SetOrganizationMemberRoleRequest(
         organization_id=organization_id, user_id=user_id, role=ORG_ROLES[role]
@@ -373,10 +356,8 @@ async def orgs_set_role(organization_id: str, user_id: str, role: str, as_json: 
 @orgs.command("remove-member")
 @click.argument("organization_id")
 @click.argument("user_id")
-@json_option
-@token_option
-@command
-async def orgs_remove_member(organization_id: str, user_id: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def orgs_remove_member(organization_id: str, user_id: str, token_value: str | None, as_json: bool) -> None:
     """Remove a user from an organization (after removing them from its spaces)."""
     request = org_pb.RemoveOrganizationMemberRequest(organization_id=organization_id, user_id=user_id)
     await rpc(org_grpc.OrganizationServiceStub, "RemoveOrganizationMember", request, token_value)
@@ -396,12 +377,9 @@ def spaces() -> None:
 @spaces.command("list")
 @click.option("--org", "org_id", default="", help="Only this organization.")
 @click.option("--archived", is_flag=True, help="Include archived spaces.")
-@paging
-@json_option
-@token_option
-@command
+@rpc_command(paging)
 async def spaces_list(
-    org_id: str, archived: bool, page_size: int, page_token: str, as_json: bool, token_value: str | None
+    org_id: str, archived: bool, page_size: int, page_token: str, token_value: str | None, as_json: bool
 ) -> None:
     """Spaces you can see."""
     request = sp_pb.ListSpacesRequest(
@@ -416,10 +394,8 @@ async def spaces_list(
 @click.argument("name")
 @click.option("--org", "org_id", required=True, help="Organization id.")
 @click.option("--time-zone", default="", help="IANA time zone (default UTC).")
-@json_option
-@token_option
-@command
-async def spaces_create(name: str, org_id: str, time_zone: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def spaces_create(name: str, org_id: str, time_zone: str, token_value: str | None, as_json: bool) -> None:
     """Create a space (organization admins; you become its owner)."""
     request = sp_pb.CreateSpaceRequest(organization_id=org_id, name=name, time_zone=time_zone)
     reply = await rpc(sp_grpc.SpaceServiceStub, "CreateSpace", request, token_value)
@@ -427,11 +403,8 @@ async def spaces_create(name: str, org_id: str, time_zone: str, as_json: bool, t
 
 
 @spaces.command("get")
-@space_option
-@json_option
-@token_option
-@command
-async def spaces_get(space: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(space_option)
+async def spaces_get(space: str, token_value: str | None, as_json: bool) -> None:
     """One space."""
     reply = await rpc(sp_grpc.SpaceServiceStub, "GetSpace", sp_pb.GetSpaceRequest(space_id=space), token_value)
     out(reply.space, as_json, SPACE_COLS)
@@ -439,11 +412,8 @@ async def spaces_get(space: str, as_json: bool, token_value: str | None) -> None
 
 @spaces.command("rename")
 @click.argument("name")
-@space_option
-@json_option
-@token_option
-@command
-async def spaces_rename(name: str, space: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(space_option)
+async def spaces_rename(name: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Rename a space."""
     request = sp_pb.RenameSpaceRequest(space_id=space, name=name)
     reply = await rpc(sp_grpc.SpaceServiceStub, "RenameSpace", request, token_value)
@@ -452,10 +422,8 @@ async def spaces_rename(name: str, space: str, as_json: bool, token_value: str |
 
 @spaces.command("archive")
 @click.argument("space_id")
-@json_option
-@token_option
-@command
-async def spaces_archive(space_id: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def spaces_archive(space_id: str, token_value: str | None, as_json: bool) -> None:
     """Archive a space (organization admins)."""
     reply = await rpc(
         sp_grpc.SpaceServiceStub, "ArchiveSpace", sp_pb.ArchiveSpaceRequest(space_id=space_id), token_value
@@ -466,10 +434,8 @@ async def spaces_archive(space_id: str, as_json: bool, token_value: str | None) 
 @spaces.command("switch")
 @click.argument("space_id")
 @click.option("--print", "print_only", is_flag=True, help="Print `export PARLEY_TOKEN=...` instead of storing it.")
-@json_option
-@token_option
-@command
-async def spaces_switch(space_id: str, print_only: bool, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def spaces_switch(space_id: str, print_only: bool, token_value: str | None, as_json: bool) -> None:
     """Get a token for another of your spaces."""
     reply = await rpc(
         auth_grpc.AuthServiceStub, "SwitchSpace", auth_pb.SwitchSpaceRequest(space_id=space_id), token_value
@@ -496,12 +462,9 @@ async def _members(
 @spaces.command("members")
 @space_option
 @click.option("--role", type=click.Choice(list(SPACE_ROLES)), default=None, help="Only this role.")
-@paging
-@json_option
-@token_option
-@command
+@rpc_command(paging)
 async def spaces_members(
-    space: str, role: str | None, page_size: int, page_token: str, as_json: bool, token_value: str | None
+    space: str, role: str | None, page_size: int, page_token: str, token_value: str | None, as_json: bool
 ) -> None:
     """Members of a space."""
     await _members(space, role, page_size, page_token, as_json, token_value)
@@ -510,11 +473,8 @@ async def spaces_members(
 @spaces.command("add-member")
 @click.argument("user_id")
 @role_option(SPACE_ROLES, "agent")
-@space_option
-@json_option
-@token_option
-@command
-async def spaces_add_member(user_id: str, role: str, space: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(space_option)
+async def spaces_add_member(user_id: str, role: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Add an existing user to a space."""
     request = sp_pb.AddSpaceMemberRequest(space_id=space, user_id=user_id, role=SPACE_ROLES[role])
     reply = await rpc(sp_grpc.SpaceServiceStub, "AddSpaceMember", request, token_value)
@@ -524,11 +484,8 @@ async def spaces_add_member(user_id: str, role: str, space: str, as_json: bool, 
 @spaces.command("set-role")
 @click.argument("user_id")
 @role_option(SPACE_ROLES)
-@space_option
-@json_option
-@token_option
-@command
-async def spaces_set_role(user_id: str, role: str, space: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(space_option)
+async def spaces_set_role(user_id: str, role: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Change a member's space role."""
     request = sp_pb.SetSpaceMemberRoleRequest(space_id=space, user_id=user_id, role=SPACE_ROLES[role])
     reply = await rpc(sp_grpc.SpaceServiceStub, "SetSpaceMemberRole", request, token_value)
@@ -537,11 +494,8 @@ async def spaces_set_role(user_id: str, role: str, space: str, as_json: bool, to
 
 @spaces.command("remove-member")
 @click.argument("user_id")
-@space_option
-@json_option
-@token_option
-@command
-async def spaces_remove_member(user_id: str, space: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(space_option)
+async def spaces_remove_member(user_id: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Remove a user from a space (and its teams)."""
     request = sp_pb.RemoveSpaceMemberRequest(space_id=space, user_id=user_id)
     await rpc(sp_grpc.SpaceServiceStub, "RemoveSpaceMember", request, token_value)
@@ -561,12 +515,9 @@ def users() -> None:
 @users.command("list")
 @space_option
 @click.option("--role", type=click.Choice(list(SPACE_ROLES)), default=None, help="Only this role.")
-@paging
-@json_option
-@token_option
-@command
+@rpc_command(paging)
 async def users_list(
-    space: str, role: str | None, page_size: int, page_token: str, as_json: bool, token_value: str | None
+    space: str, role: str | None, page_size: int, page_token: str, token_value: str | None, as_json: bool
 ) -> None:
     """Users of the space, with their roles."""
     await _members(space, role, page_size, page_token, as_json, token_value)
@@ -577,12 +528,9 @@ async def users_list(
 @click.option("--name", "display_name", default="", help="Display name.")
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 @role_option(SPACE_ROLES, "agent")
-@space_option
-@json_option
-@token_option
-@command
+@rpc_command(space_option)
 async def users_create(
-    email: str, display_name: str, password: str, role: str, space: str, as_json: bool, token_value: str | None
+    email: str, display_name: str, password: str, role: str, space: str, token_value: str | None, as_json: bool
 ) -> None:
     """Create a user with a password in the space."""
     request = us_pb.CreateUserRequest(
@@ -596,12 +544,9 @@ async def users_create(
 @click.option("--email", required=True)
 @click.option("--name", "display_name", default="", help="Display name.")
 @role_option(SPACE_ROLES, "agent")
-@space_option
-@json_option
-@token_option
-@command
+@rpc_command(space_option)
 async def users_invite(
-    email: str, display_name: str, role: str, space: str, as_json: bool, token_value: str | None
+    email: str, display_name: str, role: str, space: str, token_value: str | None, as_json: bool
 ) -> None:
     """Invite by email (a new user gets a one-time setup token, printed once)."""
     request = us_pb.InviteUserRequest(space_id=space, email=email, display_name=display_name, role=SPACE_ROLES[role])
@@ -630,10 +575,8 @@ async def users_accept_invite(setup_token: str, password: str, display_name: str
 
 @users.command("get")
 @click.argument("user_id", default="")
-@json_option
-@token_option
-@command
-async def users_get(user_id: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def users_get(user_id: str, token_value: str | None, as_json: bool) -> None:
     """A user (default: you)."""
     reply = await rpc(us_grpc.UserServiceStub, "GetUser", us_pb.GetUserRequest(user_id=user_id), token_value)
     out(reply.user, as_json, USER_COLS)
@@ -642,10 +585,8 @@ async def users_get(user_id: str, as_json: bool, token_value: str | None) -> Non
 @users.command("rename")
 @click.argument("display_name")
 @click.option("--user", "user_id", default="", help="User id (default: you).")
-@json_option
-@token_option
-@command
-async def users_rename(display_name: str, user_id: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def users_rename(display_name: str, user_id: str, token_value: str | None, as_json: bool) -> None:
     """Change a display name."""
     request = us_pb.UpdateUserRequest(user_id=user_id, display_name=display_name)
     reply = await rpc(us_grpc.UserServiceStub, "UpdateUser", request, token_value)
@@ -655,10 +596,8 @@ async def users_rename(display_name: str, user_id: str, as_json: bool, token_val
 @users.command("passwd")
 @click.option("--current", "current", prompt="Current password", hide_input=True)
 @click.option("--new", "new", prompt="New password", hide_input=True, confirmation_prompt=True)
-@json_option
-@token_option
-@command
-async def users_passwd(current: str, new: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def users_passwd(current: str, new: str, token_value: str | None, as_json: bool) -> None:
     """Change your password (ends your other sessions)."""
     request = us_pb.ChangePasswordRequest(current_password=current, new_password=new)
     reply = await rpc(us_grpc.UserServiceStub, "ChangePassword", request, token_value)
@@ -678,12 +617,9 @@ def teams() -> None:
 @teams.command("list")
 @space_option
 @click.option("--user", "user_id", default="", help="Only teams of this user.")
-@paging
-@json_option
-@token_option
-@command
+@rpc_command(paging)
 async def teams_list(
-    space: str, user_id: str, page_size: int, page_token: str, as_json: bool, token_value: str | None
+    space: str, user_id: str, page_size: int, page_token: str, token_value: str | None, as_json: bool
 ) -> None:
     """Teams of the space."""
     request = tm_pb.ListTeamsRequest(space_id=space, user_id=user_id, page=page(page_size, page_token))
@@ -694,11 +630,8 @@ async def teams_list(
 
 @teams.command("create")
 @click.argument("name")
-@space_option
-@json_option
-@token_option
-@command
-async def teams_create(name: str, space: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(space_option)
+async def teams_create(name: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Create a team."""
     reply = await rpc(
         tm_grpc.TeamServiceStub, "CreateTeam", tm_pb.CreateTeamRequest(space_id=space, name=name), token_value
@@ -708,10 +641,8 @@ async def teams_create(name: str, space: str, as_json: bool, token_value: str | 
 
 @teams.command("get")
 @click.argument("team_id")
-@json_option
-@token_option
-@command
-async def teams_get(team_id: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def teams_get(team_id: str, token_value: str | None, as_json: bool) -> None:
     """One team."""
     reply = await rpc(tm_grpc.TeamServiceStub, "GetTeam", tm_pb.GetTeamRequest(team_id=team_id), token_value)
     out(reply.team, as_json, TEAM_COLS)
@@ -720,10 +651,8 @@ async def teams_get(team_id: str, as_json: bool, token_value: str | None) -> Non
 @teams.command("rename")
 @click.argument("team_id")
 @click.argument("name")
-@json_option
-@token_option
-@command
-async def teams_rename(team_id: str, name: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def teams_rename(team_id: str, name: str, token_value: str | None, as_json: bool) -> None:
     """Rename a team."""
     request = tm_pb.RenameTeamRequest(team_id=team_id, name=name)
     reply = await rpc(tm_grpc.TeamServiceStub, "RenameTeam", request, token_value)
@@ -732,10 +661,8 @@ async def teams_rename(team_id: str, name: str, as_json: bool, token_value: str 
 
 @teams.command("delete")
 @click.argument("team_id")
-@json_option
-@token_option
-@command
-async def teams_delete(team_id: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def teams_delete(team_id: str, token_value: str | None, as_json: bool) -> None:
     """Delete a team."""
     await rpc(tm_grpc.TeamServiceStub, "DeleteTeam", tm_pb.DeleteTeamRequest(team_id=team_id), token_value)
     out({"deleted": team_id}, as_json)
@@ -743,11 +670,8 @@ async def teams_delete(team_id: str, as_json: bool, token_value: str | None) -> 
 
 @teams.command("members")
 @click.argument("team_id")
-@paging
-@json_option
-@token_option
-@command
-async def teams_members(team_id: str, page_size: int, page_token: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(paging)
+async def teams_members(team_id: str, page_size: int, page_token: str, token_value: str | None, as_json: bool) -> None:
     """Members of a team."""
     request = tm_pb.ListTeamMembersRequest(team_id=team_id, page=page(page_size, page_token))
     reply = await rpc(tm_grpc.TeamServiceStub, "ListTeamMembers", request, token_value)
@@ -758,10 +682,8 @@ async def teams_members(team_id: str, page_size: int, page_token: str, as_json: 
 @teams.command("add-member")
 @click.argument("team_id")
 @click.argument("user_id")
-@json_option
-@token_option
-@command
-async def teams_add_member(team_id: str, user_id: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def teams_add_member(team_id: str, user_id: str, token_value: str | None, as_json: bool) -> None:
     """Add a space member to a team."""
     request = tm_pb.AddTeamMemberRequest(team_id=team_id, user_id=user_id)
     reply = await rpc(tm_grpc.TeamServiceStub, "AddTeamMember", request, token_value)
@@ -771,10 +693,8 @@ async def teams_add_member(team_id: str, user_id: str, as_json: bool, token_valu
 @teams.command("remove-member")
 @click.argument("team_id")
 @click.argument("user_id")
-@json_option
-@token_option
-@command
-async def teams_remove_member(team_id: str, user_id: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def teams_remove_member(team_id: str, user_id: str, token_value: str | None, as_json: bool) -> None:
     """Remove a user from a team."""
     request = tm_pb.RemoveTeamMemberRequest(team_id=team_id, user_id=user_id)
     await rpc(tm_grpc.TeamServiceStub, "RemoveTeamMember", request, token_value)
@@ -794,12 +714,9 @@ def keys() -> None:
 @keys.command("list")
 @space_option
 @click.option("--revoked", is_flag=True, help="Include revoked keys.")
-@paging
-@json_option
-@token_option
-@command
+@rpc_command(paging)
 async def keys_list(
-    space: str, revoked: bool, page_size: int, page_token: str, as_json: bool, token_value: str | None
+    space: str, revoked: bool, page_size: int, page_token: str, token_value: str | None, as_json: bool
 ) -> None:
     """API keys of the space."""
     request = keys_pb.ListApiKeysRequest(space_id=space, include_revoked=revoked, page=page(page_size, page_token))
@@ -811,11 +728,8 @@ async def keys_list(
 @keys.command("create")
 @click.argument("name")
 @role_option(SPACE_ROLES, "agent")
-@space_option
-@json_option
-@token_option
-@command
-async def keys_create(name: str, role: str, space: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(space_option)
+async def keys_create(name: str, role: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Create an API key; its token is printed once."""
     request = keys_pb.CreateApiKeyRequest(space_id=space, name=name, role=SPACE_ROLES[role])
     reply = await rpc(keys_grpc.ApiKeyServiceStub, "CreateApiKey", request, token_value)
@@ -828,10 +742,8 @@ async def keys_create(name: str, role: str, space: str, as_json: bool, token_val
 
 @keys.command("get")
 @click.argument("api_key_id")
-@json_option
-@token_option
-@command
-async def keys_get(api_key_id: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def keys_get(api_key_id: str, token_value: str | None, as_json: bool) -> None:
     """One API key (never its secret)."""
     request = keys_pb.GetApiKeyRequest(api_key_id=api_key_id)
     reply = await rpc(keys_grpc.ApiKeyServiceStub, "GetApiKey", request, token_value)
@@ -840,10 +752,8 @@ async def keys_get(api_key_id: str, as_json: bool, token_value: str | None) -> N
 
 @keys.command("revoke")
 @click.argument("api_key_id")
-@json_option
-@token_option
-@command
-async def keys_revoke(api_key_id: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command()
+async def keys_revoke(api_key_id: str, token_value: str | None, as_json: bool) -> None:
     """Revoke an API key; every service refuses it from now on."""
     request = keys_pb.RevokeApiKeyRequest(api_key_id=api_key_id)
     reply = await rpc(keys_grpc.ApiKeyServiceStub, "RevokeApiKey", request, token_value)
@@ -894,11 +804,8 @@ def _show_hours(bh: res.BusinessHours, as_json: bool) -> None:
 
 
 @hours.command("get")
-@space_option
-@json_option
-@token_option
-@command
-async def hours_get(space: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(space_option)
+async def hours_get(space: str, token_value: str | None, as_json: bool) -> None:
     """Weekly hours and exceptions."""
     reply = await rpc(
         av_grpc.AvailabilityServiceStub, "GetBusinessHours", av_pb.GetBusinessHoursRequest(space_id=space), token_value
@@ -914,11 +821,8 @@ async def hours_get(space: str, as_json: bool, token_value: str | None) -> None:
     multiple=True,
     help="DAY=RANGES, e.g. mon=09:00-12:00,13:00-17:00 (repeat per day; days not given are closed).",
 )
-@space_option
-@json_option
-@token_option
-@command
-async def hours_set(time_zone: str, days: tuple[str, ...], space: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(space_option)
+async def hours_set(time_zone: str, days: tuple[str, ...], space: str, token_value: str | None, as_json: bool) -> None:
     """Replace the weekly hours."""
     weekly = []
     for item in days:
@@ -935,12 +839,9 @@ async def hours_set(time_zone: str, days: tuple[str, ...], space: str, as_json: 
 @click.argument("date")
 @click.option("--name", default="", help="E.g. Christmas.")
 @click.option("--open", "ranges", default="", help="Special hours that day, e.g. 10:00-14:00 (default: closed).")
-@space_option
-@json_option
-@token_option
-@command
+@rpc_command(space_option)
 async def hours_exception(
-    date: str, name: str, ranges: str, space: str, as_json: bool, token_value: str | None
+    date: str, name: str, ranges: str, space: str, token_value: str | None, as_json: bool
 ) -> None:
     """Set the exception for DATE (YYYY-MM-DD): closed, or special hours."""
     exception = res.BusinessHoursException(date=date, name=name, ranges=_ranges(ranges))
@@ -951,11 +852,8 @@ async def hours_exception(
 
 @hours.command("remove-exception")
 @click.argument("date")
-@space_option
-@json_option
-@token_option
-@command
-async def hours_remove_exception(date: str, space: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(space_option)
+async def hours_remove_exception(date: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Remove the exception for DATE."""
     request = av_pb.DeleteBusinessHoursExceptionRequest(space_id=space, date=date)
     reply = await rpc(av_grpc.AvailabilityServiceStub, "DeleteBusinessHoursException", request, token_value)
@@ -964,11 +862,8 @@ async def hours_remove_exception(date: str, space: str, as_json: bool, token_val
 
 @hours.command("check")
 @click.option("--at", "at", default="", help="ISO instant, e.g. 2026-12-24T18:00:00+01:00 (default: now).")
-@space_option
-@json_option
-@token_option
-@command
-async def hours_check(at: str, space: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(space_option)
+async def hours_check(at: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Within business hours? Any agent online?"""
     request = av_pb.CheckAvailabilityRequest(space_id=space)
     if at:
@@ -994,11 +889,8 @@ def availability() -> None:
 @availability.command("set")
 @click.argument("status", type=click.Choice(list(STATUSES)))
 @click.option("--user", "user_id", default="", help="Another member (managers), default: you.")
-@space_option
-@json_option
-@token_option
-@command
-async def availability_set(status: str, user_id: str, space: str, as_json: bool, token_value: str | None) -> None:
+@rpc_command(space_option)
+async def availability_set(status: str, user_id: str, space: str, token_value: str | None, as_json: bool) -> None:
     """Set a status: online, away or offline."""
     request = av_pb.SetAvailabilityRequest(space_id=space, user_id=user_id, status=STATUSES[status])
     reply = await rpc(av_grpc.AvailabilityServiceStub, "SetAvailability", request, token_value)
@@ -1007,13 +899,9 @@ async def availability_set(status: str, user_id: str, space: str, as_json: bool,
 
 @availability.command("list")
 @click.option("--status", type=click.Choice(list(STATUSES)), default=None, help="Only this status.")
-@space_option
-@paging
-@json_option
-@token_option
-@command
+@rpc_command(space_option, paging)
 async def availability_list(
-    status: str | None, space: str, page_size: int, page_token: str, as_json: bool, token_value: str | None
+    status: str | None, space: str, page_size: int, page_token: str, token_value: str | None, as_json: bool
 ) -> None:
     """Members and their statuses."""
     request = av_pb.ListAvailabilityRequest(
