@@ -81,6 +81,7 @@ async def seed(url: str, service: ContactsService, n: int, rng: random.Random) -
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     started = time.perf_counter()
     sample: list[IdentityInput] = []
+    contact_ids: list[str] = []
     searches: list[str] = []
     # Realistic diversity: thousands of first and last names, not a handful.
     firsts = sorted({"".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).title() for _ in range(4000)})
@@ -107,6 +108,7 @@ async def seed(url: str, service: ContactsService, n: int, rng: random.Random) -
                 identities.append((uuid.uuid4(), SPACE, cid, channel, ctype, f"ext-{i}", created))
                 if i % 97 == 0:
                     sample.append(IdentityInput(channel, ctype, f"ext-{i}"))
+                    contact_ids.append(str(cid))
                 if i % 9973 == 0:  # what people type: a name and a bit, an email start, phone digits, an id
                     searches += [f"{first} {lastname[:2]}", f"{first.lower()}.{lastname.lower()[:3]}",
                                  f"+3361{i:07d}"[:9], f"ext-{i}", lastname[:4]]  # fmt: skip
@@ -148,7 +150,7 @@ async def seed(url: str, service: ContactsService, n: int, rng: random.Random) -
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
-    return {"tags": tags, "fields": fields, "identities": sample, "searches": searches}
+    return {"tags": tags, "fields": fields, "identities": sample, "searches": searches, "contact_ids": contact_ids}
 
 
 async def timed(fn: Callable[[], Awaitable[Any]], runs: int) -> list[float]:
@@ -271,6 +273,18 @@ async def bench(url: str, n: int, runs: int, concurrency: int) -> None:
     print("UpsertByIdentities, 100 identities per call (4 concurrent callers):")
     print(f"  existing identities: {batched:,.0f}/s")
     print(f"  new identities:      {batched_new:,.0f}/s")
+
+    # Bulk tagging at the per-call maximum: each changed contact's custom values get its new tags too.
+    ids, tag = world["contact_ids"], str(tags[19].id)
+    size = min(1000, len(ids) // 6)  # the bulk maximum, or less for a small seed; 6 calls: warm-up + 5 runs
+    batches = [ids[k * size : (k + 1) * size] for k in range(6)]
+    to_add, to_remove = iter(batches), iter(batches)  # removed from the contacts it was added to
+    added = await timed(lambda: service.change_tags(SPACE, ACTOR, next(to_add), [tag], []), 5)
+    removed = await timed(lambda: service.change_tags(SPACE, ACTOR, next(to_remove), [], [tag]), 5)
+    print(
+        f"ChangeTags, {size:,} contacts per call, ms: add p50 {_pct(added, 50):.0f} max {max(added):.0f}; "
+        f"remove p50 {_pct(removed, 50):.0f} max {max(removed):.0f}"
+    )
 
     slowest = max(results, key=lambda r: r[2])
     print(f"\nEXPLAIN ANALYZE of the slowest view ('{slowest[0]}'): page query, then count query")
