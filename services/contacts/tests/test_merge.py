@@ -91,3 +91,20 @@ async def test_deleting_the_survivor_makes_merged_ids_not_found(
     for old in (a, b):
         with pytest.raises(NotFound):
             await service.get_contact(space, str(old.id))
+
+
+async def test_bulk_calls_resolve_merged_ids_to_the_survivor_once_and_name_an_unknown_id(
+    service: ContactsService, space: str, manager: Actor
+) -> None:
+    vip = await service.create_tag(space, "vip")
+    survivor, merged, other = [await service.create_contact(space, manager, {}) for _ in range(3)]
+    await service.merge(space, manager, str(survivor.id), str(merged.id))
+    # The merged id and the survivor's are one contact: tagged and assigned once.
+    ids = [str(merged.id), str(survivor.id), str(other.id)]
+    assert await service.change_tags(space, manager, ids, [str(vip.id)], []) == 2
+    assert await service.assign(space, manager, ids, "juan", "") == 2
+    foreign = await service.create_contact(space + "-x", manager, {})
+    with pytest.raises(NotFound, match=str(foreign.id)):
+        await service.change_tags(space, manager, [str(other.id), str(foreign.id)], [], [str(vip.id)])
+    got, _ = await service.get_contact(space, str(other.id))
+    assert got.tag_ids == (vip.id,)  # nothing changed

@@ -342,6 +342,17 @@ class Repository:
         )
         return (await s.execute(alias)).scalar()
 
+    async def resolve_ids(
+        self, s: AsyncSession, space_id: str, contact_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, uuid.UUID]:
+        """`resolve_id` for many ids in one statement: asked id -> live id, for those found in the space."""
+        asked = _id_array(contact_ids)
+        live = select(C.id.label("asked"), C.id.label("live")).where(C.space_id == space_id, C.id == any_(asked))
+        merged = select(m.ContactAlias.merged_id, m.ContactAlias.survivor_id).where(
+            m.ContactAlias.space_id == space_id, m.ContactAlias.merged_id == any_(asked)
+        )
+        return {r.asked: r.live for r in await s.execute(live.union_all(merged))}
+
     async def get_contact(
         self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, *, lock: bool = False, full: bool = True
     ) -> Contact | None:

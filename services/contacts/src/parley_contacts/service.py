@@ -699,14 +699,13 @@ class ContactsService:
         return changed
 
     async def _live_ids(self, unit: Unit, space_id: str, raw_ids: Sequence[str]) -> list[uuid.UUID]:
-        """Resolve ids (following merges); NotFound naming the first that is not in the space."""
-        out: list[uuid.UUID] = []
-        for raw in raw_ids:
-            live = await self.repo.resolve_id(unit.session, space_id, parse_id(raw))
-            if live is None:
+        """Resolve ids (following merges) in one statement; NotFound naming the first that is not in the space."""
+        asked = [parse_id(raw) for raw in raw_ids]
+        live = await self.repo.resolve_ids(unit.session, space_id, asked)
+        for raw, contact_id in zip(raw_ids, asked, strict=True):
+            if contact_id not in live:
                 raise NotFound(f"contact {raw} not found in this space")
-            out.append(live)
-        return list(dict.fromkeys(out))
+        return list(dict.fromkeys(live[contact_id] for contact_id in asked))
 
     # -- assignee -------------------------------------------------------------------------------
 
