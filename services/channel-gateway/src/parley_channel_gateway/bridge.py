@@ -49,7 +49,7 @@ class ChannelInfo:
     type: str
     active: bool
     secret: str = ""
-    """Telegram: the setWebhook secret token; custom channels: the HMAC secret."""
+    """Telegram: the setWebhook secret token; custom channels: the HMAC secret; Viber: the auth token (its HMAC key)."""
 
 
 class _Cache:
@@ -223,9 +223,10 @@ class Bridge:
         if row is None:
             return None
         secret = ""
-        if row.type in ("telegram", "custom"):
+        if row.type in ("telegram", "custom", "viber"):
             secrets = self.box.open(row.secrets)
-            secret = str(secrets.get("secret_token" if row.type == "telegram" else "webhook_secret", ""))
+            key = {"telegram": "secret_token", "custom": "webhook_secret", "viber": "access_token"}[row.type]
+            secret = str(secrets.get(key, ""))
         return ChannelInfo(row.id, row.space_id, row.type, row.status == ACTIVE, secret)
 
     async def publish(self, events: Sequence[tuple[str, InboundEvent]]) -> None:

@@ -7,13 +7,15 @@ from pydantic import Field, field_validator
 
 # Sends per second and burst per channel, from each provider's documented limits: the Messenger Send API
 # allows 300 requests/s per Page (we keep a margin), Instagram 100 calls/s per account, WhatsApp Cloud API
-# 80 messages/s per phone number by default, Telegram about 30 messages/s per bot.
+# 80 messages/s per phone number by default, Telegram about 30 messages/s per bot. Viber publishes no per-bot
+# number (it answers tooManyRequests, status 12, when breached): 50/s, like custom channels.
 DEFAULT_RATE_LIMITS: dict[str, float] = {
     "messenger": 250.0,
     "instagram": 100.0,
     "whatsapp": 80.0,
     "telegram": 30.0,
     "custom": 50.0,
+    "viber": 50.0,
 }
 
 
@@ -37,6 +39,7 @@ class Settings(ServiceSettings):
     )
     channel_gateway_graph_api_url: str = Field(default="https://graph.facebook.com/v21.0", pattern=r"^https?://")
     channel_gateway_telegram_api_url: str = Field(default="https://api.telegram.org", pattern=r"^https?://")
+    channel_gateway_viber_api_url: str = Field(default="https://chatapi.viber.com/pa", pattern=r"^https?://")
     channel_gateway_public_url: str = Field(
         default="http://127.0.0.1:8080",
         pattern=r"^https?://",

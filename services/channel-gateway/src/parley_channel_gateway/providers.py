@@ -85,6 +85,7 @@ class Target:
     access_token: str = ""
     webhook_url: str = ""
     webhook_secret: str = ""
+    display_name: str = ""  # Viber: the sender name shown with each message
 
 
 # -- errors ---------------------------------------------------------------------------------------------------
@@ -418,11 +419,13 @@ class Providers:
     graph_api_url: str
     telegram_api_url: str
     timeout: float = 10.0
+    viber_api_url: str = "https://chatapi.viber.com/pa"
     http: httpx.AsyncClient = field(init=False)
 
     def __post_init__(self) -> None:
         self.graph_api_url = self.graph_api_url.rstrip("/")
         self.telegram_api_url = self.telegram_api_url.rstrip("/")
+        self.viber_api_url = self.viber_api_url.rstrip("/")
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         self.http = httpx.AsyncClient(timeout=self.timeout, limits=limits, follow_redirects=False)
 
@@ -453,6 +456,10 @@ class Providers:
             return f"{chat.get('id', msg.contact_external_id)}:{result.get('message_id', '')}"
         if target.type == "custom":
             return await self._custom(target, msg, attempt)
+        if target.type == "viber":
+            from parley_channel_gateway.outbound_viber import send_viber  # it builds on this module's types
+
+            return await send_viber(self, target, msg, attempt)
         raise InvalidContent(f"unknown channel type {target.type!r}")
 
     @contextlib.contextmanager
@@ -530,6 +537,27 @@ class Providers:
             raise telegram_error(response)
         result = data.get("result")
         return result if isinstance(result, dict) else {"value": result}
+
+    async def viber(
+        self, token: str, method: str, body: dict[str, Any], *, span_name: str = "", attempt: int | None = None
+    ) -> dict[str, Any]:
+        """Call a Viber REST Bot API method (`send_message`, `get_account_info`, ...); returns its JSON answer."""
+        from parley_channel_gateway.outbound_viber import viber_error
+
+        with self._observed("viber", self.viber_api_url, span_name or f"viber {method}", attempt) as call:
+            try:
+                response = await self.http.post(
+                    f"{self.viber_api_url}/{method}", json=body, headers={"X-Viber-Auth-Token": token}
+                )
+            except httpx.TimeoutException as exc:
+                raise ProviderError("timeout", f"Viber did not answer {method} in time", retryable=True) from exc
+            except httpx.HTTPError as exc:
+                raise ProviderError("unreachable", f"cannot reach the Viber API: {exc}", retryable=True) from exc
+            call.status = response.status_code
+            data = _json(response)
+            if response.status_code >= 300 or data.get("status") != 0:
+                raise viber_error(response, data)
+            return data
 
     async def _custom(self, target: Target, msg: OutboundMessage, attempt: int | None = None) -> str:
         with self._observed("custom", target.webhook_url, attempt=attempt) as call:

@@ -175,6 +175,7 @@ class OutboundSender:
             access_token=str(secrets.get("access_token", "")),
             webhook_url=channel.outbound_webhook_url,
             webhook_secret=str(secrets.get("webhook_secret", "")),
+            display_name=channel.account_detail or channel.name,
         )
 
     async def _rate(self, target: Target) -> None:

@@ -7,7 +7,7 @@ import logging
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,23 +17,26 @@ from parley_kit.errors import FailedPrecondition, InvalidArgument, NotFound, Una
 
 from parley_channel_gateway.crypto import SecretBox
 from parley_channel_gateway.models import ACTIVE, DISCONNECTED, ChannelRow
+from parley_channel_gateway.outbound_viber import EVENT_TYPES as VIBER_EVENTS
 from parley_channel_gateway.providers import ProviderError, Providers
 from parley_channel_gateway.repository import Repository
 
 log = logging.getLogger(__name__)
 
-CHANNEL_TYPES = ("messenger", "instagram", "whatsapp", "telegram", "custom")
+CHANNEL_TYPES = ("messenger", "instagram", "whatsapp", "telegram", "custom", "viber")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 
 _NUMERIC_ID = re.compile(r"^[0-9]{1,32}$")
 _META_TOKEN = re.compile(r"^[A-Za-z0-9_\-.|]{20,2048}$")
 _BOT_TOKEN = re.compile(r"^([0-9]{1,20}):[A-Za-z0-9_-]{30,64}$")
+_VIBER_TOKEN = re.compile(r"^[A-Za-z0-9-]{20,128}$")
 _ACCOUNT_WORDS = {
     "messenger": "Facebook Page",
     "instagram": "Instagram account",
     "whatsapp": "WhatsApp phone number",
     "telegram": "Telegram bot",
+    "viber": "Viber bot",
 }
 
 
@@ -104,6 +107,14 @@ def validate_credentials(type_: str, fields: dict[str, str]) -> Credentials:
         return Credentials(type_, match.group(1), token)
     if type_ == "custom":
         return Credentials(type_, None, webhook_url=_webhook_url(fields.get("outbound_webhook_url", "")))
+    if type_ == "viber":
+        token = fields.get("auth_token", "").strip()
+        if not _VIBER_TOKEN.match(token):
+            raise InvalidArgument(
+                "viber.auth_token must be the bot's authentication token (its 'app key', e.g. "
+                "'4453b6ac12345678-e02c5f12174805f9-daec9cbb5448c51f')"
+            )
+        return Credentials(type_, None, token)  # the account id comes from Viber's get_account_info
     raise InvalidArgument(f"channel type must be one of {', '.join(CHANNEL_TYPES)}")
 
 
@@ -132,7 +143,7 @@ class ChannelService:
         self.public_url = public_url.rstrip("/")
 
     def inbound_url(self, channel: ChannelRow) -> str:
-        if channel.type in ("telegram", "custom"):
+        if channel.type in ("telegram", "custom", "viber"):
             return f"{self.public_url}/webhooks/{channel.type}/{channel.id}"
         return f"{self.public_url}/webhooks/{channel.type}"
 
@@ -143,6 +154,10 @@ class ChannelService:
 
     async def connect(self, space_id: str, name: str, creds: Credentials) -> Connected:
         channel_id = str(uuid.uuid4())
+        viber_name = ""
+        if creds.type == "viber":
+            account_id, viber_name = await self._viber_account(creds.access_token)
+            creds = replace(creds, external_id=account_id, account_detail=viber_name)
         stored: dict[str, Any] = {}
         webhook_secret = ""
         if creds.access_token:
@@ -157,7 +172,7 @@ class ChannelService:
             id=channel_id,
             space_id=space_id,
             type=creds.type,
-            name=(name.strip() or creds.external_id or f"custom channel {channel_id[:8]}")[:200],
+            name=(name.strip() or viber_name or creds.external_id or f"custom channel {channel_id[:8]}")[:200],
             external_id=creds.external_id,
             status=ACTIVE,
             account_detail=creds.account_detail,
@@ -179,7 +194,33 @@ class ChannelService:
             if creds.type == "telegram":
                 # Inside the transaction: a bot Telegram refuses is never stored.
                 row.account_detail = await self._register_telegram(row, stored)
+            if creds.type == "viber":
+                # Inside the transaction too. Viber checks the URL with a `webhook` callback before it answers,
+                # which the web process answers without looking the (not yet committed) channel up.
+                await self._register_viber(row, creds.access_token)
         return Connected(row, webhook_secret)
+
+    async def _viber_account(self, token: str) -> tuple[str, str]:
+        """get_account_info: the bot's account id and name (the token works)."""
+        info = await self._viber_call(token, "get_account_info", {})
+        account_id = info.get("id")
+        if not isinstance(account_id, str) or not account_id:
+            raise Unavailable("Viber's get_account_info answered without an account id; try again")
+        name = info.get("name")
+        return account_id[:128], name if isinstance(name, str) else ""
+
+    async def _register_viber(self, row: ChannelRow, token: str) -> None:
+        """set_webhook with the channel's URL and the callbacks Parley maps; Viber sends name and avatar."""
+        body = {"url": self.inbound_url(row), "event_types": list(VIBER_EVENTS), "send_name": True, "send_photo": True}
+        await self._viber_call(token, "set_webhook", body)
+
+    async def _viber_call(self, token: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.providers.viber(token, method, body)
+        except ProviderError as exc:
+            if exc.retryable:
+                raise Unavailable(f"Viber is unreachable or busy ({exc.message}); try again") from None
+            raise InvalidArgument(f"Viber refused {method}: {exc.message} (status {exc.code})") from None
 
     async def _register_telegram(self, row: ChannelRow, stored: dict[str, Any]) -> str:
         """getMe (the token works), then setWebhook with the channel's URL and secret token; returns @username."""
@@ -261,6 +302,9 @@ class ChannelService:
             if creds is not None:
                 if creds.type != row.type:
                     raise InvalidArgument(f"this is a {row.type} channel; give {row.type} credentials")
+                if creds.type == "viber":
+                    account_id, viber_name = await self._viber_account(creds.access_token)
+                    creds = replace(creds, external_id=account_id, account_detail=viber_name)
                 if creds.external_id != row.external_id:
                     raise InvalidArgument(
                         f"credentials are for account {creds.external_id}, but this channel is account "
@@ -284,13 +328,15 @@ class ChannelService:
                 else:
                     raise InvalidArgument(
                         "only custom and Telegram channels have a webhook secret; Meta channels are signed with the "
-                        "app secret"
+                        "app secret, Viber's with the auth token"
                     )
             row.secrets = self.box.seal(stored)
             row.updated_at = datetime.now(UTC)
             if telegram_changed:
                 account = await self._register_telegram(row, stored)
                 row.account_detail = account or row.account_detail
+            if creds is not None and creds.type == "viber":
+                await self._register_viber(row, creds.access_token)
         return Connected(row, webhook_secret)
 
     async def disconnect(self, space_id: str, channel_id: str) -> ChannelRow:
@@ -308,6 +354,11 @@ class ChannelService:
                 await self.providers.telegram(stored["access_token"], "deleteWebhook", {})
             except (ProviderError, KeyError) as exc:
                 log.warning("channel %s disconnected, but Telegram deleteWebhook failed: %s", row.id, exc)
+        if row.type == "viber":
+            try:
+                await self.providers.viber(stored["access_token"], "set_webhook", {"url": ""})
+            except (ProviderError, KeyError) as exc:
+                log.warning("channel %s disconnected, but removing its Viber webhook failed: %s", row.id, exc)
         return row
 
 

@@ -12,7 +12,9 @@ from .messenger import parse_messenger
 from .meta import parse_meta
 from .model import ParsedItem
 from .signatures import Verdict, sign_custom, verify_custom_signature, verify_meta_signature, verify_telegram_secret
+from .signatures import verify_viber_signature
 from .telegram import parse_telegram
+from .viber import parse_viber
 from .whatsapp import parse_whatsapp
 
 __all__ = [
@@ -24,9 +26,11 @@ __all__ = [
     "parse_messenger",
     "parse_meta",
     "parse_telegram",
+    "parse_viber",
     "parse_whatsapp",
     "sign_custom",
     "verify_custom_signature",
     "verify_meta_signature",
     "verify_telegram_secret",
+    "verify_viber_signature",
 ]

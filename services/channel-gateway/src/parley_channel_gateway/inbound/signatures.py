@@ -4,6 +4,7 @@
 - Telegram: `X-Telegram-Bot-Api-Secret-Token` equals the secret given to setWebhook.
 - Custom channels: `X-Parley-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`;
   several `v1=` entries are allowed (secret rotation) and a `t` outside the tolerance window is refused.
+- Viber: `X-Viber-Content-Signature: <hex HMAC-SHA256(auth token, raw body)>`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 META_HEADER = "X-Hub-Signature-256"
 TELEGRAM_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 CUSTOM_HEADER = "X-Parley-Signature"
+VIBER_HEADER = "X-Viber-Content-Signature"
 DEFAULT_TOLERANCE_SECONDS = 300
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -98,3 +100,13 @@ def verify_custom_signature(
         return Verdict.MISMATCH
     current = time.time() if now is None else now
     return Verdict.VALID if abs(current - int(moment)) <= tolerance_seconds else Verdict.STALE
+
+
+def verify_viber_signature(body: bytes, header: str | None, auth_token: str) -> Verdict:
+    """Check Viber's `X-Viber-Content-Signature`: hex HMAC-SHA256 of the raw body keyed with the bot's auth token."""
+    if not header:
+        return Verdict.MISSING
+    if not _HEX64.match(header.strip()):
+        return Verdict.MALFORMED
+    expected = _hmac_sha256(auth_token, body)
+    return Verdict.VALID if hmac.compare_digest(expected, bytes.fromhex(header.strip())) else Verdict.MISMATCH

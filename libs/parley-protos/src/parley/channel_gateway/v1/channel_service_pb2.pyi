@@ -63,12 +63,15 @@ class Channel(_message.Message):
     type: _common_pb2.ChannelType.ValueType
     name: _builtins.str
     external_id: _builtins.str
-    """The provider's id of the account: Page id, Instagram account id, WhatsApp phone_number_id, Telegram bot id;
+    """The provider's id of the account: Page id, Instagram account id, WhatsApp phone_number_id, Telegram bot id,
+    Viber account id (get_account_info id);
     empty for custom channels.
     """
     status: Global___ChannelStatus.ValueType
     account_detail: _builtins.str
-    """WhatsApp: the WhatsApp Business Account id. Telegram: the bot's username, when known."""
+    """WhatsApp: the WhatsApp Business Account id. Telegram: the bot's username, when known.
+    Viber: the bot's name (get_account_info name), used as the sender name of its messages.
+    """
     outbound_webhook_url: _builtins.str
     """Custom channels: where outbound messages are POSTed."""
     inbound_webhook_url: _builtins.str
@@ -204,6 +207,28 @@ class TelegramCredentials(_message.Message):
 Global___TelegramCredentials: _TypeAlias = TelegramCredentials  # noqa: Y015
 
 @_typing.final
+class ViberCredentials(_message.Message):
+    """A Viber bot (Public Account): the gateway checks the token with get_account_info and registers the webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTH_TOKEN_FIELD_NUMBER: _builtins.int
+    auth_token: _builtins.str
+    """The bot's authentication token (Viber's "app key"); it also signs Viber's callbacks."""
+    def __init__(
+        self,
+        *,
+        auth_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_token", b"auth_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ViberCredentials: _TypeAlias = ViberCredentials  # noqa: Y015
+
+@_typing.final
 class CustomChannelConfig(_message.Message):
     """A business's own app or website."""
 
@@ -236,6 +261,7 @@ class ConnectChannelRequest(_message.Message):
     WHATSAPP_FIELD_NUMBER: _builtins.int
     TELEGRAM_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELD_NUMBER: _builtins.int
+    VIBER_FIELD_NUMBER: _builtins.int
     space_id: _builtins.str
     name: _builtins.str
     """A name people recognise the channel by; defaults to the account id."""
@@ -249,6 +275,8 @@ class ConnectChannelRequest(_message.Message):
     def telegram(self) -> Global___TelegramCredentials: ...
     @_builtins.property
     def custom(self) -> Global___CustomChannelConfig: ...
+    @_builtins.property
+    def viber(self) -> Global___ViberCredentials: ...
     def __init__(
         self,
         *,
@@ -259,12 +287,13 @@ class ConnectChannelRequest(_message.Message):
         whatsapp: Global___WhatsAppCredentials | None = ...,
         telegram: Global___TelegramCredentials | None = ...,
         custom: Global___CustomChannelConfig | None = ...,
+        viber: Global___ViberCredentials | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "telegram", b"telegram", "viber", b"viber", "whatsapp", b"whatsapp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "space_id", b"space_id", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "space_id", b"space_id", "telegram", b"telegram", "viber", b"viber", "whatsapp", b"whatsapp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "viber"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_config) -> _WhichOneofReturnType_config | None: ...
 
@@ -403,6 +432,7 @@ class UpdateChannelRequest(_message.Message):
     WHATSAPP_FIELD_NUMBER: _builtins.int
     TELEGRAM_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELD_NUMBER: _builtins.int
+    VIBER_FIELD_NUMBER: _builtins.int
     ROTATE_SECRET_FIELD_NUMBER: _builtins.int
     space_id: _builtins.str
     channel_id: _builtins.str
@@ -420,6 +450,8 @@ class UpdateChannelRequest(_message.Message):
     def telegram(self) -> Global___TelegramCredentials: ...
     @_builtins.property
     def custom(self) -> Global___CustomChannelConfig: ...
+    @_builtins.property
+    def viber(self) -> Global___ViberCredentials: ...
     def __init__(
         self,
         *,
@@ -431,15 +463,16 @@ class UpdateChannelRequest(_message.Message):
         whatsapp: Global___WhatsAppCredentials | None = ...,
         telegram: Global___TelegramCredentials | None = ...,
         custom: Global___CustomChannelConfig | None = ...,
+        viber: Global___ViberCredentials | None = ...,
         rotate_secret: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "telegram", b"telegram", "viber", b"viber", "whatsapp", b"whatsapp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "channel_id", b"channel_id", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "rotate_secret", b"rotate_secret", "space_id", b"space_id", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "channel_id", b"channel_id", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "rotate_secret", b"rotate_secret", "space_id", b"space_id", "telegram", b"telegram", "viber", b"viber", "whatsapp", b"whatsapp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "viber"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
