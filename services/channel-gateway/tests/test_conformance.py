@@ -21,6 +21,7 @@ from parley_channel_gateway.inbound import (
     parse_instagram,
     parse_messenger,
     parse_telegram,
+    parse_viber,
     parse_whatsapp,
     verify_meta_signature,
 )
@@ -46,6 +47,8 @@ WHATSAPP_TYPES = {"text", "image", "audio", "video", "document", "sticker", "loc
 WHATSAPP_TYPES |= {"button", "reaction", "order", "system", "unsupported", "edit", "revoke"}
 TELEGRAM_FIELDS = ("message", "edited_message", "channel_post", "edited_channel_post", "callback_query")
 TELEGRAM_FIELDS += ("my_chat_member",)
+VIBER_EVENTS = ("subscribed", "unsubscribed", "conversation_started", "delivered", "seen", "failed")
+VIBER_TYPES = ("text", "picture", "video", "file", "sticker", "contact", "location", "url")
 
 
 def files(provider: str) -> list[str]:
@@ -142,6 +145,20 @@ def test_telegram(name: str) -> None:
         items = parse_telegram(json.dumps(update), channel_id="conformance")
         expected = [field in TELEGRAM_FIELDS for field in update if field != "update_id"]
         check(items, expected, name)
+
+
+@pytest.mark.parametrize("name", files("viber"))
+def test_viber(name: str) -> None:
+    raw = (WEBHOOKS / name).read_bytes()
+    document = json.loads(raw)
+    items = parse_viber(raw, channel_id="conformance")
+    known = document["event"] in VIBER_EVENTS or (
+        document["event"] == "message" and document["message"].get("type") in VIBER_TYPES
+    )
+    check(items, [known], name)
+    token = str(document["message_token"])  # 4912661846655238145: exact, not rounded to a double
+    assert items[0].event.event_id.count(token) == 1
+    assert json.loads(items[0].event.raw_json)["message_token"] == document["message_token"]
 
 
 @pytest.mark.skipif(not (WEBHOOKS / "messenger" / "messenger4j_24.json").is_file(), reason="no signature vector")

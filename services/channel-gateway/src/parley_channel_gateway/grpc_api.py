@@ -73,7 +73,9 @@ class ChannelApi(pb_grpc.ChannelServiceServicer):
         caller.require(Permission.CHANNELS_MANAGE, space_id=space_id)
         creds = _credentials(request)
         if creds is None:
-            raise InvalidArgument("give one of messenger, instagram, whatsapp, telegram, custom or viber with its credentials")
+            raise InvalidArgument(
+                "give one of messenger, instagram, whatsapp, telegram, custom or viber with its credentials"
+            )
         connected = await self.service.connect(space_id, request.name, creds)
         return pb.ConnectChannelResponse(
             channel=self._channel(connected.channel), webhook_secret=connected.webhook_secret

@@ -39,12 +39,15 @@ from parley_channel_gateway.inbound import (
     parse_instagram,
     parse_messenger,
     parse_telegram,
+    parse_viber,
     parse_whatsapp,
     verify_custom_signature,
     verify_meta_signature,
     verify_telegram_secret,
+    verify_viber_signature,
 )
-from parley_channel_gateway.inbound.signatures import CUSTOM_HEADER, META_HEADER, TELEGRAM_HEADER
+from parley_channel_gateway.inbound.signatures import CUSTOM_HEADER, META_HEADER, TELEGRAM_HEADER, VIBER_HEADER
+from parley_channel_gateway.inbound.viber import is_setup_check, load_callback
 
 log = logging.getLogger(__name__)
 _tracer = telemetry.tracer("parley_channel_gateway.web")
@@ -274,6 +277,20 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
             return bridge.run(deliver("custom", items, channel), timeout + lookup_timeout)
 
         return webhook("custom", handle)
+
+    @app.post("/webhooks/viber/<channel_id>")
+    def viber_post(channel_id: str) -> Response:
+        def handle() -> dict[str, Any]:
+            body = read_json_body("viber")
+            if is_setup_check(load_callback(body)):
+                # Viber sends it while set_webhook runs, before ConnectChannel commits the channel: no lookup.
+                return {"status": "ok", "published": 0, "ignored": 0}
+            channel = by_url("viber", channel_id)
+            check(verify_viber_signature(body, request.headers.get(VIBER_HEADER), channel.secret), VIBER_HEADER)
+            items = parse_viber(body, channel_id=channel.id)
+            return bridge.run(deliver("viber", items, channel), timeout + lookup_timeout)
+
+        return webhook("viber", handle)
 
     # -- probes and metrics -----------------------------------------------------------------------------------------
 

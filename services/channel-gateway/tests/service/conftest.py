@@ -38,6 +38,8 @@ APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
 BOT_TOKEN = "123456789:AAbbCCddEEffGGhhIIjjKKllMMnnOOppQQ"
 META_TOKEN = "EAAGtestpageaccesstoken1234567890"
+VIBER_TOKEN = "4453b6ac12345678-e02c5f12174805f9-daec9cbb5448c51f"
+VIBER_ACCOUNT = "pa:5523928843278473021"
 
 
 @dataclass
@@ -92,6 +94,12 @@ class FakeProvider:
                 if queue and pattern.search(path):
                     return queue.pop(0)
         data = json.loads(body) if body else {}
+        if path.startswith("/viber/"):
+            if path.endswith("/get_account_info"):
+                return 200, {"status": 0, "status_message": "ok", "id": VIBER_ACCOUNT, "name": "Parley Viber Bot"}, {}
+            if path.endswith("/send_message"):  # message tokens are 64-bit integers above 2^53
+                return 200, {"status": 0, "status_message": "ok", "message_token": 5098034272017990000 + n}, {}
+            return 200, {"status": 0, "status_message": "ok"}, {}
         if "/bot" in path:
             method_name = path.rsplit("/", 1)[-1]
             if method_name == "getMe":
@@ -127,6 +135,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def do_HEAD(self) -> None:
+        """A file's size for Viber video/file sends: `/files/<n bytes>/...` has Content-Length n."""
+        with self.fake.lock:
+            self.fake.requests.append(Recorded("HEAD", self.path, dict(self.headers), b"", time.time()))
+        size = self.path.split("/")[2] if self.path.startswith("/files/") else ""
+        self.send_response(200 if size.isdigit() else 404)
+        self.send_header("Content-Length", size if size.isdigit() else "0")
+        self.end_headers()
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -167,6 +184,7 @@ def make_settings(
             "channel_gateway_meta_verify_token": VERIFY_TOKEN,
             "channel_gateway_graph_api_url": fake_provider.url + "/graph",
             "channel_gateway_telegram_api_url": fake_provider.url + "/telegram",
+            "channel_gateway_viber_api_url": fake_provider.url + "/viber",
             "channel_gateway_public_url": "https://gateway.test",
             "channel_gateway_channel_cache_seconds": 0.5,
             "channel_gateway_provider_timeout_seconds": 2.0,
@@ -192,7 +210,11 @@ def run(coro: Any) -> Any:
 async def connect_channel(settings: Settings, space_id: str, type_: str, name: str = "", **fields: str) -> Any:
     """Connect a channel through the domain service (as ConnectChannel does); returns Connected."""
     engine = db.create_engine(settings.database_url, pool_size=1)
-    providers = Providers(settings.channel_gateway_graph_api_url, settings.channel_gateway_telegram_api_url)
+    providers = Providers(
+        settings.channel_gateway_graph_api_url,
+        settings.channel_gateway_telegram_api_url,
+        viber_api_url=settings.channel_gateway_viber_api_url,
+    )
     try:
         service = ChannelService(
             Repository(db.session_factory(engine)),
@@ -313,4 +335,6 @@ def gw() -> Any:
         VERIFY_TOKEN=VERIFY_TOKEN,
         BOT_TOKEN=BOT_TOKEN,
         META_TOKEN=META_TOKEN,
+        VIBER_TOKEN=VIBER_TOKEN,
+        VIBER_ACCOUNT=VIBER_ACCOUNT,
     )

@@ -11,8 +11,14 @@ from .instagram import parse_instagram
 from .messenger import parse_messenger
 from .meta import parse_meta
 from .model import ParsedItem
-from .signatures import Verdict, sign_custom, verify_custom_signature, verify_meta_signature, verify_telegram_secret
-from .signatures import verify_viber_signature
+from .signatures import (
+    Verdict,
+    sign_custom,
+    verify_custom_signature,
+    verify_meta_signature,
+    verify_telegram_secret,
+    verify_viber_signature,
+)
 from .telegram import parse_telegram
 from .viber import parse_viber
 from .whatsapp import parse_whatsapp

@@ -85,9 +85,9 @@ def _event(root: JsonObject, channel_id: str) -> ev.InboundEvent:
     if kind in _RECEIPTS:
         inbound_kind, status = _RECEIPTS[kind]
         event = new(inbound_kind, kind, [token, contact])
-        event.receipt.CopyFrom(
-            ev.Receipt(status=status, provider_message_ids=[token] if token else [], error_message=text(root.get("desc")))
-        )
+        ids = [token] if token else []
+        receipt = ev.Receipt(status=status, provider_message_ids=ids, error_message=text(root.get("desc")))
+        event.receipt.CopyFrom(receipt)
         event.target_provider_message_id = token
         return event
     if kind == "subscribed":
