@@ -55,7 +55,9 @@ def connect(token: str = TOKEN, name: str = "") -> pb.ConnectChannelRequest:
     return pb.ConnectChannelRequest(viber=pb.ViberCredentials(auth_token=token), name=name)
 
 
-async def test_connect_checks_the_token_then_registers_the_webhook(call: Any, fake_provider: Any, migrated: str) -> None:
+async def test_connect_checks_the_token_then_registers_the_webhook(
+    call: Any, fake_provider: Any, migrated: str
+) -> None:
     account, s = new_account(fake_provider), space()
     channel = (await call("ConnectChannel", connect(), space=s)).channel
     assert channel.type == common_pb2.CHANNEL_TYPE_VIBER and channel.external_id == account
@@ -76,7 +78,8 @@ async def test_connect_checks_the_token_then_registers_the_webhook(call: Any, fa
     engine = db.create_engine(migrated, pool_size=1)
     try:
         async with engine.connect() as conn:
-            row = (await conn.execute(text("SELECT secrets FROM channels WHERE id = :i"), {"i": channel.channel_id})).one()
+            query = text("SELECT secrets FROM channels WHERE id = :i")
+            row = (await conn.execute(query, {"i": channel.channel_id})).one()
     finally:
         await engine.dispose()
     assert TOKEN.encode() not in bytes(row.secrets) and bytes(row.secrets).startswith(b"gAAAA")

@@ -87,6 +87,12 @@ bodies = {
         lambda u, rest: {"update_id": u, **rest}, st.integers(), st.dictionaries(keys, json_values, max_size=4)
     ),
     "custom": json_values | st.dictionaries(keys, json_values, max_size=6),
+    "viber": json_values
+    | st.builds(
+        lambda e, rest: {"event": e, **rest},
+        st.sampled_from(["message", "delivered", "seen", "failed", "subscribed", "conversation_started", "x"]),
+        st.dictionaries(keys, json_values, max_size=5),
+    ),
 }
 
 
@@ -103,6 +109,8 @@ def fuzz_client(migrated: str, make_settings: Callable[..., Any], gw: Any, fake_
     )
     telegram = gw.run(gw.connect_channel(settings_, space, "telegram", bot_token=gw.BOT_TOKEN))
     custom = gw.run(gw.connect_channel(settings_, space, "custom", outbound_webhook_url=fake_provider.url + "/hook"))
+    fake_provider.script("/viber/get_account_info", (200, {"status": 0, "id": f"pa:fuzz-{space}", "name": "Fuzz"}))
+    viber = gw.run(gw.connect_channel(settings_, space, "viber", auth_token=gw.VIBER_TOKEN))
     box = SecretBox(settings_.channel_gateway_encryption_key)
     client = gw.WebClient(settings_)
     gw.wait_until(lambda: client.get("/readyz").status_code == 200, timeout=20)
@@ -116,6 +124,9 @@ def fuzz_client(migrated: str, make_settings: Callable[..., Any], gw: Any, fake_
         if provider == "custom":
             headers["X-Parley-Signature"] = sign_custom(raw, custom.webhook_secret)
             return client.post(f"/webhooks/custom/{custom.channel.id}", data=raw, headers=headers)
+        if provider == "viber":
+            headers["X-Viber-Content-Signature"] = hmac.new(gw.VIBER_TOKEN.encode(), raw, hashlib.sha256).hexdigest()
+            return client.post(f"/webhooks/viber/{viber.channel.id}", data=raw, headers=headers)
         headers["X-Hub-Signature-256"] = "sha256=" + hmac.new(gw.APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
         return client.post(f"/webhooks/{provider}", data=raw, headers=headers)
 

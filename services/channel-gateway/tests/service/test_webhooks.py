@@ -19,6 +19,7 @@ from parley_channel_gateway.inbound import (
     parse_instagram,
     parse_messenger,
     parse_telegram,
+    parse_viber,
     parse_whatsapp,
 )
 from parley_channel_gateway.inbound.signatures import sign_custom
@@ -67,11 +68,21 @@ class Gateway:
             hdrs["X-Parley-Signature"] = signature
         return self.client.post(f"/webhooks/custom/{channel.channel.id}", data=body, headers=hdrs)
 
+    def post_viber(self, body: bytes, *, signature: str | None = "valid", channel_id: str = "") -> Any:
+        hdrs = {"Content-Type": "application/json"}
+        if signature == "valid":
+            hdrs["X-Viber-Content-Signature"] = hmac.new(self.gw.VIBER_TOKEN.encode(), body, hashlib.sha256).hexdigest()
+        elif signature is not None:
+            hdrs["X-Viber-Content-Signature"] = signature
+        return self.client.post(f"/webhooks/viber/{channel_id or self.channels['viber'].channel.id}", body, hdrs)
+
     def post(self, provider: str, body: bytes) -> Any:
         if provider == "telegram":
             return self.post_telegram(body)
         if provider == "custom":
             return self.post_custom(body)
+        if provider == "viber":
+            return self.post_viber(body)
         return self.post_meta(provider, body)
 
     @property
@@ -110,11 +121,17 @@ def gateway(migrated: str, make_settings: Callable[..., Any], gw: Any, fake_prov
         "custom": gw.run(
             gw.connect_channel(settings, space_id, "custom", outbound_webhook_url=fake_provider.url + "/hook")
         ),
+        "viber": viber_channel(gw, settings, space_id, fake_provider),
     }
     client = gw.WebClient(settings)
     gw.wait_until(lambda: client.get("/readyz").status_code == 200, timeout=20)
     yield Gateway(client, gw, settings, channels, space_id)
     client.close()
+
+
+def viber_channel(gw: Any, settings: Any, space_id: str, fake: Any) -> Any:
+    fake.script("/viber/get_account_info", (200, {"status": 0, "id": f"pa:{space_id}", "name": "Webhook Bot"}))
+    return gw.run(gw.connect_channel(settings, space_id, "viber", auth_token=gw.VIBER_TOKEN))
 
 
 # -- Meta's verification handshake ---------------------------------------------------------------------------------
@@ -170,6 +187,14 @@ CASES = [
     ("telegram", "my_chat_member", ev.INBOUND_KIND_MEMBERSHIP),
     ("custom", "message", ev.INBOUND_KIND_MESSAGE),
     ("custom", "postback", ev.INBOUND_KIND_POSTBACK),
+    ("viber", "message_text", ev.INBOUND_KIND_MESSAGE),
+    ("viber", "message_keyboard_reply", ev.INBOUND_KIND_POSTBACK),
+    ("viber", "delivered", ev.INBOUND_KIND_DELIVERY),
+    ("viber", "seen", ev.INBOUND_KIND_READ),
+    ("viber", "failed", ev.INBOUND_KIND_STATUS),
+    ("viber", "subscribed", ev.INBOUND_KIND_OPTIN),
+    ("viber", "conversation_started", ev.INBOUND_KIND_REFERRAL),
+    ("viber", "client_status", ev.INBOUND_KIND_UNKNOWN),
 ]
 
 
@@ -210,6 +235,8 @@ def _expected_items(gateway: Gateway, provider: str, raw: bytes) -> tuple[list[A
         return [i.event for i in parse_telegram(raw, channel_id=channel.id)], 0
     if provider == "custom":
         return [i.event for i in parse_custom(raw, channel_id=channel.id)], 0
+    if provider == "viber":
+        return [i.event for i in parse_viber(raw, channel_id=channel.id)], 0
     parser = {"messenger": parse_messenger, "instagram": parse_instagram, "whatsapp": parse_whatsapp}[provider]
     items = parser(raw)
     routed = [i.event for i in items if channel.external_id in i.channel_keys]
@@ -339,6 +366,34 @@ def test_custom_missing_forged_or_stale_signature_is_refused(
     stale = gateway.post_custom(data, signature=sign_custom(data, secret, timestamp=int(time.time()) - 3600))
     assert stale.status_code == 403 and stale.json["error"] == "signature_stale"
     assert len(gateway.events("custom")) == before
+
+
+def test_viber_missing_or_forged_signature_is_refused(gateway: Gateway, doc: Callable[[str, str], dict]) -> None:
+    raw = doc("viber", "message_text")
+    raw["message_token"] = 7014185462843000000 + uuid.uuid4().int % 100000
+    data = json.dumps(raw).encode()
+    before = len(gateway.events("viber"))
+    assert gateway.post_viber(data, signature=None).status_code == 401
+    forged = hmac.new(b"another-token-0123456789", data, hashlib.sha256).hexdigest()
+    assert gateway.post_viber(data, signature=forged).json["error"] == "signature_invalid"
+    assert gateway.post_viber(data, signature="not-hex").status_code == 403
+    assert len(gateway.events("viber")) == before
+    assert gateway.post_viber(data).json == {"status": "ok", "published": 1, "ignored": 0}
+    [new] = [p for p in gateway.events("viber")][before:]
+    assert new.event.provider_message_id == str(raw["message_token"])  # exact through JSON, protobuf and NATS
+
+
+def test_viber_webhook_setup_check_is_200_before_the_channel_exists(
+    gateway: Gateway, body: Callable[[str, str], bytes]
+) -> None:
+    before = len(gateway.events("viber"))
+    for channel_id in (str(uuid.uuid4()), gateway.channels["viber"].channel.id):
+        response = gateway.post_viber(body("viber", "webhook"), signature=None, channel_id=channel_id)
+        assert response.status_code == 200 and response.json == {"status": "ok", "published": 0, "ignored": 0}
+    assert len(gateway.events("viber")) == before
+    unknown = gateway.post_viber(body("viber", "message_text"), channel_id=str(uuid.uuid4()))
+    assert unknown.status_code == 404 and unknown.json["error"] == "unknown_channel"
+    assert gateway.post_viber(b'{"no_event": true}').json["error"] == "invalid_envelope"
 
 
 def test_same_webhook_delivered_three_times_publishes_one_event(gateway: Gateway) -> None:
