@@ -117,9 +117,16 @@ class World:
             return self.fake.received(f"/telegram/bot{TG_TOKEN}/send")
         if provider == "custom":
             return self.fake.received("/hook")
+        if provider == "viber":
+            return self.fake.received("/viber/send_message")
         if provider == "instagram":
             return self.fake.received("/graph/me/messages")
         return self.fake.received(f"/graph/{channel.external_id}/messages")
+
+
+async def connect_viber(gw: Any, settings: Any, space_id: str, fake: Any) -> Any:
+    fake.script("/viber/get_account_info", (200, {"status": 0, "id": f"pa:{space_id}", "name": "Kyiv Flowers Shop"}))
+    return await gw.connect_channel(settings, space_id, "viber", auth_token=gw.VIBER_TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +149,7 @@ async def world(
         "custom": await gw.connect_channel(
             settings, space_id, "custom", outbound_webhook_url=fake_provider.url + "/hook"
         ),
+        "viber": await connect_viber(gw, settings, space_id, fake_provider),
     }
     runtime = await build_worker(settings)
     nc = await nats.connect(nats_url)
@@ -491,6 +499,99 @@ async def test_custom_channel_webhook_is_signed_with_a_delivery_id(world: World)
         and payload["text"] == "to your app"
         and payload["contact_external_id"] == "user-42"
     )
+
+
+# -- Viber --
+
+VIBER_USER = "6a2Kq9Xw0mB+dZ1pLs7t4A=="
+
+
+async def test_viber_text_with_keyboard_records_the_exact_message_token(world: World, gw: Any) -> None:
+    rid = await world.request(
+        "viber",
+        contact=VIBER_USER,
+        hours_ago=None,
+        text="When shall we deliver?",
+        quick_replies=[ev.OutboundQuickReply(title="Morning", payload="SLOT_AM")],
+        buttons=[ev.OutboundButton(title="Track", url="https://shop.example/t/1")],
+    )
+    row = await world.final(rid)
+    [call] = world.calls("viber")
+    assert call.headers["X-Viber-Auth-Token"] == gw.VIBER_TOKEN
+    assert call.json == {
+        "receiver": VIBER_USER,
+        "min_api_version": 1,
+        "sender": {"name": "Kyiv Flowers Shop"},
+        "type": "text",
+        "text": "When shall we deliver?",
+        "keyboard": {
+            "Type": "keyboard",
+            "DefaultHeight": False,
+            "Buttons": [
+                {"ActionType": "open-url", "ActionBody": "https://shop.example/t/1", "Text": "Track"},
+                {"ActionType": "reply", "ActionBody": "SLOT_AM", "Text": "Morning"},
+            ],
+        },
+        "tracking_data": '{"parley_replies":{"SLOT_AM":"Morning"}}',
+    }
+    assert row.status == "sent" and int(row.provider_message_id) > 2**53
+    assert int(row.provider_message_id) - 5098034272017990000 < 10**6  # the fake's token, not a rounded double
+    [status] = await world.statuses(rid)
+    assert status.status == ev.DELIVERY_STATUS_SENT and status.provider_message_id == row.provider_message_id
+
+
+async def test_viber_picture_and_file_with_its_size_from_a_head_request(world: World) -> None:
+    picture = await world.request(
+        "viber",
+        contact=VIBER_USER,
+        text="Your bouquet",
+        attachments=[ev.OutboundAttachment(kind=ev.MEDIA_KIND_IMAGE, url="https://cdn.example/b.jpg")],
+    )
+    url = f"{world.fake.url}/files/48211/invoice.pdf?sig=1"
+    document = await world.request(
+        "viber", contact=VIBER_USER, attachments=[ev.OutboundAttachment(kind=ev.MEDIA_KIND_FILE, url=url)]
+    )
+    assert (await world.final(picture)).status == (await world.final(document)).status == "sent"
+    bodies = {c.json["type"]: c.json for c in world.calls("viber")}
+    assert bodies["picture"]["media"] == "https://cdn.example/b.jpg" and bodies["picture"]["text"] == "Your bouquet"
+    assert (bodies["file"]["media"], bodies["file"]["size"], bodies["file"]["file_name"]) == (url, 48211, "invoice.pdf")
+    assert [r.method for r in world.fake.received("/files/")] == ["HEAD"]
+
+
+async def test_viber_refuses_what_it_cannot_carry_without_calling_it(world: World) -> None:
+    two = [ev.OutboundAttachment(kind=ev.MEDIA_KIND_IMAGE, url=f"https://cdn.example/{n}.jpg") for n in (1, 2)]
+    video = [ev.OutboundAttachment(kind=ev.MEDIA_KIND_VIDEO, url=f"{world.fake.url}/missing.mp4")]
+    requests = [
+        await world.request("viber", contact=VIBER_USER, text="two files", attachments=two),
+        await world.request("viber", contact=VIBER_USER, template=ev.OutboundTemplate(name="t", language="en")),
+        await world.request("viber", contact=VIBER_USER, attachments=video),
+        await world.request("viber", contact=VIBER_USER, text="x" * 7001),
+    ]
+    for rid in requests:
+        row = await world.final(rid)
+        assert row.status == "failed" and row.error_code == "unsupported_content", row.error_message
+    assert world.calls("viber") == []
+
+
+async def test_viber_rate_control_is_retried_and_unsubscribed_receivers_fail_at_once(world: World) -> None:
+    world.fake.script("/viber/send_message", (200, {"status": 12, "status_message": "tooManyRequests"}))
+    retried = await world.request("viber", contact=VIBER_USER, text="after the rate limit")
+    row = await world.final(retried)
+    assert row.status == "sent" and row.attempts == 2
+    world.fake.script("/viber/send_message", (200, {"status": 6, "status_message": "receiverNotSubscribed"}))
+    refused = await world.request("viber", contact="unsubscribed-user", text="hello?")
+    row = await world.final(refused)
+    assert row.status == "failed" and row.attempts == 1
+    assert (row.error_code, row.error_message) == ("6", "receiverNotSubscribed")
+    [status] = await world.statuses(refused)
+    assert status.status == ev.DELIVERY_STATUS_FAILED and status.error_code == "6"
+
+
+async def test_viber_http_errors_retry_on_5xx_and_fail_on_4xx(world: World) -> None:
+    world.fake.script("/viber/send_message", (502, {}), (401, {"status_message": "unauthorized"}))
+    rid = await world.request("viber", contact=VIBER_USER, text="bad gateway then 401")
+    row = await world.final(rid)
+    assert row.status == "failed" and row.attempts == 2 and row.error_code == "http_401"
 
 
 async def test_channel_health_records_sends_and_errors(world: World) -> None:
