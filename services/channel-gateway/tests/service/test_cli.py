@@ -63,3 +63,18 @@ async def test_cli_errors_are_one_line_and_exit_1(address: str, mint_token: Call
     assert denied.exit_code == 1 and denied.output.strip().startswith("error: PERMISSION_DENIED")
     missing = await parley(address, token, "channels", "show", str(uuid.uuid4()))
     assert missing.exit_code == 1 and "NOT_FOUND" in missing.output
+
+
+async def test_cli_connects_a_viber_bot_with_a_prompted_token(
+    address: str, mint_token: Callable[..., str], fake_provider: Any, gw: Any
+) -> None:
+    account = f"pa:cli-{uuid.uuid4().hex[:8]}"
+    fake_provider.script("/viber/get_account_info", (200, {"status": 0, "id": account, "name": "CLI Bot"}))
+    token = mint_token(space_id=f"space-{uuid.uuid4().hex[:8]}", role="manager")
+    connected = await parley(address, token, "channels", "connect", "viber", "--json", input=f"{gw.VIBER_TOKEN}\n")
+    assert connected.exit_code == 0, connected.output
+    channel = json.loads(connected.output[connected.output.index("{") :])
+    assert (channel["type"], channel["external_id"], channel["name"]) == ("viber", account, "CLI Bot")
+    assert channel["inbound_webhook_url"].endswith(f"/webhooks/viber/{channel['channel_id']}")
+    listed = await parley(address, token, "channels", "list", "--type", "viber", "--json")
+    assert [c["channel_id"] for c in json.loads(listed.output)] == [channel["channel_id"]]

@@ -12,7 +12,7 @@ from parley.common.v1 import common_pb2
 from parley_cli.common import call, command, emit, json_option, to_dict, token_option
 
 SERVICE = "channel-gateway"
-TYPES = ["messenger", "instagram", "whatsapp", "telegram", "custom"]
+TYPES = ["messenger", "instagram", "whatsapp", "telegram", "custom", "viber"]
 COLUMNS = ["channel_id", "type", "name", "external_id", "status", "inbound_webhook_url"]
 _TYPE_VALUES = {name: getattr(common_pb2, f"CHANNEL_TYPE_{name.upper()}") for name in TYPES}
 
@@ -36,7 +36,7 @@ async def _rpc(method: str, request: Any, token_value: str | None) -> Any:
 
 @click.group()
 def channels() -> None:
-    """Messaging channels of a space: Messenger, Instagram, WhatsApp, Telegram, custom."""
+    """Messaging channels of a space: Messenger, Instagram, WhatsApp, Telegram, custom, Viber."""
 
 
 # -- connect --
@@ -126,6 +126,16 @@ async def connect_custom(webhook_url: str, space_id: str, name: str, as_json: bo
     """Connect your own app or website; prints the webhook secret once."""
     config = pb.CustomChannelConfig(outbound_webhook_url=webhook_url)
     await _connect(pb.ConnectChannelRequest(space_id=space_id, name=name, custom=config), as_json, token_value)
+
+
+@connect.command("viber")
+@click.option("--auth-token", required=True, prompt=True, hide_input=True, envvar="PARLEY_VIBER_AUTH_TOKEN")
+@_common
+@command
+async def connect_viber(auth_token: str, space_id: str, name: str, as_json: bool, token_value: str | None) -> None:
+    """Connect a Viber bot by its authentication token (the gateway registers its webhook with Viber)."""
+    creds = pb.ViberCredentials(auth_token=auth_token)
+    await _connect(pb.ConnectChannelRequest(space_id=space_id, name=name, viber=creds), as_json, token_value)
 
 
 # -- read and disconnect --
