@@ -22,6 +22,7 @@ CHANNEL_TYPES = {
     common.CHANNEL_TYPE_WHATSAPP: messaging_window.WHATSAPP,
     common.CHANNEL_TYPE_TELEGRAM: messaging_window.TELEGRAM,
     common.CHANNEL_TYPE_CUSTOM: messaging_window.CUSTOM,
+    common.CHANNEL_TYPE_VIBER: "viber",  # no messaging window: the kit's rule has no entry for it
 }
 CHANNEL_TYPE_PB = {v: k for k, v in CHANNEL_TYPES.items()}
 
