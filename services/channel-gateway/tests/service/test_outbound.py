@@ -372,9 +372,10 @@ async def test_a_redelivered_request_is_never_sent_twice(world: World) -> None:
     assert len(await world.statuses(rid, expect=2, timeout=2)) == 1
 
 
-async def test_a_send_interrupted_by_a_crash_is_not_sent_again(world: World) -> None:
-    """The crash window: SENDING recorded, the outcome never recorded. Meta has no idempotency key, so the
-    gateway records outcome_unknown instead of risking a duplicate."""
+@pytest.mark.parametrize("provider", ["messenger", "viber"])
+async def test_a_send_interrupted_by_a_crash_is_not_sent_again(world: World, provider: str) -> None:
+    """The crash window: SENDING recorded, the outcome never recorded. Meta and Viber have no idempotency key, so
+    the gateway records outcome_unknown instead of risking a duplicate."""
     rid = str(uuid.uuid4())
     engine = db.create_engine(world.settings.database_url, pool_size=1)
     try:
@@ -384,14 +385,14 @@ async def test_a_send_interrupted_by_a_crash_is_not_sent_again(world: World) -> 
                     "INSERT INTO send_log (request_id, space_id, channel_id, status, attempts, claimed_until) "
                     "VALUES (:r, :s, :c, 'sending', 1, now() - interval '1 minute')"
                 ),
-                {"r": rid, "s": world.space_id, "c": world.channels["messenger"].channel.id},
+                {"r": rid, "s": world.space_id, "c": world.channels[provider].channel.id},
             )
     finally:
         await engine.dispose()
-    await world.request("messenger", text="maybe sent already", request_id=rid)
+    await world.request(provider, text="maybe sent already", request_id=rid)
     row = await world.final(rid)
     assert row.status == "failed" and row.error_code == "outcome_unknown"
-    assert world.calls("messenger") == []
+    assert world.calls(provider) == []
 
 
 # -- WhatsApp, Telegram, custom --
