@@ -22,6 +22,7 @@ TYPE_TO_PB = {
     "whatsapp": common_pb2.CHANNEL_TYPE_WHATSAPP,
     "telegram": common_pb2.CHANNEL_TYPE_TELEGRAM,
     "custom": common_pb2.CHANNEL_TYPE_CUSTOM,
+    "twilio_sms": common_pb2.CHANNEL_TYPE_TWILIO_SMS,
 }
 PB_TO_TYPE = {v: k for k, v in TYPE_TO_PB.items()}
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChannelService"].full_name
@@ -72,7 +73,9 @@ class ChannelApi(pb_grpc.ChannelServiceServicer):
         caller.require(Permission.CHANNELS_MANAGE, space_id=space_id)
         creds = _credentials(request)
         if creds is None:
-            raise InvalidArgument("give one of messenger, instagram, whatsapp, telegram or custom with its credentials")
+            raise InvalidArgument(
+                "give one of messenger, instagram, whatsapp, telegram, custom or twilio_sms with its credentials"
+            )
         connected = await self.service.connect(space_id, request.name, creds)
         return pb.ConnectChannelResponse(
             channel=self._channel(connected.channel), webhook_secret=connected.webhook_secret

@@ -1,6 +1,7 @@
-"""Provider send APIs over httpx: Messenger/Instagram Send API, WhatsApp Cloud API, Telegram Bot API, and
-custom channels' signed webhooks. Building each provider's request is pure; errors are classified into
-retryable (timeouts, 5xx, rate limits, with the provider's wait when it gives one) and permanent ones.
+"""Provider send APIs over httpx: Messenger/Instagram Send API, WhatsApp Cloud API, Telegram Bot API, Twilio
+Programmable Messaging (`outbound_twilio_sms`), and custom channels' signed webhooks. Building each provider's
+request is pure; errors are classified into retryable (timeouts, 5xx, rate limits, with the provider's wait when
+it gives one) and permanent ones.
 
 Every HTTP call runs in a CLIENT span (`send <provider>` for message sends) and is timed in
 `parley_channel_gateway_provider_request_duration_seconds{provider, outcome}`.
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -85,6 +87,7 @@ class Target:
     access_token: str = ""
     webhook_url: str = ""
     webhook_secret: str = ""
+    account_detail: str = ""  # Twilio SMS: the account SID
 
 
 # -- errors ---------------------------------------------------------------------------------------------------
@@ -418,11 +421,15 @@ class Providers:
     graph_api_url: str
     telegram_api_url: str
     timeout: float = 10.0
+    twilio_api_url: str = "https://api.twilio.com"
+    public_url: str = ""  # the gateway's public base URL: Twilio status callbacks come back to it
     http: httpx.AsyncClient = field(init=False)
 
     def __post_init__(self) -> None:
         self.graph_api_url = self.graph_api_url.rstrip("/")
         self.telegram_api_url = self.telegram_api_url.rstrip("/")
+        self.twilio_api_url = self.twilio_api_url.rstrip("/")
+        self.public_url = self.public_url.rstrip("/")
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         self.http = httpx.AsyncClient(timeout=self.timeout, limits=limits, follow_redirects=False)
 
@@ -453,16 +460,28 @@ class Providers:
             return f"{chat.get('id', msg.contact_external_id)}:{result.get('message_id', '')}"
         if target.type == "custom":
             return await self._custom(target, msg, attempt)
+        if target.type == "twilio_sms":
+            from parley_channel_gateway.outbound_twilio_sms import account_path, twilio_sms_request
+
+            callback = f"{self.public_url}/webhooks/twilio_sms/{target.channel_id}" if self.public_url else ""
+            fields = twilio_sms_request(msg, from_number=target.external_id, status_callback=callback)
+            path = account_path(target.account_detail, "Messages.json")
+            data = await self.twilio(
+                target.account_detail, target.access_token, path, fields, span_name="send twilio_sms", attempt=attempt
+            )
+            return str(data.get("sid") or "")
         raise InvalidContent(f"unknown channel type {target.type!r}")
 
     @contextlib.contextmanager
-    def _observed(self, provider: str, url: str, span_name: str = "", attempt: int | None = None) -> Iterator[_Call]:
+    def _observed(
+        self, provider: str, url: str, span_name: str = "", attempt: int | None = None, method: str = "POST"
+    ) -> Iterator[_Call]:
         """A provider HTTP call: its CLIENT span and its duration by outcome. The block sets `call.status` from
         the answer; a ProviderError it raises gives the outcome (no status: network_error)."""
         call = _Call()
         attributes = {
             "parley.provider": provider,
-            "http.request.method": "POST",
+            "http.request.method": method,
             "server.address": httpx.URL(url).host,
         }
         if attempt is not None:
@@ -530,6 +549,50 @@ class Providers:
             raise telegram_error(response)
         result = data.get("result")
         return result if isinstance(result, dict) else {"value": result}
+
+    async def twilio(
+        self,
+        account_sid: str,
+        auth_token: str,
+        path: str,
+        form: list[tuple[str, str]] | None = None,
+        *,
+        query: dict[str, str] | None = None,
+        span_name: str = "",
+        attempt: int | None = None,
+    ) -> dict[str, Any]:
+        """Call the Twilio REST API with HTTP basic auth: POST `form` when given, else GET with `query`."""
+        method = "GET" if form is None else "POST"
+        name = span_name or f"twilio {method}"
+        with self._observed("twilio_sms", self.twilio_api_url, name, attempt, method) as call:
+            return await self._twilio_call(call, (account_sid, auth_token), method, path, form, query)
+
+    async def _twilio_call(
+        self,
+        call: _Call,
+        auth: tuple[str, str],
+        method: str,
+        path: str,
+        form: list[tuple[str, str]] | None,
+        query: dict[str, str] | None,
+    ) -> dict[str, Any]:
+        from parley_channel_gateway.outbound_twilio_sms import twilio_error
+
+        body = urlencode(form).encode() if form is not None else None
+        headers = {"Content-Type": "application/x-www-form-urlencoded"} if form is not None else None
+        try:
+            response = await self.http.request(
+                method, self.twilio_api_url + path, content=body, params=query, headers=headers, auth=auth
+            )
+        except httpx.TimeoutException as exc:
+            raise ProviderError("timeout", "Twilio did not answer in time", retryable=True) from exc
+        except httpx.HTTPError as exc:
+            reason = f"cannot reach the Twilio API ({type(exc).__name__})"
+            raise ProviderError("unreachable", reason, retryable=True) from None
+        call.status = response.status_code
+        if response.status_code >= 300:
+            raise twilio_error(response)
+        return _json(response)
 
     async def _custom(self, target: Target, msg: OutboundMessage, attempt: int | None = None) -> str:
         with self._observed("custom", target.webhook_url, attempt=attempt) as call:

@@ -12,7 +12,7 @@ Life of a send request (keyed by `request_id` in the send log):
    in-process when the provider's wait is short, else through JetStream (nak with the consumer's backoff).
 
 The crash window: a worker that dies between 3 and 4 leaves the row SENDING. The provider may or may not
-have accepted the message, and Meta, WhatsApp and Telegram offer no idempotency key, so when the request
+have accepted the message, and Meta, WhatsApp, Telegram and Twilio offer no idempotency key, so when the request
 is redelivered after `claimed_until` the gateway does not send again: it records FAILED with code
 `outcome_unknown` (at most once: a person can resend; a duplicate cannot be unsent). Custom channels
 receive `X-Parley-Delivery-Id` (the request id) and must de-duplicate on it, so for them the send is
@@ -175,6 +175,7 @@ class OutboundSender:
             access_token=str(secrets.get("access_token", "")),
             webhook_url=channel.outbound_webhook_url,
             webhook_secret=str(secrets.get("webhook_secret", "")),
+            account_detail=channel.account_detail,
         )
 
     async def _rate(self, target: Target) -> None:

@@ -17,23 +17,28 @@ from parley_kit.errors import FailedPrecondition, InvalidArgument, NotFound, Una
 
 from parley_channel_gateway.crypto import SecretBox
 from parley_channel_gateway.models import ACTIVE, DISCONNECTED, ChannelRow
+from parley_channel_gateway.outbound_twilio_sms import account_path
 from parley_channel_gateway.providers import ProviderError, Providers
 from parley_channel_gateway.repository import Repository
 
 log = logging.getLogger(__name__)
 
-CHANNEL_TYPES = ("messenger", "instagram", "whatsapp", "telegram", "custom")
+CHANNEL_TYPES = ("messenger", "instagram", "whatsapp", "telegram", "custom", "twilio_sms")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 
 _NUMERIC_ID = re.compile(r"^[0-9]{1,32}$")
 _META_TOKEN = re.compile(r"^[A-Za-z0-9_\-.|]{20,2048}$")
 _BOT_TOKEN = re.compile(r"^([0-9]{1,20}):[A-Za-z0-9_-]{30,64}$")
+_TWILIO_ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+_TWILIO_AUTH_TOKEN = re.compile(r"^[0-9a-fA-F]{32}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _ACCOUNT_WORDS = {
     "messenger": "Facebook Page",
     "instagram": "Instagram account",
     "whatsapp": "WhatsApp phone number",
     "telegram": "Telegram bot",
+    "twilio_sms": "Twilio phone number",
 }
 
 
@@ -104,6 +109,17 @@ def validate_credentials(type_: str, fields: dict[str, str]) -> Credentials:
         return Credentials(type_, match.group(1), token)
     if type_ == "custom":
         return Credentials(type_, None, webhook_url=_webhook_url(fields.get("outbound_webhook_url", "")))
+    if type_ == "twilio_sms":
+        account_sid = fields.get("account_sid", "").strip()
+        if not _TWILIO_ACCOUNT_SID.match(account_sid):
+            raise InvalidArgument("twilio_sms.account_sid must be the Twilio account SID: 'AC' and 32 hex digits")
+        token = fields.get("auth_token", "").strip()
+        if not _TWILIO_AUTH_TOKEN.match(token):
+            raise InvalidArgument("twilio_sms.auth_token must be the account's auth token: 32 hex digits")
+        phone = fields.get("phone_number", "").strip()
+        if not _E164.match(phone):
+            raise InvalidArgument(f"twilio_sms.phone_number must be in E.164, e.g. +14155550100, got {phone[:40]!r}")
+        return Credentials(type_, phone, token, account_detail=account_sid)
     raise InvalidArgument(f"channel type must be one of {', '.join(CHANNEL_TYPES)}")
 
 
@@ -132,7 +148,7 @@ class ChannelService:
         self.public_url = public_url.rstrip("/")
 
     def inbound_url(self, channel: ChannelRow) -> str:
-        if channel.type in ("telegram", "custom"):
+        if channel.type in ("telegram", "custom", "twilio_sms"):
             return f"{self.public_url}/webhooks/{channel.type}/{channel.id}"
         return f"{self.public_url}/webhooks/{channel.type}"
 
@@ -179,6 +195,8 @@ class ChannelService:
             if creds.type == "telegram":
                 # Inside the transaction: a bot Telegram refuses is never stored.
                 row.account_detail = await self._register_telegram(row, stored)
+            if creds.type == "twilio_sms":
+                await self._register_twilio(row, stored)
         return Connected(row, webhook_secret)
 
     async def _register_telegram(self, row: ChannelRow, stored: dict[str, Any]) -> str:
@@ -201,6 +219,34 @@ class ChannelService:
             raise InvalidArgument(f"Telegram refused the bot token: {exc.message} (error {exc.code})") from None
         username = me.get("username")
         return f"@{username}" if isinstance(username, str) and username else ""
+
+    async def _register_twilio(self, row: ChannelRow, stored: dict[str, Any]) -> None:
+        """Find the number on the account (the SID and token work, the number is theirs and SMS-capable), point its
+        SmsUrl at the channel's webhook, and keep the number's SID (PN...) in the sealed secrets."""
+        sid, token, number = row.account_detail, stored["access_token"], row.external_id or ""
+        try:
+            found = await self.providers.twilio(
+                sid, token, account_path(sid, "IncomingPhoneNumbers.json"), query={"PhoneNumber": number}
+            )
+            numbers = [n for n in found.get("incoming_phone_numbers") or [] if isinstance(n, dict)]
+            match = next((n for n in numbers if n.get("phone_number") == number), None)
+            if match is None or not isinstance(match.get("sid"), str):
+                raise InvalidArgument(f"{number} is not a phone number of Twilio account {sid}; buy or port it first")
+            capabilities = match.get("capabilities") if isinstance(match.get("capabilities"), dict) else {}
+            if capabilities.get("sms") is False:
+                raise InvalidArgument(f"{number} cannot send or receive SMS (Twilio capabilities.sms is false)")
+            stored["phone_number_sid"] = match["sid"]
+            await self._set_twilio_sms_url(sid, token, match["sid"], self.inbound_url(row))
+        except ProviderError as exc:
+            if exc.retryable:
+                raise Unavailable(f"Twilio is unreachable or busy ({exc.message}); try again") from None
+            raise InvalidArgument(f"Twilio refused the credentials: {exc.message} (error {exc.code})") from None
+        row.secrets = self.box.seal(stored)
+
+    async def _set_twilio_sms_url(self, sid: str, token: str, number_sid: str, url: str) -> None:
+        """Set (or clear, with "") the number's incoming message webhook."""
+        path = account_path(sid, f"IncomingPhoneNumbers/{number_sid}.json")
+        await self.providers.twilio(sid, token, path, [("SmsUrl", url), ("SmsMethod", "POST")])
 
     # -- read -------------------------------------------------------------------------------------------------------
 
@@ -253,7 +299,7 @@ class ChannelService:
                     "the channel is disconnected; connect the account again instead of updating it"
                 )
             stored = self.box.open(row.secrets)
-            telegram_changed = False
+            telegram_changed = twilio_changed = False
             if name is not None:
                 if not name.strip():
                     raise InvalidArgument("name must not be empty")
@@ -270,6 +316,7 @@ class ChannelService:
                     stored["access_token"] = creds.access_token
                     row.credential_hint = _hint(creds.access_token)
                     telegram_changed = row.type == "telegram"
+                    twilio_changed = row.type == "twilio_sms"
                 if creds.account_detail:
                     row.account_detail = creds.account_detail
                 if creds.webhook_url:
@@ -284,13 +331,15 @@ class ChannelService:
                 else:
                     raise InvalidArgument(
                         "only custom and Telegram channels have a webhook secret; Meta channels are signed with the "
-                        "app secret"
+                        "app secret, Twilio SMS with the account's auth token (give the new token as credentials)"
                     )
             row.secrets = self.box.seal(stored)
             row.updated_at = datetime.now(UTC)
             if telegram_changed:
                 account = await self._register_telegram(row, stored)
                 row.account_detail = account or row.account_detail
+            if twilio_changed:
+                await self._register_twilio(row, stored)
         return Connected(row, webhook_secret)
 
     async def disconnect(self, space_id: str, channel_id: str) -> ChannelRow:
@@ -308,6 +357,12 @@ class ChannelService:
                 await self.providers.telegram(stored["access_token"], "deleteWebhook", {})
             except (ProviderError, KeyError) as exc:
                 log.warning("channel %s disconnected, but Telegram deleteWebhook failed: %s", row.id, exc)
+        if row.type == "twilio_sms" and stored.get("phone_number_sid"):
+            try:
+                number_sid = stored["phone_number_sid"]
+                await self._set_twilio_sms_url(row.account_detail, stored["access_token"], number_sid, "")
+            except ProviderError as exc:
+                log.warning("channel %s disconnected, but clearing the Twilio number's SmsUrl failed: %s", row.id, exc)
         return row
 
 

@@ -1,9 +1,9 @@
 """The webhook HTTP app (Flask, served by gunicorn): verify, parse, resolve the channel, publish, answer.
 
-A POST is answered 200 only after JetStream acknowledged every event of its body. Refusals never publish
-anything and always carry a JSON body: 413 too large, 415 not JSON, 401 signature missing, 403 signature
-wrong or stale, 400 malformed body, 404 unknown channel URL, 503 NATS or the database unavailable (the
-provider retries; the retry is de-duplicated by Nats-Msg-Id).
+A POST is answered 200 only after JetStream acknowledged every event of its body (Twilio SMS: with empty TwiML).
+Refusals never publish anything and always carry a JSON body: 413 too large, 415 not JSON (Twilio SMS: not form
+data), 401 signature missing, 403 signature wrong or stale, 400 malformed body, 404 unknown channel URL, 503 NATS
+or the database unavailable (the provider retries; the retry is de-duplicated by Nats-Msg-Id).
 """
 
 from __future__ import annotations
@@ -36,15 +36,18 @@ from parley_channel_gateway.inbound import (
     ParsedItem,
     Verdict,
     parse_custom,
+    parse_form,
     parse_instagram,
     parse_messenger,
     parse_telegram,
+    parse_twilio_sms,
     parse_whatsapp,
     verify_custom_signature,
     verify_meta_signature,
     verify_telegram_secret,
+    verify_twilio_signature,
 )
-from parley_channel_gateway.inbound.signatures import CUSTOM_HEADER, META_HEADER, TELEGRAM_HEADER
+from parley_channel_gateway.inbound.signatures import CUSTOM_HEADER, META_HEADER, TELEGRAM_HEADER, TWILIO_HEADER
 
 log = logging.getLogger(__name__)
 _tracer = telemetry.tracer("parley_channel_gateway.web")
@@ -54,6 +57,8 @@ META_PARSERS: dict[str, Callable[[bytes], list[ParsedItem]]] = {
     "instagram": parse_instagram,
     "whatsapp": parse_whatsapp,
 }
+# Twilio's answer to an accepted message webhook: empty TwiML, so Twilio sends no automatic reply.
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 KIND_NAMES = {value: name.removeprefix("INBOUND_KIND_").lower() for name, value in ev.InboundKind.items()}
 
 
@@ -90,6 +95,7 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
     limit = settings.channel_gateway_max_body_bytes
     timeout = settings.channel_gateway_publish_timeout_seconds
     lookup_timeout = max(timeout, 5.0)
+    public_url = settings.channel_gateway_public_url.rstrip("/")
 
     # -- observability ------------------------------------------------------------------------------------------
 
@@ -126,11 +132,11 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
 
     # -- checks shared by every POST ------------------------------------------------------------------------------
 
-    def read_json_body(channel_type: str) -> bytes:
+    def read_json_body(channel_type: str, mimetype: str = "application/json") -> bytes:
         if request.content_length is not None and request.content_length > limit:
             raise Refused(413, "body_too_large", f"the body is larger than {limit} bytes")
-        if request.mimetype != "application/json":
-            raise Refused(415, "unsupported_media_type", "send the webhook as Content-Type: application/json")
+        if request.mimetype != mimetype:
+            raise Refused(415, "unsupported_media_type", f"send the webhook as Content-Type: {mimetype}")
         # Straight from the input (werkzeug's get_data would cut a chunked body at the limit without a word).
         data: bytes = request.environ["wsgi.input"].read(limit + 1)
         if len(data) > limit:
@@ -145,7 +151,11 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
         if not verdict.ok:
             raise Refused(403, "signature_invalid", f"the {what} does not match this body")
 
-    def webhook(channel_type: str, handle: Callable[[], dict[str, Any]]) -> Response:
+    def webhook(
+        channel_type: str,
+        handle: Callable[[], dict[str, Any]],
+        accepted: Callable[[dict[str, Any]], Response] | None = None,
+    ) -> Response:
         environ = request.environ
         traceparent = environ.get("HTTP_TRACEPARENT")
         parent = (
@@ -181,6 +191,8 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
                 response.headers["Retry-After"] = "1"
                 return response
             span.set_attribute("http.response.status_code", 200)
+            if accepted is not None:
+                return accepted(body)
             return Response(json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n", mimetype="application/json")
 
     async def deliver(channel_type: str, items: list[ParsedItem], fixed: ChannelInfo | None) -> dict[str, Any]:
@@ -274,6 +286,24 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
             return bridge.run(deliver("custom", items, channel), timeout + lookup_timeout)
 
         return webhook("custom", handle)
+
+    @app.post("/webhooks/twilio_sms/<channel_id>")
+    def twilio_sms_post(channel_id: str) -> Response:
+        def handle() -> dict[str, Any]:
+            body = read_json_body("twilio_sms", "application/x-www-form-urlencoded")
+            channel = by_url("twilio_sms", channel_id)
+            params = parse_form(body)
+            # Twilio signs the URL it requested: the public one, rebuilt from the setting (not the Host header,
+            # which behind the Ingress names the gateway itself).
+            query = request.query_string.decode("latin-1")
+            url = f"{public_url}/webhooks/twilio_sms/{channel_id}" + (f"?{query}" if query else "")
+            check(
+                verify_twilio_signature(url, params, request.headers.get(TWILIO_HEADER), channel.secret), TWILIO_HEADER
+            )
+            items = parse_twilio_sms(params, channel_id=channel.id)
+            return bridge.run(deliver("twilio_sms", items, channel), timeout + lookup_timeout)
+
+        return webhook("twilio_sms", handle, lambda _: Response(EMPTY_TWIML, mimetype="text/xml"))
 
     # -- probes and metrics -----------------------------------------------------------------------------------------
 

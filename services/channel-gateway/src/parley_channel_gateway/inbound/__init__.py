@@ -1,8 +1,8 @@
 """Inbound parsing: provider webhook bodies to canonical `InboundEvent`s, and webhook signature checks.
 
 Pure functions: no I/O. The HTTP layer verifies the signature over the raw body, calls the provider's
-parser, resolves each item's channel (from `channel_keys`, or from the URL for Telegram and custom
-channels), fills `space_id`, `channel_id` and `received_at`, and publishes with `event_id` as Nats-Msg-Id.
+parser, resolves each item's channel (from `channel_keys`, or from the URL for Telegram, Twilio SMS and
+custom channels), fills `space_id`, `channel_id` and `received_at`, and publishes with `event_id` as Nats-Msg-Id.
 """
 
 from .custom import parse_custom
@@ -11,8 +11,17 @@ from .instagram import parse_instagram
 from .messenger import parse_messenger
 from .meta import parse_meta
 from .model import ParsedItem
-from .signatures import Verdict, sign_custom, verify_custom_signature, verify_meta_signature, verify_telegram_secret
+from .signatures import (
+    Verdict,
+    sign_custom,
+    sign_twilio,
+    verify_custom_signature,
+    verify_meta_signature,
+    verify_telegram_secret,
+    verify_twilio_signature,
+)
 from .telegram import parse_telegram
+from .twilio_sms import parse_form, parse_twilio_sms
 from .whatsapp import parse_whatsapp
 
 __all__ = [
@@ -20,13 +29,17 @@ __all__ = [
     "ParsedItem",
     "Verdict",
     "parse_custom",
+    "parse_form",
     "parse_instagram",
     "parse_messenger",
     "parse_meta",
     "parse_telegram",
+    "parse_twilio_sms",
     "parse_whatsapp",
     "sign_custom",
+    "sign_twilio",
     "verify_custom_signature",
     "verify_meta_signature",
     "verify_telegram_secret",
+    "verify_twilio_signature",
 ]

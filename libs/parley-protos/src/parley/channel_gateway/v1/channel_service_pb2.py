@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from parley.common.v1 import common_pb2 as parley_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/parley/channel_gateway/v1/channel_service.proto\x12\x19parley.channel_gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dparley/common/v1/common.proto\"\xba\x03\n\x07\x43hannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x10\n\x08space_id\x18\x02 \x01(\t\x12+\n\x04type\x18\x03 \x01(\x0e\x32\x1d.parley.common.v1.ChannelType\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x05 \x01(\t\x12\x38\n\x06status\x18\x06 \x01(\x0e\x32(.parley.channel_gateway.v1.ChannelStatus\x12\x16\n\x0e\x61\x63\x63ount_detail\x18\x07 \x01(\t\x12\x1c\n\x14outbound_webhook_url\x18\x08 \x01(\t\x12\x1b\n\x13inbound_webhook_url\x18\t \x01(\t\x12\x17\n\x0f\x63redential_hint\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x64isconnected_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x14MessengerCredentials\x12\x0f\n\x07page_id\x18\x01 \x01(\t\x12\x19\n\x11page_access_token\x18\x02 \x01(\t\"C\n\x14InstagramCredentials\x12\x15\n\rig_account_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\"U\n\x13WhatsAppCredentials\x12\x17\n\x0fphone_number_id\x18\x01 \x01(\t\x12\x0f\n\x07waba_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x03 \x01(\t\"(\n\x13TelegramCredentials\x12\x11\n\tbot_token\x18\x01 \x01(\t\"3\n\x13\x43ustomChannelConfig\x12\x1c\n\x14outbound_webhook_url\x18\x01 \x01(\t\"\x97\x03\n\x15\x43onnectChannelRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x44\n\tmessenger\x18\x03 \x01(\x0b\x32/.parley.channel_gateway.v1.MessengerCredentialsH\x00\x12\x44\n\tinstagram\x18\x04 \x01(\x0b\x32/.parley.channel_gateway.v1.InstagramCredentialsH\x00\x12\x42\n\x08whatsapp\x18\x05 \x01(\x0b\x32..parley.channel_gateway.v1.WhatsAppCredentialsH\x00\x12\x42\n\x08telegram\x18\x06 \x01(\x0b\x32..parley.channel_gateway.v1.TelegramCredentialsH\x00\x12@\n\x06\x63ustom\x18\x07 \x01(\x0b\x32..parley.channel_gateway.v1.CustomChannelConfigH\x00\x42\x08\n\x06\x63onfig\"e\n\x16\x43onnectChannelResponse\x12\x33\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\".parley.channel_gateway.v1.Channel\x12\x16\n\x0ewebhook_secret\x18\x02 \x01(\t\"\x9f\x01\n\x13ListChannelsRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12+\n\x04page\x18\x02 \x01(\x0b\x32\x1d.parley.common.v1.PageRequest\x12+\n\x04type\x18\x03 \x01(\x0e\x32\x1d.parley.common.v1.ChannelType\x12\x1c\n\x14include_disconnected\x18\x04 \x01(\x08\"z\n\x14ListChannelsResponse\x12\x34\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\".parley.channel_gateway.v1.Channel\x12,\n\x04page\x18\x02 \x01(\x0b\x32\x1e.parley.common.v1.PageResponse\"9\n\x11GetChannelRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\"I\n\x12GetChannelResponse\x12\x33\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\".parley.channel_gateway.v1.Channel\"\xcf\x03\n\x14UpdateChannelRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x44\n\tmessenger\x18\x04 \x01(\x0b\x32/.parley.channel_gateway.v1.MessengerCredentialsH\x00\x12\x44\n\tinstagram\x18\x05 \x01(\x0b\x32/.parley.channel_gateway.v1.InstagramCredentialsH\x00\x12\x42\n\x08whatsapp\x18\x06 \x01(\x0b\x32..parley.channel_gateway.v1.WhatsAppCredentialsH\x00\x12\x42\n\x08telegram\x18\x07 \x01(\x0b\x32..parley.channel_gateway.v1.TelegramCredentialsH\x00\x12@\n\x06\x63ustom\x18\x08 \x01(\x0b\x32..parley.channel_gateway.v1.CustomChannelConfigH\x00\x12\x15\n\rrotate_secret\x18\t \x01(\x08\x42\x08\n\x06\x63onfigB\x07\n\x05_name\"d\n\x15UpdateChannelResponse\x12\x33\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\".parley.channel_gateway.v1.Channel\x12\x16\n\x0ewebhook_secret\x18\x02 \x01(\t\"@\n\x18\x44isconnectChannelRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\"P\n\x19\x44isconnectChannelResponse\x12\x33\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\".parley.channel_gateway.v1.Channel\"?\n\x17GetChannelHealthRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\"\xd9\x02\n\x18GetChannelHealthResponse\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x38\n\x06status\x18\x02 \x01(\x0e\x32(.parley.channel_gateway.v1.ChannelStatus\x12\x33\n\x0flast_inbound_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_outbound_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_error_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0flast_error_code\x18\x06 \x01(\t\x12\x1a\n\x12last_error_message\x18\x07 \x01(\t\x12\x1c\n\x14\x63onsecutive_failures\x18\x08 \x01(\x05*k\n\rChannelStatus\x12\x1e\n\x1a\x43HANNEL_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43HANNEL_STATUS_ACTIVE\x10\x01\x12\x1f\n\x1b\x43HANNEL_STATUS_DISCONNECTED\x10\x02\x32\xd4\x05\n\x0e\x43hannelService\x12u\n\x0e\x43onnectChannel\x12\x30.parley.channel_gateway.v1.ConnectChannelRequest\x1a\x31.parley.channel_gateway.v1.ConnectChannelResponse\x12o\n\x0cListChannels\x12..parley.channel_gateway.v1.ListChannelsRequest\x1a/.parley.channel_gateway.v1.ListChannelsResponse\x12i\n\nGetChannel\x12,.parley.channel_gateway.v1.GetChannelRequest\x1a-.parley.channel_gateway.v1.GetChannelResponse\x12r\n\rUpdateChannel\x12/.parley.channel_gateway.v1.UpdateChannelRequest\x1a\x30.parley.channel_gateway.v1.UpdateChannelResponse\x12~\n\x11\x44isconnectChannel\x12\x33.parley.channel_gateway.v1.DisconnectChannelRequest\x1a\x34.parley.channel_gateway.v1.DisconnectChannelResponse\x12{\n\x10GetChannelHealth\x12\x32.parley.channel_gateway.v1.GetChannelHealthRequest\x1a\x33.parley.channel_gateway.v1.GetChannelHealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/parley/channel_gateway/v1/channel_service.proto\x12\x19parley.channel_gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dparley/common/v1/common.proto\"\xba\x03\n\x07\x43hannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x10\n\x08space_id\x18\x02 \x01(\t\x12+\n\x04type\x18\x03 \x01(\x0e\x32\x1d.parley.common.v1.ChannelType\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x05 \x01(\t\x12\x38\n\x06status\x18\x06 \x01(\x0e\x32(.parley.channel_gateway.v1.ChannelStatus\x12\x16\n\x0e\x61\x63\x63ount_detail\x18\x07 \x01(\t\x12\x1c\n\x14outbound_webhook_url\x18\x08 \x01(\t\x12\x1b\n\x13inbound_webhook_url\x18\t \x01(\t\x12\x17\n\x0f\x63redential_hint\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x64isconnected_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x14MessengerCredentials\x12\x0f\n\x07page_id\x18\x01 \x01(\t\x12\x19\n\x11page_access_token\x18\x02 \x01(\t\"C\n\x14InstagramCredentials\x12\x15\n\rig_account_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\"U\n\x13WhatsAppCredentials\x12\x17\n\x0fphone_number_id\x18\x01 \x01(\t\x12\x0f\n\x07waba_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x03 \x01(\t\"(\n\x13TelegramCredentials\x12\x11\n\tbot_token\x18\x01 \x01(\t\"U\n\x14TwilioSmsCredentials\x12\x13\n\x0b\x61\x63\x63ount_sid\x18\x01 \x01(\t\x12\x12\n\nauth_token\x18\x02 \x01(\t\x12\x14\n\x0cphone_number\x18\x03 \x01(\t\"3\n\x13\x43ustomChannelConfig\x12\x1c\n\x14outbound_webhook_url\x18\x01 \x01(\t\"\xde\x03\n\x15\x43onnectChannelRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x44\n\tmessenger\x18\x03 \x01(\x0b\x32/.parley.channel_gateway.v1.MessengerCredentialsH\x00\x12\x44\n\tinstagram\x18\x04 \x01(\x0b\x32/.parley.channel_gateway.v1.InstagramCredentialsH\x00\x12\x42\n\x08whatsapp\x18\x05 \x01(\x0b\x32..parley.channel_gateway.v1.WhatsAppCredentialsH\x00\x12\x42\n\x08telegram\x18\x06 \x01(\x0b\x32..parley.channel_gateway.v1.TelegramCredentialsH\x00\x12@\n\x06\x63ustom\x18\x07 \x01(\x0b\x32..parley.channel_gateway.v1.CustomChannelConfigH\x00\x12\x45\n\ntwilio_sms\x18\n \x01(\x0b\x32/.parley.channel_gateway.v1.TwilioSmsCredentialsH\x00\x42\x08\n\x06\x63onfig\"e\n\x16\x43onnectChannelResponse\x12\x33\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\".parley.channel_gateway.v1.Channel\x12\x16\n\x0ewebhook_secret\x18\x02 \x01(\t\"\x9f\x01\n\x13ListChannelsRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12+\n\x04page\x18\x02 \x01(\x0b\x32\x1d.parley.common.v1.PageRequest\x12+\n\x04type\x18\x03 \x01(\x0e\x32\x1d.parley.common.v1.ChannelType\x12\x1c\n\x14include_disconnected\x18\x04 \x01(\x08\"z\n\x14ListChannelsResponse\x12\x34\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\".parley.channel_gateway.v1.Channel\x12,\n\x04page\x18\x02 \x01(\x0b\x32\x1e.parley.common.v1.PageResponse\"9\n\x11GetChannelRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\"I\n\x12GetChannelResponse\x12\x33\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\".parley.channel_gateway.v1.Channel\"\x96\x04\n\x14UpdateChannelRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x44\n\tmessenger\x18\x04 \x01(\x0b\x32/.parley.channel_gateway.v1.MessengerCredentialsH\x00\x12\x44\n\tinstagram\x18\x05 \x01(\x0b\x32/.parley.channel_gateway.v1.InstagramCredentialsH\x00\x12\x42\n\x08whatsapp\x18\x06 \x01(\x0b\x32..parley.channel_gateway.v1.WhatsAppCredentialsH\x00\x12\x42\n\x08telegram\x18\x07 \x01(\x0b\x32..parley.channel_gateway.v1.TelegramCredentialsH\x00\x12@\n\x06\x63ustom\x18\x08 \x01(\x0b\x32..parley.channel_gateway.v1.CustomChannelConfigH\x00\x12\x45\n\ntwilio_sms\x18\x0c \x01(\x0b\x32/.parley.channel_gateway.v1.TwilioSmsCredentialsH\x00\x12\x15\n\rrotate_secret\x18\t \x01(\x08\x42\x08\n\x06\x63onfigB\x07\n\x05_name\"d\n\x15UpdateChannelResponse\x12\x33\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\".parley.channel_gateway.v1.Channel\x12\x16\n\x0ewebhook_secret\x18\x02 \x01(\t\"@\n\x18\x44isconnectChannelRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\"P\n\x19\x44isconnectChannelResponse\x12\x33\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\".parley.channel_gateway.v1.Channel\"?\n\x17GetChannelHealthRequest\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\"\xd9\x02\n\x18GetChannelHealthResponse\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x38\n\x06status\x18\x02 \x01(\x0e\x32(.parley.channel_gateway.v1.ChannelStatus\x12\x33\n\x0flast_inbound_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_outbound_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_error_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0flast_error_code\x18\x06 \x01(\t\x12\x1a\n\x12last_error_message\x18\x07 \x01(\t\x12\x1c\n\x14\x63onsecutive_failures\x18\x08 \x01(\x05*k\n\rChannelStatus\x12\x1e\n\x1a\x43HANNEL_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43HANNEL_STATUS_ACTIVE\x10\x01\x12\x1f\n\x1b\x43HANNEL_STATUS_DISCONNECTED\x10\x02\x32\xd4\x05\n\x0e\x43hannelService\x12u\n\x0e\x43onnectChannel\x12\x30.parley.channel_gateway.v1.ConnectChannelRequest\x1a\x31.parley.channel_gateway.v1.ConnectChannelResponse\x12o\n\x0cListChannels\x12..parley.channel_gateway.v1.ListChannelsRequest\x1a/.parley.channel_gateway.v1.ListChannelsResponse\x12i\n\nGetChannel\x12,.parley.channel_gateway.v1.GetChannelRequest\x1a-.parley.channel_gateway.v1.GetChannelResponse\x12r\n\rUpdateChannel\x12/.parley.channel_gateway.v1.UpdateChannelRequest\x1a\x30.parley.channel_gateway.v1.UpdateChannelResponse\x12~\n\x11\x44isconnectChannel\x12\x33.parley.channel_gateway.v1.DisconnectChannelRequest\x1a\x34.parley.channel_gateway.v1.DisconnectChannelResponse\x12{\n\x10GetChannelHealth\x12\x32.parley.channel_gateway.v1.GetChannelHealthRequest\x1a\x33.parley.channel_gateway.v1.GetChannelHealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.channel_gateway.v1.channel_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANNELSTATUS']._serialized_start=2968
-  _globals['_CHANNELSTATUS']._serialized_end=3075
+  _globals['_CHANNELSTATUS']._serialized_start=3197
+  _globals['_CHANNELSTATUS']._serialized_end=3304
   _globals['_CHANNEL']._serialized_start=143
   _globals['_CHANNEL']._serialized_end=585
   _globals['_MESSENGERCREDENTIALS']._serialized_start=587
@@ -45,32 +45,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WHATSAPPCREDENTIALS']._serialized_end=809
   _globals['_TELEGRAMCREDENTIALS']._serialized_start=811
   _globals['_TELEGRAMCREDENTIALS']._serialized_end=851
-  _globals['_CUSTOMCHANNELCONFIG']._serialized_start=853
-  _globals['_CUSTOMCHANNELCONFIG']._serialized_end=904
-  _globals['_CONNECTCHANNELREQUEST']._serialized_start=907
-  _globals['_CONNECTCHANNELREQUEST']._serialized_end=1314
-  _globals['_CONNECTCHANNELRESPONSE']._serialized_start=1316
-  _globals['_CONNECTCHANNELRESPONSE']._serialized_end=1417
-  _globals['_LISTCHANNELSREQUEST']._serialized_start=1420
-  _globals['_LISTCHANNELSREQUEST']._serialized_end=1579
-  _globals['_LISTCHANNELSRESPONSE']._serialized_start=1581
-  _globals['_LISTCHANNELSRESPONSE']._serialized_end=1703
-  _globals['_GETCHANNELREQUEST']._serialized_start=1705
-  _globals['_GETCHANNELREQUEST']._serialized_end=1762
-  _globals['_GETCHANNELRESPONSE']._serialized_start=1764
-  _globals['_GETCHANNELRESPONSE']._serialized_end=1837
-  _globals['_UPDATECHANNELREQUEST']._serialized_start=1840
-  _globals['_UPDATECHANNELREQUEST']._serialized_end=2303
-  _globals['_UPDATECHANNELRESPONSE']._serialized_start=2305
-  _globals['_UPDATECHANNELRESPONSE']._serialized_end=2405
-  _globals['_DISCONNECTCHANNELREQUEST']._serialized_start=2407
-  _globals['_DISCONNECTCHANNELREQUEST']._serialized_end=2471
-  _globals['_DISCONNECTCHANNELRESPONSE']._serialized_start=2473
-  _globals['_DISCONNECTCHANNELRESPONSE']._serialized_end=2553
-  _globals['_GETCHANNELHEALTHREQUEST']._serialized_start=2555
-  _globals['_GETCHANNELHEALTHREQUEST']._serialized_end=2618
-  _globals['_GETCHANNELHEALTHRESPONSE']._serialized_start=2621
-  _globals['_GETCHANNELHEALTHRESPONSE']._serialized_end=2966
-  _globals['_CHANNELSERVICE']._serialized_start=3078
-  _globals['_CHANNELSERVICE']._serialized_end=3802
+  _globals['_TWILIOSMSCREDENTIALS']._serialized_start=853
+  _globals['_TWILIOSMSCREDENTIALS']._serialized_end=938
+  _globals['_CUSTOMCHANNELCONFIG']._serialized_start=940
+  _globals['_CUSTOMCHANNELCONFIG']._serialized_end=991
+  _globals['_CONNECTCHANNELREQUEST']._serialized_start=994
+  _globals['_CONNECTCHANNELREQUEST']._serialized_end=1472
+  _globals['_CONNECTCHANNELRESPONSE']._serialized_start=1474
+  _globals['_CONNECTCHANNELRESPONSE']._serialized_end=1575
+  _globals['_LISTCHANNELSREQUEST']._serialized_start=1578
+  _globals['_LISTCHANNELSREQUEST']._serialized_end=1737
+  _globals['_LISTCHANNELSRESPONSE']._serialized_start=1739
+  _globals['_LISTCHANNELSRESPONSE']._serialized_end=1861
+  _globals['_GETCHANNELREQUEST']._serialized_start=1863
+  _globals['_GETCHANNELREQUEST']._serialized_end=1920
+  _globals['_GETCHANNELRESPONSE']._serialized_start=1922
+  _globals['_GETCHANNELRESPONSE']._serialized_end=1995
+  _globals['_UPDATECHANNELREQUEST']._serialized_start=1998
+  _globals['_UPDATECHANNELREQUEST']._serialized_end=2532
+  _globals['_UPDATECHANNELRESPONSE']._serialized_start=2534
+  _globals['_UPDATECHANNELRESPONSE']._serialized_end=2634
+  _globals['_DISCONNECTCHANNELREQUEST']._serialized_start=2636
+  _globals['_DISCONNECTCHANNELREQUEST']._serialized_end=2700
+  _globals['_DISCONNECTCHANNELRESPONSE']._serialized_start=2702
+  _globals['_DISCONNECTCHANNELRESPONSE']._serialized_end=2782
+  _globals['_GETCHANNELHEALTHREQUEST']._serialized_start=2784
+  _globals['_GETCHANNELHEALTHREQUEST']._serialized_end=2847
+  _globals['_GETCHANNELHEALTHRESPONSE']._serialized_start=2850
+  _globals['_GETCHANNELHEALTHRESPONSE']._serialized_end=3195
+  _globals['_CHANNELSERVICE']._serialized_start=3307
+  _globals['_CHANNELSERVICE']._serialized_end=4031
 # @@protoc_insertion_point(module_scope)

@@ -63,16 +63,20 @@ class Channel(_message.Message):
     type: _common_pb2.ChannelType.ValueType
     name: _builtins.str
     external_id: _builtins.str
-    """The provider's id of the account: Page id, Instagram account id, WhatsApp phone_number_id, Telegram bot id;
-    empty for custom channels.
+    """The provider's id of the account: Page id, Instagram account id, WhatsApp phone_number_id, Telegram bot id,
+    Twilio phone number (E.164); empty for custom channels.
     """
     status: Global___ChannelStatus.ValueType
     account_detail: _builtins.str
-    """WhatsApp: the WhatsApp Business Account id. Telegram: the bot's username, when known."""
+    """WhatsApp: the WhatsApp Business Account id. Telegram: the bot's username, when known. Twilio SMS: the
+    account SID.
+    """
     outbound_webhook_url: _builtins.str
     """Custom channels: where outbound messages are POSTed."""
     inbound_webhook_url: _builtins.str
-    """Where the provider must send this channel's webhooks (Telegram and custom channels have their own URL)."""
+    """Where the provider must send this channel's webhooks (Telegram, Twilio SMS and custom channels have
+    their own URL).
+    """
     credential_hint: _builtins.str
     """The last four characters of the access token, to tell tokens apart; never the token."""
     @_builtins.property
@@ -204,6 +208,36 @@ class TelegramCredentials(_message.Message):
 Global___TelegramCredentials: _TypeAlias = TelegramCredentials  # noqa: Y015
 
 @_typing.final
+class TwilioSmsCredentials(_message.Message):
+    """An SMS/MMS-capable Twilio phone number. The gateway points the number's SmsUrl at its webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_SID_FIELD_NUMBER: _builtins.int
+    AUTH_TOKEN_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    account_sid: _builtins.str
+    """The Twilio account: "AC" and 32 hex digits."""
+    auth_token: _builtins.str
+    """The account's auth token: authenticates API calls and signs webhooks (X-Twilio-Signature)."""
+    phone_number: _builtins.str
+    """The number in E.164, e.g. "+14155550100": the channel's external id."""
+    def __init__(
+        self,
+        *,
+        account_sid: _builtins.str = ...,
+        auth_token: _builtins.str = ...,
+        phone_number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_sid", b"account_sid", "auth_token", b"auth_token", "phone_number", b"phone_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TwilioSmsCredentials: _TypeAlias = TwilioSmsCredentials  # noqa: Y015
+
+@_typing.final
 class CustomChannelConfig(_message.Message):
     """A business's own app or website."""
 
@@ -236,6 +270,7 @@ class ConnectChannelRequest(_message.Message):
     WHATSAPP_FIELD_NUMBER: _builtins.int
     TELEGRAM_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELD_NUMBER: _builtins.int
+    TWILIO_SMS_FIELD_NUMBER: _builtins.int
     space_id: _builtins.str
     name: _builtins.str
     """A name people recognise the channel by; defaults to the account id."""
@@ -249,6 +284,8 @@ class ConnectChannelRequest(_message.Message):
     def telegram(self) -> Global___TelegramCredentials: ...
     @_builtins.property
     def custom(self) -> Global___CustomChannelConfig: ...
+    @_builtins.property
+    def twilio_sms(self) -> Global___TwilioSmsCredentials: ...
     def __init__(
         self,
         *,
@@ -259,12 +296,13 @@ class ConnectChannelRequest(_message.Message):
         whatsapp: Global___WhatsAppCredentials | None = ...,
         telegram: Global___TelegramCredentials | None = ...,
         custom: Global___CustomChannelConfig | None = ...,
+        twilio_sms: Global___TwilioSmsCredentials | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "whatsapp", b"whatsapp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "space_id", b"space_id", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "space_id", b"space_id", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "whatsapp", b"whatsapp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "twilio_sms"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_config) -> _WhichOneofReturnType_config | None: ...
 
@@ -403,6 +441,7 @@ class UpdateChannelRequest(_message.Message):
     WHATSAPP_FIELD_NUMBER: _builtins.int
     TELEGRAM_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELD_NUMBER: _builtins.int
+    TWILIO_SMS_FIELD_NUMBER: _builtins.int
     ROTATE_SECRET_FIELD_NUMBER: _builtins.int
     space_id: _builtins.str
     channel_id: _builtins.str
@@ -420,6 +459,8 @@ class UpdateChannelRequest(_message.Message):
     def telegram(self) -> Global___TelegramCredentials: ...
     @_builtins.property
     def custom(self) -> Global___CustomChannelConfig: ...
+    @_builtins.property
+    def twilio_sms(self) -> Global___TwilioSmsCredentials: ...
     def __init__(
         self,
         *,
@@ -431,15 +472,16 @@ class UpdateChannelRequest(_message.Message):
         whatsapp: Global___WhatsAppCredentials | None = ...,
         telegram: Global___TelegramCredentials | None = ...,
         custom: Global___CustomChannelConfig | None = ...,
+        twilio_sms: Global___TwilioSmsCredentials | None = ...,
         rotate_secret: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "whatsapp", b"whatsapp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "channel_id", b"channel_id", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "rotate_secret", b"rotate_secret", "space_id", b"space_id", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "channel_id", b"channel_id", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "rotate_secret", b"rotate_secret", "space_id", b"space_id", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "whatsapp", b"whatsapp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "twilio_sms"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
