@@ -63,3 +63,20 @@ async def test_cli_errors_are_one_line_and_exit_1(address: str, mint_token: Call
     assert denied.exit_code == 1 and denied.output.strip().startswith("error: PERMISSION_DENIED")
     missing = await parley(address, token, "channels", "show", str(uuid.uuid4()))
     assert missing.exit_code == 1 and "NOT_FOUND" in missing.output
+
+
+async def test_cli_connects_a_twilio_sms_number_with_a_prompted_auth_token(
+    address: str, mint_token: Callable[..., str], fake_provider: Any
+) -> None:
+    token = mint_token(space_id=f"space-{uuid.uuid4().hex[:8]}", role="manager")
+    number, sid = f"+1646{uuid.uuid4().int % 10**7:07d}", "AC" + uuid.uuid4().hex
+    connected = await parley(
+        address, token, "channels", "connect", "twilio-sms", "--account-sid", sid, "--phone-number", number, "--json",
+        input=uuid.uuid4().hex + "\n",
+    )  # fmt: skip
+    assert connected.exit_code == 0, connected.output
+    channel = json.loads(connected.output[connected.output.index("{") :])
+    assert channel["type"] == "twilio_sms" and channel["external_id"] == number and channel["account_detail"] == sid
+    assert channel["inbound_webhook_url"].endswith(f"/webhooks/twilio_sms/{channel['channel_id']}")
+    listed = await parley(address, token, "channels", "list", "--type", "twilio_sms", "--json")
+    assert [c["channel_id"] for c in json.loads(listed.output)] == [channel["channel_id"]]
