@@ -7,6 +7,8 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from parley.channel_gateway.v1 import events_pb2 as ev
 from parley.common.v1.common_pb2 import ChannelType
 from parley_channel_gateway.inbound import (
@@ -262,3 +264,26 @@ def test_twilio_errors_are_classified(
 def test_form_round_trip_of_the_fixtures_keeps_plus_signs() -> None:
     assert ("From", "+12125550123") in fixture("sms")
     assert parse_form(urlencode([("From", "+1 2")]).encode()) == [("From", "+1 2")]
+
+
+TWILIO_NAMES = ["MessageSid", "SmsSid", "SmsMessageSid", "MessageStatus", "SmsStatus", "Body", "NumMedia", "From", "To"]
+TWILIO_NAMES += ["MediaUrl0", "MediaContentType0", "MediaUrl12", "ErrorCode", "Latitude", "Longitude", "CallSid"]
+form_fields = st.lists(
+    st.tuples(
+        st.sampled_from(TWILIO_NAMES) | st.text(max_size=12),
+        st.sampled_from(["queued", "delivered", "received", "image/png", "1", "-91.5", "SM1"]) | st.text(max_size=20),
+    ),
+    max_size=12,
+)
+
+
+@given(params=form_fields)
+def test_any_form_fields_parse_to_one_event_with_an_id_and_valid_raw_json(params: list[tuple[str, str]]) -> None:
+    body = urlencode(params).encode()
+    if not params:
+        with pytest.raises(InvalidEnvelope):
+            parse_twilio_sms(parse_form(body), channel_id=CHANNEL)
+        return
+    (item,) = parse_twilio_sms(parse_form(body), channel_id=CHANNEL)
+    assert item.event.event_id and item.event.raw_json
+    item.event.SerializeToString()

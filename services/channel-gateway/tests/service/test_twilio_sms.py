@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl, urlencode
 import grpc
 import nats
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from parley.channel_gateway.v1 import channel_service_pb2 as pb
 from parley.channel_gateway.v1 import channel_service_pb2_grpc as pb_grpc
 from parley.channel_gateway.v1 import events_pb2 as ev
@@ -294,6 +296,28 @@ def test_conformance_payloads_posted_as_twilio_sends_them(gateway: Gateway, path
     response = gateway.post(params)
     assert response.status_code == 200 and response.data.decode() == EMPTY_TWIML
     assert expected.event.event_id in {p.event.event_id for p in gateway.events()}
+
+
+form_fields = st.lists(
+    st.tuples(
+        st.sampled_from(["MessageSid", "MessageStatus", "SmsStatus", "Body", "NumMedia", "MediaUrl0", "From", "To"])
+        | st.text(max_size=10),
+        st.sampled_from(["SM1", "delivered", "received", "2", "https://x.example/m"]) | st.text(max_size=30),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+def test_arbitrary_signed_form_fields_never_get_a_5xx(gateway: Gateway) -> None:
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(params=form_fields)
+    def check(params: list[tuple[str, str]]) -> None:
+        response = gateway.post(params)
+        assert response.status_code == 200, (response.status_code, response.data[:300])
+        assert response.data.decode() == EMPTY_TWIML
+
+    check()
 
 
 # -- sending -------------------------------------------------------------------------------------------------------
