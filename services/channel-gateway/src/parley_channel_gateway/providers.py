@@ -461,6 +461,7 @@ class Providers:
         if target.type == "custom":
             return await self._custom(target, msg, attempt)
         if target.type == "twilio_sms":
+            # Imported here: outbound_twilio_sms builds on this module's errors and message types.
             from parley_channel_gateway.outbound_twilio_sms import account_path, twilio_sms_request
 
             callback = f"{self.public_url}/webhooks/twilio_sms/{target.channel_id}" if self.public_url else ""
