@@ -273,6 +273,37 @@ def test_refusals_answer_json_errors_and_publish_nothing(gateway: Gateway) -> No
     assert params[0][1] not in {p.event.provider_message_id for p in gateway.events()}
 
 
+def test_a_disconnected_channels_webhook_is_answered_with_twiml_and_not_published(gateway: Gateway) -> None:
+    token = auth_token()
+    connected = gateway.gw.run(
+        gateway.gw.connect_channel(
+            gateway.settings, gateway.space_id, "twilio_sms", account_sid=account_sid(), auth_token=token,
+            phone_number=phone(),
+        )
+    )  # fmt: skip
+
+    async def disconnect() -> None:
+        engine = db.create_engine(gateway.settings.database_url, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE channels SET status = 'disconnected' WHERE id = :i"), {"i": connected.channel.id}
+                )
+        finally:
+            await engine.dispose()
+
+    gateway.gw.run(disconnect())
+    params = [("MessageSid", f"SM{uuid.uuid4().hex}"), ("From", "+12125550177"), ("Body", "anyone?")]
+    url = f"https://gateway.test/webhooks/twilio_sms/{connected.channel.id}"
+    headers = {"Content-Type": FORM, "X-Twilio-Signature": sign_twilio(url, params, token)}
+    response = gateway.client.post(
+        f"/webhooks/twilio_sms/{connected.channel.id}", data=urlencode(params).encode(), headers=headers
+    )
+    assert response.status_code == 200 and response.data.decode() == EMPTY_TWIML
+    published = gateway.gw.run(gateway.gw.inbound_events(gateway.settings.nats_url, channel_id=connected.channel.id))
+    assert published == []
+
+
 def test_the_same_webhook_three_times_publishes_one_event(gateway: Gateway) -> None:
     sid = f"SM{uuid.uuid4().hex}"
     params = [
