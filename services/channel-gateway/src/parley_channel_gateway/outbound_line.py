@@ -73,7 +73,7 @@ def _buttons_template(body: str, buttons: tuple[Button, ...]) -> dict[str, Any]:
     if len(buttons) > MAX_TEMPLATE_ACTIONS:
         raise InvalidContent(f"a LINE buttons template has at most {MAX_TEMPLATE_ACTIONS} buttons")
     template = {"type": "buttons", "text": body, "actions": [_action(b) for b in buttons]}
-    return {"type": "template", "altText": body[:400], "template": template}
+    return {"type": "template", "altText": body, "template": template}
 
 
 def _action(button: Button) -> dict[str, Any]:
