@@ -40,6 +40,10 @@ class LookupUnavailable(Exception):
     """The channel database did not answer: answer 503 so the provider retries."""
 
 
+# Where each URL-addressed channel type keeps the secret its webhooks are checked with.
+_SECRET_KEYS = {"telegram": "secret_token", "custom": "webhook_secret", "line": "channel_secret"}
+
+
 @dataclass(frozen=True)
 class ChannelInfo:
     """What the web process needs to know of a channel."""
@@ -49,7 +53,7 @@ class ChannelInfo:
     type: str
     active: bool
     secret: str = ""
-    """Telegram: the setWebhook secret token; custom channels: the HMAC secret."""
+    """Telegram: the setWebhook secret token; custom channels: the HMAC secret; LINE: the channel secret."""
 
 
 class _Cache:
@@ -223,9 +227,8 @@ class Bridge:
         if row is None:
             return None
         secret = ""
-        if row.type in ("telegram", "custom"):
-            secrets = self.box.open(row.secrets)
-            secret = str(secrets.get("secret_token" if row.type == "telegram" else "webhook_secret", ""))
+        if row.type in _SECRET_KEYS:
+            secret = str(self.box.open(row.secrets).get(_SECRET_KEYS[row.type], ""))
         return ChannelInfo(row.id, row.space_id, row.type, row.status == ACTIVE, secret)
 
     async def publish(self, events: Sequence[tuple[str, InboundEvent]]) -> None:

@@ -226,6 +226,32 @@ class CustomChannelConfig(_message.Message):
 Global___CustomChannelConfig: _TypeAlias = CustomChannelConfig  # noqa: Y015
 
 @_typing.final
+class LineCredentials(_message.Message):
+    """A LINE Official Account's Messaging API channel (LINE Developers console, "Basic settings" and "Messaging API")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_SECRET_FIELD_NUMBER: _builtins.int
+    CHANNEL_ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    channel_secret: _builtins.str
+    """The channel secret: signs the webhooks (X-Line-Signature)."""
+    channel_access_token: _builtins.str
+    """A long-lived channel access token: calls the Messaging API."""
+    def __init__(
+        self,
+        *,
+        channel_secret: _builtins.str = ...,
+        channel_access_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_access_token", b"channel_access_token", "channel_secret", b"channel_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LineCredentials: _TypeAlias = LineCredentials  # noqa: Y015
+
+@_typing.final
 class ConnectChannelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -236,6 +262,7 @@ class ConnectChannelRequest(_message.Message):
     WHATSAPP_FIELD_NUMBER: _builtins.int
     TELEGRAM_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
     space_id: _builtins.str
     name: _builtins.str
     """A name people recognise the channel by; defaults to the account id."""
@@ -249,6 +276,8 @@ class ConnectChannelRequest(_message.Message):
     def telegram(self) -> Global___TelegramCredentials: ...
     @_builtins.property
     def custom(self) -> Global___CustomChannelConfig: ...
+    @_builtins.property
+    def line(self) -> Global___LineCredentials: ...
     def __init__(
         self,
         *,
@@ -259,12 +288,13 @@ class ConnectChannelRequest(_message.Message):
         whatsapp: Global___WhatsAppCredentials | None = ...,
         telegram: Global___TelegramCredentials | None = ...,
         custom: Global___CustomChannelConfig | None = ...,
+        line: Global___LineCredentials | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "line", b"line", "messenger", b"messenger", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "space_id", b"space_id", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "line", b"line", "messenger", b"messenger", "name", b"name", "space_id", b"space_id", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "line"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_config) -> _WhichOneofReturnType_config | None: ...
 
@@ -403,6 +433,7 @@ class UpdateChannelRequest(_message.Message):
     WHATSAPP_FIELD_NUMBER: _builtins.int
     TELEGRAM_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
     ROTATE_SECRET_FIELD_NUMBER: _builtins.int
     space_id: _builtins.str
     channel_id: _builtins.str
@@ -420,6 +451,8 @@ class UpdateChannelRequest(_message.Message):
     def telegram(self) -> Global___TelegramCredentials: ...
     @_builtins.property
     def custom(self) -> Global___CustomChannelConfig: ...
+    @_builtins.property
+    def line(self) -> Global___LineCredentials: ...
     def __init__(
         self,
         *,
@@ -431,15 +464,16 @@ class UpdateChannelRequest(_message.Message):
         whatsapp: Global___WhatsAppCredentials | None = ...,
         telegram: Global___TelegramCredentials | None = ...,
         custom: Global___CustomChannelConfig | None = ...,
+        line: Global___LineCredentials | None = ...,
         rotate_secret: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "config", b"config", "custom", b"custom", "instagram", b"instagram", "line", b"line", "messenger", b"messenger", "name", b"name", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "channel_id", b"channel_id", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "rotate_secret", b"rotate_secret", "space_id", b"space_id", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "channel_id", b"channel_id", "config", b"config", "custom", b"custom", "instagram", b"instagram", "line", b"line", "messenger", b"messenger", "name", b"name", "rotate_secret", b"rotate_secret", "space_id", b"space_id", "telegram", b"telegram", "whatsapp", b"whatsapp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "line"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
