@@ -22,10 +22,12 @@ from parley_channel_gateway.inbound import (
     Verdict,
     parse_form,
     parse_instagram,
+    parse_line,
     parse_messenger,
     parse_telegram,
     parse_twilio_sms,
     parse_whatsapp,
+    verify_line_signature,
     verify_meta_signature,
     verify_twilio_signature,
 )
@@ -51,6 +53,8 @@ WHATSAPP_TYPES = {"text", "image", "audio", "video", "document", "sticker", "loc
 WHATSAPP_TYPES |= {"button", "reaction", "order", "system", "unsupported", "edit", "revoke"}
 TELEGRAM_FIELDS = ("message", "edited_message", "channel_post", "edited_channel_post", "callback_query")
 TELEGRAM_FIELDS += ("my_chat_member",)
+LINE_EVENTS = ("postback", "follow", "unfollow", "join", "leave", "unsend")
+LINE_MESSAGES = ("text", "image", "video", "audio", "file", "location", "sticker")
 
 
 def files(provider: str) -> list[str]:
@@ -157,6 +161,29 @@ def test_messenger_signature_vector() -> None:
     tampered = (WEBHOOKS / "messenger" / "messenger4j_25.json").read_bytes()
     assert verify_meta_signature(genuine, header, secret) is Verdict.VALID
     assert verify_meta_signature(tampered, header, secret) is Verdict.MISMATCH
+
+
+def line_known(event: dict) -> bool:
+    if event["type"] in ("message", "messageEdited"):
+        return event["message"]["type"] in LINE_MESSAGES
+    return event["type"] in LINE_EVENTS
+
+
+@pytest.mark.parametrize("name", files("line"))
+def test_line(name: str) -> None:
+    document = load(name)
+    real = [e for e in document["events"] if e.get("replyToken") not in ("0" * 32, "f" * 32)]  # console Verify
+    items = parse_line(json.dumps(document), channel_id="conformance")
+    check(items, [line_known(event) for event in real], name)
+    assert [i.event.event_id for i in items] == [
+        i.event.event_id for i in parse_line(json.dumps(document), channel_id="conformance")
+    ]
+
+
+def test_line_signature_vector() -> None:
+    header = "/gg9a+LvFevTH1sd7XCQycD7tsWclCsInj7MhBHxN7k="
+    assert verify_line_signature(b"bodybodybodybody", header, "channel_secret") is Verdict.VALID
+    assert verify_line_signature(b"bodybodybodybodx", header, "channel_secret") is Verdict.MISMATCH
 
 
 # Twilio posts form fields; the shared files write them as JSON objects (values not always strings).

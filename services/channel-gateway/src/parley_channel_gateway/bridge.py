@@ -40,8 +40,13 @@ class LookupUnavailable(Exception):
     """The channel database did not answer: answer 503 so the provider retries."""
 
 
-# Where the web process finds the secret that authenticates a URL-routed channel's webhooks.
-_SECRET_KEYS = {"telegram": "secret_token", "custom": "webhook_secret", "twilio_sms": "access_token"}
+# Where each URL-addressed channel type keeps the secret its webhooks are checked with.
+_SECRET_KEYS = {
+    "telegram": "secret_token",
+    "custom": "webhook_secret",
+    "line": "channel_secret",
+    "twilio_sms": "access_token",
+}
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,8 @@ class ChannelInfo:
     type: str
     active: bool
     secret: str = ""
-    """Telegram: the setWebhook secret token; custom channels: the HMAC secret; Twilio SMS: the auth token."""
+    """Telegram: the setWebhook secret token; custom channels: the HMAC secret; LINE: the channel secret; Twilio SMS:
+    the auth token."""
 
 
 class _Cache:

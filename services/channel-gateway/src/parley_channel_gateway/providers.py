@@ -1,7 +1,7 @@
-"""Provider send APIs over httpx: Messenger/Instagram Send API, WhatsApp Cloud API, Telegram Bot API, Twilio
-Programmable Messaging (`outbound_twilio_sms`), and custom channels' signed webhooks. Building each provider's
-request is pure; errors are classified into retryable (timeouts, 5xx, rate limits, with the provider's wait when
-it gives one) and permanent ones.
+"""Provider send APIs over httpx: Messenger/Instagram Send API, WhatsApp Cloud API, Telegram Bot API, LINE
+Messaging API (`outbound_line`), Twilio Programmable Messaging (`outbound_twilio_sms`), and custom channels' signed
+webhooks. Building each provider's request is pure; errors are classified into retryable (timeouts, 5xx, rate
+limits, with the provider's wait when it gives one) and permanent ones.
 
 Every HTTP call runs in a CLIENT span (`send <provider>` for message sends) and is timed in
 `parley_channel_gateway_provider_request_duration_seconds{provider, outcome}`.
@@ -421,6 +421,7 @@ class Providers:
     graph_api_url: str
     telegram_api_url: str
     timeout: float = 10.0
+    line_api_url: str = "https://api.line.me"
     twilio_api_url: str = "https://api.twilio.com"
     public_url: str = ""  # the gateway's public base URL: Twilio status callbacks come back to it
     http: httpx.AsyncClient = field(init=False)
@@ -428,6 +429,7 @@ class Providers:
     def __post_init__(self) -> None:
         self.graph_api_url = self.graph_api_url.rstrip("/")
         self.telegram_api_url = self.telegram_api_url.rstrip("/")
+        self.line_api_url = self.line_api_url.rstrip("/")
         self.twilio_api_url = self.twilio_api_url.rstrip("/")
         self.public_url = self.public_url.rstrip("/")
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
@@ -458,6 +460,13 @@ class Providers:
             result = await self.telegram(target.access_token, method, body, span_name="send telegram", attempt=attempt)
             chat = result.get("chat") if isinstance(result.get("chat"), dict) else {}
             return f"{chat.get('id', msg.contact_external_id)}:{result.get('message_id', '')}"
+        if target.type == "line":
+            from parley_channel_gateway import outbound_line  # it builds on this module's types
+
+            body = outbound_line.push_request(msg)
+            headers = {outbound_line.RETRY_KEY_HEADER: outbound_line.retry_key(msg.request_id)}
+            data = await self.line(target.access_token, "POST", "/v2/bot/message/push", body, headers, attempt=attempt)
+            return outbound_line.sent_message_id(data)
         if target.type == "custom":
             return await self._custom(target, msg, attempt)
         if target.type == "twilio_sms":
@@ -550,6 +559,40 @@ class Providers:
             raise telegram_error(response)
         result = data.get("result")
         return result if isinstance(result, dict) else {"value": result}
+
+    async def line(
+        self,
+        token: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        attempt: int | None = None,
+    ) -> dict[str, Any]:
+        """Call the LINE Messaging API; returns its JSON answer. A push LINE refuses with 409 (its retry key was
+        already accepted: the message went out on an earlier attempt) counts as sent."""
+        from parley_channel_gateway import outbound_line
+
+        span_name = "send line" if path == "/v2/bot/message/push" else f"line {method} {path}"
+        with self._observed("line", self.line_api_url, span_name, attempt, method) as call:
+            try:
+                response = await self.http.request(
+                    method,
+                    self.line_api_url + path,
+                    json=body,
+                    headers={"Authorization": f"Bearer {token}", **(headers or {})},
+                )
+            except httpx.TimeoutException as exc:
+                raise ProviderError("timeout", f"LINE did not answer {path} in time", retryable=True) from exc
+            except httpx.HTTPError as exc:
+                raise ProviderError("unreachable", f"cannot reach the LINE API: {exc}", retryable=True) from exc
+            call.status = response.status_code
+            if response.status_code == 409 and outbound_line.RETRY_KEY_HEADER in (headers or {}):
+                return _json(response)
+            if response.status_code >= 300:
+                raise outbound_line.line_error(response)
+            return _json(response)
 
     async def twilio(
         self,

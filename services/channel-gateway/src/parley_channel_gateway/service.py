@@ -23,13 +23,15 @@ from parley_channel_gateway.repository import Repository
 
 log = logging.getLogger(__name__)
 
-CHANNEL_TYPES = ("messenger", "instagram", "whatsapp", "telegram", "custom", "twilio_sms")
+CHANNEL_TYPES = ("messenger", "instagram", "whatsapp", "telegram", "custom", "line", "twilio_sms")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 
 _NUMERIC_ID = re.compile(r"^[0-9]{1,32}$")
 _META_TOKEN = re.compile(r"^[A-Za-z0-9_\-.|]{20,2048}$")
 _BOT_TOKEN = re.compile(r"^([0-9]{1,20}):[A-Za-z0-9_-]{30,64}$")
+_LINE_SECRET = re.compile(r"^[0-9a-f]{32}$")
+_LINE_TOKEN = re.compile(r"^[A-Za-z0-9+/=._-]{20,2048}$")
 _TWILIO_ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _TWILIO_AUTH_TOKEN = re.compile(r"^[0-9a-fA-F]{32}$")
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
@@ -38,6 +40,7 @@ _ACCOUNT_WORDS = {
     "instagram": "Instagram account",
     "whatsapp": "WhatsApp phone number",
     "telegram": "Telegram bot",
+    "line": "LINE Official Account",
     "twilio_sms": "Twilio phone number",
 }
 
@@ -51,6 +54,7 @@ class Credentials:
     access_token: str = ""
     account_detail: str = ""
     webhook_url: str = ""
+    secret: str = ""  # LINE: the channel secret
 
 
 def _numeric(value: str, field: str) -> str:
@@ -109,6 +113,17 @@ def validate_credentials(type_: str, fields: dict[str, str]) -> Credentials:
         return Credentials(type_, match.group(1), token)
     if type_ == "custom":
         return Credentials(type_, None, webhook_url=_webhook_url(fields.get("outbound_webhook_url", "")))
+    if type_ == "line":  # the account id (the bot's user id) comes from LINE at connect
+        secret = fields.get("channel_secret", "").strip()
+        if not _LINE_SECRET.match(secret):
+            raise InvalidArgument("line.channel_secret must be the channel secret: 32 lowercase hexadecimal digits")
+        token = fields.get("channel_access_token", "").strip()
+        if not _LINE_TOKEN.match(token):
+            raise InvalidArgument(
+                "line.channel_access_token does not look like a LINE channel access token (20 to 2048 letters, "
+                "digits and +/=._- without spaces)"
+            )
+        return Credentials(type_, None, token, secret=secret)
     if type_ == "twilio_sms":
         account_sid = fields.get("account_sid", "").strip()
         if not _TWILIO_ACCOUNT_SID.match(account_sid):
@@ -148,7 +163,7 @@ class ChannelService:
         self.public_url = public_url.rstrip("/")
 
     def inbound_url(self, channel: ChannelRow) -> str:
-        if channel.type in ("telegram", "custom", "twilio_sms"):
+        if channel.type in ("telegram", "custom", "line", "twilio_sms"):
             return f"{self.public_url}/webhooks/{channel.type}/{channel.id}"
         return f"{self.public_url}/webhooks/{channel.type}"
 
@@ -168,6 +183,9 @@ class ChannelService:
             stored["webhook_secret"] = webhook_secret
         if creds.type == "telegram":
             stored["secret_token"] = secrets.token_urlsafe(32)
+        if creds.type == "line":
+            stored["channel_secret"] = creds.secret
+            creds = await self._line_account(creds)
         now = datetime.now(UTC)
         row = ChannelRow(
             id=channel_id,
@@ -195,6 +213,8 @@ class ChannelService:
             if creds.type == "telegram":
                 # Inside the transaction: a bot Telegram refuses is never stored.
                 row.account_detail = await self._register_telegram(row, stored)
+            if creds.type == "line":
+                await self._register_line(row, creds.access_token)
             if creds.type == "twilio_sms":
                 await self._register_twilio(row, stored)
         return Connected(row, webhook_secret)
@@ -219,6 +239,32 @@ class ChannelService:
             raise InvalidArgument(f"Telegram refused the bot token: {exc.message} (error {exc.code})") from None
         username = me.get("username")
         return f"@{username}" if isinstance(username, str) and username else ""
+
+    async def _line_account(self, creds: Credentials) -> Credentials:
+        """The credentials with the bot's user id (the `destination` of its webhooks) and @basic id from LINE."""
+        try:
+            bot = await self.providers.line(creds.access_token, "GET", "/v2/bot/info")
+        except ProviderError as exc:
+            if exc.retryable:
+                raise Unavailable(f"LINE is unreachable or busy ({exc.message}); try again") from None
+            raise InvalidArgument(f"LINE refused the channel access token: {exc.message} ({exc.code})") from None
+        user_id, basic_id = str(bot.get("userId") or ""), str(bot.get("basicId") or "")
+        if not user_id:
+            raise Unavailable("LINE's bot info has no userId; try again")
+        return Credentials("line", user_id, creds.access_token, account_detail=basic_id, secret=creds.secret)
+
+    async def _register_line(self, row: ChannelRow, token: str) -> None:
+        """Point the LINE channel's webhook URL at this channel's route (LINE wants an https URL)."""
+        try:
+            await self.providers.line(
+                token, "PUT", "/v2/bot/channel/webhook/endpoint", {"endpoint": self.inbound_url(row)}
+            )
+        except ProviderError as exc:
+            if exc.retryable:
+                raise Unavailable(f"LINE is unreachable or busy ({exc.message}); try again") from None
+            raise InvalidArgument(
+                f"LINE refused the webhook URL {self.inbound_url(row)}: {exc.message} ({exc.code})"
+            ) from None
 
     async def _register_twilio(self, row: ChannelRow, stored: dict[str, Any]) -> None:
         """Find the number on the account (the SID and token work, the number is theirs and SMS-capable), point its
@@ -307,6 +353,9 @@ class ChannelService:
             if creds is not None:
                 if creds.type != row.type:
                     raise InvalidArgument(f"this is a {row.type} channel; give {row.type} credentials")
+                if creds.type == "line":
+                    stored["channel_secret"] = creds.secret
+                    creds = await self._line_account(creds)
                 if creds.external_id != row.external_id:
                     raise InvalidArgument(
                         f"credentials are for account {creds.external_id}, but this channel is account "
@@ -328,6 +377,11 @@ class ChannelService:
                 elif row.type == "telegram":
                     stored["secret_token"] = secrets.token_urlsafe(32)
                     telegram_changed = True
+                elif row.type == "line":
+                    raise InvalidArgument(
+                        "LINE issues the channel secret: reissue it in the LINE Developers console, then update the "
+                        "channel with line.channel_secret and line.channel_access_token"
+                    )
                 else:
                     raise InvalidArgument(
                         "only custom and Telegram channels have a webhook secret; Meta channels are signed with the "

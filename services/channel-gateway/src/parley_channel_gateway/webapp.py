@@ -38,16 +38,24 @@ from parley_channel_gateway.inbound import (
     parse_custom,
     parse_form,
     parse_instagram,
+    parse_line,
     parse_messenger,
     parse_telegram,
     parse_twilio_sms,
     parse_whatsapp,
     verify_custom_signature,
+    verify_line_signature,
     verify_meta_signature,
     verify_telegram_secret,
     verify_twilio_signature,
 )
-from parley_channel_gateway.inbound.signatures import CUSTOM_HEADER, META_HEADER, TELEGRAM_HEADER, TWILIO_HEADER
+from parley_channel_gateway.inbound.signatures import (
+    CUSTOM_HEADER,
+    LINE_HEADER,
+    META_HEADER,
+    TELEGRAM_HEADER,
+    TWILIO_HEADER,
+)
 
 log = logging.getLogger(__name__)
 _tracer = telemetry.tracer("parley_channel_gateway.web")
@@ -257,7 +265,7 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
         app.add_url_rule(f"/webhooks/{name}", f"{name}_verify", lambda name=name: meta_verify(name), methods=["GET"])
         app.add_url_rule(f"/webhooks/{name}", f"{name}_post", lambda name=name: meta_post(name), methods=["POST"])
 
-    # -- Telegram and custom channels: the channel is in the URL ------------------------------------------------------
+    # -- Telegram, custom and LINE channels: the channel is in the URL -----------------------------------------------
 
     def by_url(channel_type: str, channel_id: str) -> ChannelInfo:
         channel = bridge.run(bridge.channel_by_id(channel_id), lookup_timeout) if len(channel_id) <= 64 else None
@@ -286,6 +294,17 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
             return bridge.run(deliver("custom", items, channel), timeout + lookup_timeout)
 
         return webhook("custom", handle)
+
+    @app.post("/webhooks/line/<channel_id>")
+    def line_post(channel_id: str) -> Response:
+        def handle() -> dict[str, Any]:
+            body = read_json_body("line")
+            channel = by_url("line", channel_id)
+            check(verify_line_signature(body, request.headers.get(LINE_HEADER), channel.secret), LINE_HEADER)
+            items = parse_line(body, channel_id=channel.id)
+            return bridge.run(deliver("line", items, channel), timeout + lookup_timeout)
+
+        return webhook("line", handle)
 
     @app.post("/webhooks/twilio_sms/<channel_id>")
     def twilio_sms_post(channel_id: str) -> Response:

@@ -1,6 +1,6 @@
 """Fixtures for the gateway's I/O tests: real PostgreSQL and NATS (kit fixtures), a local fake provider
-server (Graph API, Telegram Bot API, Twilio REST API, custom webhooks) recording what it received, and helpers to read
-JetStream."""
+server (Graph API, Telegram Bot API, LINE Messaging API, Twilio REST API, custom webhooks) recording what it
+received, and helpers to read JetStream."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import re
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,7 +61,8 @@ class Recorded:
 
 @dataclass
 class FakeProvider:
-    """A local HTTP server standing in for graph.facebook.com, api.telegram.org, api.twilio.com and custom webhooks."""
+    """A local HTTP server standing in for graph.facebook.com, api.telegram.org, api.line.me, api.twilio.com and
+    custom webhooks."""
 
     requests: list[Recorded] = field(default_factory=list)
     scripts: list[tuple[re.Pattern[str], list[tuple[int, Any, dict[str, str]]]]] = field(default_factory=list)
@@ -99,6 +101,12 @@ class FakeProvider:
         if "/2010-04-01/Accounts/" in path:
             return _twilio_answer(method, path, n)
         data = json.loads(body) if body else {}
+        if path.startswith("/line/"):
+            if path.endswith("/v2/bot/info"):  # a new bot each time unless scripted
+                return 200, {"userId": f"U{uuid.uuid4().hex}", "basicId": "@123abcde", "displayName": "Parley"}, {}
+            if path.endswith("/v2/bot/message/push"):
+                return 200, {"sentMessages": [{"id": f"{n}", "quoteToken": f"q{n}"}]}, {}
+            return 200, {}, {}
         if "/bot" in path:
             method_name = path.rsplit("/", 1)[-1]
             if method_name == "getMe":
@@ -129,15 +137,12 @@ def _twilio_answer(method: str, path: str, n: int) -> tuple[int, Any, dict[str, 
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeProvider
 
-    def do_GET(self) -> None:
-        self.do_POST("GET")
-
-    def do_POST(self, method: str = "POST") -> None:
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         with self.fake.lock:
-            self.fake.requests.append(Recorded(method, self.path, dict(self.headers), body, time.time()))
-        status, payload, headers = self.fake.answer(method, self.path, body)
+            self.fake.requests.append(Recorded(self.command, self.path, dict(self.headers), body, time.time()))
+        status, payload, headers = self.fake.answer(self.command, self.path, body)
         if isinstance(payload, float | int) and status == 0:  # (0, seconds): hang to provoke a timeout
             time.sleep(payload)
             return
@@ -149,6 +154,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -189,6 +196,7 @@ def make_settings(
             "channel_gateway_meta_verify_token": VERIFY_TOKEN,
             "channel_gateway_graph_api_url": fake_provider.url + "/graph",
             "channel_gateway_telegram_api_url": fake_provider.url + "/telegram",
+            "channel_gateway_line_api_url": fake_provider.url + "/line",
             "channel_gateway_twilio_api_url": fake_provider.url + "/twilio",
             "channel_gateway_public_url": "https://gateway.test",
             "channel_gateway_channel_cache_seconds": 0.5,
@@ -218,6 +226,7 @@ async def connect_channel(settings: Settings, space_id: str, type_: str, name: s
     providers = Providers(
         settings.channel_gateway_graph_api_url,
         settings.channel_gateway_telegram_api_url,
+        line_api_url=settings.channel_gateway_line_api_url,
         twilio_api_url=settings.channel_gateway_twilio_api_url,
     )
     try:

@@ -65,6 +65,20 @@ async def test_cli_errors_are_one_line_and_exit_1(address: str, mint_token: Call
     assert missing.exit_code == 1 and "NOT_FOUND" in missing.output
 
 
+async def test_cli_connects_line_with_prompted_secrets(address: str, mint_token: Callable[..., str]) -> None:
+    token = mint_token(space_id=f"space-{uuid.uuid4().hex[:8]}", role="manager")
+    connected = await parley(
+        address, token, "channels", "connect", "line", "--name", "LINE shop", "--json",
+        input="5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d\nlineCliAccessToken0123456789=\n",
+    )  # fmt: skip
+    assert connected.exit_code == 0, connected.output
+    channel = json.loads(connected.output[connected.output.index("{") :])
+    assert channel["type"] == "line" and channel["external_id"].startswith("U") and channel["name"] == "LINE shop"
+    assert channel["inbound_webhook_url"].endswith(f"/webhooks/line/{channel['channel_id']}")
+    listed = await parley(address, token, "channels", "list", "--type", "line", "--json")
+    assert [c["channel_id"] for c in json.loads(listed.output)] == [channel["channel_id"]]
+
+
 async def test_cli_connects_a_twilio_sms_number_with_a_prompted_auth_token(
     address: str, mint_token: Callable[..., str], fake_provider: Any
 ) -> None:

@@ -12,7 +12,7 @@ from parley.common.v1 import common_pb2
 from parley_cli.common import call, command, emit, json_option, to_dict, token_option
 
 SERVICE = "channel-gateway"
-TYPES = ["messenger", "instagram", "whatsapp", "telegram", "custom", "twilio_sms"]
+TYPES = ["messenger", "instagram", "whatsapp", "telegram", "custom", "line", "twilio_sms"]
 COLUMNS = ["channel_id", "type", "name", "external_id", "status", "inbound_webhook_url"]
 _TYPE_VALUES = {name: getattr(common_pb2, f"CHANNEL_TYPE_{name.upper()}") for name in TYPES}
 
@@ -36,7 +36,7 @@ async def _rpc(method: str, request: Any, token_value: str | None) -> Any:
 
 @click.group()
 def channels() -> None:
-    """Messaging channels of a space: Messenger, Instagram, WhatsApp, Telegram, custom, Twilio SMS."""
+    """Messaging channels of a space: Messenger, Instagram, WhatsApp, Telegram, custom, LINE, Twilio SMS."""
 
 
 # -- connect --
@@ -126,6 +126,20 @@ async def connect_custom(webhook_url: str, space_id: str, name: str, as_json: bo
     """Connect your own app or website; prints the webhook secret once."""
     config = pb.CustomChannelConfig(outbound_webhook_url=webhook_url)
     await _connect(pb.ConnectChannelRequest(space_id=space_id, name=name, custom=config), as_json, token_value)
+
+
+@connect.command("line")
+@click.option("--channel-secret", required=True, prompt=True, hide_input=True, envvar="PARLEY_LINE_CHANNEL_SECRET")
+@click.option(
+    "--channel-access-token", required=True, prompt=True, hide_input=True, envvar="PARLEY_LINE_CHANNEL_ACCESS_TOKEN"
+)
+@_common
+@command
+async def connect_line(channel_secret: str, channel_access_token: str, space_id: str, name: str, as_json: bool,
+                       token_value: str | None) -> None:  # fmt: skip
+    """Connect a LINE Official Account's Messaging API channel (the gateway sets its webhook URL with LINE)."""
+    creds = pb.LineCredentials(channel_secret=channel_secret, channel_access_token=channel_access_token)
+    await _connect(pb.ConnectChannelRequest(space_id=space_id, name=name, line=creds), as_json, token_value)
 
 
 @connect.command("twilio-sms")

@@ -6,6 +6,7 @@
   order)>`, the URL being the one Twilio requested (the public URL, not the one behind the Ingress).
 - Custom channels: `X-Parley-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`;
   several `v1=` entries are allowed (secret rotation) and a `t` outside the tolerance window is refused.
+- LINE: `X-Line-Signature: <base64 HMAC-SHA256(channel secret, raw body)>`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 META_HEADER = "X-Hub-Signature-256"
 TELEGRAM_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 CUSTOM_HEADER = "X-Parley-Signature"
+LINE_HEADER = "X-Line-Signature"
 TWILIO_HEADER = "X-Twilio-Signature"
 DEFAULT_TOLERANCE_SECONDS = 300
 
@@ -129,3 +131,17 @@ def verify_custom_signature(
         return Verdict.MISMATCH
     current = time.time() if now is None else now
     return Verdict.VALID if abs(current - int(moment)) <= tolerance_seconds else Verdict.STALE
+
+
+def verify_line_signature(body: bytes, header: str | None, channel_secret: str) -> Verdict:
+    """Check LINE's `X-Line-Signature` (base64 of HMAC-SHA256 over the raw body with the channel secret)."""
+    if not header:
+        return Verdict.MISSING
+    try:
+        signature = base64.b64decode(header.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return Verdict.MALFORMED
+    if len(signature) != hashlib.sha256().digest_size:
+        return Verdict.MALFORMED
+    expected = _hmac_sha256(channel_secret, body)
+    return Verdict.VALID if hmac.compare_digest(expected, signature) else Verdict.MISMATCH

@@ -260,6 +260,32 @@ class CustomChannelConfig(_message.Message):
 Global___CustomChannelConfig: _TypeAlias = CustomChannelConfig  # noqa: Y015
 
 @_typing.final
+class LineCredentials(_message.Message):
+    """A LINE Official Account's Messaging API channel (LINE Developers console, "Basic settings" and "Messaging API")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_SECRET_FIELD_NUMBER: _builtins.int
+    CHANNEL_ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    channel_secret: _builtins.str
+    """The channel secret: signs the webhooks (X-Line-Signature)."""
+    channel_access_token: _builtins.str
+    """A long-lived channel access token: calls the Messaging API."""
+    def __init__(
+        self,
+        *,
+        channel_secret: _builtins.str = ...,
+        channel_access_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_access_token", b"channel_access_token", "channel_secret", b"channel_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LineCredentials: _TypeAlias = LineCredentials  # noqa: Y015
+
+@_typing.final
 class ConnectChannelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -270,6 +296,7 @@ class ConnectChannelRequest(_message.Message):
     WHATSAPP_FIELD_NUMBER: _builtins.int
     TELEGRAM_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
     TWILIO_SMS_FIELD_NUMBER: _builtins.int
     space_id: _builtins.str
     name: _builtins.str
@@ -285,6 +312,8 @@ class ConnectChannelRequest(_message.Message):
     @_builtins.property
     def custom(self) -> Global___CustomChannelConfig: ...
     @_builtins.property
+    def line(self) -> Global___LineCredentials: ...
+    @_builtins.property
     def twilio_sms(self) -> Global___TwilioSmsCredentials: ...
     def __init__(
         self,
@@ -296,13 +325,14 @@ class ConnectChannelRequest(_message.Message):
         whatsapp: Global___WhatsAppCredentials | None = ...,
         telegram: Global___TelegramCredentials | None = ...,
         custom: Global___CustomChannelConfig | None = ...,
+        line: Global___LineCredentials | None = ...,
         twilio_sms: Global___TwilioSmsCredentials | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "line", b"line", "messenger", b"messenger", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "whatsapp", b"whatsapp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "space_id", b"space_id", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "line", b"line", "messenger", b"messenger", "name", b"name", "space_id", b"space_id", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "whatsapp", b"whatsapp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "twilio_sms"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "line", "twilio_sms"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_config) -> _WhichOneofReturnType_config | None: ...
 
@@ -441,6 +471,7 @@ class UpdateChannelRequest(_message.Message):
     WHATSAPP_FIELD_NUMBER: _builtins.int
     TELEGRAM_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
     TWILIO_SMS_FIELD_NUMBER: _builtins.int
     ROTATE_SECRET_FIELD_NUMBER: _builtins.int
     space_id: _builtins.str
@@ -460,6 +491,8 @@ class UpdateChannelRequest(_message.Message):
     @_builtins.property
     def custom(self) -> Global___CustomChannelConfig: ...
     @_builtins.property
+    def line(self) -> Global___LineCredentials: ...
+    @_builtins.property
     def twilio_sms(self) -> Global___TwilioSmsCredentials: ...
     def __init__(
         self,
@@ -472,16 +505,17 @@ class UpdateChannelRequest(_message.Message):
         whatsapp: Global___WhatsAppCredentials | None = ...,
         telegram: Global___TelegramCredentials | None = ...,
         custom: Global___CustomChannelConfig | None = ...,
+        line: Global___LineCredentials | None = ...,
         twilio_sms: Global___TwilioSmsCredentials | None = ...,
         rotate_secret: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "config", b"config", "custom", b"custom", "instagram", b"instagram", "line", b"line", "messenger", b"messenger", "name", b"name", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "whatsapp", b"whatsapp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "channel_id", b"channel_id", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "rotate_secret", b"rotate_secret", "space_id", b"space_id", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "channel_id", b"channel_id", "config", b"config", "custom", b"custom", "instagram", b"instagram", "line", b"line", "messenger", b"messenger", "name", b"name", "rotate_secret", b"rotate_secret", "space_id", b"space_id", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "whatsapp", b"whatsapp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "twilio_sms"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "line", "twilio_sms"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
