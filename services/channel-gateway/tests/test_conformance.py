@@ -2,7 +2,8 @@
 
 Runs when `../shared/conformance/webhooks` beside the repository exists (or PARLEY_CONFORMANCE_WEBHOOKS names
 the folder); skipped otherwise. The files are read in place, never copied here. Single `messaging[]` items and
-partial Telegram updates are wrapped in an envelope first, as the folder's SOURCES.md asks.
+partial Telegram updates are wrapped in an envelope first, as the folder's SOURCES.md asks; Twilio's form fields,
+written there as JSON objects, are form-encoded.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from parley.channel_gateway.v1 import events_pb2 as ev
@@ -18,12 +20,17 @@ from parley_channel_gateway.inbound import (
     InvalidEnvelope,
     ParsedItem,
     Verdict,
+    parse_form,
     parse_instagram,
+    parse_line,
     parse_messenger,
     parse_telegram,
+    parse_twilio_sms,
     parse_viber,
     parse_whatsapp,
+    verify_line_signature,
     verify_meta_signature,
+    verify_twilio_signature,
 )
 
 WEBHOOKS = Path(
@@ -47,6 +54,8 @@ WHATSAPP_TYPES = {"text", "image", "audio", "video", "document", "sticker", "loc
 WHATSAPP_TYPES |= {"button", "reaction", "order", "system", "unsupported", "edit", "revoke"}
 TELEGRAM_FIELDS = ("message", "edited_message", "channel_post", "edited_channel_post", "callback_query")
 TELEGRAM_FIELDS += ("my_chat_member",)
+LINE_EVENTS = ("postback", "follow", "unfollow", "join", "leave", "unsend")
+LINE_MESSAGES = ("text", "image", "video", "audio", "file", "location", "sticker")
 VIBER_EVENTS = ("subscribed", "unsubscribed", "conversation_started", "delivered", "seen", "failed")
 VIBER_TYPES = ("text", "picture", "video", "file", "sticker", "contact", "location", "url")
 
@@ -169,3 +178,56 @@ def test_messenger_signature_vector() -> None:
     tampered = (WEBHOOKS / "messenger" / "messenger4j_25.json").read_bytes()
     assert verify_meta_signature(genuine, header, secret) is Verdict.VALID
     assert verify_meta_signature(tampered, header, secret) is Verdict.MISMATCH
+
+
+def line_known(event: dict) -> bool:
+    if event["type"] in ("message", "messageEdited"):
+        return event["message"]["type"] in LINE_MESSAGES
+    return event["type"] in LINE_EVENTS
+
+
+@pytest.mark.parametrize("name", files("line"))
+def test_line(name: str) -> None:
+    document = load(name)
+    real = [e for e in document["events"] if e.get("replyToken") not in ("0" * 32, "f" * 32)]  # console Verify
+    items = parse_line(json.dumps(document), channel_id="conformance")
+    check(items, [line_known(event) for event in real], name)
+    assert [i.event.event_id for i in items] == [
+        i.event.event_id for i in parse_line(json.dumps(document), channel_id="conformance")
+    ]
+
+
+def test_line_signature_vector() -> None:
+    header = "/gg9a+LvFevTH1sd7XCQycD7tsWclCsInj7MhBHxN7k="
+    assert verify_line_signature(b"bodybodybodybody", header, "channel_secret") is Verdict.VALID
+    assert verify_line_signature(b"bodybodybodybodx", header, "channel_secret") is Verdict.MISMATCH
+
+
+# Twilio posts form fields; the shared files write them as JSON objects (values not always strings).
+TWILIO_MESSAGES = {"twilio/botbuilder-dotnet_1.json", "twilio/botbuilder-dotnet_2.json"}
+
+
+@pytest.mark.parametrize("name", files("twilio"))
+def test_twilio_sms(name: str) -> None:
+    document = load(name)
+    body = urlencode({key: str(value) for key, value in document.items()}).encode()
+    items = parse_twilio_sms(parse_form(body), channel_id="conformance")
+    check(items, [name in TWILIO_MESSAGES], name)
+    event = items[0].event
+    assert json.loads(event.raw_json) == {key: str(value) for key, value in document.items()}
+    assert event.contact_external_id == document["From"]
+    if name in TWILIO_MESSAGES:
+        assert event.kind == ev.INBOUND_KIND_MESSAGE and event.provider_message_id == document["MessageSid"]
+        assert event.parts[0].text.text == document["Body"]
+        media = [part.media for part in event.parts[1:]]
+        assert [(m.url, m.mime_type) for m in media] == [
+            (document[f"MediaUrl{i}"], document[f"MediaContentType{i}"]) for i in range(int(document["NumMedia"]))
+        ]
+
+
+@pytest.mark.skipif(not (WEBHOOKS / "twilio" / "twilio-python_1.json").is_file(), reason="no signature vector")
+def test_twilio_signature_vector() -> None:
+    params = [(key, str(value)) for key, value in load("twilio/twilio-python_1.json").items()]
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    assert verify_twilio_signature(url, params, "RSOYDt4T1cUTdK1PDd93/VVr8B8=", "12345") is Verdict.VALID
+    assert verify_twilio_signature(url, params[1:], "RSOYDt4T1cUTdK1PDd93/VVr8B8=", "12345") is Verdict.MISMATCH

@@ -17,6 +17,7 @@ from parley_channel_gateway.inbound import (
     ParsedItem,
     parse_custom,
     parse_instagram,
+    parse_line,
     parse_messenger,
     parse_meta,
     parse_telegram,
@@ -31,6 +32,7 @@ PARSERS: dict[str, Callable[[bytes | str], list[ParsedItem]]] = {
     "whatsapp": parse_whatsapp,
     "telegram": partial(parse_telegram, channel_id="ch_prop"),
     "custom": partial(parse_custom, channel_id="ch_prop"),
+    "line": partial(parse_line, channel_id="ch_prop"),
 }
 
 

@@ -29,6 +29,7 @@ from parley_contacts.domain import (
     criteria_from_json,
     criteria_to_json,
     parse_datetime,
+    resolve_criteria,
 )
 from parley_contacts.repository import Repository
 from parley_contacts.service import Actor, ContactsService, IdentityInput
@@ -389,3 +390,15 @@ async def test_and_or_of_tag_and_value_conditions_with_others_match_the_referenc
     for _ in range(20):
         group = Group(any=True, children=tuple(rng.sample(drivers, rng.randint(1, 3))))
         assert await _ids(world, group) == _expected(world, group), criteria_to_json(group)
+
+
+async def test_explain_list_shows_the_page_plan_then_the_count_plan(world: dict[str, Any]) -> None:
+    """What the benchmark prints for its slowest view: both plans, run (ANALYZE) under the list's settings."""
+    service: ContactsService = world["service"]
+    group = Group(any=False, children=(TagCond(TagMatch.ANY, (world["tags"][0].id,)), every_condition(world)[-1]))
+    async with service.repo.unit() as unit:
+        fields = {f.key: f for f in await service.repo.list_fields(unit.session, SPACE)}
+        resolved = resolve_criteria(group, fields=fields, tag_ids={t.id for t in world["tags"]}, me=ME.user_id, now=NOW)
+        page, count = (await service.repo.explain_list(unit.session, SPACE, resolved, None, 50)).split("\n\n")
+    assert page.startswith("Limit") and "actual time" in page
+    assert "Aggregate" in count.splitlines()[0] and "actual time" in count

@@ -55,7 +55,7 @@ async def test_wrong_password_and_unknown_email_answer_identically(workspace: Wo
 
 
 async def test_unknown_email_costs_one_argon2_verification_like_a_wrong_password(workspace: Workspace) -> None:
-    # Production-like cost, so hashing dominates the time of a login.
+    # Production-like cost: the dummy hash an unknown email is checked against must have the same cost.
     service = make_service(workspace.engine, workspace.key, lockout_threshold=100)
     hasher = PasswordHasher(time_cost=2, memory_kib=32_768, parallelism=1)
     verified: list[str] = []
@@ -78,19 +78,17 @@ async def test_unknown_email_costs_one_argon2_verification_like_a_wrong_password
         OPERATOR_SECRET, org_name=email, space_name="Timing", email=email, password=PASSWORD, force=True
     )
 
-    async def timed(address: str) -> float:
-        start = time.perf_counter()
+    async def attempt(address: str) -> None:
         with contextlib.suppress(Unauthenticated):
             await service.login(address, "definitely wrong password")
-        return time.perf_counter() - start
 
     verified.clear()
-    known = min([await timed(email) for _ in range(4)])
-    unknown = min([await timed(unique_email("ghost")) for _ in range(4)])
-    # Both paths run exactly one argon2 verification each, with the same algorithm and cost ...
+    for _ in range(4):
+        await attempt(email)
+        await attempt(unique_email("ghost"))
+    # Both paths run exactly one argon2 verification each, with the same algorithm and cost, so an unknown
+    # email takes as long as a wrong password (checked by what runs, not by a clock: no timing threshold).
     assert len(verified) == 8 and len(set(verified)) == 1, verified
-    # ... so they take about as long (the fastest of several runs: robust on a busy machine).
-    assert unknown > 0.5 * known and known > 0.5 * unknown, (known, unknown)
 
 
 async def test_repeated_failures_lock_the_account_with_growing_delays(workspace: Workspace) -> None:

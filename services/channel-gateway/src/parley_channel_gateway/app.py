@@ -25,7 +25,10 @@ def providers_from(settings: Settings) -> Providers:
         graph_api_url=settings.channel_gateway_graph_api_url,
         telegram_api_url=settings.channel_gateway_telegram_api_url,
         timeout=settings.channel_gateway_provider_timeout_seconds,
+        line_api_url=settings.channel_gateway_line_api_url,
         viber_api_url=settings.channel_gateway_viber_api_url,
+        twilio_api_url=settings.channel_gateway_twilio_api_url,
+        public_url=settings.channel_gateway_public_url,
     )
 
 

@@ -40,6 +40,16 @@ class LookupUnavailable(Exception):
     """The channel database did not answer: answer 503 so the provider retries."""
 
 
+# Where each URL-addressed channel type keeps the secret its webhooks are checked with.
+_SECRET_KEYS = {
+    "telegram": "secret_token",
+    "custom": "webhook_secret",
+    "line": "channel_secret",
+    "viber": "access_token",
+    "twilio_sms": "access_token",
+}
+
+
 @dataclass(frozen=True)
 class ChannelInfo:
     """What the web process needs to know of a channel."""
@@ -49,7 +59,8 @@ class ChannelInfo:
     type: str
     active: bool
     secret: str = ""
-    """Telegram: the setWebhook secret token; custom channels: the HMAC secret; Viber: the auth token (its HMAC key)."""
+    """Telegram: the setWebhook secret token; custom channels: the HMAC secret; LINE: the channel secret; Viber: the
+    auth token (its HMAC key); Twilio SMS: the auth token."""
 
 
 class _Cache:
@@ -223,10 +234,8 @@ class Bridge:
         if row is None:
             return None
         secret = ""
-        if row.type in ("telegram", "custom", "viber"):
-            secrets = self.box.open(row.secrets)
-            key = {"telegram": "secret_token", "custom": "webhook_secret", "viber": "access_token"}[row.type]
-            secret = str(secrets.get(key, ""))
+        if row.type in _SECRET_KEYS:
+            secret = str(self.box.open(row.secrets).get(_SECRET_KEYS[row.type], ""))
         return ChannelInfo(row.id, row.space_id, row.type, row.status == ACTIVE, secret)
 
     async def publish(self, events: Sequence[tuple[str, InboundEvent]]) -> None:

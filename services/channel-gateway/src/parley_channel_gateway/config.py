@@ -7,15 +7,20 @@ from pydantic import Field, field_validator
 
 # Sends per second and burst per channel, from each provider's documented limits: the Messenger Send API
 # allows 300 requests/s per Page (we keep a margin), Instagram 100 calls/s per account, WhatsApp Cloud API
-# 80 messages/s per phone number by default, Telegram about 30 messages/s per bot. Viber publishes no per-bot
-# number (it answers tooManyRequests, status 12, when breached): 50/s, like custom channels.
+# 80 messages/s per phone number by default, Telegram about 30 messages/s per bot, LINE 2,000 push requests/s
+# per channel (we keep a margin). Viber publishes no per-bot number (it answers tooManyRequests, status 12, when
+# breached): 50/s, like custom channels. Twilio accepts API requests faster than a number sends (1 segment/s for a
+# US long code, more for toll-free and short codes) and queues the rest per sender, so its limit only spreads an
+# account's API calls.
 DEFAULT_RATE_LIMITS: dict[str, float] = {
     "messenger": 250.0,
     "instagram": 100.0,
     "whatsapp": 80.0,
     "telegram": 30.0,
     "custom": 50.0,
+    "line": 1000.0,
     "viber": 50.0,
+    "twilio_sms": 10.0,
 }
 
 
@@ -39,11 +44,14 @@ class Settings(ServiceSettings):
     )
     channel_gateway_graph_api_url: str = Field(default="https://graph.facebook.com/v21.0", pattern=r"^https?://")
     channel_gateway_telegram_api_url: str = Field(default="https://api.telegram.org", pattern=r"^https?://")
+    channel_gateway_line_api_url: str = Field(default="https://api.line.me", pattern=r"^https?://")
     channel_gateway_viber_api_url: str = Field(default="https://chatapi.viber.com/pa", pattern=r"^https?://")
+    channel_gateway_twilio_api_url: str = Field(default="https://api.twilio.com", pattern=r"^https?://")
     channel_gateway_public_url: str = Field(
         default="http://127.0.0.1:8080",
         pattern=r"^https?://",
-        description="The gateway's public base URL: Telegram and custom channels' webhook URLs are built on it",
+        description="The gateway's public base URL: Telegram, LINE, Twilio SMS and custom channels' webhook URLs are "
+        "built on it (Twilio signs the URL it requested, so it must be exactly what Twilio calls)",
     )
 
     # -- web process ----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from parley_kit.errors import InvalidArgument
 from parley_kit.permissions import Permission
 
 from parley_channel_gateway.models import ACTIVE, ChannelRow
-from parley_channel_gateway.service import ChannelService, Credentials, validate_credentials
+from parley_channel_gateway.service import CHANNEL_TYPES, ChannelService, Credentials, validate_credentials
 
 TYPE_TO_PB = {
     "messenger": common_pb2.CHANNEL_TYPE_MESSENGER,
@@ -22,7 +22,9 @@ TYPE_TO_PB = {
     "whatsapp": common_pb2.CHANNEL_TYPE_WHATSAPP,
     "telegram": common_pb2.CHANNEL_TYPE_TELEGRAM,
     "custom": common_pb2.CHANNEL_TYPE_CUSTOM,
+    "line": common_pb2.CHANNEL_TYPE_LINE,
     "viber": common_pb2.CHANNEL_TYPE_VIBER,
+    "twilio_sms": common_pb2.CHANNEL_TYPE_TWILIO_SMS,
 }
 PB_TO_TYPE = {v: k for k, v in TYPE_TO_PB.items()}
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChannelService"].full_name
@@ -73,9 +75,7 @@ class ChannelApi(pb_grpc.ChannelServiceServicer):
         caller.require(Permission.CHANNELS_MANAGE, space_id=space_id)
         creds = _credentials(request)
         if creds is None:
-            raise InvalidArgument(
-                "give one of messenger, instagram, whatsapp, telegram, custom or viber with its credentials"
-            )
+            raise InvalidArgument(f"give one of {', '.join(CHANNEL_TYPES)} with its credentials")
         connected = await self.service.connect(space_id, request.name, creds)
         return pb.ConnectChannelResponse(
             channel=self._channel(connected.channel), webhook_secret=connected.webhook_secret

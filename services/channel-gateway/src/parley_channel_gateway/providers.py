@@ -1,6 +1,7 @@
-"""Provider send APIs over httpx: Messenger/Instagram Send API, WhatsApp Cloud API, Telegram Bot API, and
-custom channels' signed webhooks. Building each provider's request is pure; errors are classified into
-retryable (timeouts, 5xx, rate limits, with the provider's wait when it gives one) and permanent ones.
+"""Provider send APIs over httpx: Messenger/Instagram Send API, WhatsApp Cloud API, Telegram Bot API, LINE
+Messaging API (`outbound_line`), Twilio Programmable Messaging (`outbound_twilio_sms`), and custom channels' signed
+webhooks. Building each provider's request is pure; errors are classified into retryable (timeouts, 5xx, rate
+limits, with the provider's wait when it gives one) and permanent ones.
 
 Every HTTP call runs in a CLIENT span (`send <provider>` for message sends) and is timed in
 `parley_channel_gateway_provider_request_duration_seconds{provider, outcome}`.
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -86,6 +88,7 @@ class Target:
     webhook_url: str = ""
     webhook_secret: str = ""
     display_name: str = ""  # Viber: the sender name shown with each message
+    account_detail: str = ""  # Twilio SMS: the account SID
 
 
 # -- errors ---------------------------------------------------------------------------------------------------
@@ -419,13 +422,19 @@ class Providers:
     graph_api_url: str
     telegram_api_url: str
     timeout: float = 10.0
+    line_api_url: str = "https://api.line.me"
     viber_api_url: str = "https://chatapi.viber.com/pa"
+    twilio_api_url: str = "https://api.twilio.com"
+    public_url: str = ""  # the gateway's public base URL: Twilio status callbacks come back to it
     http: httpx.AsyncClient = field(init=False)
 
     def __post_init__(self) -> None:
         self.graph_api_url = self.graph_api_url.rstrip("/")
         self.telegram_api_url = self.telegram_api_url.rstrip("/")
+        self.line_api_url = self.line_api_url.rstrip("/")
         self.viber_api_url = self.viber_api_url.rstrip("/")
+        self.twilio_api_url = self.twilio_api_url.rstrip("/")
+        self.public_url = self.public_url.rstrip("/")
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         self.http = httpx.AsyncClient(timeout=self.timeout, limits=limits, follow_redirects=False)
 
@@ -454,22 +463,42 @@ class Providers:
             result = await self.telegram(target.access_token, method, body, span_name="send telegram", attempt=attempt)
             chat = result.get("chat") if isinstance(result.get("chat"), dict) else {}
             return f"{chat.get('id', msg.contact_external_id)}:{result.get('message_id', '')}"
+        if target.type == "line":
+            from parley_channel_gateway import outbound_line  # it builds on this module's types
+
+            body = outbound_line.push_request(msg)
+            headers = {outbound_line.RETRY_KEY_HEADER: outbound_line.retry_key(msg.request_id)}
+            data = await self.line(target.access_token, "POST", "/v2/bot/message/push", body, headers, attempt=attempt)
+            return outbound_line.sent_message_id(data)
         if target.type == "custom":
             return await self._custom(target, msg, attempt)
         if target.type == "viber":
             from parley_channel_gateway.outbound_viber import send_viber  # it builds on this module's types
 
             return await send_viber(self, target, msg, attempt)
+        if target.type == "twilio_sms":
+            # Imported here: outbound_twilio_sms builds on this module's errors and message types.
+            from parley_channel_gateway.outbound_twilio_sms import account_path, twilio_sms_request
+
+            callback = f"{self.public_url}/webhooks/twilio_sms/{target.channel_id}" if self.public_url else ""
+            fields = twilio_sms_request(msg, from_number=target.external_id, status_callback=callback)
+            path = account_path(target.account_detail, "Messages.json")
+            data = await self.twilio(
+                target.account_detail, target.access_token, path, fields, span_name="send twilio_sms", attempt=attempt
+            )
+            return str(data.get("sid") or "")
         raise InvalidContent(f"unknown channel type {target.type!r}")
 
     @contextlib.contextmanager
-    def _observed(self, provider: str, url: str, span_name: str = "", attempt: int | None = None) -> Iterator[_Call]:
+    def _observed(
+        self, provider: str, url: str, span_name: str = "", attempt: int | None = None, method: str = "POST"
+    ) -> Iterator[_Call]:
         """A provider HTTP call: its CLIENT span and its duration by outcome. The block sets `call.status` from
         the answer; a ProviderError it raises gives the outcome (no status: network_error)."""
         call = _Call()
         attributes = {
             "parley.provider": provider,
-            "http.request.method": "POST",
+            "http.request.method": method,
             "server.address": httpx.URL(url).host,
         }
         if attempt is not None:
@@ -538,6 +567,40 @@ class Providers:
         result = data.get("result")
         return result if isinstance(result, dict) else {"value": result}
 
+    async def line(
+        self,
+        token: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        attempt: int | None = None,
+    ) -> dict[str, Any]:
+        """Call the LINE Messaging API; returns its JSON answer. A push LINE refuses with 409 (its retry key was
+        already accepted: the message went out on an earlier attempt) counts as sent."""
+        from parley_channel_gateway import outbound_line
+
+        span_name = "send line" if path == "/v2/bot/message/push" else f"line {method} {path}"
+        with self._observed("line", self.line_api_url, span_name, attempt, method) as call:
+            try:
+                response = await self.http.request(
+                    method,
+                    self.line_api_url + path,
+                    json=body,
+                    headers={"Authorization": f"Bearer {token}", **(headers or {})},
+                )
+            except httpx.TimeoutException as exc:
+                raise ProviderError("timeout", f"LINE did not answer {path} in time", retryable=True) from exc
+            except httpx.HTTPError as exc:
+                raise ProviderError("unreachable", f"cannot reach the LINE API: {exc}", retryable=True) from exc
+            call.status = response.status_code
+            if response.status_code == 409 and outbound_line.RETRY_KEY_HEADER in (headers or {}):
+                return _json(response)
+            if response.status_code >= 300:
+                raise outbound_line.line_error(response)
+            return _json(response)
+
     async def viber(
         self, token: str, method: str, body: dict[str, Any], *, span_name: str = "", attempt: int | None = None
     ) -> dict[str, Any]:
@@ -558,6 +621,50 @@ class Providers:
             if response.status_code >= 300 or data.get("status") != 0:
                 raise viber_error(response, data)
             return data
+
+    async def twilio(
+        self,
+        account_sid: str,
+        auth_token: str,
+        path: str,
+        form: list[tuple[str, str]] | None = None,
+        *,
+        query: dict[str, str] | None = None,
+        span_name: str = "",
+        attempt: int | None = None,
+    ) -> dict[str, Any]:
+        """Call the Twilio REST API with HTTP basic auth: POST `form` when given, else GET with `query`."""
+        method = "GET" if form is None else "POST"
+        name = span_name or f"twilio {method}"
+        with self._observed("twilio_sms", self.twilio_api_url, name, attempt, method) as call:
+            return await self._twilio_call(call, (account_sid, auth_token), method, path, form, query)
+
+    async def _twilio_call(
+        self,
+        call: _Call,
+        auth: tuple[str, str],
+        method: str,
+        path: str,
+        form: list[tuple[str, str]] | None,
+        query: dict[str, str] | None,
+    ) -> dict[str, Any]:
+        from parley_channel_gateway.outbound_twilio_sms import twilio_error
+
+        body = urlencode(form).encode() if form is not None else None
+        headers = {"Content-Type": "application/x-www-form-urlencoded"} if form is not None else None
+        try:
+            response = await self.http.request(
+                method, self.twilio_api_url + path, content=body, params=query, headers=headers, auth=auth
+            )
+        except httpx.TimeoutException as exc:
+            raise ProviderError("timeout", "Twilio did not answer in time", retryable=True) from exc
+        except httpx.HTTPError as exc:
+            reason = f"cannot reach the Twilio API ({type(exc).__name__})"
+            raise ProviderError("unreachable", reason, retryable=True) from None
+        call.status = response.status_code
+        if response.status_code >= 300:
+            raise twilio_error(response)
+        return _json(response)
 
     async def _custom(self, target: Target, msg: OutboundMessage, attempt: int | None = None) -> str:
         with self._observed("custom", target.webhook_url, attempt=attempt) as call:

@@ -12,12 +12,13 @@ Life of a send request (keyed by `request_id` in the send log):
    in-process when the provider's wait is short, else through JetStream (nak with the consumer's backoff).
 
 The crash window: a worker that dies between 3 and 4 leaves the row SENDING. The provider may or may not
-have accepted the message, and Meta, WhatsApp and Telegram offer no idempotency key, so when the request
+have accepted the message, and Meta, WhatsApp, Telegram and Twilio offer no idempotency key, so when the request
 is redelivered after `claimed_until` the gateway does not send again: it records FAILED with code
 `outcome_unknown` (at most once: a person can resend; a duplicate cannot be unsent). Custom channels
-receive `X-Parley-Delivery-Id` (the request id) and must de-duplicate on it, so for them the send is
-simply retried (at least once). A redelivery while `claimed_until` is in the future (the first worker is
-still in its provider call) is given back to JetStream untouched.
+receive `X-Parley-Delivery-Id` (the request id) and must de-duplicate on it, and LINE runs a push once per
+`X-Line-Retry-Key` (derived from the request id), so for them the send is simply retried. A redelivery
+while `claimed_until` is in the future (the first worker is still in its provider call) is given back to
+JetStream untouched.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class OutboundSender:
             if row.status == SENDING:
                 if row.claimed_until is not None and row.claimed_until > self.clock():
                     raise RetryLater("another worker is sending this request")
-                if channel.type != "custom":
+                if channel.type not in IDEMPOTENT_TYPES:
                     outcome = await self._final(
                         session,
                         row,
@@ -176,6 +177,7 @@ class OutboundSender:
             webhook_url=channel.outbound_webhook_url,
             webhook_secret=str(secrets.get("webhook_secret", "")),
             display_name=channel.account_detail or channel.name,
+            account_detail=channel.account_detail,
         )
 
     async def _rate(self, target: Target) -> None:
@@ -238,6 +240,10 @@ class OutboundSender:
         metrics.OUTBOUND_SENDS.labels(row.channel_type or "unknown", _status_label(status, error_code)).inc()
         return _outcome(row)
 
+
+# Channel types whose provider de-duplicates a retried send (custom: X-Parley-Delivery-Id; LINE: X-Line-Retry-Key,
+# for 24 hours), so a send interrupted by a crash is sent again rather than recorded `outcome_unknown`.
+IDEMPOTENT_TYPES = frozenset({"custom", "line"})
 
 # Failures decided by Parley's own rules, before any provider call (`rejected` in the outbound sends metric).
 REJECTED_CODES = frozenset({"window_closed", "unsupported_content"})

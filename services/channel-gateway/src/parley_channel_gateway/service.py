@@ -17,26 +17,34 @@ from parley_kit.errors import FailedPrecondition, InvalidArgument, NotFound, Una
 
 from parley_channel_gateway.crypto import SecretBox
 from parley_channel_gateway.models import ACTIVE, DISCONNECTED, ChannelRow
+from parley_channel_gateway.outbound_twilio_sms import account_path
 from parley_channel_gateway.outbound_viber import EVENT_TYPES as VIBER_EVENTS
 from parley_channel_gateway.providers import ProviderError, Providers
 from parley_channel_gateway.repository import Repository
 
 log = logging.getLogger(__name__)
 
-CHANNEL_TYPES = ("messenger", "instagram", "whatsapp", "telegram", "custom", "viber")
+CHANNEL_TYPES = ("messenger", "instagram", "whatsapp", "telegram", "custom", "line", "viber", "twilio_sms")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 
 _NUMERIC_ID = re.compile(r"^[0-9]{1,32}$")
 _META_TOKEN = re.compile(r"^[A-Za-z0-9_\-.|]{20,2048}$")
 _BOT_TOKEN = re.compile(r"^([0-9]{1,20}):[A-Za-z0-9_-]{30,64}$")
+_LINE_SECRET = re.compile(r"^[0-9a-f]{32}$")
+_LINE_TOKEN = re.compile(r"^[A-Za-z0-9+/=._-]{20,2048}$")
 _VIBER_TOKEN = re.compile(r"^[A-Za-z0-9-]{20,128}$")
+_TWILIO_ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+_TWILIO_AUTH_TOKEN = re.compile(r"^[0-9a-fA-F]{32}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _ACCOUNT_WORDS = {
     "messenger": "Facebook Page",
     "instagram": "Instagram account",
     "whatsapp": "WhatsApp phone number",
     "telegram": "Telegram bot",
+    "line": "LINE Official Account",
     "viber": "Viber bot",
+    "twilio_sms": "Twilio phone number",
 }
 
 
@@ -49,6 +57,7 @@ class Credentials:
     access_token: str = ""
     account_detail: str = ""
     webhook_url: str = ""
+    secret: str = ""  # LINE: the channel secret
 
 
 def _numeric(value: str, field: str) -> str:
@@ -107,6 +116,17 @@ def validate_credentials(type_: str, fields: dict[str, str]) -> Credentials:
         return Credentials(type_, match.group(1), token)
     if type_ == "custom":
         return Credentials(type_, None, webhook_url=_webhook_url(fields.get("outbound_webhook_url", "")))
+    if type_ == "line":  # the account id (the bot's user id) comes from LINE at connect
+        secret = fields.get("channel_secret", "").strip()
+        if not _LINE_SECRET.match(secret):
+            raise InvalidArgument("line.channel_secret must be the channel secret: 32 lowercase hexadecimal digits")
+        token = fields.get("channel_access_token", "").strip()
+        if not _LINE_TOKEN.match(token):
+            raise InvalidArgument(
+                "line.channel_access_token does not look like a LINE channel access token (20 to 2048 letters, "
+                "digits and +/=._- without spaces)"
+            )
+        return Credentials(type_, None, token, secret=secret)
     if type_ == "viber":
         token = fields.get("auth_token", "").strip()
         if not _VIBER_TOKEN.match(token):
@@ -115,6 +135,17 @@ def validate_credentials(type_: str, fields: dict[str, str]) -> Credentials:
                 "'4453b6ac12345678-e02c5f12174805f9-daec9cbb5448c51f')"
             )
         return Credentials(type_, None, token)  # the account id comes from Viber's get_account_info
+    if type_ == "twilio_sms":
+        account_sid = fields.get("account_sid", "").strip()
+        if not _TWILIO_ACCOUNT_SID.match(account_sid):
+            raise InvalidArgument("twilio_sms.account_sid must be the Twilio account SID: 'AC' and 32 hex digits")
+        token = fields.get("auth_token", "").strip()
+        if not _TWILIO_AUTH_TOKEN.match(token):
+            raise InvalidArgument("twilio_sms.auth_token must be the account's auth token: 32 hex digits")
+        phone = fields.get("phone_number", "").strip()
+        if not _E164.match(phone):
+            raise InvalidArgument(f"twilio_sms.phone_number must be in E.164, e.g. +14155550100, got {phone[:40]!r}")
+        return Credentials(type_, phone, token, account_detail=account_sid)
     raise InvalidArgument(f"channel type must be one of {', '.join(CHANNEL_TYPES)}")
 
 
@@ -143,7 +174,7 @@ class ChannelService:
         self.public_url = public_url.rstrip("/")
 
     def inbound_url(self, channel: ChannelRow) -> str:
-        if channel.type in ("telegram", "custom", "viber"):
+        if channel.type in ("telegram", "custom", "line", "viber", "twilio_sms"):
             return f"{self.public_url}/webhooks/{channel.type}/{channel.id}"
         return f"{self.public_url}/webhooks/{channel.type}"
 
@@ -167,6 +198,9 @@ class ChannelService:
             stored["webhook_secret"] = webhook_secret
         if creds.type == "telegram":
             stored["secret_token"] = secrets.token_urlsafe(32)
+        if creds.type == "line":
+            stored["channel_secret"] = creds.secret
+            creds = await self._line_account(creds)
         now = datetime.now(UTC)
         row = ChannelRow(
             id=channel_id,
@@ -194,10 +228,14 @@ class ChannelService:
             if creds.type == "telegram":
                 # Inside the transaction: a bot Telegram refuses is never stored.
                 row.account_detail = await self._register_telegram(row, stored)
+            if creds.type == "line":
+                await self._register_line(row, creds.access_token)
             if creds.type == "viber":
                 # Inside the transaction too. Viber checks the URL with a `webhook` callback before it answers,
                 # which the web process answers without looking the (not yet committed) channel up.
                 await self._register_viber(row, creds.access_token)
+            if creds.type == "twilio_sms":
+                await self._register_twilio(row, stored)
         return Connected(row, webhook_secret)
 
     async def _viber_account(self, token: str) -> tuple[str, str]:
@@ -242,6 +280,60 @@ class ChannelService:
             raise InvalidArgument(f"Telegram refused the bot token: {exc.message} (error {exc.code})") from None
         username = me.get("username")
         return f"@{username}" if isinstance(username, str) and username else ""
+
+    async def _line_account(self, creds: Credentials) -> Credentials:
+        """The credentials with the bot's user id (the `destination` of its webhooks) and @basic id from LINE."""
+        try:
+            bot = await self.providers.line(creds.access_token, "GET", "/v2/bot/info")
+        except ProviderError as exc:
+            if exc.retryable:
+                raise Unavailable(f"LINE is unreachable or busy ({exc.message}); try again") from None
+            raise InvalidArgument(f"LINE refused the channel access token: {exc.message} ({exc.code})") from None
+        user_id, basic_id = str(bot.get("userId") or ""), str(bot.get("basicId") or "")
+        if not user_id:
+            raise Unavailable("LINE's bot info has no userId; try again")
+        return Credentials("line", user_id, creds.access_token, account_detail=basic_id, secret=creds.secret)
+
+    async def _register_line(self, row: ChannelRow, token: str) -> None:
+        """Point the LINE channel's webhook URL at this channel's route (LINE wants an https URL)."""
+        try:
+            await self.providers.line(
+                token, "PUT", "/v2/bot/channel/webhook/endpoint", {"endpoint": self.inbound_url(row)}
+            )
+        except ProviderError as exc:
+            if exc.retryable:
+                raise Unavailable(f"LINE is unreachable or busy ({exc.message}); try again") from None
+            raise InvalidArgument(
+                f"LINE refused the webhook URL {self.inbound_url(row)}: {exc.message} ({exc.code})"
+            ) from None
+
+    async def _register_twilio(self, row: ChannelRow, stored: dict[str, Any]) -> None:
+        """Find the number on the account (the SID and token work, the number is theirs and SMS-capable), point its
+        SmsUrl at the channel's webhook, and keep the number's SID (PN...) in the sealed secrets."""
+        sid, token, number = row.account_detail, stored["access_token"], row.external_id or ""
+        try:
+            found = await self.providers.twilio(
+                sid, token, account_path(sid, "IncomingPhoneNumbers.json"), query={"PhoneNumber": number}
+            )
+            numbers = [n for n in found.get("incoming_phone_numbers") or [] if isinstance(n, dict)]
+            match = next((n for n in numbers if n.get("phone_number") == number), None)
+            if match is None or not isinstance(match.get("sid"), str):
+                raise InvalidArgument(f"{number} is not a phone number of Twilio account {sid}; buy or port it first")
+            capabilities = match.get("capabilities") if isinstance(match.get("capabilities"), dict) else {}
+            if capabilities.get("sms") is False:
+                raise InvalidArgument(f"{number} cannot send or receive SMS (Twilio capabilities.sms is false)")
+            stored["phone_number_sid"] = match["sid"]
+            await self._set_twilio_sms_url(sid, token, match["sid"], self.inbound_url(row))
+        except ProviderError as exc:
+            if exc.retryable:
+                raise Unavailable(f"Twilio is unreachable or busy ({exc.message}); try again") from None
+            raise InvalidArgument(f"Twilio refused the credentials: {exc.message} (error {exc.code})") from None
+        row.secrets = self.box.seal(stored)
+
+    async def _set_twilio_sms_url(self, sid: str, token: str, number_sid: str, url: str) -> None:
+        """Set (or clear, with "") the number's incoming message webhook."""
+        path = account_path(sid, f"IncomingPhoneNumbers/{number_sid}.json")
+        await self.providers.twilio(sid, token, path, [("SmsUrl", url), ("SmsMethod", "POST")])
 
     # -- read -------------------------------------------------------------------------------------------------------
 
@@ -294,7 +386,7 @@ class ChannelService:
                     "the channel is disconnected; connect the account again instead of updating it"
                 )
             stored = self.box.open(row.secrets)
-            telegram_changed = False
+            telegram_changed = twilio_changed = False
             if name is not None:
                 if not name.strip():
                     raise InvalidArgument("name must not be empty")
@@ -302,6 +394,9 @@ class ChannelService:
             if creds is not None:
                 if creds.type != row.type:
                     raise InvalidArgument(f"this is a {row.type} channel; give {row.type} credentials")
+                if creds.type == "line":
+                    stored["channel_secret"] = creds.secret
+                    creds = await self._line_account(creds)
                 if creds.type == "viber":
                     account_id, viber_name = await self._viber_account(creds.access_token)
                     creds = replace(creds, external_id=account_id, account_detail=viber_name)
@@ -314,6 +409,7 @@ class ChannelService:
                     stored["access_token"] = creds.access_token
                     row.credential_hint = _hint(creds.access_token)
                     telegram_changed = row.type == "telegram"
+                    twilio_changed = row.type == "twilio_sms"
                 if creds.account_detail:
                     row.account_detail = creds.account_detail
                 if creds.webhook_url:
@@ -325,10 +421,16 @@ class ChannelService:
                 elif row.type == "telegram":
                     stored["secret_token"] = secrets.token_urlsafe(32)
                     telegram_changed = True
+                elif row.type == "line":
+                    raise InvalidArgument(
+                        "LINE issues the channel secret: reissue it in the LINE Developers console, then update the "
+                        "channel with line.channel_secret and line.channel_access_token"
+                    )
                 else:
                     raise InvalidArgument(
                         "only custom and Telegram channels have a webhook secret; Meta channels are signed with the "
-                        "app secret, Viber's with the auth token"
+                        "app secret, Viber's with the auth token, Twilio SMS with the account's auth token (give the "
+                        "new token as credentials)"
                     )
             row.secrets = self.box.seal(stored)
             row.updated_at = datetime.now(UTC)
@@ -337,6 +439,8 @@ class ChannelService:
                 row.account_detail = account or row.account_detail
             if creds is not None and creds.type == "viber":
                 await self._register_viber(row, creds.access_token)
+            if twilio_changed:
+                await self._register_twilio(row, stored)
         return Connected(row, webhook_secret)
 
     async def disconnect(self, space_id: str, channel_id: str) -> ChannelRow:
@@ -359,6 +463,12 @@ class ChannelService:
                 await self.providers.viber(stored["access_token"], "set_webhook", {"url": ""})
             except (ProviderError, KeyError) as exc:
                 log.warning("channel %s disconnected, but removing its Viber webhook failed: %s", row.id, exc)
+        if row.type == "twilio_sms" and stored.get("phone_number_sid"):
+            try:
+                number_sid = stored["phone_number_sid"]
+                await self._set_twilio_sms_url(row.account_detail, stored["access_token"], number_sid, "")
+            except ProviderError as exc:
+                log.warning("channel %s disconnected, but clearing the Twilio number's SmsUrl failed: %s", row.id, exc)
         return row
 
 

@@ -1,9 +1,9 @@
 """The webhook HTTP app (Flask, served by gunicorn): verify, parse, resolve the channel, publish, answer.
 
-A POST is answered 200 only after JetStream acknowledged every event of its body. Refusals never publish
-anything and always carry a JSON body: 413 too large, 415 not JSON, 401 signature missing, 403 signature
-wrong or stale, 400 malformed body, 404 unknown channel URL, 503 NATS or the database unavailable (the
-provider retries; the retry is de-duplicated by Nats-Msg-Id).
+A POST is answered 200 only after JetStream acknowledged every event of its body (Twilio SMS: with empty TwiML).
+Refusals never publish anything and always carry a JSON body: 413 too large, 415 not JSON (Twilio SMS: not form
+data), 401 signature missing, 403 signature wrong or stale, 400 malformed body, 404 unknown channel URL, 503 NATS
+or the database unavailable (the provider retries; the retry is de-duplicated by Nats-Msg-Id).
 """
 
 from __future__ import annotations
@@ -36,17 +36,29 @@ from parley_channel_gateway.inbound import (
     ParsedItem,
     Verdict,
     parse_custom,
+    parse_form,
     parse_instagram,
+    parse_line,
     parse_messenger,
     parse_telegram,
+    parse_twilio_sms,
     parse_viber,
     parse_whatsapp,
     verify_custom_signature,
+    verify_line_signature,
     verify_meta_signature,
     verify_telegram_secret,
+    verify_twilio_signature,
     verify_viber_signature,
 )
-from parley_channel_gateway.inbound.signatures import CUSTOM_HEADER, META_HEADER, TELEGRAM_HEADER, VIBER_HEADER
+from parley_channel_gateway.inbound.signatures import (
+    CUSTOM_HEADER,
+    LINE_HEADER,
+    META_HEADER,
+    TELEGRAM_HEADER,
+    TWILIO_HEADER,
+    VIBER_HEADER,
+)
 from parley_channel_gateway.inbound.viber import is_setup_check, load_callback
 
 log = logging.getLogger(__name__)
@@ -57,6 +69,8 @@ META_PARSERS: dict[str, Callable[[bytes], list[ParsedItem]]] = {
     "instagram": parse_instagram,
     "whatsapp": parse_whatsapp,
 }
+# Twilio's answer to an accepted message webhook: empty TwiML, so Twilio sends no automatic reply.
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 KIND_NAMES = {value: name.removeprefix("INBOUND_KIND_").lower() for name, value in ev.InboundKind.items()}
 
 
@@ -93,6 +107,7 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
     limit = settings.channel_gateway_max_body_bytes
     timeout = settings.channel_gateway_publish_timeout_seconds
     lookup_timeout = max(timeout, 5.0)
+    public_url = settings.channel_gateway_public_url.rstrip("/")
 
     # -- observability ------------------------------------------------------------------------------------------
 
@@ -129,11 +144,11 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
 
     # -- checks shared by every POST ------------------------------------------------------------------------------
 
-    def read_json_body(channel_type: str) -> bytes:
+    def read_json_body(channel_type: str, mimetype: str = "application/json") -> bytes:
         if request.content_length is not None and request.content_length > limit:
             raise Refused(413, "body_too_large", f"the body is larger than {limit} bytes")
-        if request.mimetype != "application/json":
-            raise Refused(415, "unsupported_media_type", "send the webhook as Content-Type: application/json")
+        if request.mimetype != mimetype:
+            raise Refused(415, "unsupported_media_type", f"send the webhook as Content-Type: {mimetype}")
         # Straight from the input (werkzeug's get_data would cut a chunked body at the limit without a word).
         data: bytes = request.environ["wsgi.input"].read(limit + 1)
         if len(data) > limit:
@@ -148,7 +163,11 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
         if not verdict.ok:
             raise Refused(403, "signature_invalid", f"the {what} does not match this body")
 
-    def webhook(channel_type: str, handle: Callable[[], dict[str, Any]]) -> Response:
+    def webhook(
+        channel_type: str,
+        handle: Callable[[], dict[str, Any]],
+        accepted: Callable[[dict[str, Any]], Response] | None = None,
+    ) -> Response:
         environ = request.environ
         traceparent = environ.get("HTTP_TRACEPARENT")
         parent = (
@@ -184,6 +203,8 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
                 response.headers["Retry-After"] = "1"
                 return response
             span.set_attribute("http.response.status_code", 200)
+            if accepted is not None:
+                return accepted(body)
             return Response(json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n", mimetype="application/json")
 
     async def deliver(channel_type: str, items: list[ParsedItem], fixed: ChannelInfo | None) -> dict[str, Any]:
@@ -248,7 +269,7 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
         app.add_url_rule(f"/webhooks/{name}", f"{name}_verify", lambda name=name: meta_verify(name), methods=["GET"])
         app.add_url_rule(f"/webhooks/{name}", f"{name}_post", lambda name=name: meta_post(name), methods=["POST"])
 
-    # -- Telegram and custom channels: the channel is in the URL ------------------------------------------------------
+    # -- Telegram, custom and LINE channels: the channel is in the URL -----------------------------------------------
 
     def by_url(channel_type: str, channel_id: str) -> ChannelInfo:
         channel = bridge.run(bridge.channel_by_id(channel_id), lookup_timeout) if len(channel_id) <= 64 else None
@@ -278,6 +299,17 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
 
         return webhook("custom", handle)
 
+    @app.post("/webhooks/line/<channel_id>")
+    def line_post(channel_id: str) -> Response:
+        def handle() -> dict[str, Any]:
+            body = read_json_body("line")
+            channel = by_url("line", channel_id)
+            check(verify_line_signature(body, request.headers.get(LINE_HEADER), channel.secret), LINE_HEADER)
+            items = parse_line(body, channel_id=channel.id)
+            return bridge.run(deliver("line", items, channel), timeout + lookup_timeout)
+
+        return webhook("line", handle)
+
     @app.post("/webhooks/viber/<channel_id>")
     def viber_post(channel_id: str) -> Response:
         def handle() -> dict[str, Any]:
@@ -291,6 +323,24 @@ def create_app(settings: Settings, bridge: Bridge) -> Flask:
             return bridge.run(deliver("viber", items, channel), timeout + lookup_timeout)
 
         return webhook("viber", handle)
+
+    @app.post("/webhooks/twilio_sms/<channel_id>")
+    def twilio_sms_post(channel_id: str) -> Response:
+        def handle() -> dict[str, Any]:
+            body = read_json_body("twilio_sms", "application/x-www-form-urlencoded")
+            channel = by_url("twilio_sms", channel_id)
+            params = parse_form(body)
+            # Twilio signs the URL it requested: the public one, rebuilt from the setting (not the Host header,
+            # which behind the Ingress names the gateway itself).
+            query = request.query_string.decode("latin-1")
+            url = f"{public_url}/webhooks/twilio_sms/{channel_id}" + (f"?{query}" if query else "")
+            check(
+                verify_twilio_signature(url, params, request.headers.get(TWILIO_HEADER), channel.secret), TWILIO_HEADER
+            )
+            items = parse_twilio_sms(params, channel_id=channel.id)
+            return bridge.run(deliver("twilio_sms", items, channel), timeout + lookup_timeout)
+
+        return webhook("twilio_sms", handle, lambda _: Response(EMPTY_TWIML, mimetype="text/xml"))
 
     # -- probes and metrics -----------------------------------------------------------------------------------------
 

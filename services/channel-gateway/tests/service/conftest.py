@@ -1,6 +1,6 @@
 """Fixtures for the gateway's I/O tests: real PostgreSQL and NATS (kit fixtures), a local fake provider
-server (Graph API, Telegram Bot API, custom webhooks) recording what it received, and helpers to read
-JetStream."""
+server (Graph API, Telegram Bot API, LINE Messaging API, Viber REST Bot API, Twilio REST API, custom webhooks)
+recording what it received, and helpers to read JetStream."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import re
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import httpx
 import nats
@@ -54,10 +56,15 @@ class Recorded:
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
 
+    @property
+    def form(self) -> list[tuple[str, str]]:
+        return parse_qsl(self.body.decode(), keep_blank_values=True)
+
 
 @dataclass
 class FakeProvider:
-    """A local HTTP server standing in for graph.facebook.com, api.telegram.org and custom webhooks."""
+    """A local HTTP server standing in for graph.facebook.com, api.telegram.org, api.line.me, chatapi.viber.com,
+    api.twilio.com and custom webhooks."""
 
     requests: list[Recorded] = field(default_factory=list)
     scripts: list[tuple[re.Pattern[str], list[tuple[int, Any, dict[str, str]]]]] = field(default_factory=list)
@@ -93,7 +100,15 @@ class FakeProvider:
             for pattern, queue in self.scripts:
                 if queue and pattern.search(path):
                     return queue.pop(0)
+        if "/2010-04-01/Accounts/" in path:
+            return _twilio_answer(method, path, n)
         data = json.loads(body) if body else {}
+        if path.startswith("/line/"):
+            if path.endswith("/v2/bot/info"):  # a new bot each time unless scripted
+                return 200, {"userId": f"U{uuid.uuid4().hex}", "basicId": "@123abcde", "displayName": "Parley"}, {}
+            if path.endswith("/v2/bot/message/push"):
+                return 200, {"sentMessages": [{"id": f"{n}", "quoteToken": f"q{n}"}]}, {}
+            return 200, {}, {}
         if path.startswith("/viber/"):
             if path.endswith("/get_account_info"):
                 return 200, {"status": 0, "status_message": "ok", "id": VIBER_ACCOUNT, "name": "Parley Viber Bot"}, {}
@@ -115,6 +130,18 @@ class FakeProvider:
         return 200, {"message_id": f"custom-{n}"}, {}
 
 
+def _twilio_answer(method: str, path: str, n: int) -> tuple[int, Any, dict[str, str]]:
+    """Twilio REST: the looked-up number (any number belongs to the account), its update, a created message."""
+    parts = urlsplit(path)
+    if method == "GET" and parts.path.endswith("/IncomingPhoneNumbers.json"):
+        number = parse_qs(parts.query).get("PhoneNumber", [""])[0]
+        found = {"sid": f"PN{n:032x}", "phone_number": number, "capabilities": {"sms": True}}
+        return 200, {"incoming_phone_numbers": [found], "page": 0}, {}
+    if parts.path.endswith("/Messages.json"):
+        return 201, {"sid": f"SM{n:032x}", "status": "queued"}, {}
+    return 200, {"sid": parts.path.rsplit("/", 1)[-1].removesuffix(".json")}, {}
+
+
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeProvider
 
@@ -122,8 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         with self.fake.lock:
-            self.fake.requests.append(Recorded("POST", self.path, dict(self.headers), body, time.time()))
-        status, payload, headers = self.fake.answer("POST", self.path, body)
+            self.fake.requests.append(Recorded(self.command, self.path, dict(self.headers), body, time.time()))
+        status, payload, headers = self.fake.answer(self.command, self.path, body)
         if isinstance(payload, float | int) and status == 0:  # (0, seconds): hang to provoke a timeout
             time.sleep(payload)
             return
@@ -135,6 +162,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST
 
     def do_HEAD(self) -> None:
         """A file's size for Viber video/file sends: `/files/<n bytes>/...` has Content-Length n."""
@@ -184,7 +213,9 @@ def make_settings(
             "channel_gateway_meta_verify_token": VERIFY_TOKEN,
             "channel_gateway_graph_api_url": fake_provider.url + "/graph",
             "channel_gateway_telegram_api_url": fake_provider.url + "/telegram",
+            "channel_gateway_line_api_url": fake_provider.url + "/line",
             "channel_gateway_viber_api_url": fake_provider.url + "/viber",
+            "channel_gateway_twilio_api_url": fake_provider.url + "/twilio",
             "channel_gateway_public_url": "https://gateway.test",
             "channel_gateway_channel_cache_seconds": 0.5,
             "channel_gateway_provider_timeout_seconds": 2.0,
@@ -213,7 +244,9 @@ async def connect_channel(settings: Settings, space_id: str, type_: str, name: s
     providers = Providers(
         settings.channel_gateway_graph_api_url,
         settings.channel_gateway_telegram_api_url,
+        line_api_url=settings.channel_gateway_line_api_url,
         viber_api_url=settings.channel_gateway_viber_api_url,
+        twilio_api_url=settings.channel_gateway_twilio_api_url,
     )
     try:
         service = ChannelService(

@@ -65,6 +65,20 @@ async def test_cli_errors_are_one_line_and_exit_1(address: str, mint_token: Call
     assert missing.exit_code == 1 and "NOT_FOUND" in missing.output
 
 
+async def test_cli_connects_line_with_prompted_secrets(address: str, mint_token: Callable[..., str]) -> None:
+    token = mint_token(space_id=f"space-{uuid.uuid4().hex[:8]}", role="manager")
+    connected = await parley(
+        address, token, "channels", "connect", "line", "--name", "LINE shop", "--json",
+        input="5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d\nlineCliAccessToken0123456789=\n",
+    )  # fmt: skip
+    assert connected.exit_code == 0, connected.output
+    channel = json.loads(connected.output[connected.output.index("{") :])
+    assert channel["type"] == "line" and channel["external_id"].startswith("U") and channel["name"] == "LINE shop"
+    assert channel["inbound_webhook_url"].endswith(f"/webhooks/line/{channel['channel_id']}")
+    listed = await parley(address, token, "channels", "list", "--type", "line", "--json")
+    assert [c["channel_id"] for c in json.loads(listed.output)] == [channel["channel_id"]]
+
+
 async def test_cli_connects_a_viber_bot_with_a_prompted_token(
     address: str, mint_token: Callable[..., str], fake_provider: Any, gw: Any
 ) -> None:
@@ -77,4 +91,21 @@ async def test_cli_connects_a_viber_bot_with_a_prompted_token(
     assert (channel["type"], channel["external_id"], channel["name"]) == ("viber", account, "CLI Bot")
     assert channel["inbound_webhook_url"].endswith(f"/webhooks/viber/{channel['channel_id']}")
     listed = await parley(address, token, "channels", "list", "--type", "viber", "--json")
+    assert [c["channel_id"] for c in json.loads(listed.output)] == [channel["channel_id"]]
+
+
+async def test_cli_connects_a_twilio_sms_number_with_a_prompted_auth_token(
+    address: str, mint_token: Callable[..., str], fake_provider: Any
+) -> None:
+    token = mint_token(space_id=f"space-{uuid.uuid4().hex[:8]}", role="manager")
+    number, sid = f"+1646{uuid.uuid4().int % 10**7:07d}", "AC" + uuid.uuid4().hex
+    connected = await parley(
+        address, token, "channels", "connect", "twilio-sms", "--account-sid", sid, "--phone-number", number, "--json",
+        input=uuid.uuid4().hex + "\n",
+    )  # fmt: skip
+    assert connected.exit_code == 0, connected.output
+    channel = json.loads(connected.output[connected.output.index("{") :])
+    assert channel["type"] == "twilio_sms" and channel["external_id"] == number and channel["account_detail"] == sid
+    assert channel["inbound_webhook_url"].endswith(f"/webhooks/twilio_sms/{channel['channel_id']}")
+    listed = await parley(address, token, "channels", "list", "--type", "twilio_sms", "--json")
     assert [c["channel_id"] for c in json.loads(listed.output)] == [channel["channel_id"]]

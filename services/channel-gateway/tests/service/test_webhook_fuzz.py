@@ -3,6 +3,7 @@ without crashing (NATS is up here, so not even 503)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -19,6 +20,7 @@ from parley_channel_gateway.inbound.signatures import sign_custom
 PAGE_ID = "106385812345678"
 IG_ID = "17841400000000001"
 WA_PHONE_ID = "109876543210987"
+LINE_SECRET = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b"
 
 scalars = st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False)
 scalars = scalars | st.text(max_size=30) | st.sampled_from([PAGE_ID, IG_ID, WA_PHONE_ID, "message", "text", "mid"])
@@ -52,6 +54,12 @@ keys = st.text(max_size=12) | st.sampled_from(
         "data",
         "contact",
         "external_id",
+        "events",
+        "source",
+        "userId",
+        "groupId",
+        "webhookEventId",
+        "replyToken",
     ]
 )
 json_values = st.recursive(
@@ -87,6 +95,8 @@ bodies = {
         lambda u, rest: {"update_id": u, **rest}, st.integers(), st.dictionaries(keys, json_values, max_size=4)
     ),
     "custom": json_values | st.dictionaries(keys, json_values, max_size=6),
+    "line": json_values
+    | st.builds(lambda events: {"destination": "U1", "events": events}, st.lists(json_values, max_size=4)),
     "viber": json_values
     | st.builds(
         lambda e, rest: {"event": e, **rest},
@@ -109,6 +119,9 @@ def fuzz_client(migrated: str, make_settings: Callable[..., Any], gw: Any, fake_
     )
     telegram = gw.run(gw.connect_channel(settings_, space, "telegram", bot_token=gw.BOT_TOKEN))
     custom = gw.run(gw.connect_channel(settings_, space, "custom", outbound_webhook_url=fake_provider.url + "/hook"))
+    line = gw.run(
+        gw.connect_channel(settings_, space, "line", channel_secret=LINE_SECRET, channel_access_token=gw.META_TOKEN)
+    )
     fake_provider.script("/viber/get_account_info", (200, {"status": 0, "id": f"pa:fuzz-{space}", "name": "Fuzz"}))
     viber = gw.run(gw.connect_channel(settings_, space, "viber", auth_token=gw.VIBER_TOKEN))
     box = SecretBox(settings_.channel_gateway_encryption_key)
@@ -124,6 +137,10 @@ def fuzz_client(migrated: str, make_settings: Callable[..., Any], gw: Any, fake_
         if provider == "custom":
             headers["X-Parley-Signature"] = sign_custom(raw, custom.webhook_secret)
             return client.post(f"/webhooks/custom/{custom.channel.id}", data=raw, headers=headers)
+        if provider == "line":
+            signature = hmac.new(LINE_SECRET.encode(), raw, hashlib.sha256).digest()
+            headers["X-Line-Signature"] = base64.b64encode(signature).decode()
+            return client.post(f"/webhooks/line/{line.channel.id}", data=raw, headers=headers)
         if provider == "viber":
             headers["X-Viber-Content-Signature"] = hmac.new(gw.VIBER_TOKEN.encode(), raw, hashlib.sha256).hexdigest()
             return client.post(f"/webhooks/viber/{viber.channel.id}", data=raw, headers=headers)

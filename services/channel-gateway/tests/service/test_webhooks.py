@@ -3,6 +3,7 @@ partition subject, and every refusal answers a JSON error and publishes nothing.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -17,6 +18,7 @@ from parley.channel_gateway.v1 import events_pb2 as ev
 from parley_channel_gateway.inbound import (
     parse_custom,
     parse_instagram,
+    parse_line,
     parse_messenger,
     parse_telegram,
     parse_viber,
@@ -28,10 +30,15 @@ from parley_kit.contracts import channel_gateway as contract
 PAGE_ID = "106385812345678"
 IG_ID = "17841400000000001"
 WA_PHONE_ID = "109876543210987"
+LINE_SECRET = "3f6e2a9c0b1d4e5f8a7b6c5d4e3f2a1b"
 
 
 def meta_signature(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def line_signature(body: bytes, secret: str) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 
 
 class Gateway:
@@ -68,6 +75,16 @@ class Gateway:
             hdrs["X-Parley-Signature"] = signature
         return self.client.post(f"/webhooks/custom/{channel.channel.id}", data=body, headers=hdrs)
 
+    def post_line(self, body: bytes, *, signature: str | None = "valid", channel_id: str = "") -> Any:
+        hdrs = {"Content-Type": "application/json"}
+        if signature == "valid":
+            hdrs["X-Line-Signature"] = line_signature(body, LINE_SECRET)
+        elif signature is not None:
+            hdrs["X-Line-Signature"] = signature
+        return self.client.post(
+            f"/webhooks/line/{channel_id or self.channels['line'].channel.id}", data=body, headers=hdrs
+        )
+
     def post_viber(self, body: bytes, *, signature: str | None = "valid", channel_id: str = "") -> Any:
         hdrs = {"Content-Type": "application/json"}
         if signature == "valid":
@@ -77,6 +94,8 @@ class Gateway:
         return self.client.post(f"/webhooks/viber/{channel_id or self.channels['viber'].channel.id}", body, hdrs)
 
     def post(self, provider: str, body: bytes) -> Any:
+        if provider == "line":
+            return self.post_line(body)
         if provider == "telegram":
             return self.post_telegram(body)
         if provider == "custom":
@@ -120,6 +139,15 @@ def gateway(migrated: str, make_settings: Callable[..., Any], gw: Any, fake_prov
         "telegram": gw.run(gw.connect_channel(settings, space_id, "telegram", bot_token=gw.BOT_TOKEN)),
         "custom": gw.run(
             gw.connect_channel(settings, space_id, "custom", outbound_webhook_url=fake_provider.url + "/hook")
+        ),
+        "line": gw.run(
+            gw.connect_channel(
+                settings,
+                space_id,
+                "line",
+                channel_secret=LINE_SECRET,
+                channel_access_token="lineAccessToken0123456789=",
+            )
         ),
         "viber": viber_channel(gw, settings, space_id, fake_provider),
     }
@@ -187,6 +215,10 @@ CASES = [
     ("telegram", "my_chat_member", ev.INBOUND_KIND_MEMBERSHIP),
     ("custom", "message", ev.INBOUND_KIND_MESSAGE),
     ("custom", "postback", ev.INBOUND_KIND_POSTBACK),
+    ("line", "message_text", ev.INBOUND_KIND_MESSAGE),
+    ("line", "postback", ev.INBOUND_KIND_POSTBACK),
+    ("line", "follow", ev.INBOUND_KIND_OPTIN),
+    ("line", "unsend", ev.INBOUND_KIND_DELETE),
     ("viber", "message_text", ev.INBOUND_KIND_MESSAGE),
     ("viber", "message_keyboard_reply", ev.INBOUND_KIND_POSTBACK),
     ("viber", "delivered", ev.INBOUND_KIND_DELIVERY),
@@ -235,6 +267,8 @@ def _expected_items(gateway: Gateway, provider: str, raw: bytes) -> tuple[list[A
         return [i.event for i in parse_telegram(raw, channel_id=channel.id)], 0
     if provider == "custom":
         return [i.event for i in parse_custom(raw, channel_id=channel.id)], 0
+    if provider == "line":
+        return [i.event for i in parse_line(raw, channel_id=channel.id)], 0
     if provider == "viber":
         return [i.event for i in parse_viber(raw, channel_id=channel.id)], 0
     parser = {"messenger": parse_messenger, "instagram": parse_instagram, "whatsapp": parse_whatsapp}[provider]
@@ -351,6 +385,35 @@ def test_telegram_missing_or_wrong_secret_token_is_refused(gateway: Gateway, bod
     assert len(gateway.events("telegram")) == before
     assert gateway.post_telegram(data).status_code == 200
     assert len(gateway.events("telegram")) == before + 1
+
+
+def test_line_missing_or_forged_signature_is_refused(gateway: Gateway, body: Callable[[str, str], bytes]) -> None:
+    raw = json.loads(body("line", "message_text"))
+    raw["events"][0]["webhookEventId"] = f"01TEST{uuid.uuid4().hex[:20].upper()}"
+    data = json.dumps(raw).encode()
+    before = len(gateway.events("line"))
+    missing = gateway.post_line(data, signature=None)
+    assert missing.status_code == 401 and missing.json["error"] == "signature_missing"
+    forged = gateway.post_line(data, signature=line_signature(data, "0" * 32))
+    assert forged.status_code == 403 and forged.json["error"] == "signature_invalid"
+    assert gateway.post_line(data, signature="%%%").status_code == 403
+    assert len(gateway.events("line")) == before
+    assert gateway.post_line(data).json == {"status": "ok", "published": 1, "ignored": 0}
+    assert len(gateway.events("line")) == before + 1
+
+
+def test_line_console_verify_is_answered_200_and_publishes_nothing(
+    gateway: Gateway, doc: Callable[[str, str], dict]
+) -> None:
+    dummy = doc("line", "message_text")
+    dummy["events"] = [dict(dummy["events"][0], replyToken=token) for token in ("0" * 32, "f" * 32)]
+    before = len(gateway.events("line"))
+    for body in (json.dumps(doc("line", "verify")).encode(), json.dumps(dummy).encode()):
+        response = gateway.post_line(body)
+        assert response.status_code == 200 and response.json == {"status": "ok", "published": 0, "ignored": 0}
+    assert len(gateway.events("line")) == before
+    assert gateway.post_line(b'{"destination": "U1"}').status_code == 400
+    assert gateway.post_line(b"{}", channel_id=str(uuid.uuid4())).status_code == 404
 
 
 def test_custom_missing_forged_or_stale_signature_is_refused(

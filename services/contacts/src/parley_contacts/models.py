@@ -195,9 +195,9 @@ class FieldValue(Base):
     value_date: Mapped[date | None] = mapped_column(Date)
     value_datetime: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     value_bool: Mapped[bool | None] = mapped_column(Boolean)
-    # A copy of the contact's `tag_ids`, rewritten with it (under the contact's row lock): a count of
-    # "tag conditions and a value condition" is one index-only scan of the value's entries, filtering on
-    # the tags they carry, instead of a join of the tag's and the value's contact ids.
+    # A copy of the contact's `tag_ids`, kept by two triggers (migration 0004): a count of "tag conditions
+    # and a value condition" is one index-only scan of the value's entries, filtering on the tags they
+    # carry, instead of a join of the tag's and the value's contact ids.
     tag_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(Uuid), server_default="{}")
 
     # Covering (contact_id, the tags, and the raw text for the lower() index): value criteria, alone or

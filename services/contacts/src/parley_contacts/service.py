@@ -685,6 +685,7 @@ class ContactsService:
         async with self.repo.unit() as unit:
             s = unit.session
             ids = await self._live_ids(unit, space_id, contact_ids)
+            await self.repo.lock_contacts(s, space_id, ids)
             now = self.clock()
             for tag_id in await self._require_tags(unit, space_id, add):
                 tag = await self.repo.get_tag(s, space_id, tag_id)

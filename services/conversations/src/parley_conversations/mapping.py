@@ -22,7 +22,9 @@ CHANNEL_TYPES = {
     common.CHANNEL_TYPE_WHATSAPP: messaging_window.WHATSAPP,
     common.CHANNEL_TYPE_TELEGRAM: messaging_window.TELEGRAM,
     common.CHANNEL_TYPE_CUSTOM: messaging_window.CUSTOM,
+    common.CHANNEL_TYPE_LINE: "line",  # no messaging window
     common.CHANNEL_TYPE_VIBER: "viber",  # no messaging window: the kit's rule has no entry for it
+    common.CHANNEL_TYPE_TWILIO_SMS: "twilio_sms",  # no messaging window
 }
 CHANNEL_TYPE_PB = {v: k for k, v in CHANNEL_TYPES.items()}
 

@@ -12,7 +12,7 @@ from parley.common.v1 import common_pb2
 from parley_cli.common import call, command, emit, json_option, to_dict, token_option
 
 SERVICE = "channel-gateway"
-TYPES = ["messenger", "instagram", "whatsapp", "telegram", "custom", "viber"]
+TYPES = ["messenger", "instagram", "whatsapp", "telegram", "custom", "line", "viber", "twilio_sms"]
 COLUMNS = ["channel_id", "type", "name", "external_id", "status", "inbound_webhook_url"]
 _TYPE_VALUES = {name: getattr(common_pb2, f"CHANNEL_TYPE_{name.upper()}") for name in TYPES}
 
@@ -36,7 +36,7 @@ async def _rpc(method: str, request: Any, token_value: str | None) -> Any:
 
 @click.group()
 def channels() -> None:
-    """Messaging channels of a space: Messenger, Instagram, WhatsApp, Telegram, custom, Viber."""
+    """Messaging channels of a space: Messenger, Instagram, WhatsApp, Telegram, custom, LINE, Viber, Twilio SMS."""
 
 
 # -- connect --
@@ -128,6 +128,20 @@ async def connect_custom(webhook_url: str, space_id: str, name: str, as_json: bo
     await _connect(pb.ConnectChannelRequest(space_id=space_id, name=name, custom=config), as_json, token_value)
 
 
+@connect.command("line")
+@click.option("--channel-secret", required=True, prompt=True, hide_input=True, envvar="PARLEY_LINE_CHANNEL_SECRET")
+@click.option(
+    "--channel-access-token", required=True, prompt=True, hide_input=True, envvar="PARLEY_LINE_CHANNEL_ACCESS_TOKEN"
+)
+@_common
+@command
+async def connect_line(channel_secret: str, channel_access_token: str, space_id: str, name: str, as_json: bool,
+                       token_value: str | None) -> None:  # fmt: skip
+    """Connect a LINE Official Account's Messaging API channel (the gateway sets its webhook URL with LINE)."""
+    creds = pb.LineCredentials(channel_secret=channel_secret, channel_access_token=channel_access_token)
+    await _connect(pb.ConnectChannelRequest(space_id=space_id, name=name, line=creds), as_json, token_value)
+
+
 @connect.command("viber")
 @click.option("--auth-token", required=True, prompt=True, hide_input=True, envvar="PARLEY_VIBER_AUTH_TOKEN")
 @_common
@@ -136,6 +150,19 @@ async def connect_viber(auth_token: str, space_id: str, name: str, as_json: bool
     """Connect a Viber bot by its authentication token (the gateway registers its webhook with Viber)."""
     creds = pb.ViberCredentials(auth_token=auth_token)
     await _connect(pb.ConnectChannelRequest(space_id=space_id, name=name, viber=creds), as_json, token_value)
+
+
+@connect.command("twilio-sms")
+@click.option("--account-sid", required=True, help="The Twilio account SID (AC...).")
+@click.option("--phone-number", required=True, help="The Twilio number in E.164, e.g. +14155550100.")
+@click.option("--auth-token", required=True, prompt=True, hide_input=True, envvar="PARLEY_TWILIO_AUTH_TOKEN")
+@_common
+@command
+async def connect_twilio_sms(account_sid: str, phone_number: str, auth_token: str, space_id: str, name: str,
+                             as_json: bool, token_value: str | None) -> None:  # fmt: skip
+    """Connect a Twilio SMS number (the gateway points the number's incoming message webhook at itself)."""
+    creds = pb.TwilioSmsCredentials(account_sid=account_sid, auth_token=auth_token, phone_number=phone_number)
+    await _connect(pb.ConnectChannelRequest(space_id=space_id, name=name, twilio_sms=creds), as_json, token_value)
 
 
 # -- read and disconnect --

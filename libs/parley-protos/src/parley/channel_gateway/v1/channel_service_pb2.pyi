@@ -64,18 +64,20 @@ class Channel(_message.Message):
     name: _builtins.str
     external_id: _builtins.str
     """The provider's id of the account: Page id, Instagram account id, WhatsApp phone_number_id, Telegram bot id,
-    Viber account id (get_account_info id);
-    empty for custom channels.
+    Viber account id (get_account_info id), Twilio phone number (E.164); empty for custom channels.
     """
     status: Global___ChannelStatus.ValueType
     account_detail: _builtins.str
     """WhatsApp: the WhatsApp Business Account id. Telegram: the bot's username, when known.
-    Viber: the bot's name (get_account_info name), used as the sender name of its messages.
+    Viber: the bot's name (get_account_info name), used as the sender name of its messages. Twilio SMS: the
+    account SID.
     """
     outbound_webhook_url: _builtins.str
     """Custom channels: where outbound messages are POSTed."""
     inbound_webhook_url: _builtins.str
-    """Where the provider must send this channel's webhooks (Telegram and custom channels have their own URL)."""
+    """Where the provider must send this channel's webhooks (Telegram, Twilio SMS and custom channels have
+    their own URL).
+    """
     credential_hint: _builtins.str
     """The last four characters of the access token, to tell tokens apart; never the token."""
     @_builtins.property
@@ -229,6 +231,36 @@ class ViberCredentials(_message.Message):
 Global___ViberCredentials: _TypeAlias = ViberCredentials  # noqa: Y015
 
 @_typing.final
+class TwilioSmsCredentials(_message.Message):
+    """An SMS/MMS-capable Twilio phone number. The gateway points the number's SmsUrl at its webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_SID_FIELD_NUMBER: _builtins.int
+    AUTH_TOKEN_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    account_sid: _builtins.str
+    """The Twilio account: "AC" and 32 hex digits."""
+    auth_token: _builtins.str
+    """The account's auth token: authenticates API calls and signs webhooks (X-Twilio-Signature)."""
+    phone_number: _builtins.str
+    """The number in E.164, e.g. "+14155550100": the channel's external id."""
+    def __init__(
+        self,
+        *,
+        account_sid: _builtins.str = ...,
+        auth_token: _builtins.str = ...,
+        phone_number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_sid", b"account_sid", "auth_token", b"auth_token", "phone_number", b"phone_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TwilioSmsCredentials: _TypeAlias = TwilioSmsCredentials  # noqa: Y015
+
+@_typing.final
 class CustomChannelConfig(_message.Message):
     """A business's own app or website."""
 
@@ -251,6 +283,32 @@ class CustomChannelConfig(_message.Message):
 Global___CustomChannelConfig: _TypeAlias = CustomChannelConfig  # noqa: Y015
 
 @_typing.final
+class LineCredentials(_message.Message):
+    """A LINE Official Account's Messaging API channel (LINE Developers console, "Basic settings" and "Messaging API")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_SECRET_FIELD_NUMBER: _builtins.int
+    CHANNEL_ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    channel_secret: _builtins.str
+    """The channel secret: signs the webhooks (X-Line-Signature)."""
+    channel_access_token: _builtins.str
+    """A long-lived channel access token: calls the Messaging API."""
+    def __init__(
+        self,
+        *,
+        channel_secret: _builtins.str = ...,
+        channel_access_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_access_token", b"channel_access_token", "channel_secret", b"channel_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LineCredentials: _TypeAlias = LineCredentials  # noqa: Y015
+
+@_typing.final
 class ConnectChannelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -261,7 +319,9 @@ class ConnectChannelRequest(_message.Message):
     WHATSAPP_FIELD_NUMBER: _builtins.int
     TELEGRAM_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
     VIBER_FIELD_NUMBER: _builtins.int
+    TWILIO_SMS_FIELD_NUMBER: _builtins.int
     space_id: _builtins.str
     name: _builtins.str
     """A name people recognise the channel by; defaults to the account id."""
@@ -276,7 +336,11 @@ class ConnectChannelRequest(_message.Message):
     @_builtins.property
     def custom(self) -> Global___CustomChannelConfig: ...
     @_builtins.property
+    def line(self) -> Global___LineCredentials: ...
+    @_builtins.property
     def viber(self) -> Global___ViberCredentials: ...
+    @_builtins.property
+    def twilio_sms(self) -> Global___TwilioSmsCredentials: ...
     def __init__(
         self,
         *,
@@ -287,13 +351,15 @@ class ConnectChannelRequest(_message.Message):
         whatsapp: Global___WhatsAppCredentials | None = ...,
         telegram: Global___TelegramCredentials | None = ...,
         custom: Global___CustomChannelConfig | None = ...,
+        line: Global___LineCredentials | None = ...,
         viber: Global___ViberCredentials | None = ...,
+        twilio_sms: Global___TwilioSmsCredentials | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "telegram", b"telegram", "viber", b"viber", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "line", b"line", "messenger", b"messenger", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "viber", b"viber", "whatsapp", b"whatsapp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "space_id", b"space_id", "telegram", b"telegram", "viber", b"viber", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "custom", b"custom", "instagram", b"instagram", "line", b"line", "messenger", b"messenger", "name", b"name", "space_id", b"space_id", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "viber", b"viber", "whatsapp", b"whatsapp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "viber"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "line", "viber", "twilio_sms"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_config) -> _WhichOneofReturnType_config | None: ...
 
@@ -432,7 +498,9 @@ class UpdateChannelRequest(_message.Message):
     WHATSAPP_FIELD_NUMBER: _builtins.int
     TELEGRAM_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
     VIBER_FIELD_NUMBER: _builtins.int
+    TWILIO_SMS_FIELD_NUMBER: _builtins.int
     ROTATE_SECRET_FIELD_NUMBER: _builtins.int
     space_id: _builtins.str
     channel_id: _builtins.str
@@ -451,7 +519,11 @@ class UpdateChannelRequest(_message.Message):
     @_builtins.property
     def custom(self) -> Global___CustomChannelConfig: ...
     @_builtins.property
+    def line(self) -> Global___LineCredentials: ...
+    @_builtins.property
     def viber(self) -> Global___ViberCredentials: ...
+    @_builtins.property
+    def twilio_sms(self) -> Global___TwilioSmsCredentials: ...
     def __init__(
         self,
         *,
@@ -463,16 +535,18 @@ class UpdateChannelRequest(_message.Message):
         whatsapp: Global___WhatsAppCredentials | None = ...,
         telegram: Global___TelegramCredentials | None = ...,
         custom: Global___CustomChannelConfig | None = ...,
+        line: Global___LineCredentials | None = ...,
         viber: Global___ViberCredentials | None = ...,
+        twilio_sms: Global___TwilioSmsCredentials | None = ...,
         rotate_secret: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "telegram", b"telegram", "viber", b"viber", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "config", b"config", "custom", b"custom", "instagram", b"instagram", "line", b"line", "messenger", b"messenger", "name", b"name", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "viber", b"viber", "whatsapp", b"whatsapp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "channel_id", b"channel_id", "config", b"config", "custom", b"custom", "instagram", b"instagram", "messenger", b"messenger", "name", b"name", "rotate_secret", b"rotate_secret", "space_id", b"space_id", "telegram", b"telegram", "viber", b"viber", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "channel_id", b"channel_id", "config", b"config", "custom", b"custom", "instagram", b"instagram", "line", b"line", "messenger", b"messenger", "name", b"name", "rotate_secret", b"rotate_secret", "space_id", b"space_id", "telegram", b"telegram", "twilio_sms", b"twilio_sms", "viber", b"viber", "whatsapp", b"whatsapp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "viber"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["messenger", "instagram", "whatsapp", "telegram", "custom", "line", "viber", "twilio_sms"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dparley/common/v1/common.proto\x12\x10parley.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"<\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\x12\x13\n\x0btotal_count\x18\x02 \x01(\x03\"o\n\tEventMeta\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08space_id\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t*\xca\x01\n\x0b\x43hannelType\x12\x1c\n\x18\x43HANNEL_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43HANNEL_TYPE_MESSENGER\x10\x01\x12\x1a\n\x16\x43HANNEL_TYPE_INSTAGRAM\x10\x02\x12\x19\n\x15\x43HANNEL_TYPE_WHATSAPP\x10\x03\x12\x19\n\x15\x43HANNEL_TYPE_TELEGRAM\x10\x04\x12\x17\n\x13\x43HANNEL_TYPE_CUSTOM\x10\x05\x12\x16\n\x12\x43HANNEL_TYPE_VIBER\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dparley/common/v1/common.proto\x12\x10parley.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"<\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\x12\x13\n\x0btotal_count\x18\x02 \x01(\x03\"o\n\tEventMeta\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08space_id\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t*\xfe\x01\n\x0b\x43hannelType\x12\x1c\n\x18\x43HANNEL_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43HANNEL_TYPE_MESSENGER\x10\x01\x12\x1a\n\x16\x43HANNEL_TYPE_INSTAGRAM\x10\x02\x12\x19\n\x15\x43HANNEL_TYPE_WHATSAPP\x10\x03\x12\x19\n\x15\x43HANNEL_TYPE_TELEGRAM\x10\x04\x12\x17\n\x13\x43HANNEL_TYPE_CUSTOM\x10\x05\x12\x15\n\x11\x43HANNEL_TYPE_LINE\x10\x06\x12\x16\n\x12\x43HANNEL_TYPE_VIBER\x10\x07\x12\x1b\n\x17\x43HANNEL_TYPE_TWILIO_SMS\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.common.v1.common_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHANNELTYPE']._serialized_start=314
-  _globals['_CHANNELTYPE']._serialized_end=516
+  _globals['_CHANNELTYPE']._serialized_end=568
   _globals['_PAGEREQUEST']._serialized_start=84
   _globals['_PAGEREQUEST']._serialized_end=136
   _globals['_PAGERESPONSE']._serialized_start=138

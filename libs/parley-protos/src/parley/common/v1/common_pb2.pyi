@@ -30,7 +30,10 @@ class _ChannelTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChannelTy
     CHANNEL_TYPE_WHATSAPP: _ChannelType.ValueType  # 3
     CHANNEL_TYPE_TELEGRAM: _ChannelType.ValueType  # 4
     CHANNEL_TYPE_CUSTOM: _ChannelType.ValueType  # 5
+    CHANNEL_TYPE_LINE: _ChannelType.ValueType  # 6
     CHANNEL_TYPE_VIBER: _ChannelType.ValueType  # 7
+    CHANNEL_TYPE_TWILIO_SMS: _ChannelType.ValueType  # 8
+    """An SMS/MMS-capable Twilio phone number (Twilio Programmable Messaging)."""
 
 class ChannelType(_ChannelType, metaclass=_ChannelTypeEnumTypeWrapper):
     """The channel kinds Parley connects."""
@@ -41,7 +44,10 @@ CHANNEL_TYPE_INSTAGRAM: ChannelType.ValueType  # 2
 CHANNEL_TYPE_WHATSAPP: ChannelType.ValueType  # 3
 CHANNEL_TYPE_TELEGRAM: ChannelType.ValueType  # 4
 CHANNEL_TYPE_CUSTOM: ChannelType.ValueType  # 5
+CHANNEL_TYPE_LINE: ChannelType.ValueType  # 6
 CHANNEL_TYPE_VIBER: ChannelType.ValueType  # 7
+CHANNEL_TYPE_TWILIO_SMS: ChannelType.ValueType  # 8
+"""An SMS/MMS-capable Twilio phone number (Twilio Programmable Messaging)."""
 Global___ChannelType: _TypeAlias = ChannelType  # noqa: Y015
 
 @_typing.final
