@@ -64,7 +64,8 @@ class Channel(_message.Message):
     name: _builtins.str
     external_id: _builtins.str
     """The provider's id of the account: Page id, Instagram account id, WhatsApp phone_number_id, Telegram bot id,
-    Viber account id (get_account_info id), Twilio phone number (E.164); empty for custom channels.
+    LINE bot user id, Viber account id (get_account_info id), Twilio phone number (E.164); empty for custom
+    channels.
     """
     status: Global___ChannelStatus.ValueType
     account_detail: _builtins.str
@@ -75,8 +76,8 @@ class Channel(_message.Message):
     outbound_webhook_url: _builtins.str
     """Custom channels: where outbound messages are POSTed."""
     inbound_webhook_url: _builtins.str
-    """Where the provider must send this channel's webhooks (Telegram, Twilio SMS and custom channels have
-    their own URL).
+    """Where the provider must send this channel's webhooks (Telegram, LINE, Viber, Twilio SMS and custom
+    channels have their own URL).
     """
     credential_hint: _builtins.str
     """The last four characters of the access token, to tell tokens apart; never the token."""
