@@ -3,8 +3,10 @@ span and the server's as its child."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,14 +25,18 @@ from parley_kit.telemetry import configure_tracing
 # A tiny service built from generic handlers, reusing health messages as payloads:
 # the request's `service` field carries the space the caller wants to touch.
 Req, Resp = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+ATTEMPTS: Counter[str] = Counter()
 
 
 async def touch(request: Req, context: grpc.aio.ServicerContext) -> Resp:
     caller = current_caller()
+    ATTEMPTS[request.service] += 1
     if request.service == "boom":
         raise RuntimeError("unexpected")
     if request.service == "missing":
         raise errors.NotFound("contact c1 not found")
+    if request.service.startswith("deadlock") and ATTEMPTS[request.service] == 1:
+        raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")  # as the inbound fast path sees it
     caller.require(Permission.CONTACTS_DELETE, space_id=request.service)
     return Resp(status=Resp.SERVING)
 
@@ -67,8 +73,10 @@ async def target(key: SigningKey) -> AsyncIterator[str]:
     await server.stop(1)
 
 
-async def call(target: str, service: str, token: str | None, method: str = "Touch") -> Resp:
-    async with create_channel(target, token=token, timeout=5) as channel:
+async def call(
+    target: str, service: str, token: str | None, method: str = "Touch", retry_aborted: tuple[str, ...] = ()
+) -> Resp:
+    async with create_channel(target, token=token, timeout=5, retry_aborted=retry_aborted) as channel:
         rpc = channel.unary_unary(
             f"/test.Spaces/{method}", request_serializer=Req.SerializeToString, response_deserializer=Resp.FromString
         )
@@ -114,6 +122,20 @@ async def test_domain_errors_map_to_status_and_crashes_to_internal(target: str, 
     assert await code_of(target, "missing", token) == (grpc.StatusCode.NOT_FOUND, "contact c1 not found")
     code, details = await code_of(target, "boom", token)
     assert code == grpc.StatusCode.INTERNAL and "unexpected" not in details
+
+
+async def test_a_database_deadlock_is_aborted_and_retried_only_for_the_methods_named(
+    target: str, key: SigningKey
+) -> None:
+    token = TokenIssuer(key).issue(space_id="deadlock-1", role="owner")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call(target, "deadlock-1", token)
+    assert info.value.code() == grpc.StatusCode.ABORTED
+    assert "deadlocked with a concurrent change" in (info.value.details() or "") and "retry" in info.value.details()
+    assert ATTEMPTS["deadlock-1"] == 1
+    token = TokenIssuer(key).issue(space_id="deadlock-2", role="owner")
+    assert (await call(target, "deadlock-2", token, retry_aborted=("test.Spaces/Touch",))).status == Resp.SERVING
+    assert ATTEMPTS["deadlock-2"] == 2
 
 
 async def test_public_method_needs_no_token_and_rpcs_are_counted(target: str) -> None:
