@@ -526,21 +526,15 @@ class ContactsService:
         async with self.repo.unit() as unit:
             contact = await self._require_contact(unit, space_id, contact_id, lock=True)
             owner = await self.repo.identity_owner(unit.session, space_id, ident.channel_id, ident.external_id)
-            if owner is not None and owner != contact.id:
-                raise AlreadyExists(
-                    f"identity {ident.external_id} on channel {ident.channel_id} belongs to contact {owner}; "
-                    "merge the contacts instead"
-                )
-            if owner is None:
-                await self.repo.add_identity(
-                    unit.session,
-                    space_id,
-                    contact.id,
-                    ident.channel_id,
-                    ident.channel_type,
-                    ident.external_id,
-                    self.clock(),
-                )
+            if owner is None and await self.repo.add_identity(
+                unit.session,
+                space_id,
+                contact.id,
+                ident.channel_id,
+                ident.channel_type,
+                ident.external_id,
+                self.clock(),
+            ):
                 self._event(
                     unit,
                     "contact.updated",
@@ -549,6 +543,19 @@ class ContactsService:
                     contact_id=contact.id,
                     changes=[Change("identities", "", f"{ident.channel_id}:{ident.external_id}")],
                 )
+            else:
+                # Taken before, or claimed since the read by a concurrent caller (the insert waited for it
+                # to commit): whose is it now?
+                owner = owner or await self.repo.identity_owner(
+                    unit.session, space_id, ident.channel_id, ident.external_id
+                )
+                if owner is None:
+                    raise Aborted("the identity changed concurrently; retry")
+                if owner != contact.id:
+                    raise AlreadyExists(
+                        f"identity {ident.external_id} on channel {ident.channel_id} belongs to contact {owner}; "
+                        "merge the contacts instead"
+                    )
             result = await self.repo.get_contact(unit.session, space_id, contact.id)
             assert result is not None
         return result
