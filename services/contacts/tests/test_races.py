@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 from parley_contacts.service import Actor, ContactsService, IdentityInput
-from parley_kit.errors import AlreadyExists
+from parley_kit.errors import AlreadyExists, InvalidArgument
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -70,3 +70,41 @@ async def test_add_identity_claimed_meanwhile_by_another_contact_is_already_exis
         await call
     assert not [e for e in sink.of("contact.updated", space) if e.data["contact_id"] == mine.id]
     assert (await service.get_contact(space, str(mine.id)))[0].identities == ()
+
+
+async def test_opposite_merges_of_two_contacts_do_not_deadlock(
+    service: ContactsService, engine: AsyncEngine, space: str, manager: Actor
+) -> None:
+    """merge(a <- b) and merge(b <- a) at once: both lock the pair in one order, so the second waits for
+    the first and then finds the two already one contact, instead of a deadlock."""
+    a, b = [await service.create_contact(space, manager, {"first_name": n}) for n in "ab"]
+    # The test holds `a`; the first merge waits for it, the second merge then waits too.
+    async with holding(engine, "SELECT 1 FROM contacts WHERE id = :a FOR UPDATE", a=a.id):
+        first = asyncio.create_task(service.merge(space, manager, str(a.id), str(b.id)))
+        await wait_blocked(engine, 1)
+        second = asyncio.create_task(service.merge(space, manager, str(b.id), str(a.id)))
+        await wait_blocked(engine, 2)
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    assert results[0].id == a.id  # type: ignore[union-attr]
+    assert isinstance(results[1], InvalidArgument) and "already one contact" in results[1].message
+    assert (await service.get_contact(space, str(b.id)))[0].id == a.id
+
+
+async def test_a_merge_and_a_bulk_tagging_of_the_same_contacts_do_not_deadlock(
+    service: ContactsService, engine: AsyncEngine, space: str, manager: Actor
+) -> None:
+    """The survivor's id sorts after the merged one's: the merge must still lock them in id order, as
+    ChangeTags does, or each would hold the lock the other waits for."""
+    tag = await service.create_tag(space, "vip")
+    merged, survivor = [await service.create_contact(space, manager, {}) for _ in range(2)]  # ids grow (UUIDv7)
+    assert merged.id < survivor.id
+    async with holding(engine, "SELECT 1 FROM contacts WHERE id = :s FOR UPDATE", s=survivor.id):
+        merge = asyncio.create_task(service.merge(space, manager, str(survivor.id), str(merged.id)))
+        await wait_blocked(engine, 1)
+        tagging = asyncio.create_task(
+            service.change_tags(space, manager, [str(merged.id), str(survivor.id)], [str(tag.id)], [])
+        )
+        await wait_blocked(engine, 2)
+    assert (await merge).id == survivor.id
+    assert await tagging == 1  # the merged contact is gone by then; the survivor is tagged
+    assert (await service.get_contact(space, str(merged.id)))[0].tag_ids == (tag.id,)

@@ -530,12 +530,16 @@ class Repository:
             )
         return changed
 
-    async def lock_contacts(self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID]) -> None:
-        """Row-lock these contacts in id order. Bulk writers take all their locks first, in one order, so two
-        of them on overlapping contacts wait for each other instead of deadlocking (an UPDATE alone locks
-        rows in the order it finds their current versions, which moves as rows are rewritten)."""
+    async def lock_contacts(
+        self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID], *, delete: bool = False
+    ) -> list[uuid.UUID]:
+        """Row-lock these contacts in id order; returns the ids locked (those not deleted meanwhile). Writers
+        of several contacts take all their locks first, in one order, so two of them on overlapping contacts
+        wait for each other instead of deadlocking (an UPDATE alone locks rows in the order it finds their
+        current versions, which moves as rows are rewritten). `delete` takes FOR UPDATE (a merge deletes one
+        of the contacts) rather than FOR NO KEY UPDATE, which lets rows referencing the contacts be written."""
         stmt = select(C.id).where(C.space_id == space_id, C.id == any_(_id_array(ids))).order_by(C.id)
-        await s.execute(stmt.with_for_update(key_share=True))
+        return list((await s.execute(stmt.with_for_update(key_share=not delete))).scalars())
 
     async def add_tag(
         self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID], tag_id: uuid.UUID, now: datetime

@@ -919,10 +919,7 @@ class ContactsService:
         """
         async with self.repo.unit() as unit:
             s = unit.session
-            survivor = await self._require_contact(unit, space_id, survivor_id, lock=True)
-            merged = await self._require_contact(unit, space_id, merged_id, lock=True)
-            if survivor.id == merged.id:
-                raise InvalidArgument("cannot merge a contact into itself")
+            survivor, merged = await self._lock_pair(unit, space_id, survivor_id, merged_id)
             profile: dict[str, Any] = {c: getattr(survivor, c) or getattr(merged, c) for c in PROFILE_COLUMNS}
             if survivor.assignee_user_id is None and survivor.assignee_team_id is None:
                 profile["assignee_user_id"] = merged.assignee_user_id
@@ -940,6 +937,28 @@ class ContactsService:
             defs = {d.id: d for d in await self.repo.list_fields(s, space_id)}
             self._event(unit, "contact.merged", space_id, actor, survivor=result, merged=merged, field_defs=defs)
         return result
+
+    async def _lock_pair(self, unit: Unit, space_id: str, survivor_id: str, merged_id: str) -> tuple[Contact, Contact]:
+        """The two contacts of a merge, locked in one statement in id order (as every writer of several
+        contacts locks), so opposite merges, or a merge beside a bulk ChangeTags, wait for each other
+        instead of deadlocking. One merged away or deleted while the lock was awaited is resolved again."""
+        raw = (survivor_id, merged_id)
+        asked = [parse_id(r) for r in raw]
+        for _ in range(3):
+            live = await self.repo.resolve_ids(unit.session, space_id, asked)
+            for r, contact_id in zip(raw, asked, strict=True):
+                if contact_id not in live:
+                    raise NotFound(f"contact {r} not found in this space")
+            pair = (live[asked[0]], live[asked[1]])
+            if pair[0] == pair[1]:
+                if asked[0] == asked[1]:
+                    raise InvalidArgument("cannot merge a contact into itself")
+                raise InvalidArgument(f"contacts {survivor_id} and {merged_id} are already one contact ({pair[0]})")
+            if len(await self.repo.lock_contacts(unit.session, space_id, pair, delete=True)) == 2:
+                contacts = [await self.repo.get_contact(unit.session, space_id, c) for c in pair]
+                assert contacts[0] is not None and contacts[1] is not None
+                return contacts[0], contacts[1]
+        raise Aborted("the contacts changed concurrently; retry the merge")
 
 
 # -- input cleaning -------------------------------------------------------------------------------
