@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 from parley_contacts.service import Actor, ContactsService, IdentityInput
-from parley_kit.errors import AlreadyExists, InvalidArgument
+from parley_kit.errors import AlreadyExists, FailedPrecondition
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -86,7 +86,7 @@ async def test_opposite_merges_of_two_contacts_do_not_deadlock(
         await wait_blocked(engine, 2)
     results = await asyncio.gather(first, second, return_exceptions=True)
     assert results[0].id == a.id  # type: ignore[union-attr]
-    assert isinstance(results[1], InvalidArgument) and "already one contact" in results[1].message
+    assert isinstance(results[1], FailedPrecondition) and "already one contact" in results[1].message
     assert (await service.get_contact(space, str(b.id)))[0].id == a.id
 
 

@@ -953,7 +953,9 @@ class ContactsService:
             if pair[0] == pair[1]:
                 if asked[0] == asked[1]:
                     raise InvalidArgument("cannot merge a contact into itself")
-                raise InvalidArgument(f"contacts {survivor_id} and {merged_id} are already one contact ({pair[0]})")
+                raise FailedPrecondition(
+                    f"contacts {survivor_id} and {merged_id} are already one contact ({pair[0]}): merged before"
+                )
             if len(await self.repo.lock_contacts(unit.session, space_id, pair, delete=True)) == 2:
                 contacts = [await self.repo.get_contact(unit.session, space_id, c) for c in pair]
                 assert contacts[0] is not None and contacts[1] is not None
