@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from parley_contacts.repository import DomainEvent, Repository
 from parley_contacts.service import Actor, ContactsService
 from parley_kit.db import create_engine, run_migrations, session_factory
 from sqlalchemy import event as sa_event
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
@@ -71,3 +72,31 @@ def agent() -> Actor:
 @pytest.fixture
 def manager() -> Actor:
     return Actor(subject="user:boss", user_id="boss", manage_shared_views=True)
+
+
+StoredTags = Callable[[str], Awaitable[dict[uuid.UUID, set[uuid.UUID]]]]
+
+
+@pytest.fixture
+def stored_tags(engine: AsyncEngine) -> StoredTags:
+    """Each contact of a space -> its tag ids as stored, once checked that its row (`tag_ids`), its
+    `contact_tags` rows and its custom values' copies all agree."""
+
+    async def read(space: str) -> dict[uuid.UUID, set[uuid.UUID]]:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT c.id, c.tag_ids, coalesce((SELECT array_agg(t.tag_id) FROM contact_tags t"
+                    " WHERE t.contact_id = c.id), '{}') AS tag_rows,"
+                    " coalesce((SELECT bool_and(v.tag_ids = c.tag_ids) FROM field_values v"
+                    " WHERE v.contact_id = c.id), true) AS copies_exact"
+                    " FROM contacts c WHERE c.space_id = :s"
+                ),
+                {"s": space},
+            )
+            found = {r.id: (set(r.tag_ids), set(r.tag_rows), r.copies_exact) for r in rows}
+        disagree = {c: f for c, f in found.items() if f[0] != f[1] or not f[2]}
+        assert not disagree, f"tag ids on rows, contact_tags and value copies disagree: {disagree}"
+        return {c: f[0] for c, f in found.items()}
+
+    return read

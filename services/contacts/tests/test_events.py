@@ -83,7 +83,7 @@ async def test_a_rolled_back_change_leaves_no_event(real: ContactsService, engin
     vip = await real.create_tag(space, "vip")
     _, mark = await _subjects(engine, 0)
     unknown = "7d7f2c3e-0000-4000-8000-000000000000"
-    with pytest.raises(NotFound):  # the tag is added first, then the unknown tag aborts the whole call
+    with pytest.raises(NotFound):  # the unknown tag aborts the whole call
         await real.change_tags(space, ACTOR, [str(c.id)], [str(vip.id)], [unknown])
     assert (await _subjects(engine, mark))[0] == []
     got, _ = await real.get_contact(space, str(c.id))

@@ -205,6 +205,7 @@ async def test_tag_ids_on_contact_rows_and_values_always_equal_contact_tags_rows
     await service.change_tags(space, manager, ids, [str(a.id)], [])
     await service.merge(space, manager, str(one.id), str(two.id))  # two's city moves over to one
     await service.delete_tag(space, manager, str(a.id))
+    await service.finish_tag_deletions()
     await service.update_contact(space, manager, str(one.id), {}, {"score": "4"})  # a value written last
     contacts, values = await _tag_copies(engine, space)
     assert [(r.id, sorted(r.tag_ids)) for r in contacts] == [(one.id, [c.id])]
@@ -269,6 +270,7 @@ async def test_deleting_a_tag_carried_by_more_contacts_than_a_statement_has_para
             params,
         )
     assert await service.delete_tag(space, manager, str(tag.id)) == 40_000
+    await service.finish_tag_deletions()
     async with engine.connect() as conn:
         left = await conn.execute(
             text(

@@ -110,3 +110,42 @@ async def test_value_tag_ids_migration_backfills_existing_values_and_reverts(dat
     finally:
         await engine.dispose()
         await run_migrations("parley_contacts", database_url)
+
+
+async def test_tag_deletion_migration_frees_deleted_names_and_its_downgrade_finishes_deletions(
+    database_url: str,
+) -> None:
+    await run_migrations("parley_contacts", database_url, "base", downgrade=True)
+    await run_migrations("parley_contacts", database_url)
+    contact, deleted, live = (uuid.uuid4() for _ in range(3))
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO tags (id, space_id, name, created_at, deleted_at, deleted_by)"
+                    " VALUES (:d, 's', 'vip', now(), now(), 'user:boss'), (:l, 's', 'VIP', now(), NULL, NULL)"
+                ),
+                {"d": deleted, "l": live},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO contacts (id, space_id, created_at, updated_at, tag_ids)"
+                    " VALUES (:c, 's', now(), now(), ARRAY[CAST(:d AS uuid), CAST(:l AS uuid)])"
+                ),
+                {"c": contact, "d": deleted, "l": live},
+            )
+            await conn.execute(
+                text("INSERT INTO contact_tags (contact_id, tag_id, space_id) VALUES (:c, :d, 's'), (:c, :l, 's')"),
+                {"c": contact, "d": deleted, "l": live},
+            )
+        await run_migrations("parley_contacts", database_url, "20261125_0004", downgrade=True)
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT tag_ids FROM contacts"))).scalar_one() == [live]
+            assert (await conn.execute(text("SELECT array_agg(tag_id) FROM contact_tags"))).scalar_one() == [live]
+            assert (await conn.execute(text("SELECT array_agg(id) FROM tags"))).scalar_one() == [live]
+            columns = {c["name"] for c in await conn.run_sync(lambda c: inspect(c).get_columns("tags"))}
+            assert "deleted_at" not in columns
+    finally:
+        await engine.dispose()
+        await run_migrations("parley_contacts", database_url)

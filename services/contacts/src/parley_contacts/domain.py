@@ -615,3 +615,22 @@ def referenced_tags(node: Group | Cond) -> set[uuid.UUID]:
 
 def as_group(node: Group | Cond) -> Group:
     return node if isinstance(node, Group) else Group(any=False, children=(node,))
+
+
+def without_tags(group: ResolvedGroup, gone: set[uuid.UUID]) -> ResolvedGroup:
+    """`group` with the tags in `gone` (deleted) matching no contact: dropped from any-of and none-of
+    conditions (an any-of left empty matches nobody, a none-of left empty everybody); an all-of naming
+    one matches nobody."""
+    if not gone:
+        return group
+
+    def walk(node: ResolvedGroup | ResolvedCond) -> ResolvedGroup | ResolvedCond:
+        if isinstance(node, ResolvedGroup):
+            return ResolvedGroup(node.any, tuple(walk(c) for c in node.children))
+        if not isinstance(node, TagCond) or not gone.intersection(node.tag_ids):
+            return node
+        if node.match is TagMatch.ALL:
+            return TagCond(TagMatch.ANY, ())
+        return TagCond(node.match, tuple(t for t in node.tag_ids if t not in gone))
+
+    return ResolvedGroup(group.any, tuple(walk(c) for c in group.children))

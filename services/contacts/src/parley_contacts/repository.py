@@ -73,6 +73,7 @@ I = m.ContactIdentity.__table__.c  # noqa: E741
 V = m.FieldValue.__table__.c
 
 _SEARCH_TOTAL = "search_total"
+_LIVE = m.Tag.deleted_at.is_(None)  # a tag of the catalog, not one deleted whose contacts are being untagged
 PROFILE_COLUMNS = ("first_name", "last_name", "email", "phone", "country", "language", "avatar_url")
 _CONTACT_COLUMNS = [
     C.id,
@@ -112,6 +113,17 @@ class DomainEvent:
 EventSink = Callable[[AsyncSession, DomainEvent], Awaitable[None]]
 
 
+@dataclass
+class UntagStep:
+    """What one step of a deleted tag's removal did: the contacts it untagged, or whether the tag is gone."""
+
+    space_id: str
+    deleted_by: str
+    tag: Tag
+    untagged: list[uuid.UUID] = field(default_factory=list)
+    finished: bool = False
+
+
 @dataclass(frozen=True)
 class Page:
     contacts: list[Contact]
@@ -130,10 +142,15 @@ class Unit:
         self.events.append(event)
 
 
-def _contact(row: Any, identities: Sequence[Identity] = (), values: dict[uuid.UUID, Any] | None = None) -> Contact:
+def _contact(
+    row: Any,
+    identities: Sequence[Identity] = (),
+    values: dict[uuid.UUID, Any] | None = None,
+    hidden_tags: frozenset[uuid.UUID] = frozenset(),
+) -> Contact:
     data = dict(row._mapping)
     data.pop(_SEARCH_TOTAL, None)
-    data["tag_ids"] = tuple(sorted(data["tag_ids"] or ()))
+    data["tag_ids"] = tuple(sorted(t for t in data["tag_ids"] or () if t not in hidden_tags))
     return Contact(**data, identities=tuple(identities), values=values or {})
 
 
@@ -367,9 +384,12 @@ class Repository:
         return (await self._hydrate(s, [row]))[0]
 
     async def _hydrate(self, s: AsyncSession, rows: Sequence[Any]) -> list[Contact]:
+        """Contacts of one space with their identities and values, without the tags deleted from the catalog
+        that the deletion has not untagged them of yet."""
         ids = [r.id for r in rows]
         if not ids:
             return []
+        hidden = frozenset(await self.deleted_tags(s, rows[0].space_id))
         identities: dict[uuid.UUID, list[Identity]] = {i: [] for i in ids}
         stmt = (
             select(I.contact_id, I.id, I.channel_id, I.channel_type, I.external_id, I.created_at)
@@ -383,7 +403,7 @@ class Repository:
         for r in await s.execute(stmt2):
             # Exactly one value column is set: the one of the field's type.
             values[r.contact_id][r.field_id] = next((v for v in r[2:] if v is not None), None)
-        return [_contact(r, identities[r.id], values[r.id]) for r in rows]
+        return [_contact(r, identities[r.id], values[r.id], hidden) for r in rows]
 
     def _list_statements(
         self,
@@ -564,23 +584,20 @@ class Repository:
         return changed
 
     async def remove_tag(
-        self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID] | None, tag_id: uuid.UUID, now: datetime
+        self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID], tag_id: uuid.UUID, now: datetime | None
     ) -> list[uuid.UUID]:
-        """Untag contacts having the tag (all of the space's when `ids` is None); returns those that changed."""
-        if ids is None:  # the catalog's tag goes: lock its holders first, in id order, as bulk writers do
-            holders = select(T.contact_id).where(T.space_id == space_id, T.tag_id == tag_id)
-            await s.execute(select(C.id).where(C.id.in_(holders)).order_by(C.id).with_for_update(key_share=True))
-        where = [T.space_id == space_id, T.tag_id == tag_id]
-        if ids is not None:
-            where.append(T.contact_id.in_(ids))
+        """Untag these contacts where they have the tag; returns those that changed. `now` moves their
+        updated_at (not when the catalog's tag goes: that is no change of its contacts)."""
+        if not ids:
+            return []
+        where = [T.space_id == space_id, T.tag_id == tag_id, T.contact_id == any_(_id_array(ids))]
         changed = list((await s.execute(delete(m.ContactTag).where(*where).returning(T.contact_id))).scalars())
         if changed:
-            # Deleting a tag from the catalog (ids is None) is not a change of its contacts' updated_at.
             untag: dict[str, Any] = {"tag_ids": func.array_remove(C.tag_ids, literal(tag_id, m.Contact.id.type))}
             await s.execute(
                 update(m.Contact)
                 .where(C.id == any_(_id_array(changed)))
-                .values(**untag, **({"updated_at": now} if ids is not None else {}))
+                .values(**untag, **({"updated_at": now} if now is not None else {}))
             )
         return changed
 
@@ -663,23 +680,35 @@ class Repository:
 
     # -- tags -----------------------------------------------------------------------------------
 
+    # A tag deleted from the catalog (deleted_at set) is gone for every reader and writer; its row stays
+    # until its contacts are untagged (untag_deleted).
+
     async def list_tags(self, s: AsyncSession, space_id: str) -> list[Tag]:
-        stmt = select(m.Tag).where(m.Tag.space_id == space_id).order_by(func.lower(m.Tag.name), m.Tag.id)
+        stmt = select(m.Tag).where(m.Tag.space_id == space_id, _LIVE).order_by(func.lower(m.Tag.name), m.Tag.id)
         return [_tag(r) for r in (await s.execute(stmt)).scalars()]
 
     async def existing_tags(self, s: AsyncSession, space_id: str, ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
         wanted = list(ids)
         if not wanted:
             return []
-        stmt = select(m.Tag.id).where(m.Tag.space_id == space_id, m.Tag.id.in_(wanted))
+        stmt = select(m.Tag.id).where(m.Tag.space_id == space_id, m.Tag.id.in_(wanted), _LIVE)
         return list((await s.execute(stmt)).scalars())
 
-    async def get_tag(self, s: AsyncSession, space_id: str, tag_id: uuid.UUID) -> Tag | None:
-        row = (await s.execute(select(m.Tag).where(m.Tag.space_id == space_id, m.Tag.id == tag_id))).scalar()
-        return _tag(row) if row else None
+    async def lock_tags(
+        self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID], *, write: bool = False
+    ) -> dict[uuid.UUID, Tag]:
+        """The live tags among `ids`, row-locked in id order: FOR KEY SHARE to tag contacts with them (as the
+        foreign key check would, but before any contact is locked), FOR NO KEY UPDATE to change them
+        (`write`). Either makes a deletion of the tag wait for this transaction; a tag deleted meanwhile is
+        absent."""
+        if not ids:
+            return {}
+        stmt = select(m.Tag).where(m.Tag.space_id == space_id, m.Tag.id == any_(_id_array(ids)), _LIVE)
+        stmt = stmt.order_by(m.Tag.id).with_for_update(key_share=True, read=not write)
+        return {r.id: _tag(r) for r in (await s.execute(stmt)).scalars()}
 
     async def tag_by_name(self, s: AsyncSession, space_id: str, name: str) -> Tag | None:
-        stmt = select(m.Tag).where(m.Tag.space_id == space_id, func.lower(m.Tag.name) == name.lower())
+        stmt = select(m.Tag).where(m.Tag.space_id == space_id, func.lower(m.Tag.name) == name.lower(), _LIVE)
         row = (await s.execute(stmt)).scalar()
         return _tag(row) if row else None
 
@@ -704,8 +733,56 @@ class Repository:
             update(m.Tag).where(m.Tag.id == tag.id).values(name=tag.name, color=tag.color, description=tag.description)
         )
 
-    async def delete_tag(self, s: AsyncSession, space_id: str, tag_id: uuid.UUID) -> bool:
-        return (await s.execute(delete(m.Tag).where(m.Tag.space_id == space_id, m.Tag.id == tag_id))).rowcount > 0
+    async def mark_tag_deleted(
+        self, s: AsyncSession, space_id: str, tag_id: uuid.UUID, actor: str, now: datetime
+    ) -> int | None:
+        """Delete a live tag from the catalog; returns how many contacts carry it (None: no such live tag).
+
+        FOR UPDATE first: it waits for the transactions tagging contacts with the tag (they hold it FOR KEY
+        SHARE), so their contacts are counted and untagged too, and later ones find it deleted.
+        """
+        stmt = select(m.Tag.id).where(m.Tag.space_id == space_id, m.Tag.id == tag_id, _LIVE).with_for_update()
+        if (await s.execute(stmt)).scalar() is None:
+            return None
+        await s.execute(update(m.Tag).where(m.Tag.id == tag_id).values(deleted_at=now, deleted_by=actor))
+        holders = select(func.count()).where(T.space_id == space_id, T.tag_id == tag_id)
+        return (await s.execute(holders)).scalar_one()
+
+    async def deleted_tags(self, s: AsyncSession, space_id: str | None = None) -> list[uuid.UUID]:
+        """Tags deleted from the catalog whose rows remain (their contacts are not all untagged yet): a
+        space's, or every space's oldest first."""
+        stmt = select(m.Tag.id).where(m.Tag.deleted_at.is_not(None))
+        if space_id is not None:
+            return list((await s.execute(stmt.where(m.Tag.space_id == space_id))).scalars())
+        return list((await s.execute(stmt.order_by(m.Tag.deleted_at))).scalars())
+
+    async def untag_deleted(self, s: AsyncSession, tag_id: uuid.UUID, chunk: int) -> UntagStep | None:
+        """One step of a deleted tag's removal: untag up to `chunk` of its contacts (locked in id order, as
+        every writer of several contacts locks), or, when none carries it any more, drop its row.
+
+        None when another transaction is on this tag (its row is locked: skipped, not waited for) or the
+        tag is gone. The tag row stays locked FOR NO KEY UPDATE for the step, which taggers' FOR KEY SHARE
+        and the foreign key checks of a merge moving the tag do not wait for.
+        """
+        found = select(m.Tag).where(m.Tag.id == tag_id, m.Tag.deleted_at.is_not(None))
+        row = (await s.execute(found.with_for_update(key_share=True, skip_locked=True))).scalar()
+        if row is None:
+            return None
+        step = UntagStep(row.space_id, row.deleted_by or "", _tag(row))
+        holders = select(T.contact_id).where(T.tag_id == tag_id).order_by(T.contact_id).limit(chunk)
+        locked = select(C.id).where(C.id.in_(holders.scalar_subquery())).order_by(C.id)
+        ids = list((await s.execute(locked.with_for_update(key_share=True))).scalars())
+        if ids:
+            step.untagged = await self.remove_tag(s, row.space_id, ids, tag_id, None)
+            return step
+        # No holder left. FOR UPDATE waits for a merge in flight that moves the tag to its survivor (its
+        # foreign key check holds the row FOR KEY SHARE); that survivor is then untagged first.
+        await s.execute(select(m.Tag.id).where(m.Tag.id == tag_id).with_for_update())
+        if (await s.execute(select(exists().where(T.tag_id == tag_id)))).scalar():
+            return step
+        await s.execute(delete(m.Tag).where(m.Tag.id == tag_id))
+        step.finished = True
+        return step
 
     # -- views ----------------------------------------------------------------------------------
 

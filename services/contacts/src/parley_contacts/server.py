@@ -31,6 +31,8 @@ async def build(settings: Settings) -> ServiceRuntime:
         Repository(db.session_factory(engine), events.outbox_sink), count_limit=settings.contacts_count_limit or None
     )
     rt.add_servicer(register, ContactsApi(service), SERVICE_NAME)
+    # Untags the contacts of deleted tags in chunks, including deletions a restart interrupted.
+    rt.add_background(service.run_tag_deletions())
     return rt
 
 

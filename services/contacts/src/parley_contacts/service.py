@@ -21,6 +21,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -60,6 +61,7 @@ from parley_contacts.domain import (
     parse_value,
     referenced_tags,
     resolve_criteria,
+    without_tags,
 )
 from parley_contacts.repository import PROFILE_COLUMNS, DomainEvent, Page, Repository, Unit
 
@@ -68,8 +70,13 @@ MAX_PAGE_SIZE = 500
 MAX_BULK = 1000
 MAX_LIST_OPTIONS = 200
 MAX_UPSERT_BATCH = 500
+# Contacts a tag deletion untags per transaction: the longest any of them waits behind it (about 0.4 s).
+TAG_DELETION_CHUNK = 1000
 # New identities of one UpsertByIdentities call created at once (each its own transaction and connection).
 NEW_IDENTITY_CONCURRENCY = 4
+
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -185,6 +192,8 @@ class ContactsService:
         self.repo = repo
         self.clock = clock
         self.count_limit = count_limit
+        # Set by DeleteTag: wakes run_tag_deletions.
+        self.tags_deleted = asyncio.Event()
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -368,7 +377,7 @@ class ContactsService:
             cleaned = _clean_profile(profile)
             defs = await self._fields(unit, space_id)
             typed = _typed_values(field_values or {}, defs, cleaned.get("country"))
-            tags = await self._require_tags(unit, space_id, tag_ids)
+            tags = [t.id for t in await self._require_tags(unit, space_id, tag_ids)]
             await self.repo.insert_contact(
                 s,
                 {
@@ -590,11 +599,13 @@ class ContactsService:
             fields = await self._fields(unit, space_id)
             if group is not None:
                 wanted = referenced_tags(group)
-                tags = set(await self.repo.existing_tags(s, space_id, wanted)) if wanted and not view_id else set()
-                # Stored views may name tags deleted since: those simply match nothing.
+                tags = set(await self.repo.existing_tags(s, space_id, wanted)) if wanted else set()
                 resolved = resolve_criteria(
                     group, fields=fields, tag_ids=tags, me=actor.user_id, now=self.clock(), check_tags=not view_id
                 )
+                # Stored views may name tags deleted since: those match no contact, even while the deletion
+                # is still untagging their contacts.
+                resolved = without_tags(resolved, wanted - tags)
             fingerprint = _fingerprint(space_id, view_id, repr(group), search)
             after = None
             if page_token:
@@ -626,12 +637,19 @@ class ContactsService:
 
     # -- tags -----------------------------------------------------------------------------------
 
-    async def _require_tags(self, unit: Unit, space_id: str, raw_ids: Sequence[str]) -> list[uuid.UUID]:
+    async def _require_tags(
+        self, unit: Unit, space_id: str, raw_ids: Sequence[str], *, write: bool = False
+    ) -> list[Tag]:
+        """The tags named (once each, in the order given), locked until the transaction ends (FOR KEY SHARE;
+        FOR NO KEY UPDATE to `write` them): a deletion of one waits for this transaction, so it also untags
+        the contacts this one tags, and one deleted meanwhile is NOT_FOUND. Callers take these locks before
+        any contact's, so a call naming a deleted tag fails before it waits for contacts."""
         ids = list(dict.fromkeys(parse_id(t, "tag") for t in raw_ids))
+        found = await self.repo.lock_tags(unit.session, space_id, ids, write=write)
         for tag_id in ids:
-            if await self.repo.get_tag(unit.session, space_id, tag_id) is None:
+            if tag_id not in found:
                 raise NotFound(f"tag {tag_id} not found in this space")
-        return ids
+        return [found[t] for t in ids]
 
     async def create_tag(self, space_id: str, name: str, color: str = "", description: str = "") -> Tag:
         name = _tag_name(name)
@@ -649,9 +667,7 @@ class ContactsService:
         self, space_id: str, tag_id: str, name: str | None, color: str | None, description: str | None
     ) -> Tag:
         async with self.repo.unit() as unit:
-            (tid,) = await self._require_tags(unit, space_id, [tag_id])
-            tag = await self.repo.get_tag(unit.session, space_id, tid)
-            assert tag is not None
+            (tag,) = await self._require_tags(unit, space_id, [tag_id], write=True)
             if name is not None:
                 name = _tag_name(name)
                 other = await self.repo.tag_by_name(unit.session, space_id, name)
@@ -666,15 +682,56 @@ class ContactsService:
         return tag
 
     async def delete_tag(self, space_id: str, actor: Actor, tag_id: str) -> int:
-        """Remove a tag from the catalog and from every contact; one tag.removed event per contact."""
+        """Delete a tag; returns how many contacts carry it.
+
+        It leaves the catalog at once, and every read with it: contacts no longer show it, a view naming it
+        matches no contact, writers naming it get NOT_FOUND, its name is free. Its contacts are untagged
+        afterwards by `finish_tag_deletions` (woken now), TAG_DELETION_CHUNK per transaction with their
+        tag.removed events, so no transaction holds a popular tag's contacts for long.
+        """
+        tid = parse_id(tag_id, "tag")
         async with self.repo.unit() as unit:
-            (tid,) = await self._require_tags(unit, space_id, [tag_id])
-            tag = await self.repo.get_tag(unit.session, space_id, tid)
-            changed = await self.repo.remove_tag(unit.session, space_id, None, tid, self.clock())
-            await self.repo.delete_tag(unit.session, space_id, tid)
-            for contact_id in changed:
-                self._event(unit, "tag.removed", space_id, actor, contact_id=contact_id, tag=tag)
-        return len(changed)
+            carried = await self.repo.mark_tag_deleted(unit.session, space_id, tid, actor.subject, self.clock())
+        if carried is None:
+            raise NotFound(f"tag {tag_id} not found in this space")
+        self.tags_deleted.set()
+        return carried
+
+    async def finish_tag_deletions(self, chunk: int = TAG_DELETION_CHUNK) -> int:
+        """Untag the contacts of every deleted tag, `chunk` per transaction with their tag.removed events
+        (actor: who deleted it), then drop the tag's row; returns how many contacts were untagged.
+
+        Crash-safe and safe to run anywhere: the deletion is recorded on the tag row, each chunk commits with
+        its events, and a tag another worker is untagging (a replica) is skipped.
+        """
+        async with self.repo.unit() as unit:
+            pending = await self.repo.deleted_tags(unit.session)
+        untagged = 0
+        for tag_id in pending:
+            finished = False
+            while not finished:
+                async with self.repo.unit() as unit:
+                    step = await self.repo.untag_deleted(unit.session, tag_id, chunk)
+                    if step is None:
+                        break
+                    actor = Actor(step.deleted_by)
+                    for contact_id in step.untagged:
+                        self._event(unit, "tag.removed", step.space_id, actor, contact_id=contact_id, tag=step.tag)
+                untagged += len(step.untagged)
+                finished = step.finished
+        return untagged
+
+    async def run_tag_deletions(self, interval: float = 60.0) -> None:
+        """Finish tag deletions whenever DeleteTag wakes this loop, and every `interval` seconds (the
+        deletions a restart or a failure interrupted). Runs until cancelled."""
+        while True:
+            self.tags_deleted.clear()
+            try:
+                await self.finish_tag_deletions()
+            except Exception:
+                log.exception("finishing tag deletions failed; retrying in %.0f s", interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.tags_deleted.wait(), interval)
 
     async def change_tags(
         self, space_id: str, actor: Actor, contact_ids: Sequence[str], add: Sequence[str], remove: Sequence[str]
@@ -692,16 +749,16 @@ class ContactsService:
         async with self.repo.unit() as unit:
             s = unit.session
             ids = await self._live_ids(unit, space_id, contact_ids)
+            adding = await self._require_tags(unit, space_id, add)  # tags locked first, then contacts
+            removing = await self._require_tags(unit, space_id, remove)
             await self.repo.lock_contacts(s, space_id, ids)
             now = self.clock()
-            for tag_id in await self._require_tags(unit, space_id, add):
-                tag = await self.repo.get_tag(s, space_id, tag_id)
-                for contact_id in await self.repo.add_tag(s, space_id, ids, tag_id, now):
+            for tag in adding:
+                for contact_id in await self.repo.add_tag(s, space_id, ids, tag.id, now):
                     self._event(unit, "tag.added", space_id, actor, contact_id=contact_id, tag=tag)
                     changed += 1
-            for tag_id in await self._require_tags(unit, space_id, remove):
-                tag = await self.repo.get_tag(s, space_id, tag_id)
-                for contact_id in await self.repo.remove_tag(s, space_id, ids, tag_id, now):
+            for tag in removing:
+                for contact_id in await self.repo.remove_tag(s, space_id, ids, tag.id, now):
                     self._event(unit, "tag.removed", space_id, actor, contact_id=contact_id, tag=tag)
                     changed += 1
         return changed

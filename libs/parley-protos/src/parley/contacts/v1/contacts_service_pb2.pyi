@@ -976,7 +976,7 @@ class DeleteTagResponse(_message.Message):
 
     UNTAGGED_COUNT_FIELD_NUMBER: _builtins.int
     untagged_count: _builtins.int
-    """Contacts the tag was removed from."""
+    """Contacts that carried the tag (each is untagged, with its tag.removed event, shortly after)."""
     def __init__(
         self,
         *,
