@@ -552,18 +552,44 @@ def _resolve_field(cond: FieldCond, fields: dict[str, FieldDef], where: str) -> 
     if cond.op in (FieldOp.CONTAINS, FieldOp.STARTS_WITH):
         if not values[0]:
             raise InvalidArgument(f"{where}: '{cond.op}' on '{name}' needs a non-empty value")
-        operands = (values[0].lower(),)
-    elif ftype in TEXT_LIKE:
-        # Equality on text is case-insensitive; list values must be options; others compare as typed.
-        if ftype is FieldType.LIST:
-            operands = tuple(parse_value(name, ftype, v, options).lower() for v in values)
+        if ftype is FieldType.PHONE:
+            operands = (_phone_fragment(values[0], cond.op, f"{where}: '{cond.op}' on phone field '{name}'"),)
         else:
-            operands = tuple(v.strip().lower() for v in values)
+            operands = (values[0].lower(),)
+    elif ftype is FieldType.TEXT:
+        operands = tuple(v.strip().lower() for v in values)  # equality on text is case-insensitive
     else:
-        operands = tuple(parse_value(name, ftype, v, options) for v in values)
+        # Whole values: read like stored ones (list options, E.164 phones, valid emails and URLs, typed
+        # numbers and dates), so an operand no value can equal is refused rather than never matching.
+        try:
+            operands = tuple(parse_value(name, ftype, v, options) for v in values)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{where}: {exc.message}") from None
+        if ftype in TEXT_LIKE:
+            operands = tuple(str(v).lower() for v in operands)
         if cond.op is FieldOp.BETWEEN and operands[0] > operands[1]:
             raise InvalidArgument(f"{where}: 'between' on '{name}' needs the lower bound first")
     return ResolvedField(name, ftype, field_id, operands, cond.op)
+
+
+_PHONE_FORMATTING = frozenset(" -.()/\u00a0")
+
+
+def _phone_fragment(raw: str, op: FieldOp, what: str) -> str:
+    """A phone CONTAINS/STARTS_WITH operand as it appears in stored E.164 numbers.
+
+    Formatting (spaces, dashes, dots, parentheses, slashes) is dropped. STARTS_WITH reads from the
+    country code, with or without '+' ("+33 6" and "336" both give "+336"). A '+' may only lead: on
+    CONTAINS it pins the digits to the country code ("+33" matches +33..., not +1 333...); without
+    it the digits may be anywhere.
+    """
+    text = raw.strip()
+    plus = text.startswith("+")
+    body = text[1:] if plus else text
+    digits = phonenumbers.normalize_digits_only(body)
+    if not digits or any(not (ch.isdecimal() or ch in _PHONE_FORMATTING) for ch in body):
+        raise InvalidArgument(f"{what}: '{raw}' is not part of a phone number; give digits (e.g. 612 or +33 6)")
+    return "+" + digits if plus or op is FieldOp.STARTS_WITH else digits
 
 
 def _custom_field(cond: FieldCond, fields: dict[str, FieldDef]) -> FieldDef | None:

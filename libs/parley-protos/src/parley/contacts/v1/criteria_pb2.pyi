@@ -285,7 +285,10 @@ class FieldCondition(_message.Message):
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Operands in canonical string form: none for IS_SET/IS_NOT_SET, two for BETWEEN (inclusive,
         lower first), one for CONTAINS/STARTS_WITH/GREATER_THAN/LESS_THAN, one or more for
-        EQUALS (any of) and NOT_EQUALS (none of).
+        EQUALS (any of) and NOT_EQUALS (none of). EQUALS/NOT_EQUALS operands of email, phone and
+        url fields must be valid values of the type (phone in international form, any formatting).
+        Phone CONTAINS/STARTS_WITH compare digits: formatting is ignored, STARTS_WITH reads from the
+        country code, and a leading '+' on a CONTAINS operand pins it to the country code.
         """
 
     def __init__(
