@@ -157,7 +157,10 @@ async def test_views_are_private_or_shared_and_list_their_contacts_with_keyset_p
         )
     )
     private = (await agent.CreateView(pb.CreateViewRequest(name="mine", criteria=criteria))).view
-    assert private.criteria == criteria
+    stored = criteria_pb2.Criteria()
+    stored.CopyFrom(criteria)
+    stored.root.nodes[1].field.field_id = field.id  # views name custom fields by id too
+    assert private.criteria == stored
     shared = (await manager.CreateView(pb.CreateViewRequest(name="team", criteria=criteria, shared=True))).view
     assert {v.id for v in (await other.ListViews(pb.ListViewsRequest())).views} == {shared.id}
     assert await _code(other.GetView(pb.GetViewRequest(view_id=private.id))) == grpc.StatusCode.NOT_FOUND
@@ -176,8 +179,46 @@ async def test_views_are_private_or_shared_and_list_their_contacts_with_keyset_p
     renamed = await agent.UpdateView(
         pb.UpdateViewRequest(view_id=private.id, update_mask=FieldMask(paths=["name"]), name="renamed")
     )
-    assert renamed.view.name == "renamed" and renamed.view.criteria == criteria
+    assert renamed.view.name == "renamed" and renamed.view.criteria == stored
     await agent.DeleteView(pb.DeleteViewRequest(view_id=private.id))
+
+
+def _field_criteria(key: str, field_id: str = "") -> criteria_pb2.Criteria:
+    cond = criteria_pb2.FieldCondition(
+        field=key, field_id=field_id, operator=criteria_pb2.FIELD_OPERATOR_GREATER_THAN, values=["5"]
+    )
+    group = criteria_pb2.CriteriaGroup(
+        operator=criteria_pb2.GROUP_OPERATOR_AND, nodes=[criteria_pb2.CriteriaNode(field=cond)]
+    )
+    return criteria_pb2.Criteria(root=group)
+
+
+async def test_criteria_stored_in_the_validated_form_survive_a_field_rename(client) -> None:
+    """What broadcasts and workflows do: store ValidateCriteria's answer, list contacts with it later."""
+    manager = client("manager", "sp_api_rename")
+    field = (
+        await manager.CreateField(pb.CreateFieldRequest(key="score", label="Score", type=fields_pb2.FIELD_TYPE_NUMBER))
+    ).field
+    for score in ("3", "7", "9"):
+        await manager.CreateContact(pb.CreateContactRequest(field_values={"score": score}))
+    stored = (await manager.ValidateCriteria(pb.ValidateCriteriaRequest(criteria=_field_criteria("score")))).criteria
+    assert stored == _field_criteria("score", field.id)
+    view = (await manager.CreateView(pb.CreateViewRequest(name="high", criteria=_field_criteria("score")))).view
+    await manager.UpdateField(
+        pb.UpdateFieldRequest(field_id=field.id, update_mask=FieldMask(paths=["key"]), key="points")
+    )
+    # A new field takes the old key, with another type: it takes over nothing.
+    await manager.CreateField(pb.CreateFieldRequest(key="score", label="Score", type=fields_pb2.FIELD_TYPE_TEXT))
+    assert (await manager.ListContacts(pb.ListContactsRequest(criteria=stored))).page.total_count == 2
+    assert (await manager.ListContacts(pb.ListContactsRequest(view_id=view.id))).page.total_count == 2
+    shown = (await manager.GetView(pb.GetViewRequest(view_id=view.id))).view.criteria
+    assert shown == _field_criteria("points", field.id)  # the current key
+    again = (await manager.ValidateCriteria(pb.ValidateCriteriaRequest(criteria=stored))).criteria
+    assert again == _field_criteria("points", field.id)
+    bad_id = _field_criteria("score", "not-a-uuid")
+    assert await _code(manager.ValidateCriteria(pb.ValidateCriteriaRequest(criteria=bad_id))) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 async def test_upsert_by_identity_over_grpc_with_a_service_token(client) -> None:

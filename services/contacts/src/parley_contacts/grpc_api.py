@@ -23,6 +23,7 @@ from parley_kit.permissions import Permission
 from parley_contacts.convert import (
     contact_to_pb,
     criteria_from_pb,
+    criteria_to_pb,
     field_to_pb,
     field_type_from_pb,
     from_ts,
@@ -338,8 +339,8 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
 
     async def ValidateCriteria(self, request: pb.ValidateCriteriaRequest, context: Ctx) -> pb.ValidateCriteriaResponse:
         space, actor, _ = _scope(request, Permission.CONTACTS_READ)
-        await self.service.validate_criteria(space, actor, criteria_from_pb(request.criteria))
-        return pb.ValidateCriteriaResponse()
+        criteria = await self.service.validate_criteria(space, actor, criteria_from_pb(request.criteria))
+        return pb.ValidateCriteriaResponse(criteria=criteria_to_pb(criteria))
 
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ContactsService"].full_name

@@ -55,6 +55,7 @@ from parley_contacts.domain import (
     View,
     clean_standard,
     format_value,
+    name_fields_by_id,
     new_id,
     normalize_phone,
     parse_value,
@@ -821,10 +822,17 @@ class ContactsService:
             raise NotFound(f"view {raw_id} not found in this space")
         return view
 
-    async def _validate_criteria(self, unit: Unit, space_id: str, actor: Actor, criteria: Group) -> None:
+    async def _validate_criteria(self, unit: Unit, space_id: str, actor: Actor, criteria: Group) -> Group:
+        """Check criteria; answer the form to store (custom fields named by id and current key)."""
         fields = await self._fields(unit, space_id)
         tags = set(await self.repo.existing_tags(unit.session, space_id, referenced_tags(criteria)))
         resolve_criteria(criteria, fields=fields, tag_ids=tags, me=actor.user_id, now=self.clock())
+        return name_fields_by_id(criteria, fields)
+
+    async def _current_keys(self, unit: Unit, space_id: str, views: list[View]) -> list[View]:
+        """Views whose criteria show each custom field's current key (they are stored by id)."""
+        fields = await self._fields(unit, space_id)
+        return [replace(v, criteria=name_fields_by_id(v.criteria, fields)) for v in views]
 
     def _check_share(self, actor: Actor, shared: bool) -> None:
         if shared and not actor.manage_shared_views:
@@ -834,15 +842,17 @@ class ContactsService:
         name = _view_name(name)
         self._check_share(actor, shared)
         now = self.clock()
-        view = View(uuid.uuid4(), space_id, name, actor.subject, shared, criteria, now, now)
         async with self.repo.unit() as unit:
-            await self._validate_criteria(unit, space_id, actor, criteria)
+            stored = await self._validate_criteria(unit, space_id, actor, criteria)
+            view = View(uuid.uuid4(), space_id, name, actor.subject, shared, stored, now, now)
             await self.repo.insert_view(unit.session, view)
         return view
 
     async def get_view(self, space_id: str, actor: Actor, view_id: str) -> View:
         async with self.repo.unit() as unit:
-            return await self._visible_view(unit, space_id, actor, view_id)
+            view = await self._visible_view(unit, space_id, actor, view_id)
+            (view,) = await self._current_keys(unit, space_id, [view])
+            return view
 
     async def list_views(self, space_id: str, actor: Actor, page_size: int, page_token: str) -> tuple[list[View], str]:
         limit = _page_size(page_size)
@@ -853,6 +863,7 @@ class ContactsService:
             after = (key[0], parse_id(key[1], "view"))
         async with self.repo.unit() as unit:
             views = await self.repo.list_views(unit.session, space_id, actor.subject, after, limit)
+            views = await self._current_keys(unit, space_id, views)
         token = ""
         if len(views) > limit:
             views = views[:limit]
@@ -878,8 +889,9 @@ class ContactsService:
             if name is not None:
                 view = replace(view, name=_view_name(name))
             if criteria is not None:
-                await self._validate_criteria(unit, space_id, actor, criteria)
-                view = replace(view, criteria=criteria)
+                view = replace(view, criteria=await self._validate_criteria(unit, space_id, actor, criteria))
+            else:
+                (view,) = await self._current_keys(unit, space_id, [view])
             view = replace(view, updated_at=self.clock())
             await self.repo.update_view(unit.session, view)
         return view
@@ -896,9 +908,10 @@ class ContactsService:
             self._check_editable(actor, view)
             await self.repo.delete_view(unit.session, space_id, view.id)
 
-    async def validate_criteria(self, space_id: str, actor: Actor, criteria: Group) -> None:
+    async def validate_criteria(self, space_id: str, actor: Actor, criteria: Group) -> Group:
+        """Check criteria without saving; answer the form to store (custom fields by id and current key)."""
         async with self.repo.unit() as unit:
-            await self._validate_criteria(unit, space_id, actor, criteria)
+            return await self._validate_criteria(unit, space_id, actor, criteria)
 
     # -- merge ----------------------------------------------------------------------------------
 

@@ -1506,12 +1506,22 @@ Global___ValidateCriteriaRequest: _TypeAlias = ValidateCriteriaRequest  # noqa: 
 class ValidateCriteriaResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    CRITERIA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def criteria(self) -> _criteria_pb2.Criteria:
+        """The criteria as the service reads them: every custom-field condition carries field_id and the
+        field's current key. A service storing criteria (broadcasts, workflows) stores this form, so
+        its criteria keep naming the same fields after a key is renamed.
+        """
+
     def __init__(
         self,
+        *,
+        criteria: _criteria_pb2.Criteria | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
