@@ -228,8 +228,15 @@ async def test_import_reports_bad_rows_and_keeps_good_ones(client) -> None:
         pb.ImportRow(profile=_profile(first_name="Also ok"), tag_names=["vip"]),
     ]
     resp = await manager.ImportContacts(pb.ImportContactsRequest(rows=rows))
-    assert (resp.created_count, resp.failed_count) == (2, 1)
+    assert (resp.created_count, resp.updated_count, resp.failed_count) == (2, 0, 1)
     assert "field 'age'" in resp.results[1].error and resp.results[1].contact_id == ""
+    assert [r.error_code for r in resp.results] == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0], 0]
     tags = (await manager.ListTags(pb.ListTagsRequest())).tags
     assert [t.name for t in tags] == ["csv", "VIP"]  # by name, case-insensitively
     assert (await manager.ListContacts(pb.ListContactsRequest())).page.total_count == 2
+    again = await manager.ImportContacts(pb.ImportContactsRequest(rows=rows, dedupe_by=pb.IMPORT_DEDUPE_EMAIL))
+    assert (again.created_count, again.updated_count, again.failed_count) == (1, 1, 1)  # "Also ok" has no email
+    assert again.results[0].updated and again.results[0].contact_id == resp.results[0].contact_id
+    unknown = pb.ImportContactsRequest(rows=rows, dedupe_by=99)  # type: ignore[arg-type]
+    assert await _code(manager.ImportContacts(unknown)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await manager.ListContacts(pb.ListContactsRequest())).page.total_count == 3

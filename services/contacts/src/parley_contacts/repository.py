@@ -302,6 +302,19 @@ class Repository:
             await s.execute(update(m.Contact).where(C.id == contact_id).values(**filled, updated_at=now))
         return filled
 
+    async def contact_ids_with(
+        self, s: AsyncSession, space_id: str, column: str, value: str, limit: int
+    ) -> list[uuid.UUID]:
+        """Ids of the space's contacts whose email (case-insensitively) or phone is `value`, through the
+        search indexes; at most `limit`."""
+        match = func.lower(C.email) == value.lower() if column == "email" else C.phone == value
+        stmt = select(C.id).where(C.space_id == space_id, match).order_by(C.id).limit(limit)
+        return list((await s.execute(stmt)).scalars())
+
+    async def lock_key(self, s: AsyncSession, key: str) -> None:
+        """A transaction-scoped advisory lock on `key` (hashed to 64 bits), released at commit or rollback."""
+        await s.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+
     async def insert_contact(self, s: AsyncSession, values: dict[str, Any]) -> None:
         await s.execute(insert(m.Contact).values(**values))
 
@@ -674,8 +687,11 @@ class Repository:
         row = (await s.execute(select(m.Tag).where(m.Tag.space_id == space_id, m.Tag.id == tag_id))).scalar()
         return _tag(row) if row else None
 
-    async def tag_by_name(self, s: AsyncSession, space_id: str, name: str) -> Tag | None:
+    async def tag_by_name(self, s: AsyncSession, space_id: str, name: str, *, lock: bool = False) -> Tag | None:
+        """The tag so named (case-insensitively); `lock` key-share locks it (a delete waits, taggers do not)."""
         stmt = select(m.Tag).where(m.Tag.space_id == space_id, func.lower(m.Tag.name) == name.lower())
+        if lock:
+            stmt = stmt.with_for_update(key_share=True)
         row = (await s.execute(stmt)).scalar()
         return _tag(row) if row else None
 
