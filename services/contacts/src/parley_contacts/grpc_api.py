@@ -289,13 +289,14 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
         return pb.ListFieldsResponse(fields=[field_to_pb(f) for f in fields], page=page)
 
     async def UpdateField(self, request: pb.UpdateFieldRequest, context: Ctx) -> pb.UpdateFieldResponse:
-        space, _, _ = _scope(request, Permission.FIELDS_MANAGE)
+        space, actor, _ = _scope(request, Permission.FIELDS_MANAGE)
         paths = set(request.update_mask.paths)
         unknown = paths - {"key", "label", "description", "options"}
         if unknown or not paths:
             raise InvalidArgument("update_mask must name some of: key, label, description, options")
         definition = await self.service.update_field(
             space,
+            actor,
             request.field_id,
             key=request.key if "key" in paths else None,
             label=request.label if "label" in paths else None,
@@ -305,8 +306,8 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
         return pb.UpdateFieldResponse(field=field_to_pb(definition))
 
     async def DeleteField(self, request: pb.DeleteFieldRequest, context: Ctx) -> pb.DeleteFieldResponse:
-        space, _, _ = _scope(request, Permission.FIELDS_MANAGE)
-        await self.service.delete_field(space, request.field_id)
+        space, actor, _ = _scope(request, Permission.FIELDS_MANAGE)
+        await self.service.delete_field(space, actor, request.field_id)
         return pb.DeleteFieldResponse()
 
     # -- views ----------------------------------------------------------------------------------

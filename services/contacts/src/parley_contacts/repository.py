@@ -620,8 +620,14 @@ class Repository:
         rows = (await s.execute(stmt.order_by(m.FieldDefinition.key))).scalars()
         return [_field(r) for r in rows]
 
-    async def get_field(self, s: AsyncSession, space_id: str, field_id: uuid.UUID) -> FieldDef | None:
+    async def get_field(
+        self, s: AsyncSession, space_id: str, field_id: uuid.UUID, *, lock: bool = False
+    ) -> FieldDef | None:
+        """The definition; `lock` takes FOR UPDATE, which makes writers of its values (their foreign key check)
+        wait until this transaction ends."""
         stmt = select(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id, m.FieldDefinition.id == field_id)
+        if lock:
+            stmt = stmt.with_for_update()
         row = (await s.execute(stmt)).scalar()
         return _field(row) if row else None
 
@@ -662,9 +668,17 @@ class Repository:
             )
         )
 
-    async def delete_values_not_in(self, s: AsyncSession, field_id: uuid.UUID, options: Sequence[str]) -> int:
-        stmt = delete(m.FieldValue).where(V.field_id == field_id, V.value_text.not_in(list(options)))
-        return (await s.execute(stmt)).rowcount
+    async def delete_values(
+        self, s: AsyncSession, definition: FieldDef, keep: Sequence[str] | None = None
+    ) -> list[tuple[uuid.UUID, Any]]:
+        """Delete the field's values (only those not in `keep`, a list's options, when given); returns each
+        removed (contact id, old value). One statement whatever the number of values."""
+        where = [V.field_id == definition.id]
+        if keep is not None:
+            where.append(V.value_text.not_in(list(keep)))
+        column = getattr(V, value_column(definition.type))
+        rows = await s.execute(delete(m.FieldValue).where(*where).returning(V.contact_id, column))
+        return [(r[0], r[1]) for r in rows]
 
     async def delete_field(self, s: AsyncSession, space_id: str, field_id: uuid.UUID) -> bool:
         stmt = delete(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id, m.FieldDefinition.id == field_id)

@@ -866,9 +866,10 @@ class ContactsService:
         description: str | None = None,
         options: Sequence[str] | None = None,
     ) -> FieldDef:
-        """Rename (key or label), re-describe, or change a list's options (values no longer allowed go)."""
+        """Rename (key or label), re-describe, or change a list's options (values no longer allowed go, each
+        with a field.updated to empty)."""
         async with self.repo.unit() as unit:
-            definition = await self.repo.get_field(unit.session, space_id, parse_id(field_id, "field"))
+            definition = await self.repo.get_field(unit.session, space_id, parse_id(field_id, "field"), lock=True)
             if definition is None:
                 raise NotFound(f"custom field {field_id} not found in this space")
             if key is not None and key != definition.key:
@@ -890,16 +891,36 @@ class ContactsService:
                     )
                 opts = _options(FieldType.LIST, options)
                 definition = replace(definition, options=opts)
-                await self.repo.delete_values_not_in(unit.session, definition.id, opts)
+                removed = await self.repo.delete_values(unit.session, definition, keep=opts)
+                self._values_removed(unit, space_id, actor, definition, removed)
             definition = replace(definition, updated_at=self.clock())
             await self.repo.update_field(unit.session, definition)
         return definition
 
-    async def delete_field(self, space_id: str, field_id: str) -> None:
-        """Delete a definition and every contact's value of it."""
+    async def delete_field(self, space_id: str, actor: Actor, field_id: str) -> None:
+        """Delete a definition and every contact's value of it (one field.updated to empty per value)."""
         async with self.repo.unit() as unit:
-            if not await self.repo.delete_field(unit.session, space_id, parse_id(field_id, "field")):
+            definition = await self.repo.get_field(unit.session, space_id, parse_id(field_id, "field"), lock=True)
+            if definition is None:
                 raise NotFound(f"custom field {field_id} not found in this space")
+            removed = await self.repo.delete_values(unit.session, definition)
+            self._values_removed(unit, space_id, actor, definition, removed)
+            await self.repo.delete_field(unit.session, space_id, definition.id)
+
+    def _values_removed(
+        self, unit: Unit, space_id: str, actor: Actor, definition: FieldDef, removed: Sequence[tuple[uuid.UUID, Any]]
+    ) -> None:
+        for contact_id, old in removed:
+            self._event(
+                unit,
+                "field.updated",
+                space_id,
+                actor,
+                contact_id=contact_id,
+                field=definition,
+                old=format_value(definition.type, old),
+                new="",
+            )
 
     # -- views ----------------------------------------------------------------------------------
 
