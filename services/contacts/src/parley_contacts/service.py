@@ -7,8 +7,9 @@ unit of work (one transaction). Events, one per change:
 - contact.updated — standard profile fields changed (old and new values); profile hints
   filled by UpsertByIdentity count too. Last-interaction moves do not emit (they happen
   on every inbound message; the conversations service announces those).
-- field.updated — one per custom field value changed (old and new values)
-- tag.added / tag.removed — one per (contact, tag) that changed
+- field.updated — one per custom field value changed (old and new values), including each value
+  removed by deleting its field or list option (new empty)
+- tag.added / tag.removed — one per (contact, tag) that changed (deleting a tag: removed per contact)
 - contact.assigned — one per contact whose assignee changed (with the previous one)
 - contact.merged — one per merge; contact.deleted — one per erasure
 """
