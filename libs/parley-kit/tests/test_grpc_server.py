@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from parley_kit import errors, metrics
 from parley_kit.auth import SigningKey, TokenIssuer, TokenVerifier, current_caller, jwks
 from parley_kit.grpc_client import create_channel
-from parley_kit.grpc_server import GrpcServer, JwtAuthenticator
+from parley_kit.grpc_server import GrpcServer, JwtAuthenticator, status_for
 from parley_kit.permissions import Permission
 from parley_kit.telemetry import configure_tracing
 
@@ -114,6 +114,13 @@ async def test_domain_errors_map_to_status_and_crashes_to_internal(target: str, 
     assert await code_of(target, "missing", token) == (grpc.StatusCode.NOT_FOUND, "contact c1 not found")
     code, details = await code_of(target, "boom", token)
     assert code == grpc.StatusCode.INTERNAL and "unexpected" not in details
+
+
+def test_every_domain_error_has_its_own_status_code() -> None:
+    classes = errors.DomainError.__subclasses__()
+    codes = {status_for(cls("x")) for cls in classes}
+    assert len(codes) == len(classes) and grpc.StatusCode.UNKNOWN not in codes
+    assert status_for(errors.Internal("x")) == grpc.StatusCode.INTERNAL
 
 
 async def test_public_method_needs_no_token_and_rpcs_are_counted(target: str) -> None:

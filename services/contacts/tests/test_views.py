@@ -33,7 +33,7 @@ async def test_a_saved_view_keeps_its_field_after_a_rename_and_shows_the_current
     view = await service.create_view(space, agent, "high scorers", _score_view(), shared=False)
     assert await _listed(service, space, agent, str(view.id)) == {"high"}
 
-    await service.update_field(space, str(field.id), key="points")
+    await service.update_field(space, agent, str(field.id), key="points")
     # A new field takes the old key (and another type): the view does not follow it.
     await service.create_field(space, "score", "Score", "text")
     assert await _listed(service, space, agent, str(view.id)) == {"high"}
@@ -60,7 +60,7 @@ async def test_a_saved_view_naming_a_deleted_field_is_invalid_argument_naming_it
     field = await service.create_field(space, "score", "Score", "number")
     await service.create_contact(space, agent, {"first_name": "high"}, {"score": "9"})
     view = await service.create_view(space, agent, "high scorers", _score_view(), shared=False)
-    await service.delete_field(space, str(field.id))
+    await service.delete_field(space, agent, str(field.id))
     await service.create_field(space, "score", "Score", "number")  # same key, another field: not the view's
     with pytest.raises(InvalidArgument, match=rf"root\.0: custom field 'score' \(id {field.id}\) no longer exists"):
         await service.list_contacts(space, agent, view_id=str(view.id))
@@ -91,7 +91,7 @@ async def test_validated_criteria_name_custom_fields_by_id_and_resolve_by_id(
     by_key = Group(any=False, children=(FieldCond("score", FieldOp.GREATER_THAN, ("5",)),))
     stored = await service.validate_criteria(space, agent, by_key)
     assert stored == Group(any=False, children=(FieldCond("score", FieldOp.GREATER_THAN, ("5",), field.id),))
-    await service.update_field(space, str(field.id), key="points")
+    await service.update_field(space, agent, str(field.id), key="points")
     page = await service.list_contacts(space, agent, criteria=stored)
     assert [c.first_name for c in page.contacts] == ["high"]
     with pytest.raises(InvalidArgument, match="unknown field 'score'"):

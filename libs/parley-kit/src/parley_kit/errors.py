@@ -49,3 +49,8 @@ class Unavailable(DomainError):
 
 class Aborted(DomainError):
     """A concurrent change won; retry the read-modify-write."""
+
+
+class Internal(DomainError):
+    """An unexpected failure (a bug or an unexpected database error), logged where it happened; a part of a
+    batch reports it for itself instead of failing the whole call."""
