@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from parley_kit import errors, metrics
 from parley_kit.auth import SigningKey, TokenIssuer, TokenVerifier, current_caller, jwks
 from parley_kit.grpc_client import create_channel
-from parley_kit.grpc_server import GrpcServer, JwtAuthenticator
+from parley_kit.grpc_server import GrpcServer, JwtAuthenticator, status_for
 from parley_kit.permissions import Permission
 from parley_kit.telemetry import configure_tracing
 
@@ -136,6 +136,13 @@ async def test_a_database_deadlock_is_aborted_and_retried_only_for_the_methods_n
     token = TokenIssuer(key).issue(space_id="deadlock-2", role="owner")
     assert (await call(target, "deadlock-2", token, retry_aborted=("test.Spaces/Touch",))).status == Resp.SERVING
     assert ATTEMPTS["deadlock-2"] == 2
+
+
+def test_every_domain_error_has_its_own_status_code() -> None:
+    classes = errors.DomainError.__subclasses__()
+    codes = {status_for(cls("x")) for cls in classes}
+    assert len(codes) == len(classes) and grpc.StatusCode.UNKNOWN not in codes
+    assert status_for(errors.Internal("x")) == grpc.StatusCode.INTERNAL
 
 
 async def test_public_method_needs_no_token_and_rpcs_are_counted(target: str) -> None:

@@ -90,16 +90,16 @@ async def test_renaming_a_field_keeps_values_and_deleting_it_drops_them(
 ) -> None:
     f = await service.create_field(space, "plan", "Plan", "list", options=["a", "b"])
     c = await service.create_contact(space, agent, {}, {"plan": "b"})
-    await service.update_field(space, str(f.id), key="tier", label="Tier")
+    await service.update_field(space, agent, str(f.id), key="tier", label="Tier")
     got, _ = await service.get_contact(space, str(c.id))
     assert got.values[f.id] == "b"
     with pytest.raises(InvalidArgument, match="shadow"):
-        await service.update_field(space, str(f.id), key="phone")
-    await service.update_field(space, str(f.id), options=["a"])  # "b" is no longer allowed: its values go
+        await service.update_field(space, agent, str(f.id), key="phone")
+    await service.update_field(space, agent, str(f.id), options=["a"])  # "b" is no longer allowed: its values go
     got, _ = await service.get_contact(space, str(c.id))
     assert f.id not in got.values
     await service.update_contact(space, agent, str(c.id), {}, {"tier": "a"})
-    await service.delete_field(space, str(f.id))
+    await service.delete_field(space, agent, str(f.id))
     got, _ = await service.get_contact(space, str(c.id))
     assert got.values == {}
     with pytest.raises(InvalidArgument, match="unknown custom field 'tier'"):

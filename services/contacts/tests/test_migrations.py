@@ -1,9 +1,11 @@
-"""Migrations are reversible and leave the schema the models describe."""
+"""Migrations are reversible, leave the schema the models describe, and carry existing data over."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
+from parley_contacts.domain import criteria_from_json
 from parley_contacts.models import metadata
 from parley_kit.db import create_engine, run_migrations
 from sqlalchemy import inspect, text
@@ -112,6 +114,58 @@ async def test_value_tag_ids_migration_backfills_existing_values_and_reverts(dat
         await run_migrations("parley_contacts", database_url)
 
 
+async def test_view_field_ids_migration_names_fields_by_id_and_reverts_to_current_keys(database_url: str) -> None:
+    await run_migrations("parley_contacts", database_url, "base", downgrade=True)
+    await run_migrations("parley_contacts", database_url, "20261125_0004")
+    score, other_space_score, view = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    criteria = {
+        "all": [
+            {"field": {"name": "score", "op": "greater_than", "values": ["5"]}},
+            {
+                "any": [
+                    {"field": {"name": "email", "op": "is_set", "values": []}},
+                    {"field": {"name": "gone", "op": "is_set", "values": []}},  # deleted before the upgrade
+                    {"tags": {"match": "any", "ids": [str(uuid.uuid4())]}},
+                ]
+            },
+        ]
+    }
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO field_definitions (id, space_id, key, label, type, created_at, updated_at)"
+                    " VALUES (:f, 's', 'score', 'Score', 'number', now(), now()),"
+                    " (:o, 'other', 'score', 'Score', 'text', now(), now())"
+                ),
+                {"f": score, "o": other_space_score},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO views (id, space_id, name, owner, shared, criteria, created_at, updated_at)"
+                    " VALUES (:v, 's', 'high', 'user:u', false, CAST(:c AS jsonb), now(), now())"
+                ),
+                {"v": view, "c": json.dumps(criteria)},
+            )
+        await run_migrations("parley_contacts", database_url)
+        async with engine.begin() as conn:
+            migrated = (await conn.execute(text("SELECT criteria FROM views"))).scalar_one()
+            await conn.execute(text("UPDATE field_definitions SET key = 'points' WHERE id = :f"), {"f": score})
+        first, rest = migrated["all"]
+        assert first == {"field": {"name": "score", "op": "greater_than", "values": ["5"], "id": str(score)}}
+        assert rest == criteria["all"][1]  # standard fields, deleted fields and tags are untouched
+        assert criteria_from_json(migrated).children[0].field_id == score  # the service reads the id
+        await run_migrations("parley_contacts", database_url, "20261125_0004", downgrade=True)
+        async with engine.connect() as conn:
+            reverted = (await conn.execute(text("SELECT criteria FROM views"))).scalar_one()
+        renamed = {"field": {"name": "points", "op": "greater_than", "values": ["5"]}}
+        assert reverted == {"all": [renamed, criteria["all"][1]]}  # the previous release reads the current key
+    finally:
+        await engine.dispose()
+        await run_migrations("parley_contacts", database_url)
+
+
 async def test_tag_deletion_migration_frees_deleted_names_and_its_downgrade_finishes_deletions(
     database_url: str,
 ) -> None:
@@ -139,7 +193,7 @@ async def test_tag_deletion_migration_frees_deleted_names_and_its_downgrade_fini
                 text("INSERT INTO contact_tags (contact_id, tag_id, space_id) VALUES (:c, :d, 's'), (:c, :l, 's')"),
                 {"c": contact, "d": deleted, "l": live},
             )
-        await run_migrations("parley_contacts", database_url, "20261125_0004", downgrade=True)
+        await run_migrations("parley_contacts", database_url, "20261206_0005", downgrade=True)
         async with engine.connect() as conn:
             assert (await conn.execute(text("SELECT tag_ids FROM contacts"))).scalar_one() == [live]
             assert (await conn.execute(text("SELECT array_agg(tag_id) FROM contact_tags"))).scalar_one() == [live]

@@ -52,6 +52,11 @@ class Aborted(DomainError):
     """A concurrent change won; retry the read-modify-write."""
 
 
+class Internal(DomainError):
+    """An unexpected failure (a bug or an unexpected database error), logged where it happened; a part of a
+    batch reports it for itself instead of failing the whole call."""
+
+
 # PostgreSQL rolled the transaction back because of a concurrent one; the same request may succeed.
 _CONFLICT_SQLSTATES = {
     "40001": "conflicted with a concurrent change (serialization failure)",

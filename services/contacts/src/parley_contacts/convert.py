@@ -202,7 +202,14 @@ def _node_from_pb(node: criteria_pb2.CriteriaNode, path: str) -> Any:
         return TagCond(_enum(_TAG_MATCH, node.tag.match, "tag match", path), tuple(ids))
     if kind == "field":
         f = node.field
-        return FieldCond(f.field, _enum(_FIELD_OP, f.operator, "field operator", path), tuple(f.values))
+        field_id = None
+        if f.field_id:
+            try:
+                field_id = uuid.UUID(f.field_id)
+            except ValueError:
+                raise InvalidArgument(f"criteria {path}: field id '{f.field_id}' is not a valid id") from None
+        op = _enum(_FIELD_OP, f.operator, "field operator", path)
+        return FieldCond(f.field, op, tuple(f.values), field_id)
     if kind == "channel":
         return ChannelCond(tuple(node.channel.channel_ids), tuple(int(t) for t in node.channel.channel_types))
     if kind == "assignee":
@@ -236,7 +243,10 @@ def _node_to_pb(node: Any) -> criteria_pb2.CriteriaNode:
     if isinstance(node, FieldCond):
         return criteria_pb2.CriteriaNode(
             field=criteria_pb2.FieldCondition(
-                field=node.field, operator=_inverse(_FIELD_OP)[node.op], values=list(node.values)
+                field=node.field,
+                operator=_inverse(_FIELD_OP)[node.op],
+                values=list(node.values),
+                field_id=str(node.field_id) if node.field_id else "",
             )
         )
     if isinstance(node, ChannelCond):

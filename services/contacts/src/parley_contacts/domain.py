@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -333,9 +333,17 @@ class TagCond:
 
 @dataclass(frozen=True)
 class FieldCond:
+    """A condition on a standard field (by name) or a custom field (by key, or by id when `field_id` is set).
+
+    With `field_id`, the id names the field and `field` is the key as last seen (quoted in errors):
+    saved criteria carry the id so that renaming a key neither breaks them nor hands them to a new
+    field given the old key.
+    """
+
     field: str
     op: FieldOp
     values: tuple[str, ...] = ()
+    field_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -514,14 +522,20 @@ def resolve_criteria(
 
 
 def _resolve_field(cond: FieldCond, fields: dict[str, FieldDef], where: str) -> ResolvedField:
-    name = cond.field
-    if name in STANDARD_FIELDS:
-        ftype, field_id, options = STANDARD_FIELDS[name], None, ()
-    elif name in fields:
-        definition = fields[name]
-        ftype, field_id, options = definition.type, definition.id, definition.options
+    definition = _custom_field(cond, fields)
+    if definition is not None:
+        name, ftype, field_id, options = definition.key, definition.type, definition.id, definition.options
+    elif cond.field_id is not None:
+        raise InvalidArgument(
+            f"{where}: custom field '{cond.field}' (id {cond.field_id}) no longer exists in this space"
+            " (deleted); edit the condition"
+        )
+    elif cond.field in STANDARD_FIELDS:
+        name, ftype, field_id, options = cond.field, STANDARD_FIELDS[cond.field], None, ()
     else:
-        raise InvalidArgument(f"{where}: unknown field '{name}' (neither a standard field nor a custom field key)")
+        raise InvalidArgument(
+            f"{where}: unknown field '{cond.field}' (neither a standard field nor a custom field key)"
+        )
     if cond.op not in ALLOWED_OPS[ftype]:
         allowed = ", ".join(sorted(ALLOWED_OPS[ftype]))
         raise InvalidArgument(f"{where}: operator '{cond.op}' does not apply to {ftype} field '{name}' ({allowed})")
@@ -538,18 +552,68 @@ def _resolve_field(cond: FieldCond, fields: dict[str, FieldDef], where: str) -> 
     if cond.op in (FieldOp.CONTAINS, FieldOp.STARTS_WITH):
         if not values[0]:
             raise InvalidArgument(f"{where}: '{cond.op}' on '{name}' needs a non-empty value")
-        operands = (values[0].lower(),)
-    elif ftype in TEXT_LIKE:
-        # Equality on text is case-insensitive; list values must be options; others compare as typed.
-        if ftype is FieldType.LIST:
-            operands = tuple(parse_value(name, ftype, v, options).lower() for v in values)
+        if ftype is FieldType.PHONE:
+            operands = (_phone_fragment(values[0], cond.op, f"{where}: '{cond.op}' on phone field '{name}'"),)
         else:
-            operands = tuple(v.strip().lower() for v in values)
+            operands = (values[0].lower(),)
+    elif ftype is FieldType.TEXT:
+        operands = tuple(v.strip().lower() for v in values)  # equality on text is case-insensitive
     else:
-        operands = tuple(parse_value(name, ftype, v, options) for v in values)
+        # Whole values: read like stored ones (list options, E.164 phones, valid emails and URLs, typed
+        # numbers and dates), so an operand no value can equal is refused rather than never matching.
+        try:
+            operands = tuple(parse_value(name, ftype, v, options) for v in values)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{where}: {exc.message}") from None
+        if ftype in TEXT_LIKE:
+            operands = tuple(str(v).lower() for v in operands)
         if cond.op is FieldOp.BETWEEN and operands[0] > operands[1]:
             raise InvalidArgument(f"{where}: 'between' on '{name}' needs the lower bound first")
     return ResolvedField(name, ftype, field_id, operands, cond.op)
+
+
+_PHONE_FORMATTING = frozenset(" -.()/\u00a0")
+
+
+def _phone_fragment(raw: str, op: FieldOp, what: str) -> str:
+    """A phone CONTAINS/STARTS_WITH operand as it appears in stored E.164 numbers.
+
+    Formatting (spaces, dashes, dots, parentheses, slashes) is dropped. STARTS_WITH reads from the
+    country code, with or without '+' ("+33 6" and "336" both give "+336"). A '+' may only lead: on
+    CONTAINS it pins the digits to the country code ("+33" matches +33..., not +1 333...); without
+    it the digits may be anywhere.
+    """
+    text = raw.strip()
+    plus = text.startswith("+")
+    body = text[1:] if plus else text
+    digits = phonenumbers.normalize_digits_only(body)
+    if not digits or any(not (ch.isdecimal() or ch in _PHONE_FORMATTING) for ch in body):
+        raise InvalidArgument(f"{what}: '{raw}' is not part of a phone number; give digits (e.g. 612 or +33 6)")
+    return "+" + digits if plus or op is FieldOp.STARTS_WITH else digits
+
+
+def _custom_field(cond: FieldCond, fields: dict[str, FieldDef]) -> FieldDef | None:
+    """The custom field a condition names: by id when it carries one, else by key (None if none)."""
+    if cond.field_id is None:
+        return fields.get(cond.field)
+    return next((d for d in fields.values() if d.id == cond.field_id), None)
+
+
+def name_fields_by_id(group: Group, fields: dict[str, FieldDef]) -> Group:
+    """The criteria with every custom-field condition carrying its field's id and current key.
+
+    This is the form to store: it keeps naming the same fields when keys are renamed. Conditions
+    naming no existing custom field (standard fields, unknown keys, deleted ids) are left as they are.
+    """
+
+    def name(node: Group | Cond) -> Group | Cond:
+        if isinstance(node, Group):
+            return replace(node, children=tuple(name(c) for c in node.children))
+        if not isinstance(node, FieldCond) or (definition := _custom_field(node, fields)) is None:
+            return node
+        return replace(node, field=definition.key, field_id=definition.id)
+
+    return replace(group, children=tuple(name(c) for c in group.children))
 
 
 # JSON form of criteria, as stored with a view (and used by the CLI's --criteria).
@@ -561,7 +625,8 @@ def criteria_to_json(node: Group | Cond) -> dict[str, Any]:
     if isinstance(node, TagCond):
         return {"tags": {"match": str(node.match), "ids": [str(t) for t in node.tag_ids]}}
     if isinstance(node, FieldCond):
-        return {"field": {"name": node.field, "op": str(node.op), "values": list(node.values)}}
+        spec: dict[str, Any] = {"name": node.field, "op": str(node.op), "values": list(node.values)}
+        return {"field": spec if node.field_id is None else {**spec, "id": str(node.field_id)}}
     if isinstance(node, ChannelCond):
         return {"channel": {"ids": list(node.channel_ids), "types": list(node.channel_types)}}
     if isinstance(node, AssigneeCond):
@@ -595,7 +660,9 @@ def _from_json(data: dict[str, Any]) -> Group | Cond:
     if kind == "tags":
         return TagCond(TagMatch(body["match"]), tuple(uuid.UUID(str(t)) for t in body["ids"]))
     if kind == "field":
-        return FieldCond(body["name"], FieldOp(body["op"]), tuple(str(v) for v in body.get("values", [])))
+        field_id = uuid.UUID(str(body["id"])) if body.get("id") else None
+        values = tuple(str(v) for v in body.get("values", []))
+        return FieldCond(body["name"], FieldOp(body["op"]), values, field_id)
     if kind == "channel":
         return ChannelCond(tuple(body.get("ids", [])), tuple(int(t) for t in body.get("types", [])))
     if kind == "assignee":

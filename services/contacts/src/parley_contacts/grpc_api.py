@@ -23,6 +23,7 @@ from parley_kit.permissions import Permission
 from parley_contacts.convert import (
     contact_to_pb,
     criteria_from_pb,
+    criteria_to_pb,
     field_to_pb,
     field_type_from_pb,
     from_ts,
@@ -43,6 +44,7 @@ from parley_contacts.service import (
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext
+_DEDUPE = {pb.IMPORT_DEDUPE_UNSPECIFIED: "", pb.IMPORT_DEDUPE_EMAIL: "email", pb.IMPORT_DEDUPE_PHONE: "phone"}
 
 
 def _scope(request: Any, permission: Permission) -> tuple[str, Actor, Caller]:
@@ -200,14 +202,26 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
 
     async def ImportContacts(self, request: pb.ImportContactsRequest, context: Ctx) -> pb.ImportContactsResponse:
         space, actor, _ = _scope(request, Permission.CONTACTS_IMPORT)
+        dedupe_by = _DEDUPE.get(request.dedupe_by)
+        if dedupe_by is None:
+            raise InvalidArgument(f"dedupe_by {request.dedupe_by} is unknown; use IMPORT_DEDUPE_EMAIL or _PHONE")
         rows = [ImportRow(profile_from_pb(r.profile), dict(r.field_values), tuple(r.tag_names)) for r in request.rows]
-        outcomes = await self.service.import_contacts(space, actor, rows)
-        results = [
-            pb.ImportResult(index=i, contact_id=str(o.contact_id) if o.contact_id else "", error=o.error)
-            for i, o in enumerate(outcomes)
-        ]
-        created = sum(1 for o in outcomes if o.contact_id)
-        return pb.ImportContactsResponse(results=results, created_count=created, failed_count=len(outcomes) - created)
+        outcomes = await self.service.import_contacts(space, actor, rows, dedupe_by)
+        results = []
+        for i, o in enumerate(outcomes):
+            if o.error is not None:
+                code = status_for(o.error).value[0]
+                results.append(pb.ImportResult(index=i, error=o.error.message, error_code=code))
+            else:
+                results.append(pb.ImportResult(index=i, contact_id=str(o.contact_id), updated=o.updated))
+        updated = sum(1 for o in outcomes if o.updated)
+        failed = sum(1 for o in outcomes if o.error is not None)
+        return pb.ImportContactsResponse(
+            results=results,
+            created_count=len(outcomes) - updated - failed,
+            updated_count=updated,
+            failed_count=failed,
+        )
 
     # -- tags -----------------------------------------------------------------------------------
 
@@ -276,13 +290,14 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
         return pb.ListFieldsResponse(fields=[field_to_pb(f) for f in fields], page=page)
 
     async def UpdateField(self, request: pb.UpdateFieldRequest, context: Ctx) -> pb.UpdateFieldResponse:
-        space, _, _ = _scope(request, Permission.FIELDS_MANAGE)
+        space, actor, _ = _scope(request, Permission.FIELDS_MANAGE)
         paths = set(request.update_mask.paths)
         unknown = paths - {"key", "label", "description", "options"}
         if unknown or not paths:
             raise InvalidArgument("update_mask must name some of: key, label, description, options")
         definition = await self.service.update_field(
             space,
+            actor,
             request.field_id,
             key=request.key if "key" in paths else None,
             label=request.label if "label" in paths else None,
@@ -292,8 +307,8 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
         return pb.UpdateFieldResponse(field=field_to_pb(definition))
 
     async def DeleteField(self, request: pb.DeleteFieldRequest, context: Ctx) -> pb.DeleteFieldResponse:
-        space, _, _ = _scope(request, Permission.FIELDS_MANAGE)
-        await self.service.delete_field(space, request.field_id)
+        space, actor, _ = _scope(request, Permission.FIELDS_MANAGE)
+        await self.service.delete_field(space, actor, request.field_id)
         return pb.DeleteFieldResponse()
 
     # -- views ----------------------------------------------------------------------------------
@@ -338,8 +353,8 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
 
     async def ValidateCriteria(self, request: pb.ValidateCriteriaRequest, context: Ctx) -> pb.ValidateCriteriaResponse:
         space, actor, _ = _scope(request, Permission.CONTACTS_READ)
-        await self.service.validate_criteria(space, actor, criteria_from_pb(request.criteria))
-        return pb.ValidateCriteriaResponse()
+        criteria = await self.service.validate_criteria(space, actor, criteria_from_pb(request.criteria))
+        return pb.ValidateCriteriaResponse(criteria=criteria_to_pb(criteria))
 
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ContactsService"].full_name

@@ -226,7 +226,7 @@ class FieldValue(Base):
 
 class Tag(Base):
     """A tag of the catalog. A deleted one (`deleted_at` set) is gone for every reader and writer at once; its
-    row stays until its contacts are untagged, chunk by chunk (migration 0005)."""
+    row stays until its contacts are untagged, chunk by chunk (migration 0006)."""
 
     __tablename__ = "tags"
 

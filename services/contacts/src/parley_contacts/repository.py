@@ -319,6 +319,19 @@ class Repository:
             await s.execute(update(m.Contact).where(C.id == contact_id).values(**filled, updated_at=now))
         return filled
 
+    async def contact_ids_with(
+        self, s: AsyncSession, space_id: str, column: str, value: str, limit: int
+    ) -> list[uuid.UUID]:
+        """Ids of the space's contacts whose email (case-insensitively) or phone is `value`, through the
+        search indexes; at most `limit`."""
+        match = func.lower(C.email) == value.lower() if column == "email" else C.phone == value
+        stmt = select(C.id).where(C.space_id == space_id, match).order_by(C.id).limit(limit)
+        return list((await s.execute(stmt)).scalars())
+
+    async def lock_key(self, s: AsyncSession, key: str) -> None:
+        """A transaction-scoped advisory lock on `key` (hashed to 64 bits), released at commit or rollback."""
+        await s.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+
     async def insert_contact(self, s: AsyncSession, values: dict[str, Any]) -> None:
         await s.execute(insert(m.Contact).values(**values))
 
@@ -628,8 +641,14 @@ class Repository:
         rows = (await s.execute(stmt.order_by(m.FieldDefinition.key))).scalars()
         return [_field(r) for r in rows]
 
-    async def get_field(self, s: AsyncSession, space_id: str, field_id: uuid.UUID) -> FieldDef | None:
+    async def get_field(
+        self, s: AsyncSession, space_id: str, field_id: uuid.UUID, *, lock: bool = False
+    ) -> FieldDef | None:
+        """The definition; `lock` takes FOR UPDATE, which makes writers of its values (their foreign key check)
+        wait until this transaction ends."""
         stmt = select(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id, m.FieldDefinition.id == field_id)
+        if lock:
+            stmt = stmt.with_for_update()
         row = (await s.execute(stmt)).scalar()
         return _field(row) if row else None
 
@@ -670,9 +689,17 @@ class Repository:
             )
         )
 
-    async def delete_values_not_in(self, s: AsyncSession, field_id: uuid.UUID, options: Sequence[str]) -> int:
-        stmt = delete(m.FieldValue).where(V.field_id == field_id, V.value_text.not_in(list(options)))
-        return (await s.execute(stmt)).rowcount
+    async def delete_values(
+        self, s: AsyncSession, definition: FieldDef, keep: Sequence[str] | None = None
+    ) -> list[tuple[uuid.UUID, Any]]:
+        """Delete the field's values (only those not in `keep`, a list's options, when given); returns each
+        removed (contact id, old value). One statement whatever the number of values."""
+        where = [V.field_id == definition.id]
+        if keep is not None:
+            where.append(V.value_text.not_in(list(keep)))
+        column = getattr(V, value_column(definition.type))
+        rows = await s.execute(delete(m.FieldValue).where(*where).returning(V.contact_id, column))
+        return [(r[0], r[1]) for r in rows]
 
     async def delete_field(self, s: AsyncSession, space_id: str, field_id: uuid.UUID) -> bool:
         stmt = delete(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id, m.FieldDefinition.id == field_id)
@@ -707,8 +734,12 @@ class Repository:
         stmt = stmt.order_by(m.Tag.id).with_for_update(key_share=True, read=not write)
         return {r.id: _tag(r) for r in (await s.execute(stmt)).scalars()}
 
-    async def tag_by_name(self, s: AsyncSession, space_id: str, name: str) -> Tag | None:
+    async def tag_by_name(self, s: AsyncSession, space_id: str, name: str, *, lock: bool = False) -> Tag | None:
+        """The live tag so named (case-insensitively); `lock` locks it FOR KEY SHARE (a deletion waits, taggers
+        do not)."""
         stmt = select(m.Tag).where(m.Tag.space_id == space_id, func.lower(m.Tag.name) == name.lower(), _LIVE)
+        if lock:
+            stmt = stmt.with_for_update(key_share=True, read=True)
         row = (await s.execute(stmt)).scalar()
         return _tag(row) if row else None
 

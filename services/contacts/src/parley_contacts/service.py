@@ -7,8 +7,9 @@ unit of work (one transaction). Events, one per change:
 - contact.updated — standard profile fields changed (old and new values); profile hints
   filled by UpsertByIdentity count too. Last-interaction moves do not emit (they happen
   on every inbound message; the conversations service announces those).
-- field.updated — one per custom field value changed (old and new values)
-- tag.added / tag.removed — one per (contact, tag) that changed
+- field.updated — one per custom field value changed (old and new values), including each value
+  removed by deleting its field or list option (new empty)
+- tag.added / tag.removed — one per (contact, tag) that changed (deleting a tag: removed per contact)
 - contact.assigned — one per contact whose assignee changed (with the previous one)
 - contact.merged — one per merge; contact.deleted — one per erasure
 """
@@ -34,6 +35,7 @@ from parley_kit.errors import (
     AlreadyExists,
     DomainError,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -56,6 +58,7 @@ from parley_contacts.domain import (
     View,
     clean_standard,
     format_value,
+    name_fields_by_id,
     new_id,
     normalize_phone,
     parse_value,
@@ -64,6 +67,8 @@ from parley_contacts.domain import (
     without_tags,
 )
 from parley_contacts.repository import PROFILE_COLUMNS, DomainEvent, Page, Repository, Unit
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -74,6 +79,8 @@ MAX_UPSERT_BATCH = 500
 TAG_DELETION_CHUNK = 1000
 # New identities of one UpsertByIdentities call created at once (each its own transaction and connection).
 NEW_IDENTITY_CONCURRENCY = 4
+# Standard fields an import can match existing contacts on (ImportContacts' dedupe_by).
+DEDUPE_KEYS = ("email", "phone")
 
 
 log = logging.getLogger(__name__)
@@ -127,8 +134,11 @@ class ImportRow:
 
 @dataclass(frozen=True)
 class ImportOutcome:
-    contact_id: uuid.UUID | None
-    error: str = ""
+    """The contact a row created (or, deduplicated, updated), or why the row changed nothing."""
+
+    contact_id: uuid.UUID | None = None
+    updated: bool = False
+    error: DomainError | None = None
 
 
 @dataclass(frozen=True)
@@ -370,82 +380,151 @@ class ContactsService:
         tag_ids: Sequence[str] = (),
         identities: Sequence[IdentityInput] = (),
     ) -> Contact:
-        now = self.clock()
-        contact_id = new_id(now)
         async with self.repo.unit() as unit:
-            s = unit.session
             cleaned = _clean_profile(profile)
             defs = await self._fields(unit, space_id)
             typed = _typed_values(field_values or {}, defs, cleaned.get("country"))
             tags = [t.id for t in await self._require_tags(unit, space_id, tag_ids)]
-            await self.repo.insert_contact(
-                s,
-                {
-                    **{c: cleaned.get(c) for c in PROFILE_COLUMNS},
-                    "id": contact_id,
-                    "space_id": space_id,
-                    "created_at": now,
-                    "updated_at": now,
-                },
+            return await self._insert_contact(unit, space_id, actor, cleaned, defs, typed, tags, identities)
+
+    async def _insert_contact(
+        self,
+        unit: Unit,
+        space_id: str,
+        actor: Actor,
+        cleaned: dict[str, str | None],
+        defs: dict[str, FieldDef],
+        typed: dict[str, Any],
+        tags: Sequence[uuid.UUID],
+        identities: Sequence[IdentityInput] = (),
+    ) -> Contact:
+        """Insert a contact from validated input, in `unit`; one contact.created."""
+        s = unit.session
+        now = self.clock()
+        contact_id = new_id(now)
+        await self.repo.insert_contact(
+            s,
+            {
+                **{c: cleaned.get(c) for c in PROFILE_COLUMNS},
+                "id": contact_id,
+                "space_id": space_id,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        await self.repo.add_tag_rows(s, space_id, contact_id, tags)
+        for ident in identities:
+            _check_identity(ident)
+            claimed = await self.repo.add_identity(
+                s, space_id, contact_id, ident.channel_id, ident.channel_type, ident.external_id, now
             )
-            await self.repo.add_tag_rows(s, space_id, contact_id, tags)
-            for ident in identities:
-                _check_identity(ident)
-                claimed = await self.repo.add_identity(
-                    s, space_id, contact_id, ident.channel_id, ident.channel_type, ident.external_id, now
+            if not claimed:
+                raise AlreadyExists(
+                    f"identity {ident.external_id} on channel {ident.channel_id} already belongs to a contact"
                 )
-                if not claimed:
-                    raise AlreadyExists(
-                        f"identity {ident.external_id} on channel {ident.channel_id} already belongs to a contact"
-                    )
-            for key, value in typed.items():
-                if value is not None:
-                    await self.repo.set_value(s, space_id, contact_id, defs[key], value)
-            contact = await self.repo.get_contact(s, space_id, contact_id)
-            assert contact is not None
-            self._event(
-                unit, "contact.created", space_id, actor, contact=contact, field_defs={d.id: d for d in defs.values()}
-            )
+        for key, value in typed.items():
+            if value is not None:
+                await self.repo.set_value(s, space_id, contact_id, defs[key], value)
+        contact = await self.repo.get_contact(s, space_id, contact_id)
+        assert contact is not None
+        self._event(
+            unit, "contact.created", space_id, actor, contact=contact, field_defs={d.id: d for d in defs.values()}
+        )
         return contact
 
-    async def import_contacts(self, space_id: str, actor: Actor, rows: Sequence[ImportRow]) -> list[ImportOutcome]:
-        """Create one contact per row, each in its own transaction: a bad row is reported, the rest kept.
+    async def import_contacts(
+        self, space_id: str, actor: Actor, rows: Sequence[ImportRow], dedupe_by: str = ""
+    ) -> list[ImportOutcome]:
+        """Import rows, each in its own transaction, and answer every row on its own.
 
-        Tags are named; missing ones are created in the catalog.
+        A row is committed whole or changes nothing (the tags it names are created with it). A refused
+        row carries its domain error; an unexpected failure is logged and reported as Internal for that
+        row; either way the following rows go on. With `dedupe_by` ("email" or "phone"), a row whose
+        value is already a contact's updates that contact instead of creating a second one.
         """
         if len(rows) > MAX_BULK:
             raise InvalidArgument(f"at most {MAX_BULK} rows per import call; split the file")
-        tag_ids: dict[str, uuid.UUID] = {}
+        if dedupe_by and dedupe_by not in DEDUPE_KEYS:
+            raise InvalidArgument(f"cannot deduplicate by '{dedupe_by}'; use one of {', '.join(DEDUPE_KEYS)}")
         outcomes: list[ImportOutcome] = []
-        for row in rows:
+        for index, row in enumerate(rows):
             try:
-                ids = []
-                for name in row.tag_names:
-                    key = _tag_name(name).lower()
-                    if key not in tag_ids:
-                        tag_ids[key] = (await self._tag_named(space_id, name)).id
-                    ids.append(str(tag_ids[key]))
-                contact = await self.create_contact(space_id, actor, row.profile, row.field_values, ids)
-                outcomes.append(ImportOutcome(contact.id))
-                metrics.IMPORT_ROWS.labels("created").inc()
-            except (InvalidArgument, AlreadyExists, NotFound) as exc:
-                outcomes.append(ImportOutcome(None, exc.message))
-                metrics.IMPORT_ROWS.labels("failed").inc()
+                outcome = await self._import_row(space_id, actor, row, dedupe_by)
+            except DomainError as exc:
+                outcome = ImportOutcome(error=exc)
+            except Exception:
+                log.exception("import row %d in space %s failed unexpectedly", index, space_id)
+                outcome = ImportOutcome(error=Internal("internal error on this row; the failure was logged"))
+            kind = "failed" if outcome.error else "updated" if outcome.updated else "created"
+            metrics.IMPORT_ROWS.labels(kind).inc()
+            outcomes.append(outcome)
         return outcomes
 
-    async def _tag_named(self, space_id: str, name: str) -> Tag:
-        """The tag with this name, created when missing (race-safe)."""
+    async def _import_row(self, space_id: str, actor: Actor, row: ImportRow, dedupe_by: str) -> ImportOutcome:
+        """One import row in one transaction: the contact created (or, matched by `dedupe_by`, updated) with
+        the tags it names, missing ones created; any failure rolls all of it back, those tags included."""
+        names: dict[str, str] = {}
+        for raw in row.tag_names:
+            name = _tag_name(raw)
+            names.setdefault(name.lower(), name)
+        cleaned = _clean_profile(row.profile)
+        key = cleaned.get(dedupe_by) if dedupe_by else None
         async with self.repo.unit() as unit:
-            found = await self.repo.tag_by_name(unit.session, space_id, name.strip())
-            if found is not None:
-                return found
-            tag = Tag(uuid.uuid4(), _tag_name(name), "", "", self.clock())
-            if await self.repo.insert_tag(unit.session, space_id, tag):
-                return tag
-        async with self.repo.unit() as unit:
-            found = await self.repo.tag_by_name(unit.session, space_id, name.strip())
+            found = await self._dedupe_match(unit, space_id, dedupe_by, key) if key else None
+            tags = [await self._tag_named(unit, space_id, name) for name in names.values()]
+            if found is None:
+                defs = await self._fields(unit, space_id)
+                typed = _typed_values(row.field_values, defs, cleaned.get("country"))
+                contact = await self._insert_contact(unit, space_id, actor, cleaned, defs, typed, [t.id for t in tags])
+                return ImportOutcome(contact.id)
+            # An import fills and overwrites; an empty cell never clears what the contact has. Values are
+            # read with the contact's country when the row has none, as UpdateContact does.
+            profile = {k: v for k, v in row.profile.items() if v and v.strip()}
+            values = {k: v for k, v in row.field_values.items() if v.strip()}
+            await self._update_in(unit, space_id, actor, found, profile, values)
+            now = self.clock()
+            for tag in tags:
+                if await self.repo.add_tag(unit.session, space_id, [found.id], tag.id, now):
+                    self._event(unit, "tag.added", space_id, actor, contact_id=found.id, tag=tag)
+            return ImportOutcome(found.id, updated=True)
+
+    async def _dedupe_match(self, unit: Unit, space_id: str, by: str, value: str) -> Contact | None:
+        """The contact of the space whose `by` (email, case-insensitively, or phone) is `value`, locked.
+
+        A transaction-scoped advisory lock on (space, by, value) first: concurrent imports of one value
+        wait for each other, so the second finds the contact the first created instead of adding one.
+        """
+        s = unit.session
+        await self.repo.lock_key(s, f"contacts.import:{space_id}:{by}:{value.lower()}")
+        ids = await self.repo.contact_ids_with(s, space_id, by, value, limit=2)
+        if len(ids) > 1:
+            raise FailedPrecondition(
+                f"several contacts of this space have {by} {value}: merge them (parley contacts merge), "
+                "then import the row again"
+            )
+        if not ids:
+            return None
+        contact = await self.repo.get_contact(s, space_id, ids[0], lock=True)
+        if contact is None or (getattr(contact, by) or "").lower() != value.lower():
+            raise Aborted(f"the contact with {by} {value} changed concurrently; import the row again")
+        return contact
+
+    async def _tag_named(self, unit: Unit, space_id: str, name: str) -> Tag:
+        """The tag with this name, created in `unit` when missing (so it goes if the unit rolls back).
+
+        Key-share locked: a concurrent DeleteTag of it waits for `unit`. Of concurrent units creating one
+        name, one inserts it and the others, once it commits, find it.
+        """
+        s = unit.session
+        found = await self.repo.tag_by_name(s, space_id, name, lock=True)
+        if found is not None:
+            return found
+        tag = Tag(uuid.uuid4(), name, "", "", self.clock())
+        if await self.repo.insert_tag(s, space_id, tag):
+            return tag
+        found = await self.repo.tag_by_name(s, space_id, name, lock=True)
         if found is None:
-            raise FailedPrecondition(f"tag '{name}' changed concurrently; retry")
+            raise Aborted(f"tag '{name}' changed concurrently; import the row again")
         return found
 
     async def get_contact(self, space_id: str, contact_id: str) -> tuple[Contact, dict[uuid.UUID, FieldDef]]:
@@ -463,29 +542,38 @@ class ContactsService:
         field_values: dict[str, str] | None = None,
     ) -> Contact:
         """Change the given profile fields ('' clears) and custom values ('' clears); others stay."""
+        async with self.repo.unit() as unit:
+            contact = await self._require_contact(unit, space_id, contact_id, lock=True)
+            await self._update_in(unit, space_id, actor, contact, profile, field_values or {})
+            result = await self.repo.get_contact(unit.session, space_id, contact.id)
+            assert result is not None
+        return result
+
+    async def _update_in(
+        self,
+        unit: Unit,
+        space_id: str,
+        actor: Actor,
+        contact: Contact,
+        profile: dict[str, str | None],
+        field_values: dict[str, str],
+    ) -> None:
+        """Apply UpdateContact's changes to the locked `contact` in `unit`, with their events."""
         unknown = set(profile) - set(PROFILE_COLUMNS)
         if unknown:
             raise InvalidArgument(f"unknown contact field(s) {sorted(unknown)}; use custom field values for those")
-        async with self.repo.unit() as unit:
-            s = unit.session
-            contact = await self._require_contact(unit, space_id, contact_id, lock=True)
-            country = profile.get("country") if profile.get("country") is not None else contact.country
-            cleaned = {k: clean_standard(k, v, country) for k, v in profile.items() if v is not None}
-            defs = await self._fields(unit, space_id)
-            typed = _typed_values(field_values or {}, defs, country)
-            now = self.clock()
-            changes = [
-                Change(k, _s(getattr(contact, k)), _s(v)) for k, v in cleaned.items() if getattr(contact, k) != v
-            ]
-            if changes:
-                await self.repo.update_contact(
-                    s, contact.id, {c.field: cleaned[c.field] for c in changes} | {"updated_at": now}
-                )
-                self._event(unit, "contact.updated", space_id, actor, contact_id=contact.id, changes=changes)
-            await self._apply_values(unit, space_id, actor, contact, defs, typed, now)
-            result = await self.repo.get_contact(s, space_id, contact.id)
-            assert result is not None
-        return result
+        country = profile.get("country") if profile.get("country") is not None else contact.country
+        cleaned = {k: clean_standard(k, v, country) for k, v in profile.items() if v is not None}
+        defs = await self._fields(unit, space_id)
+        typed = _typed_values(field_values, defs, country)
+        now = self.clock()
+        changes = [Change(k, _s(getattr(contact, k)), _s(v)) for k, v in cleaned.items() if getattr(contact, k) != v]
+        if changes:
+            await self.repo.update_contact(
+                unit.session, contact.id, {c.field: cleaned[c.field] for c in changes} | {"updated_at": now}
+            )
+            self._event(unit, "contact.updated", space_id, actor, contact_id=contact.id, changes=changes)
+        await self._apply_values(unit, space_id, actor, contact, defs, typed, now)
 
     async def _apply_values(
         self,
@@ -835,6 +923,7 @@ class ContactsService:
     async def update_field(
         self,
         space_id: str,
+        actor: Actor,
         field_id: str,
         *,
         key: str | None = None,
@@ -842,9 +931,10 @@ class ContactsService:
         description: str | None = None,
         options: Sequence[str] | None = None,
     ) -> FieldDef:
-        """Rename (key or label), re-describe, or change a list's options (values no longer allowed go)."""
+        """Rename (key or label), re-describe, or change a list's options (values no longer allowed go, each
+        with a field.updated to empty)."""
         async with self.repo.unit() as unit:
-            definition = await self.repo.get_field(unit.session, space_id, parse_id(field_id, "field"))
+            definition = await self.repo.get_field(unit.session, space_id, parse_id(field_id, "field"), lock=True)
             if definition is None:
                 raise NotFound(f"custom field {field_id} not found in this space")
             if key is not None and key != definition.key:
@@ -866,16 +956,36 @@ class ContactsService:
                     )
                 opts = _options(FieldType.LIST, options)
                 definition = replace(definition, options=opts)
-                await self.repo.delete_values_not_in(unit.session, definition.id, opts)
+                removed = await self.repo.delete_values(unit.session, definition, keep=opts)
+                self._values_removed(unit, space_id, actor, definition, removed)
             definition = replace(definition, updated_at=self.clock())
             await self.repo.update_field(unit.session, definition)
         return definition
 
-    async def delete_field(self, space_id: str, field_id: str) -> None:
-        """Delete a definition and every contact's value of it."""
+    async def delete_field(self, space_id: str, actor: Actor, field_id: str) -> None:
+        """Delete a definition and every contact's value of it (one field.updated to empty per value)."""
         async with self.repo.unit() as unit:
-            if not await self.repo.delete_field(unit.session, space_id, parse_id(field_id, "field")):
+            definition = await self.repo.get_field(unit.session, space_id, parse_id(field_id, "field"), lock=True)
+            if definition is None:
                 raise NotFound(f"custom field {field_id} not found in this space")
+            removed = await self.repo.delete_values(unit.session, definition)
+            self._values_removed(unit, space_id, actor, definition, removed)
+            await self.repo.delete_field(unit.session, space_id, definition.id)
+
+    def _values_removed(
+        self, unit: Unit, space_id: str, actor: Actor, definition: FieldDef, removed: Sequence[tuple[uuid.UUID, Any]]
+    ) -> None:
+        for contact_id, old in removed:
+            self._event(
+                unit,
+                "field.updated",
+                space_id,
+                actor,
+                contact_id=contact_id,
+                field=definition,
+                old=format_value(definition.type, old),
+                new="",
+            )
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -885,10 +995,17 @@ class ContactsService:
             raise NotFound(f"view {raw_id} not found in this space")
         return view
 
-    async def _validate_criteria(self, unit: Unit, space_id: str, actor: Actor, criteria: Group) -> None:
+    async def _validate_criteria(self, unit: Unit, space_id: str, actor: Actor, criteria: Group) -> Group:
+        """Check criteria; answer the form to store (custom fields named by id and current key)."""
         fields = await self._fields(unit, space_id)
         tags = set(await self.repo.existing_tags(unit.session, space_id, referenced_tags(criteria)))
         resolve_criteria(criteria, fields=fields, tag_ids=tags, me=actor.user_id, now=self.clock())
+        return name_fields_by_id(criteria, fields)
+
+    async def _current_keys(self, unit: Unit, space_id: str, views: list[View]) -> list[View]:
+        """Views whose criteria show each custom field's current key (they are stored by id)."""
+        fields = await self._fields(unit, space_id)
+        return [replace(v, criteria=name_fields_by_id(v.criteria, fields)) for v in views]
 
     def _check_share(self, actor: Actor, shared: bool) -> None:
         if shared and not actor.manage_shared_views:
@@ -898,15 +1015,17 @@ class ContactsService:
         name = _view_name(name)
         self._check_share(actor, shared)
         now = self.clock()
-        view = View(uuid.uuid4(), space_id, name, actor.subject, shared, criteria, now, now)
         async with self.repo.unit() as unit:
-            await self._validate_criteria(unit, space_id, actor, criteria)
+            stored = await self._validate_criteria(unit, space_id, actor, criteria)
+            view = View(uuid.uuid4(), space_id, name, actor.subject, shared, stored, now, now)
             await self.repo.insert_view(unit.session, view)
         return view
 
     async def get_view(self, space_id: str, actor: Actor, view_id: str) -> View:
         async with self.repo.unit() as unit:
-            return await self._visible_view(unit, space_id, actor, view_id)
+            view = await self._visible_view(unit, space_id, actor, view_id)
+            (view,) = await self._current_keys(unit, space_id, [view])
+            return view
 
     async def list_views(self, space_id: str, actor: Actor, page_size: int, page_token: str) -> tuple[list[View], str]:
         limit = _page_size(page_size)
@@ -917,6 +1036,7 @@ class ContactsService:
             after = (key[0], parse_id(key[1], "view"))
         async with self.repo.unit() as unit:
             views = await self.repo.list_views(unit.session, space_id, actor.subject, after, limit)
+            views = await self._current_keys(unit, space_id, views)
         token = ""
         if len(views) > limit:
             views = views[:limit]
@@ -942,8 +1062,9 @@ class ContactsService:
             if name is not None:
                 view = replace(view, name=_view_name(name))
             if criteria is not None:
-                await self._validate_criteria(unit, space_id, actor, criteria)
-                view = replace(view, criteria=criteria)
+                view = replace(view, criteria=await self._validate_criteria(unit, space_id, actor, criteria))
+            else:
+                (view,) = await self._current_keys(unit, space_id, [view])
             view = replace(view, updated_at=self.clock())
             await self.repo.update_view(unit.session, view)
         return view
@@ -960,9 +1081,10 @@ class ContactsService:
             self._check_editable(actor, view)
             await self.repo.delete_view(unit.session, space_id, view.id)
 
-    async def validate_criteria(self, space_id: str, actor: Actor, criteria: Group) -> None:
+    async def validate_criteria(self, space_id: str, actor: Actor, criteria: Group) -> Group:
+        """Check criteria without saving; answer the form to store (custom fields by id and current key)."""
         async with self.repo.unit() as unit:
-            await self._validate_criteria(unit, space_id, actor, criteria)
+            return await self._validate_criteria(unit, space_id, actor, criteria)
 
     # -- merge ----------------------------------------------------------------------------------
 

@@ -339,7 +339,8 @@ class ContactsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ValidateCriteria(self, request, context):
-        """Check criteria (e.g. before a broadcast or workflow saves them) without saving anything.
+        """Check criteria (e.g. before a broadcast or workflow saves them) without saving anything; the
+        answer is the form to store (custom fields named by id too).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

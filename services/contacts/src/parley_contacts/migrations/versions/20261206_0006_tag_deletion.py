@@ -8,8 +8,8 @@ space's deleted tags, which reads hide from contacts' tags until the untagging r
 
 Downgrade finishes unfinished deletions in place (without events) and drops the columns.
 
-Revision ID: 20261206_0005
-Revises: 20261125_0004
+Revision ID: 20261206_0006
+Revises: 20261206_0005
 Create Date: 2026-12-06
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "20261206_0005"
-down_revision: str | None = "20261125_0004"
+revision: str = "20261206_0006"
+down_revision: str | None = "20261206_0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
