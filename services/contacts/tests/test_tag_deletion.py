@@ -10,7 +10,7 @@ import uuid
 import pytest
 from parley_contacts.domain import FieldCond, FieldOp, Group, TagCond, TagMatch
 from parley_contacts.repository import DomainEvent, Repository
-from parley_contacts.service import Actor, ContactsService
+from parley_contacts.service import Actor, ContactsService, ImportRow
 from parley_kit.db import session_factory
 from parley_kit.errors import InvalidArgument, NotFound
 from sqlalchemy import text
@@ -140,3 +140,17 @@ async def test_the_background_loop_finishes_interrupted_deletions_at_start_and_n
         loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop
+
+
+async def test_an_import_naming_a_deleted_tag_creates_a_new_tag_of_that_name(
+    service: ContactsService, stored_tags, space: str, manager: Actor
+) -> None:
+    old = await service.create_tag(space, "vip")
+    holder = await service.create_contact(space, manager, {}, tag_ids=[str(old.id)])
+    await service.delete_tag(space, manager, str(old.id))
+    (outcome,) = await service.import_contacts(space, manager, [ImportRow({}, {}, ("VIP",))])
+    (new,) = await service.list_tags(space)
+    assert new.id != old.id and new.name == "VIP"
+    assert (await service.get_contact(space, str(outcome.contact_id)))[0].tag_ids == (new.id,)
+    await service.finish_tag_deletions()
+    assert await stored_tags(space) == {holder.id: set(), outcome.contact_id: {new.id}}
