@@ -49,3 +49,7 @@ class Unavailable(DomainError):
 
 class Aborted(DomainError):
     """A concurrent change won; retry the read-modify-write."""
+
+
+class Internal(DomainError):
+    """An unexpected failure, already logged; for answers that report an error per item."""

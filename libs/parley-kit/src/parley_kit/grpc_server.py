@@ -35,6 +35,7 @@ STATUS_FOR: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.Internal: grpc.StatusCode.INTERNAL,
 }
 
 # Methods that never need a token: health, reflection, and whatever a service declares public.
