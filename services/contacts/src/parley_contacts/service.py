@@ -21,6 +21,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from parley_kit.errors import (
     AlreadyExists,
     DomainError,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -41,7 +43,8 @@ from parley_kit.errors import (
 from parley_contacts import metrics
 from parley_contacts.domain import (
     KEY_RE,
-    LANGUAGE_RE,
+    MAX_NAME,
+    MAX_TAGS_PER_CONTACT,
     RESERVED_KEYS,
     STANDARD_FIELDS,
     Change,
@@ -53,15 +56,17 @@ from parley_contacts.domain import (
     ResolvedGroup,
     Tag,
     View,
+    check_text,
     clean_standard,
     format_value,
     new_id,
-    normalize_phone,
     parse_value,
     referenced_tags,
     resolve_criteria,
 )
 from parley_contacts.repository import PROFILE_COLUMNS, DomainEvent, Page, Repository, Unit
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -157,7 +162,7 @@ def _decode_token(token: str, fingerprint: str) -> list[str]:
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         key, fp = data["k"], data["f"]
-        if not isinstance(key, list) or len(key) != 2:
+        if not isinstance(key, list) or len(key) != 2 or not all(isinstance(k, str) and "\x00" not in k for k in key):
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgument("page_token is malformed; pass back next_page_token unchanged") from None
@@ -335,6 +340,10 @@ class ContactsService:
                 metrics.UPSERTS.labels("existing").inc()
             except DomainError as exc:
                 results[key] = UpsertOutcome(error=exc)
+            except Exception:
+                # One identity's failure must not fail the batch: its item says so, the others are answered.
+                log.exception("UpsertByIdentities: identity %s on channel %s failed", key[2], key[1])
+                results[key] = UpsertOutcome(error=Internal("internal error for this identity; the failure was logged"))
 
         await asyncio.gather(*(one(k) for k in keys))
         out: list[UpsertOutcome] = []
@@ -363,6 +372,7 @@ class ContactsService:
     ) -> Contact:
         now = self.clock()
         contact_id = new_id(now)
+        _check_tag_count(len(set(tag_ids)))
         async with self.repo.unit() as unit:
             s = unit.session
             cleaned = _clean_profile(profile)
@@ -391,7 +401,7 @@ class ContactsService:
                     )
             for key, value in typed.items():
                 if value is not None:
-                    await self.repo.set_value(s, space_id, contact_id, defs[key], value)
+                    await self._set_value(unit, space_id, contact_id, defs[key], value)
             contact = await self.repo.get_contact(s, space_id, contact_id)
             assert contact is not None
             self._event(
@@ -410,6 +420,7 @@ class ContactsService:
         outcomes: list[ImportOutcome] = []
         for row in rows:
             try:
+                _check_tag_count(len({_tag_name(name).lower() for name in row.tag_names}))
                 ids = []
                 for name in row.tag_names:
                     key = _tag_name(name).lower()
@@ -497,7 +508,7 @@ class ContactsService:
             if value is None:
                 await self.repo.delete_value(unit.session, contact.id, definition.id)
             else:
-                await self.repo.set_value(unit.session, space_id, contact.id, definition, value)
+                await self._set_value(unit, space_id, contact.id, definition, value)
             touched = True
             self._event(
                 unit,
@@ -511,6 +522,12 @@ class ContactsService:
             )
         if touched:
             await self.repo.update_contact(unit.session, contact.id, {"updated_at": now})
+
+    async def _set_value(
+        self, unit: Unit, space_id: str, contact_id: uuid.UUID, definition: FieldDef, value: Any
+    ) -> None:
+        if not await self.repo.set_value(unit.session, space_id, contact_id, definition, value):
+            raise NotFound(f"custom field '{definition.key}' was deleted while this change was made; nothing changed")
 
     async def delete_contact(self, space_id: str, actor: Actor, contact_id: str) -> uuid.UUID:
         """Erase a contact: its identities, field values and tags go with it; contact.deleted tells others."""
@@ -594,6 +611,8 @@ class ContactsService:
                 key = _decode_token(page_token, fingerprint)
                 try:
                     after = (datetime.fromisoformat(key[0]), uuid.UUID(key[1]))
+                    if after[0].tzinfo is None:
+                        raise ValueError("no UTC offset")
                 except ValueError:
                     raise InvalidArgument("page_token is malformed; pass back next_page_token unchanged") from None
             page: Page = await self.repo.list_contacts(
@@ -655,7 +674,8 @@ class ContactsService:
                 tag = replace(tag, color=color.strip()[:16])
             if description is not None:
                 tag = replace(tag, description=description.strip())
-            await self.repo.update_tag(unit.session, tag)
+            if not await self.repo.update_tag(unit.session, tag):
+                raise AlreadyExists(f"a tag named '{tag.name}' already exists in this space")
         return tag
 
     async def delete_tag(self, space_id: str, actor: Actor, tag_id: str) -> int:
@@ -687,7 +707,12 @@ class ContactsService:
             ids = await self._live_ids(unit, space_id, contact_ids)
             await self.repo.lock_contacts(s, space_id, ids)
             now = self.clock()
-            for tag_id in await self._require_tags(unit, space_id, add):
+            adding = await self._require_tags(unit, space_id, add)
+            if adding:
+                removing = set(await self._require_tags(unit, space_id, remove))
+                for contact_id, have in (await self.repo.tags_of(s, ids)).items():
+                    _check_tag_cap(contact_id, have, (have | set(adding)) - removing)
+            for tag_id in adding:
                 tag = await self.repo.get_tag(s, space_id, tag_id)
                 for contact_id in await self.repo.add_tag(s, space_id, ids, tag_id, now):
                     self._event(unit, "tag.added", space_id, actor, contact_id=contact_id, tag=tag)
@@ -804,7 +829,8 @@ class ContactsService:
                 definition = replace(definition, options=opts)
                 await self.repo.delete_values_not_in(unit.session, definition.id, opts)
             definition = replace(definition, updated_at=self.clock())
-            await self.repo.update_field(unit.session, definition)
+            if not await self.repo.update_field(unit.session, definition):
+                raise AlreadyExists(f"a custom field with key '{definition.key}' already exists in this space")
         return definition
 
     async def delete_field(self, space_id: str, field_id: str) -> None:
@@ -916,6 +942,7 @@ class ContactsService:
             merged = await self._require_contact(unit, space_id, merged_id, lock=True)
             if survivor.id == merged.id:
                 raise InvalidArgument("cannot merge a contact into itself")
+            _check_tag_cap(survivor.id, set(survivor.tag_ids), set(survivor.tag_ids) | set(merged.tag_ids))
             profile: dict[str, Any] = {c: getattr(survivor, c) or getattr(merged, c) for c in PROFILE_COLUMNS}
             if survivor.assignee_user_id is None and survivor.assignee_team_id is None:
                 profile["assignee_user_id"] = merged.assignee_user_id
@@ -939,10 +966,10 @@ class ContactsService:
 
 
 def _check_identity(ident: IdentityInput) -> None:
-    if not ident.channel_id or len(ident.channel_id) > 64:
-        raise InvalidArgument("channel_id is required (at most 64 characters)")
-    if not ident.external_id or len(ident.external_id) > 256:
-        raise InvalidArgument("external_id is required (at most 256 characters)")
+    if not ident.channel_id or len(ident.channel_id) > 64 or "\x00" in ident.channel_id:
+        raise InvalidArgument("channel_id is required (at most 64 characters, no NUL)")
+    if not ident.external_id or len(ident.external_id) > 256 or "\x00" in ident.external_id:
+        raise InvalidArgument("external_id is required (at most 256 characters, no NUL)")
 
 
 def _clean_profile(profile: dict[str, str | None]) -> dict[str, str | None]:
@@ -954,27 +981,45 @@ def _clean_profile(profile: dict[str, str | None]) -> dict[str, str | None]:
 
 
 def _clean_hints(hints: dict[str, str]) -> dict[str, str]:
-    """Profile hints from a channel: kept when valid, silently dropped otherwise (never fail a message)."""
-    out: dict[str, str] = {}
+    """Profile hints from a channel: kept when valid, silently dropped otherwise (never fail a message).
+
+    Each hint passes the check of the field it fills (`clean_standard`), so a hint is never a value that
+    an explicit update would refuse; names longer than allowed are cut first.
+    """
     first, last = hints.get("first_name", "").strip(), hints.get("last_name", "").strip()
     display = hints.get("display_name", "").strip()
     if not first and not last and display:
         first, _, last = display.partition(" ")
-    if first:
-        out["first_name"] = first[:200]
-    if last:
-        out["last_name"] = last.strip()[:200]
     phone = hints.get("phone", "").strip()
-    if phone:
-        with contextlib.suppress(ValueError):
-            out["phone"] = normalize_phone(phone if phone.startswith("+") else "+" + phone)
-    language = hints.get("language", "").strip().replace("_", "-")
-    if language and LANGUAGE_RE.match(language):
-        out["language"] = language
-    avatar = hints.get("avatar_url", "").strip()
-    if avatar.startswith(("http://", "https://")) and len(avatar) <= 2000:
-        out["avatar_url"] = avatar
+    raw = {
+        "first_name": first[:MAX_NAME],
+        "last_name": last.strip()[:MAX_NAME],
+        "phone": phone if not phone or phone.startswith("+") else "+" + phone,
+        "language": hints.get("language", "").strip().replace("_", "-"),
+        "avatar_url": hints.get("avatar_url", "").strip(),
+    }
+    out: dict[str, str] = {}
+    for name, value in raw.items():
+        with contextlib.suppress(InvalidArgument):
+            if (clean := clean_standard(name, value)) is not None:
+                out[name] = clean
     return out
+
+
+def _check_tag_count(count: int) -> None:
+    """A new contact's tags fit the cap (InvalidArgument: the request itself is too big)."""
+    if count > MAX_TAGS_PER_CONTACT:
+        raise InvalidArgument(f"{count} tags given; a contact has at most {MAX_TAGS_PER_CONTACT} tags")
+
+
+def _check_tag_cap(contact_id: uuid.UUID, have: set[uuid.UUID], after: set[uuid.UUID]) -> None:
+    """FailedPrecondition when a change would give a contact new tags beyond the cap (its tags live in
+    index entries of bounded size, see MAX_TAGS_PER_CONTACT); removing tags is always allowed."""
+    if len(after) > MAX_TAGS_PER_CONTACT and after - have:
+        raise FailedPrecondition(
+            f"contact {contact_id} would have {len(after)} tags; a contact has at most {MAX_TAGS_PER_CONTACT} "
+            "(remove some of its tags first)"
+        )
 
 
 def _typed_values(raw: dict[str, str], defs: dict[str, FieldDef], country: str | None) -> dict[str, Any]:
@@ -991,7 +1036,8 @@ def _typed_values(raw: dict[str, str], defs: dict[str, FieldDef], country: str |
 
 
 def _options(kind: FieldType, options: Sequence[str]) -> tuple[str, ...]:
-    opts = tuple(o.strip() for o in options if o.strip())
+    # An option is the value stored when chosen: the same bounds as a text value.
+    opts = tuple(parse_value("options", FieldType.TEXT, o) for o in options if o.strip())
     if kind is FieldType.LIST:
         if not opts:
             raise InvalidArgument("a list field needs at least one option")
@@ -1005,6 +1051,7 @@ def _options(kind: FieldType, options: Sequence[str]) -> tuple[str, ...]:
 
 
 def _tag_name(name: str) -> str:
+    check_text("tag name", name)
     name = name.strip()
     if not name or len(name) > 100:
         raise InvalidArgument("a tag name is required (at most 100 characters)")
