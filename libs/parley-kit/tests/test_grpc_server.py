@@ -31,6 +31,8 @@ async def touch(request: Req, context: grpc.aio.ServicerContext) -> Resp:
         raise RuntimeError("unexpected")
     if request.service == "missing":
         raise errors.NotFound("contact c1 not found")
+    if request.service.startswith("long:"):
+        raise errors.InvalidArgument(f"id '{request.service}' is not a valid id")
     caller.require(Permission.CONTACTS_DELETE, space_id=request.service)
     return Resp(status=Resp.SERVING)
 
@@ -114,6 +116,13 @@ async def test_domain_errors_map_to_status_and_crashes_to_internal(target: str, 
     assert await code_of(target, "missing", token) == (grpc.StatusCode.NOT_FOUND, "contact c1 not found")
     code, details = await code_of(target, "boom", token)
     assert code == grpc.StatusCode.INTERNAL and "unexpected" not in details
+
+
+async def test_a_message_quoting_a_long_input_is_cut_and_keeps_its_status(target: str, key: SigningKey) -> None:
+    token = TokenIssuer(key).issue(space_id="A", role="owner")
+    code, details = await code_of(target, "long:" + "é" * 50_000, token)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("id 'long:éé") and details.endswith("...") and len(details.encode()) <= 1024
 
 
 async def test_public_method_needs_no_token_and_rpcs_are_counted(target: str) -> None:

@@ -40,6 +40,17 @@ STATUS_FOR: dict[type[errors.DomainError], grpc.StatusCode] = {
 
 # Methods that never need a token: health, reflection, and whatever a service declares public.
 ALWAYS_PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# UTF-8 bytes of a status message. It travels percent-encoded in a trailer, and a client refuses trailers
+# over 8 KiB by default: a message quoting a long input would turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED.
+MAX_DETAILS_BYTES = 1024
+
+
+def details(message: str) -> str:
+    """`message` cut to MAX_DETAILS_BYTES (on a character boundary), so the status reaches the caller."""
+    raw = message.encode()
+    if len(raw) <= MAX_DETAILS_BYTES:
+        return message
+    return raw[: MAX_DETAILS_BYTES - 3].decode(errors="ignore") + "..."
 
 
 def status_for(exc: errors.DomainError) -> grpc.StatusCode:
@@ -133,8 +144,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     return await behavior(request, context)
                 except errors.DomainError as exc:
                     code = status_for(exc)
-                    span.set_status(Status(StatusCode.ERROR, exc.message))
-                    await context.abort(code, exc.message)
+                    span.set_status(Status(StatusCode.ERROR, details(exc.message)))
+                    await context.abort(code, details(exc.message))
                 except (grpc.aio.AbortError, grpc.RpcError):
                     code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                     raise
@@ -162,7 +173,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     yield item
             except errors.DomainError as exc:
                 code = status_for(exc)
-                await context.abort(code, exc.message)
+                await context.abort(code, details(exc.message))
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("unhandled error in %s", method)
