@@ -179,7 +179,7 @@ def test_accepted_values_are_stored_by_postgresql_and_read_back_equal(database_u
         @given(st.data())
         def store(data: st.DataObject) -> None:
             ftype = data.draw(st.sampled_from(list(FieldType)))
-            raw = data.draw(st.one_of(LIKELY[ftype], JUNK))
+            raw = data.draw(JUNK if data.draw(st.integers(0, 3)) == 0 else LIKELY[ftype])  # mostly likely ones
             try:
                 expected = parse_value("f", ftype, raw, OPTIONS) if raw.strip() else None  # '' clears
             except InvalidArgument:
