@@ -37,6 +37,8 @@ async def touch(request: Req, context: grpc.aio.ServicerContext) -> Resp:
         raise errors.NotFound("contact c1 not found")
     if request.service.startswith("deadlock") and ATTEMPTS[request.service] == 1:
         raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")  # as the inbound fast path sees it
+    if request.service.startswith("long:"):
+        raise errors.InvalidArgument(f"id '{request.service}' is not a valid id")
     caller.require(Permission.CONTACTS_DELETE, space_id=request.service)
     return Resp(status=Resp.SERVING)
 
@@ -143,6 +145,13 @@ def test_every_domain_error_has_its_own_status_code() -> None:
     codes = {status_for(cls("x")) for cls in classes}
     assert len(codes) == len(classes) and grpc.StatusCode.UNKNOWN not in codes
     assert status_for(errors.Internal("x")) == grpc.StatusCode.INTERNAL
+
+
+async def test_a_message_quoting_a_long_input_is_cut_and_keeps_its_status(target: str, key: SigningKey) -> None:
+    token = TokenIssuer(key).issue(space_id="A", role="owner")
+    code, details = await code_of(target, "long:" + "é" * 50_000, token)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("id 'long:éé") and details.endswith("...") and len(details.encode()) <= 1024
 
 
 async def test_public_method_needs_no_token_and_rpcs_are_counted(target: str) -> None:

@@ -12,8 +12,8 @@ from parley_contacts.domain import FieldDef
 from parley_contacts.repository import Repository
 from parley_contacts.service import Actor, ContactsService
 from parley_kit.db import session_factory
+from parley_kit.errors import NotFound
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
@@ -61,7 +61,7 @@ async def test_a_value_written_while_its_field_is_deleted_never_vanishes_unannou
     engine: AsyncEngine, sink, space: str, manager: Actor
 ) -> None:
     """The definition is locked first: a first value written between the values' removal and the definition's
-    delete waits, then is refused, instead of being erased by the cascade without an event."""
+    delete waits, then is NOT_FOUND, instead of being erased by the cascade without an event."""
     slow = ContactsService(SlowRemovalRepository(session_factory(engine), sink))
     score = await slow.create_field(space, "score", "Score", "number")
     before = await slow.create_contact(space, manager, {}, {"score": "1"})
@@ -70,7 +70,7 @@ async def test_a_value_written_while_its_field_is_deleted_never_vanishes_unannou
     await asyncio.sleep(0.1)  # the values are gone, the definition not yet
     writing = asyncio.create_task(slow.update_contact(space, manager, str(late.id), {}, {"score": "2"}))
     await deleting
-    with pytest.raises(IntegrityError):
+    with pytest.raises(NotFound, match="custom field 'score' was deleted"):
         await writing
     last = {str(e.data["contact_id"]): e.data["new"] for e in sink.of("field.updated", space)}
     assert last == {str(before.id): ""}

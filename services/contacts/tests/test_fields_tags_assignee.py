@@ -30,7 +30,7 @@ INVALID = {
     "email": ("a@b", "not an email"),
     "phone": ("123", "phone"),
     "url": ("example.com", "http"),
-    "text": ("x" * 1001, "at most 1000"),
+    "text": ("x" * 501, "501 bytes long in UTF-8; at most 500"),
 }
 
 

@@ -2,50 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from parley.common.v1 import common_pb2
 from parley.contacts.v1 import contact_pb2, criteria_pb2, fields_pb2
 from parley.contacts.v1 import contacts_service_pb2 as pb
-from parley.contacts.v1 import contacts_service_pb2_grpc as pb_grpc
-from parley_contacts.grpc_api import SERVICE_NAME, ContactsApi, register
-from parley_contacts.service import ContactsService
-from parley_kit.auth import SigningKey, TokenVerifier, jwks
-from parley_kit.grpc_server import GrpcServer, JwtAuthenticator
 
 SPACE, OTHER = "sp_api", "sp_api_other"
-
-
-@pytest.fixture(scope="module")
-async def target(service: ContactsService, signing_key: SigningKey) -> AsyncIterator[str]:
-    server = GrpcServer("contacts", authenticator=JwtAuthenticator(TokenVerifier.from_jwks(jwks(signing_key))))
-    server.add(register, ContactsApi(service), SERVICE_NAME)
-    port = await server.start("127.0.0.1", 0)
-    await server.set_serving(True)
-    yield f"127.0.0.1:{port}"
-    await server.stop(1)
-
-
-@pytest.fixture(scope="module")
-def client(target: str, mint_token: Callable[..., str]) -> Callable[..., pb_grpc.ContactsServiceStub]:
-    channel = grpc.aio.insecure_channel(target)
-    stubs: dict[tuple[str, str, str], pb_grpc.ContactsServiceStub] = {}
-
-    def make(role: str = "agent", space: str = SPACE, user: str = "u1") -> pb_grpc.ContactsServiceStub:
-        token = mint_token(space_id=space, role=role, subject=f"user:{user}")
-        stub = pb_grpc.ContactsServiceStub(channel)
-
-        class Authed:
-            def __getattr__(self, name: str):  # every call carries the token
-                method = getattr(stub, name)
-                return lambda req: method(req, metadata=(("authorization", f"Bearer {token}"),))
-
-        return Authed()  # type: ignore[return-value]
-
-    return lambda role="agent", space=SPACE, user="u1": stubs.setdefault((role, space, user), make(role, space, user))
 
 
 async def _code(call) -> grpc.StatusCode:

@@ -41,6 +41,17 @@ STATUS_FOR: dict[type[errors.DomainError], grpc.StatusCode] = {
 
 # Methods that never need a token: health, reflection, and whatever a service declares public.
 ALWAYS_PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# UTF-8 bytes of a status message. It travels percent-encoded in a trailer, and a client refuses trailers
+# over 8 KiB by default: a message quoting a long input would turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED.
+MAX_DETAILS_BYTES = 1024
+
+
+def details(message: str) -> str:
+    """`message` cut to MAX_DETAILS_BYTES (on a character boundary), so the status reaches the caller."""
+    raw = message.encode()
+    if len(raw) <= MAX_DETAILS_BYTES:
+        return message
+    return raw[: MAX_DETAILS_BYTES - 3].decode(errors="ignore") + "..."
 
 
 def status_for(exc: errors.DomainError) -> grpc.StatusCode:
@@ -60,7 +71,7 @@ def _status(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INTERNAL, "internal error; the failure was logged"
     if error is not exc:
         log.warning("%s aborted: %s", method, exc)
-    return status_for(error), error.message
+    return status_for(error), details(error.message)
 
 
 class Authenticator(Protocol):

@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from parley_contacts import models as m
@@ -187,6 +188,11 @@ def _view(row: Any) -> View:
 def _id_array(ids: Sequence[uuid.UUID]) -> Any:
     """Contact ids as one uuid[] parameter (for `= ANY(...)`): any number of them, unlike an IN list."""
     return literal(list(ids), ARRAY(m.Contact.id.type))
+
+
+def _violated(exc: IntegrityError) -> str | None:
+    """The name of the constraint or unique index whose violation `exc` reports (asyncpg names it)."""
+    return getattr(exc.orig.__cause__, "constraint_name", None) if exc.orig is not None else None
 
 
 def like_prefix(text: str) -> str:
@@ -563,6 +569,11 @@ class Repository:
             )
         return changed
 
+    async def tags_of(self, s: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, set[uuid.UUID]]:
+        """The tag ids on each of these contacts."""
+        rows = await s.execute(select(C.id, C.tag_ids).where(C.id == any_(_id_array(ids))))
+        return {r.id: set(r.tag_ids or ()) for r in rows}
+
     async def lock_contacts(
         self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID], *, delete: bool = False
     ) -> list[uuid.UUID]:
@@ -618,8 +629,11 @@ class Repository:
 
     async def set_value(
         self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, definition: FieldDef, value: Any
-    ) -> None:
-        """Set one custom value (a trigger gives it a copy of the contact's tags, see migration 0004)."""
+    ) -> bool:
+        """Set one custom value (a trigger gives it a copy of the contact's tags, see migration 0004).
+
+        False when the field's definition was deleted since it was read (the transaction is then failed).
+        """
         column = value_column(definition.type)
         row: dict[str, Any] = {"contact_id": contact_id, "field_id": definition.id, "space_id": space_id}
         row.update({c: None for c in _VALUE_COLS})
@@ -629,7 +643,13 @@ class Repository:
             index_elements=[V.contact_id, V.field_id],
             set_={c: stmt.excluded[c] for c in _VALUE_COLS},
         )
-        await s.execute(stmt)
+        try:
+            await s.execute(stmt)
+        except IntegrityError as exc:
+            if _violated(exc) == "fk_field_values_field_id_field_definitions":
+                return False
+            raise
+        return True
 
     async def delete_value(self, s: AsyncSession, contact_id: uuid.UUID, field_id: uuid.UUID) -> None:
         await s.execute(delete(m.FieldValue).where(V.contact_id == contact_id, V.field_id == field_id))
@@ -676,8 +696,9 @@ class Repository:
         )
         return (await s.execute(stmt)).first() is not None
 
-    async def update_field(self, s: AsyncSession, definition: FieldDef) -> None:
-        await s.execute(
+    async def update_field(self, s: AsyncSession, definition: FieldDef) -> bool:
+        """False when another definition of the space took the key meanwhile (the transaction is then failed)."""
+        stmt = (
             update(m.FieldDefinition)
             .where(m.FieldDefinition.id == definition.id)
             .values(
@@ -688,6 +709,13 @@ class Repository:
                 updated_at=definition.updated_at,
             )
         )
+        try:
+            await s.execute(stmt)
+        except IntegrityError as exc:
+            if _violated(exc) == "uq_field_definitions_space_key":
+                return False
+            raise
+        return True
 
     async def delete_values(
         self, s: AsyncSession, definition: FieldDef, keep: Sequence[str] | None = None
@@ -759,10 +787,18 @@ class Repository:
         )
         return (await s.execute(stmt)).first() is not None
 
-    async def update_tag(self, s: AsyncSession, tag: Tag) -> None:
-        await s.execute(
+    async def update_tag(self, s: AsyncSession, tag: Tag) -> bool:
+        """False when another tag of the space took the name meanwhile (the transaction is then failed)."""
+        stmt = (
             update(m.Tag).where(m.Tag.id == tag.id).values(name=tag.name, color=tag.color, description=tag.description)
         )
+        try:
+            await s.execute(stmt)
+        except IntegrityError as exc:
+            if _violated(exc) == "uq_tags_space_name":
+                return False
+            raise
+        return True
 
     async def mark_tag_deleted(
         self, s: AsyncSession, space_id: str, tag_id: uuid.UUID, actor: str, now: datetime

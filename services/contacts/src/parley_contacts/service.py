@@ -44,7 +44,8 @@ from parley_kit.errors import (
 from parley_contacts import metrics
 from parley_contacts.domain import (
     KEY_RE,
-    LANGUAGE_RE,
+    MAX_NAME,
+    MAX_TAGS_PER_CONTACT,
     RESERVED_KEYS,
     STANDARD_FIELDS,
     Change,
@@ -56,11 +57,11 @@ from parley_contacts.domain import (
     ResolvedGroup,
     Tag,
     View,
+    check_text,
     clean_standard,
     format_value,
     name_fields_by_id,
     new_id,
-    normalize_phone,
     parse_value,
     referenced_tags,
     resolve_criteria,
@@ -174,7 +175,7 @@ def _decode_token(token: str, fingerprint: str) -> list[str]:
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         key, fp = data["k"], data["f"]
-        if not isinstance(key, list) or len(key) != 2:
+        if not isinstance(key, list) or len(key) != 2 or not all(isinstance(k, str) and "\x00" not in k for k in key):
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgument("page_token is malformed; pass back next_page_token unchanged") from None
@@ -354,6 +355,10 @@ class ContactsService:
                 metrics.UPSERTS.labels("existing").inc()
             except DomainError as exc:
                 results[key] = UpsertOutcome(error=exc)
+            except Exception:
+                # One identity's failure must not fail the batch: its item says so, the others are answered.
+                log.exception("UpsertByIdentities: identity %s on channel %s failed", key[2], key[1])
+                results[key] = UpsertOutcome(error=Internal("internal error for this identity; the failure was logged"))
 
         await asyncio.gather(*(one(k) for k in keys))
         out: list[UpsertOutcome] = []
@@ -380,6 +385,7 @@ class ContactsService:
         tag_ids: Sequence[str] = (),
         identities: Sequence[IdentityInput] = (),
     ) -> Contact:
+        _check_tag_count(len(set(tag_ids)))
         async with self.repo.unit() as unit:
             cleaned = _clean_profile(profile)
             defs = await self._fields(unit, space_id)
@@ -424,7 +430,7 @@ class ContactsService:
                 )
         for key, value in typed.items():
             if value is not None:
-                await self.repo.set_value(s, space_id, contact_id, defs[key], value)
+                await self._set_value(unit, space_id, contact_id, defs[key], value)
         contact = await self.repo.get_contact(s, space_id, contact_id)
         assert contact is not None
         self._event(
@@ -467,6 +473,7 @@ class ContactsService:
         for raw in row.tag_names:
             name = _tag_name(raw)
             names.setdefault(name.lower(), name)
+        _check_tag_count(len(names))
         cleaned = _clean_profile(row.profile)
         key = cleaned.get(dedupe_by) if dedupe_by else None
         async with self.repo.unit() as unit:
@@ -481,6 +488,7 @@ class ContactsService:
             # read with the contact's country when the row has none, as UpdateContact does.
             profile = {k: v for k, v in row.profile.items() if v and v.strip()}
             values = {k: v for k, v in row.field_values.items() if v.strip()}
+            _check_tag_cap(found.id, set(found.tag_ids), set(found.tag_ids) | {t.id for t in tags})
             await self._update_in(unit, space_id, actor, found, profile, values)
             now = self.clock()
             for tag in tags:
@@ -594,7 +602,7 @@ class ContactsService:
             if value is None:
                 await self.repo.delete_value(unit.session, contact.id, definition.id)
             else:
-                await self.repo.set_value(unit.session, space_id, contact.id, definition, value)
+                await self._set_value(unit, space_id, contact.id, definition, value)
             touched = True
             self._event(
                 unit,
@@ -608,6 +616,12 @@ class ContactsService:
             )
         if touched:
             await self.repo.update_contact(unit.session, contact.id, {"updated_at": now})
+
+    async def _set_value(
+        self, unit: Unit, space_id: str, contact_id: uuid.UUID, definition: FieldDef, value: Any
+    ) -> None:
+        if not await self.repo.set_value(unit.session, space_id, contact_id, definition, value):
+            raise NotFound(f"custom field '{definition.key}' was deleted while this change was made; nothing changed")
 
     async def delete_contact(self, space_id: str, actor: Actor, contact_id: str) -> uuid.UUID:
         """Erase a contact: its identities, field values and tags go with it; contact.deleted tells others."""
@@ -700,6 +714,8 @@ class ContactsService:
                 key = _decode_token(page_token, fingerprint)
                 try:
                     after = (datetime.fromisoformat(key[0]), uuid.UUID(key[1]))
+                    if after[0].tzinfo is None:
+                        raise ValueError("no UTC offset")
                 except ValueError:
                     raise InvalidArgument("page_token is malformed; pass back next_page_token unchanged") from None
             page: Page = await self.repo.list_contacts(
@@ -766,7 +782,8 @@ class ContactsService:
                 tag = replace(tag, color=color.strip()[:16])
             if description is not None:
                 tag = replace(tag, description=description.strip())
-            await self.repo.update_tag(unit.session, tag)
+            if not await self.repo.update_tag(unit.session, tag):
+                raise AlreadyExists(f"a tag named '{tag.name}' already exists in this space")
         return tag
 
     async def delete_tag(self, space_id: str, actor: Actor, tag_id: str) -> int:
@@ -841,6 +858,10 @@ class ContactsService:
             removing = await self._require_tags(unit, space_id, remove)
             await self.repo.lock_contacts(s, space_id, ids)
             now = self.clock()
+            if adding:
+                gone = {t.id for t in removing}
+                for contact_id, have in (await self.repo.tags_of(s, ids)).items():
+                    _check_tag_cap(contact_id, have, (have | {t.id for t in adding}) - gone)
             for tag in adding:
                 for contact_id in await self.repo.add_tag(s, space_id, ids, tag.id, now):
                     self._event(unit, "tag.added", space_id, actor, contact_id=contact_id, tag=tag)
@@ -959,7 +980,8 @@ class ContactsService:
                 removed = await self.repo.delete_values(unit.session, definition, keep=opts)
                 self._values_removed(unit, space_id, actor, definition, removed)
             definition = replace(definition, updated_at=self.clock())
-            await self.repo.update_field(unit.session, definition)
+            if not await self.repo.update_field(unit.session, definition):
+                raise AlreadyExists(f"a custom field with key '{definition.key}' already exists in this space")
         return definition
 
     async def delete_field(self, space_id: str, actor: Actor, field_id: str) -> None:
@@ -1099,6 +1121,7 @@ class ContactsService:
         async with self.repo.unit() as unit:
             s = unit.session
             survivor, merged = await self._lock_pair(unit, space_id, survivor_id, merged_id)
+            _check_tag_cap(survivor.id, set(survivor.tag_ids), set(survivor.tag_ids) | set(merged.tag_ids))
             profile: dict[str, Any] = {c: getattr(survivor, c) or getattr(merged, c) for c in PROFILE_COLUMNS}
             if survivor.assignee_user_id is None and survivor.assignee_team_id is None:
                 profile["assignee_user_id"] = merged.assignee_user_id
@@ -1146,10 +1169,10 @@ class ContactsService:
 
 
 def _check_identity(ident: IdentityInput) -> None:
-    if not ident.channel_id or len(ident.channel_id) > 64:
-        raise InvalidArgument("channel_id is required (at most 64 characters)")
-    if not ident.external_id or len(ident.external_id) > 256:
-        raise InvalidArgument("external_id is required (at most 256 characters)")
+    if not ident.channel_id or len(ident.channel_id) > 64 or "\x00" in ident.channel_id:
+        raise InvalidArgument("channel_id is required (at most 64 characters, no NUL)")
+    if not ident.external_id or len(ident.external_id) > 256 or "\x00" in ident.external_id:
+        raise InvalidArgument("external_id is required (at most 256 characters, no NUL)")
 
 
 def _clean_profile(profile: dict[str, str | None]) -> dict[str, str | None]:
@@ -1161,27 +1184,45 @@ def _clean_profile(profile: dict[str, str | None]) -> dict[str, str | None]:
 
 
 def _clean_hints(hints: dict[str, str]) -> dict[str, str]:
-    """Profile hints from a channel: kept when valid, silently dropped otherwise (never fail a message)."""
-    out: dict[str, str] = {}
+    """Profile hints from a channel: kept when valid, silently dropped otherwise (never fail a message).
+
+    Each hint passes the check of the field it fills (`clean_standard`), so a hint is never a value that
+    an explicit update would refuse; names longer than allowed are cut first.
+    """
     first, last = hints.get("first_name", "").strip(), hints.get("last_name", "").strip()
     display = hints.get("display_name", "").strip()
     if not first and not last and display:
         first, _, last = display.partition(" ")
-    if first:
-        out["first_name"] = first[:200]
-    if last:
-        out["last_name"] = last.strip()[:200]
     phone = hints.get("phone", "").strip()
-    if phone:
-        with contextlib.suppress(ValueError):
-            out["phone"] = normalize_phone(phone if phone.startswith("+") else "+" + phone)
-    language = hints.get("language", "").strip().replace("_", "-")
-    if language and LANGUAGE_RE.match(language):
-        out["language"] = language
-    avatar = hints.get("avatar_url", "").strip()
-    if avatar.startswith(("http://", "https://")) and len(avatar) <= 2000:
-        out["avatar_url"] = avatar
+    raw = {
+        "first_name": first[:MAX_NAME],
+        "last_name": last.strip()[:MAX_NAME],
+        "phone": phone if not phone or phone.startswith("+") else "+" + phone,
+        "language": hints.get("language", "").strip().replace("_", "-"),
+        "avatar_url": hints.get("avatar_url", "").strip(),
+    }
+    out: dict[str, str] = {}
+    for name, value in raw.items():
+        with contextlib.suppress(InvalidArgument):
+            if (clean := clean_standard(name, value)) is not None:
+                out[name] = clean
     return out
+
+
+def _check_tag_count(count: int) -> None:
+    """A new contact's tags fit the cap (InvalidArgument: the request itself is too big)."""
+    if count > MAX_TAGS_PER_CONTACT:
+        raise InvalidArgument(f"{count} tags given; a contact has at most {MAX_TAGS_PER_CONTACT} tags")
+
+
+def _check_tag_cap(contact_id: uuid.UUID, have: set[uuid.UUID], after: set[uuid.UUID]) -> None:
+    """FailedPrecondition when a change would give a contact new tags beyond the cap (its tags live in
+    index entries of bounded size, see MAX_TAGS_PER_CONTACT); removing tags is always allowed."""
+    if len(after) > MAX_TAGS_PER_CONTACT and after - have:
+        raise FailedPrecondition(
+            f"contact {contact_id} would have {len(after)} tags; a contact has at most {MAX_TAGS_PER_CONTACT} "
+            "(remove some of its tags first)"
+        )
 
 
 def _typed_values(raw: dict[str, str], defs: dict[str, FieldDef], country: str | None) -> dict[str, Any]:
@@ -1198,7 +1239,8 @@ def _typed_values(raw: dict[str, str], defs: dict[str, FieldDef], country: str |
 
 
 def _options(kind: FieldType, options: Sequence[str]) -> tuple[str, ...]:
-    opts = tuple(o.strip() for o in options if o.strip())
+    # An option is the value stored when chosen: the same bounds as a text value.
+    opts = tuple(parse_value("options", FieldType.TEXT, o) for o in options if o.strip())
     if kind is FieldType.LIST:
         if not opts:
             raise InvalidArgument("a list field needs at least one option")
@@ -1212,6 +1254,7 @@ def _options(kind: FieldType, options: Sequence[str]) -> tuple[str, ...]:
 
 
 def _tag_name(name: str) -> str:
+    check_text("tag name", name)
     name = name.strip()
     if not name or len(name) > 100:
         raise InvalidArgument("a tag name is required (at most 100 characters)")
