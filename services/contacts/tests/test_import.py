@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import pytest
+from parley_contacts.domain import MAX_TAGS_PER_CONTACT
 from parley_contacts.repository import Repository
 from parley_contacts.service import Actor, ContactsService, ImportRow
 from parley_kit.db import session_factory
@@ -169,3 +170,29 @@ async def test_dedupe_on_anything_but_email_or_phone_is_refused(
 ) -> None:
     with pytest.raises(InvalidArgument, match="email, phone"):
         await service.import_contacts(space, manager, [row(first_name="x")], dedupe_by="first_name")
+
+
+async def test_a_deduplicated_row_may_not_give_its_contact_more_than_100_tags(
+    service: ContactsService, space: str, manager: Actor, sink
+) -> None:
+    """The cap on an existing contact: the row is refused whole (no tag created, no change, no event); a row
+    naming only tags the full contact already carries still updates it."""
+    names = [f"t{i:03}" for i in range(MAX_TAGS_PER_CONTACT)]
+    tags = [str((await service.create_tag(space, name)).id) for name in names]
+    full = await service.create_contact(space, manager, {"first_name": "Full", "email": "full@x.com"}, {}, tags)
+    before = len(sink.events)
+    (refused,) = await service.import_contacts(
+        space, manager, [row(("T000", "extra"), first_name="Changed", email="full@x.com")], dedupe_by="email"
+    )
+    assert isinstance(refused.error, FailedPrecondition) and refused.contact_id is None
+    assert f"contact {full.id} would have 101 tags; a contact has at most 100" in refused.error.message
+    got, _ = await service.get_contact(space, str(full.id))
+    assert (got.first_name, len(got.tag_ids)) == ("Full", MAX_TAGS_PER_CONTACT)
+    assert "extra" not in {t.name for t in await service.list_tags(space)}
+    assert len(sink.events) == before
+    (kept,) = await service.import_contacts(
+        space, manager, [row(tuple(n.upper() for n in names), first_name="Changed", email="full@x.com")], "email"
+    )
+    assert (kept.contact_id, kept.updated, kept.error) == (full.id, True, None)
+    got, _ = await service.get_contact(space, str(full.id))
+    assert (got.first_name, len(got.tag_ids)) == ("Changed", MAX_TAGS_PER_CONTACT)
