@@ -1,5 +1,6 @@
-"""Values removed through the field catalog (a list option removed, a field deleted) are announced: one
-field.updated (old value, new empty) per removed value, in the transaction that removes it."""
+"""Values changed through the field catalog are announced, one field.updated per value in the transaction that
+changes it: removed by a list option's or the field's deletion (old value, new empty), respelled by a list option
+whose case changed (old spelling, new spelling)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,28 @@ async def test_removing_a_list_option_announces_each_value_it_removes(
     assert _removals(sink, space) == sorted([(str(a.id), "tier", "pro"), (str(b.id), "tier", "gold")])
     got, _ = await service.get_contact(space, str(c.id))
     assert got.values == {plan.id: "free"}
+
+
+def _changes(sink, space: str, since: int = 0) -> list[tuple[str, str, str]]:
+    """(contact, old, new) of the space's field.updated events after the first `since` of them."""
+    found = sink.of("field.updated", space)[since:]
+    return sorted((str(e.data["contact_id"]), e.data["old"], e.data["new"]) for e in found)
+
+
+async def test_a_list_option_whose_case_changed_keeps_its_values_in_the_new_spelling(
+    service: ContactsService, space: str, manager: Actor, sink
+) -> None:
+    plan = await service.create_field(space, "plan", "Plan", "list", options=["Gold", "Silver", "Bronze"])
+    a = await service.create_contact(space, manager, {}, {"plan": "gold"})  # stored as the option: Gold
+    b = await service.create_contact(space, manager, {}, {"plan": "Silver"})
+    c = await service.create_contact(space, manager, {}, {"plan": "Bronze"})
+    before = len(sink.of("field.updated", space))
+    await service.update_field(space, manager, str(plan.id), options=["GOLD ", "Silver"])
+    assert _changes(sink, space, before) == sorted([(str(a.id), "Gold", "GOLD"), (str(c.id), "Bronze", "")])
+    values = {x.id: (await service.get_contact(space, str(x.id)))[0].values for x in (a, b, c)}
+    assert values == {a.id: {plan.id: "GOLD"}, b.id: {plan.id: "Silver"}, c.id: {}}
+    await service.update_contact(space, manager, str(b.id), {}, {"plan": "gold"})
+    assert (await service.get_contact(space, str(b.id)))[0].values == {plan.id: "GOLD"}
 
 
 async def test_deleting_a_field_announces_each_value_it_removes_in_canonical_form(
@@ -113,3 +136,35 @@ async def test_removing_more_values_than_a_statement_has_parameters(
     async with engine.connect() as conn:
         left = await conn.execute(text("SELECT count(*) FROM field_values WHERE space_id = :s"), {"s": space})
         assert left.scalar_one() == 0
+
+
+async def test_respelling_more_values_than_a_statement_has_parameters(
+    service: ContactsService, engine: AsyncEngine, space: str, manager: Actor, sink
+) -> None:
+    """40,000 values of an option whose case changed (above PostgreSQL's 32,767 bind parameters) are all kept,
+    rewritten and announced, in one UpdateField."""
+    plan = await service.create_field(space, "plan", "Plan", "list", options=["Gold", "Free"])
+    async with engine.begin() as conn:
+        params = {"s": space, "p": plan.id}
+        await conn.execute(
+            text(
+                "INSERT INTO contacts (id, space_id, created_at, updated_at)"
+                " SELECT gen_random_uuid(), :s, now(), now() FROM generate_series(1, 40000)"
+            ),
+            params,
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO field_values (contact_id, field_id, space_id, value_text)"
+                " SELECT id, CAST(:p AS uuid), space_id, 'Gold' FROM contacts WHERE space_id = :s"
+            ),
+            params,
+        )
+    await service.update_field(space, manager, str(plan.id), options=["gold", "Free"])
+    changes = _changes(sink, space)
+    assert len(changes) == 40_000 and {(old, new) for _, old, new in changes} == {("Gold", "gold")}
+    async with engine.connect() as conn:
+        left = await conn.execute(
+            text("SELECT value_text, count(*) FROM field_values WHERE space_id = :s GROUP BY value_text"), {"s": space}
+        )
+        assert left.all() == [("gold", 40_000)]

@@ -729,6 +729,16 @@ class Repository:
         rows = await s.execute(delete(m.FieldValue).where(*where).returning(V.contact_id, column))
         return [(r[0], r[1]) for r in rows]
 
+    async def value_spellings(self, s: AsyncSession, field_id: uuid.UUID) -> list[str]:
+        """The distinct texts the field's values hold (a list's: the options they were written with)."""
+        stmt = select(V.value_text).where(V.field_id == field_id, V.value_text.is_not(None)).distinct()
+        return list((await s.execute(stmt)).scalars())
+
+    async def respell_values(self, s: AsyncSession, field_id: uuid.UUID, old: str, new: str) -> list[uuid.UUID]:
+        """Rewrite the field's values `old` to `new`; the contacts changed. One statement whatever their number."""
+        stmt = update(m.FieldValue).where(V.field_id == field_id, V.value_text == old).values(value_text=new)
+        return list((await s.execute(stmt.returning(V.contact_id))).scalars())
+
     async def delete_field(self, s: AsyncSession, space_id: str, field_id: uuid.UUID) -> bool:
         stmt = delete(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id, m.FieldDefinition.id == field_id)
         return (await s.execute(stmt)).rowcount > 0

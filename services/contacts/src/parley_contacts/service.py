@@ -952,8 +952,8 @@ class ContactsService:
         description: str | None = None,
         options: Sequence[str] | None = None,
     ) -> FieldDef:
-        """Rename (key or label), re-describe, or change a list's options (values no longer allowed go, each
-        with a field.updated to empty)."""
+        """Rename (key or label), re-describe, or change a list's options: a value whose option only changed
+        case takes the new spelling, one no longer allowed goes (each with its field.updated)."""
         async with self.repo.unit() as unit:
             definition = await self.repo.get_field(unit.session, space_id, parse_id(field_id, "field"), lock=True)
             if definition is None:
@@ -977,6 +977,7 @@ class ContactsService:
                     )
                 opts = _options(FieldType.LIST, options)
                 definition = replace(definition, options=opts)
+                await self._respell_values(unit, space_id, actor, definition)
                 removed = await self.repo.delete_values(unit.session, definition, keep=opts)
                 self._values_removed(unit, space_id, actor, definition, removed)
             definition = replace(definition, updated_at=self.clock())
@@ -993,6 +994,28 @@ class ContactsService:
             removed = await self.repo.delete_values(unit.session, definition)
             self._values_removed(unit, space_id, actor, definition, removed)
             await self.repo.delete_field(unit.session, space_id, definition.id)
+
+    async def _respell_values(self, unit: Unit, space_id: str, actor: Actor, definition: FieldDef) -> None:
+        """Rewrite the list's values whose option only changed case (`Gold` -> `gold`) to the new spelling,
+        one field.updated (old, new) each; values matching no option are left for removal."""
+        for spelling in await self.repo.value_spellings(unit.session, definition.id):
+            if spelling in definition.options:
+                continue
+            try:
+                new = parse_value(definition.key, FieldType.LIST, spelling, definition.options)
+            except InvalidArgument:
+                continue
+            for contact_id in await self.repo.respell_values(unit.session, definition.id, spelling, new):
+                self._event(
+                    unit,
+                    "field.updated",
+                    space_id,
+                    actor,
+                    contact_id=contact_id,
+                    field=definition,
+                    old=spelling,
+                    new=new,
+                )
 
     def _values_removed(
         self, unit: Unit, space_id: str, actor: Actor, definition: FieldDef, removed: Sequence[tuple[uuid.UUID, Any]]
