@@ -19,6 +19,7 @@ REQUIRED_ALERTS = {
     "ParleyOutboundFailureRateHigh",
     "ParleyGrpcErrorRateHigh",
     "ParleyPodsNotReady",
+    "ParleyTagDeletionStuck",
 }
 # Labels the scrape adds (PodMonitor relabelling, Prometheus itself) and the histogram bucket label.
 TARGET_LABELS = {"namespace", "pod", "container", "component", "process", "job", "instance", "endpoint", "le"}

@@ -437,6 +437,28 @@ def platform_overview() -> dict:
                 ],
                 unit="percentunit",
             ),
+            Panel(
+                "Tag deletions (contacts)",
+                [
+                    Target(f"max(parley_contacts_tags_pending_deletion{{{NS}}})", "tags pending"),
+                    Target(
+                        f"sum(rate(parley_contacts_tag_deletion_untagged_total{{{NS}}}[{RI}]))", "contacts untagged/s"
+                    ),
+                ],
+                description="Deleted tags whose contacts the background loop is still untagging, and how fast.",
+            ),
+            Panel(
+                "Oldest pending tag deletion",
+                [
+                    Target(
+                        f"time() - max(parley_contacts_tag_deletion_oldest_timestamp_seconds{{{NS}}} > 0)",
+                        "pending for",
+                    )
+                ],
+                unit="s",
+                description="How long the oldest deleted tag's contacts have been waiting to be untagged "
+                "(ParleyTagDeletionStuck fires past an hour).",
+            ),
         ],
     )
     return dashboard(

@@ -177,4 +177,30 @@ turned into {{ ... }} at the end, so Helm leaves it alone. Metric names come fro
           errors). 2) Check NATS and PostgreSQL reachability (NetworkPolicy egress peers included).
           3) The process recovers by itself when the dependency returns.
         runbook_url: {{ printf "%sparleyservicenotserving" $runbook | quote }}
+- name: parley.contacts
+  rules:
+    - alert: ParleyTagDeletionStuck
+      expr: |
+        time() - max(parley_contacts_tag_deletion_oldest_timestamp_seconds{ {{- trimSuffix "," $ns }}} > 0)
+          > {{ $t.tagDeletionStuckSeconds }}
+      for: 5m
+      labels:
+        severity: warning
+        team: parley
+      annotations:
+        summary: "A deleted tag's contacts are still being untagged after [[ $value | humanizeDuration ]]"
+        description: >-
+          A tag deleted more than {{ $t.tagDeletionStuckSeconds }}s ago still has contacts carrying it. Reads
+          already hide it, but the background loop of the contacts service has not finished untagging its
+          contacts, so their tag.removed events (and whatever automations wait for them) are still to come.
+        runbook: >-
+          1) Read the contacts logs for "finishing tag deletions failed" and its traceback (database errors,
+          lock or statement timeouts). 2) Look at rate(parley_contacts_tag_deletion_untagged_total[5m]): above
+          zero, the loop is still working through a very large tag (about 1,000 contacts per 0.4 s); wait.
+          At zero, look in the contacts database for what blocks it: long transactions and locks on its
+          contacts (pg_stat_activity, pg_locks); the pending tags are
+          `SELECT id, space_id, name, deleted_at FROM tags WHERE deleted_at IS NOT NULL`. 3) Once fixed, the
+          loop resumes by itself within PARLEY_CONTACTS_TAG_DELETION_INTERVAL_SECONDS (or restart a contacts
+          pod); chunks already untagged stay done.
+        runbook_url: {{ printf "%sparleytagdeletionstuck" $runbook | quote }}
 {{- end -}}

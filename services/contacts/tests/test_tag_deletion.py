@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 
 import pytest
+from parley_contacts.config import Settings
 from parley_contacts.domain import FieldCond, FieldOp, Group, TagCond, TagMatch
 from parley_contacts.repository import DomainEvent, Repository
 from parley_contacts.service import Actor, ContactsService, ImportRow
 from parley_kit.db import session_factory
 from parley_kit.errors import InvalidArgument, NotFound
+from prometheus_client import REGISTRY
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -114,6 +118,56 @@ async def test_a_deletion_interrupted_midway_is_finished_by_the_next_run_with_on
     assert await stored_tags(space) == {h.id: set() for h in holders}
     assert sorted(e.data["contact_id"] for e in sink.of("tag.removed", space)) == sorted(h.id for h in holders)
     assert await restarted.finish_tag_deletions() == 0
+
+
+def _sample(name: str) -> float:
+    value = REGISTRY.get_sample_value(name)
+    assert value is not None, name
+    return value
+
+
+async def test_the_backlog_gauges_and_the_untagged_counter_show_a_deletion_until_it_is_done(
+    service: ContactsService, engine: AsyncEngine, sink, space: str, manager: Actor
+) -> None:
+    await service.finish_tag_deletions()  # whatever earlier tests left
+    assert _sample("parley_contacts_tags_pending_deletion") == 0
+    assert _sample("parley_contacts_tag_deletion_oldest_timestamp_seconds") == 0
+    untagged = _sample("parley_contacts_tag_deletion_untagged_total")
+    tag = await service.create_tag(space, "slow")
+    for _ in range(3):
+        await service.create_contact(space, manager, {}, tag_ids=[str(tag.id)])
+    asked = time.time()
+    await service.delete_tag(space, manager, str(tag.id))
+
+    written = 0
+
+    async def fails_after_the_first_chunk(session: AsyncSession, event: DomainEvent) -> None:
+        nonlocal written
+        written += 1
+        if written == 3:
+            raise ConnectionResetError("the database went away")
+        await sink(session, event)
+
+    stuck = ContactsService(Repository(session_factory(engine), fails_after_the_first_chunk))
+    with pytest.raises(ConnectionResetError):
+        await stuck.finish_tag_deletions(chunk=2)
+    assert _sample("parley_contacts_tags_pending_deletion") == 1
+    assert asked - 1 <= _sample("parley_contacts_tag_deletion_oldest_timestamp_seconds") <= time.time()
+    assert _sample("parley_contacts_tag_deletion_untagged_total") == untagged + 2  # the committed chunk only
+
+    assert await service.finish_tag_deletions(chunk=2) == 1
+    assert _sample("parley_contacts_tags_pending_deletion") == 0
+    assert _sample("parley_contacts_tag_deletion_oldest_timestamp_seconds") == 0
+    assert _sample("parley_contacts_tag_deletion_untagged_total") == untagged + 3
+
+
+def test_the_loops_interval_and_chunk_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_CONTACTS_TAG_DELETION_INTERVAL_SECONDS", "15")
+    monkeypatch.setenv("PARLEY_CONTACTS_TAG_DELETION_CHUNK", "250")
+    settings = Settings(database_url="postgresql+asyncpg://x@localhost/contacts")
+    assert (settings.contacts_tag_deletion_interval_seconds, settings.contacts_tag_deletion_chunk) == (15, 250)
+    with pytest.raises(ValidationError):
+        Settings(database_url="postgresql+asyncpg://x@localhost/contacts", contacts_tag_deletion_chunk=0)
 
 
 async def test_the_background_loop_finishes_interrupted_deletions_at_start_and_new_ones_when_woken(

@@ -18,3 +18,15 @@ class Settings(ServiceSettings):
         default=False,
         description="Apply database migrations (under an advisory lock) before serving; `make run` migrates first",
     )
+    contacts_tag_deletion_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the tag-deletion loop looks for deletions a restart or a failure interrupted "
+        "(DeleteTag wakes it at once)",
+    )
+    contacts_tag_deletion_chunk: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Contacts a tag deletion untags per transaction (each waits behind it; about 0.4 s per 1,000)",
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from parley_kit.metrics import LATENCY_BUCKETS
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 UPSERTS = Counter(
     "parley_contacts_upserts_total",
@@ -27,4 +27,17 @@ IMPORT_ROWS = Counter(
     "parley_contacts_import_rows_total",
     "Rows of imports, by outcome (created, updated by dedupe, or failed)",
     ["outcome"],
+)
+TAGS_PENDING_DELETION = Gauge(
+    "parley_contacts_tags_pending_deletion",
+    "Tags deleted from the catalog whose contacts are not all untagged yet (every space; refreshed by each pass "
+    "of the tag-deletion loop, so every replica shows about the same value)",
+)
+TAG_DELETION_OLDEST = Gauge(
+    "parley_contacts_tag_deletion_oldest_timestamp_seconds",
+    "When the oldest tag deletion still pending was requested (Unix time; 0 when none is pending)",
+)
+TAG_DELETION_UNTAGGED = Counter(
+    "parley_contacts_tag_deletion_untagged_total",
+    "Contacts untagged by tag deletions (counted as each chunk commits)",
 )

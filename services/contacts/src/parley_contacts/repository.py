@@ -833,6 +833,12 @@ class Repository:
             return list((await s.execute(stmt.where(m.Tag.space_id == space_id))).scalars())
         return list((await s.execute(stmt.order_by(m.Tag.deleted_at))).scalars())
 
+    async def tag_deletion_backlog(self, s: AsyncSession) -> tuple[int, datetime | None]:
+        """How many deleted tags still have rows (contacts to untag), and when the oldest was deleted."""
+        stmt = select(func.count(), func.min(m.Tag.deleted_at)).where(m.Tag.deleted_at.is_not(None))
+        count, oldest = (await s.execute(stmt)).one()
+        return count, oldest
+
     async def untag_deleted(self, s: AsyncSession, tag_id: uuid.UUID, chunk: int) -> UntagStep | None:
         """One step of a deleted tag's removal: untag up to `chunk` of its contacts (locked in id order, as
         every writer of several contacts locks), or, when none carries it any more, drop its row.

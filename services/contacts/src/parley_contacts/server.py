@@ -32,7 +32,9 @@ async def build(settings: Settings) -> ServiceRuntime:
     )
     rt.add_servicer(register, ContactsApi(service), SERVICE_NAME)
     # Untags the contacts of deleted tags in chunks, including deletions a restart interrupted.
-    rt.add_background(service.run_tag_deletions())
+    rt.add_background(
+        service.run_tag_deletions(settings.contacts_tag_deletion_interval_seconds, settings.contacts_tag_deletion_chunk)
+    )
     return rt
 
 

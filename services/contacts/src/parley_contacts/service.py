@@ -807,9 +807,11 @@ class ContactsService:
         (actor: who deleted it), then drop the tag's row; returns how many contacts were untagged.
 
         Crash-safe and safe to run anywhere: the deletion is recorded on the tag row, each chunk commits with
-        its events, and a tag another worker is untagging (a replica) is skipped.
+        its events, and a tag another worker is untagging (a replica) is skipped. The backlog metrics are
+        refreshed before and after.
         """
         async with self.repo.unit() as unit:
+            await self._report_tag_deletions(unit)
             pending = await self.repo.deleted_tags(unit.session)
         untagged = 0
         for tag_id in pending:
@@ -823,16 +825,25 @@ class ContactsService:
                     for contact_id in step.untagged:
                         self._event(unit, "tag.removed", step.space_id, actor, contact_id=contact_id, tag=step.tag)
                 untagged += len(step.untagged)
+                metrics.TAG_DELETION_UNTAGGED.inc(len(step.untagged))
                 finished = step.finished
+        if pending:
+            async with self.repo.unit() as unit:
+                await self._report_tag_deletions(unit)
         return untagged
 
-    async def run_tag_deletions(self, interval: float = 60.0) -> None:
-        """Finish tag deletions whenever DeleteTag wakes this loop, and every `interval` seconds (the
-        deletions a restart or a failure interrupted). Runs until cancelled."""
+    async def _report_tag_deletions(self, unit: Unit) -> None:
+        count, oldest = await self.repo.tag_deletion_backlog(unit.session)
+        metrics.TAGS_PENDING_DELETION.set(count)
+        metrics.TAG_DELETION_OLDEST.set(oldest.timestamp() if oldest else 0)
+
+    async def run_tag_deletions(self, interval: float = 60.0, chunk: int = TAG_DELETION_CHUNK) -> None:
+        """Finish tag deletions (`chunk` contacts per transaction) whenever DeleteTag wakes this loop, and every
+        `interval` seconds (the deletions a restart or a failure interrupted). Runs until cancelled."""
         while True:
             self.tags_deleted.clear()
             try:
-                await self.finish_tag_deletions()
+                await self.finish_tag_deletions(chunk)
             except Exception:
                 log.exception("finishing tag deletions failed; retrying in %.0f s", interval)
             with contextlib.suppress(TimeoutError):
