@@ -20,8 +20,9 @@ from parley_contacts.repository import Repository
 from parley_contacts.server import build
 from parley_contacts.service import Actor, ContactsService, IdentityInput, ImportRow
 from parley_kit.auth import SigningKey, jwks
+from parley_kit.contracts import contacts as contacts_contract
 from parley_kit.db import session_factory
-from parley_kit.errors import InvalidArgument, NotFound
+from parley_kit.errors import AlreadyExists, InvalidArgument, NotFound
 from parley_kit.testing.service import running
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -52,7 +53,7 @@ async def test_each_change_puts_exactly_one_event_per_changed_thing_in_the_outbo
 
     await real.create_field(space, "score", "Score", "number")
     tag = await real.create_tag(space, "vip")
-    await expect([])  # catalog changes are not contact events
+    await expect([])  # a new field (its values will say so), a tag: no event
     a = await real.create_contact(space, ACTOR, {"first_name": "Ana"})
     await expect(["contacts.contact.created"])
     await real.update_contact(space, ACTOR, str(a.id), {"first_name": "Anita", "last_name": "L"}, {"score": "3"})
@@ -96,13 +97,53 @@ async def test_each_change_puts_exactly_one_event_per_changed_thing_in_the_outbo
     await expect(["contacts.field.updated", "contacts.field.updated"])
     await real.update_field(space, ACTOR, str(plan.id), options=["free"])
     await expect(["contacts.field.updated"])  # one per value the removed option takes away
+    await real.update_field(space, ACTOR, str(plan.id), label="Tier")
+    await expect([])  # copies are keyed by id or key, not label
+    await real.update_field(space, ACTOR, str(plan.id), key="tier")
+    await expect(["contacts.field.renamed"])
     await real.delete_field(space, ACTOR, str(plan.id))
-    await expect(["contacts.field.updated"])  # one per value the deleted field takes away
+    await expect(["contacts.field.updated", "contacts.field.deleted"])  # one per value it takes away, then itself
     with pytest.raises(InvalidArgument):
         await real.update_contact(space, ACTOR, str(a.id), {"email": "bad"})
     await expect([])  # a refused change leaves no event
     await real.delete_contact(space, ACTOR, str(a.id))
     await expect(["contacts.contact.deleted"])
+
+
+async def _payloads(engine: AsyncEngine, subject: str) -> list[bytes]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(outbox.c.payload).where(outbox.c.subject == subject).order_by(outbox.c.id))
+        return [r.payload for r in rows]
+
+
+async def test_a_fields_rename_and_deletion_name_its_id_and_keys(
+    real: ContactsService, engine: AsyncEngine, space: str
+) -> None:
+    field = await real.create_field(space, "plan", "Plan", "text")
+    await real.update_field(space, ACTOR, str(field.id), key="tier")
+    await real.update_field(space, ACTOR, str(field.id), key="level")
+    await real.delete_field(space, ACTOR, str(field.id))
+    renamed = [events_pb2.FieldRenamed.FromString(p) for p in await _payloads(engine, "contacts.field.renamed")]
+    assert [(e.field_id, e.old_key, e.new_key) for e in renamed if e.meta.space_id == space] == [
+        (str(field.id), "plan", "tier"),
+        (str(field.id), "tier", "level"),
+    ]
+    ours = [e for e in renamed if e.meta.space_id == space]
+    assert ours[0].meta.occurred_at.ToDatetime() < ours[1].meta.occurred_at.ToDatetime()
+    assert ours[0].meta.actor == "user:m" and ours[0].meta.event_id
+    deleted = [events_pb2.FieldDeleted.FromString(p) for p in await _payloads(engine, "contacts.field.deleted")]
+    assert [(e.field_id, e.key) for e in deleted if e.meta.space_id == space] == [(str(field.id), "level")]
+
+
+async def test_a_rename_refused_leaves_no_event(real: ContactsService, engine: AsyncEngine, space: str) -> None:
+    await real.create_field(space, "taken", "Taken", "text")
+    field = await real.create_field(space, "plan", "Plan", "text")
+    _, mark = await _subjects(engine, 0)
+    with pytest.raises(AlreadyExists):
+        await real.update_field(space, ACTOR, str(field.id), key="taken")
+    with pytest.raises(InvalidArgument):
+        await real.update_field(space, ACTOR, str(field.id), key="tier", options=["a"])  # not a list
+    assert (await _subjects(engine, mark))[0] == []
 
 
 async def test_a_rolled_back_change_leaves_no_event(real: ContactsService, engine: AsyncEngine, space: str) -> None:
@@ -147,3 +188,9 @@ async def test_service_relays_events_to_the_contacts_stream(
             assert msg.headers and msg.headers.get("Nats-Msg-Id") == event.meta.event_id
         finally:
             await nc.close()
+
+
+def test_every_subject_published_is_named_in_the_shared_contract() -> None:
+    """Consumers subscribe by the kit's names (parley_kit.contracts.contacts): none missing, none stale."""
+    named = {v for k, v in vars(contacts_contract).items() if k.isupper() and str(v).startswith("contacts.")}
+    assert {events.SUBJECT_PREFIX + kind for kind in events.SUBJECTS} == named

@@ -2,7 +2,7 @@
 turns domain events into protobuf messages inside the changing transaction.
 
 Subjects (all on stream CONTACTS): contacts.contact.created|updated|deleted|merged|assigned,
-contacts.tag.added|removed, contacts.field.updated. The event id is the Nats-Msg-Id.
+contacts.tag.added|removed, contacts.field.updated|renamed|deleted. The event id is the Nats-Msg-Id.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ SUBJECTS = {
     "tag.added": events_pb2.ContactTagChanged,
     "tag.removed": events_pb2.ContactTagChanged,
     "field.updated": events_pb2.ContactFieldUpdated,
+    "field.renamed": events_pb2.FieldRenamed,
+    "field.deleted": events_pb2.FieldDeleted,
 }
 
 
@@ -85,6 +87,11 @@ def to_message(event: DomainEvent, event_id: str, occurred_at: datetime) -> Mess
             old_value=d["old"],
             new_value=d["new"],
         )
+    if kind == "field.renamed":
+        field = d["field"]
+        return events_pb2.FieldRenamed(meta=meta, field_id=str(field.id), old_key=d["old_key"], new_key=field.key)
+    if kind == "field.deleted":
+        return events_pb2.FieldDeleted(meta=meta, field_id=str(d["field"].id), key=d["field"].key)
     raise ValueError(f"unknown event kind {kind!r}")
 
 

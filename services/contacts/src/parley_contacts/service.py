@@ -963,8 +963,8 @@ class ContactsService:
         description: str | None = None,
         options: Sequence[str] | None = None,
     ) -> FieldDef:
-        """Rename (key or label), re-describe, or change a list's options: a value whose option only changed
-        case takes the new spelling, one no longer allowed goes (each with its field.updated)."""
+        """Rename (key, with field.renamed; or label), re-describe, or change a list's options: a value whose
+        option only changed case takes the new spelling, one no longer allowed goes (each with its field.updated)."""
         async with self.repo.unit() as unit:
             definition = await self.repo.get_field(unit.session, space_id, parse_id(field_id, "field"), lock=True)
             if definition is None:
@@ -976,7 +976,8 @@ class ContactsService:
                     raise InvalidArgument(f"field key '{key}' would shadow the standard contact field '{key}'")
                 if await self.repo.field_by_key(unit.session, space_id, key) is not None:
                     raise AlreadyExists(f"a custom field with key '{key}' already exists in this space")
-                definition = replace(definition, key=key)
+                old_key, definition = definition.key, replace(definition, key=key)
+                self._event(unit, "field.renamed", space_id, actor, field=definition, old_key=old_key)
             if label is not None:
                 definition = replace(definition, label=label.strip() or definition.key)
             if description is not None:
@@ -997,7 +998,8 @@ class ContactsService:
         return definition
 
     async def delete_field(self, space_id: str, actor: Actor, field_id: str) -> None:
-        """Delete a definition and every contact's value of it (one field.updated to empty per value)."""
+        """Delete a definition and every contact's value of it (one field.updated to empty per value), then
+        field.deleted."""
         async with self.repo.unit() as unit:
             definition = await self.repo.get_field(unit.session, space_id, parse_id(field_id, "field"), lock=True)
             if definition is None:
@@ -1005,6 +1007,7 @@ class ContactsService:
             removed = await self.repo.delete_values(unit.session, definition)
             self._values_removed(unit, space_id, actor, definition, removed)
             await self.repo.delete_field(unit.session, space_id, definition.id)
+            self._event(unit, "field.deleted", space_id, actor, field=definition)
 
     async def _respell_values(self, unit: Unit, space_id: str, actor: Actor, definition: FieldDef) -> None:
         """Rewrite the list's values whose option only changed case (`Gold` -> `gold`) to the new spelling,

@@ -6,7 +6,7 @@ Nothing here knows protobuf, gRPC, NATS or SQL.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -134,6 +134,16 @@ class StatusUpdate:
 
 
 @dataclass(frozen=True)
+class FieldValue:
+    """A custom field value as the contacts service announces it: the field's id, its key then, the value
+    ("" = not set)."""
+
+    field_id: str
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
 class ContactChange:
     """What an event of the contacts service says about one contact; None: not said."""
 
@@ -143,8 +153,38 @@ class ContactChange:
     actor: str = "service:contacts"
     first_name: str | None = None
     last_name: str | None = None
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: tuple[FieldValue, ...] = ()
     assignee: tuple[str, str] | None = None  # (user_id, team_id); ("", "") unassigns
+
+
+# The copy of a contact's custom values is keyed by field id. A value copied before field ids were kept
+# (migration 0005) is keyed LEGACY_FIELD + key until the first event naming its field's id adopts it.
+LEGACY_FIELD = "key:"
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class KnownField:
+    """A custom field as this service knows it: its key, and the time of the rename that set it (None: learned
+    from a value, which any rename overrides)."""
+
+    field_id: str
+    key: str
+    key_at: datetime | None
+
+
+def values_by_key(values: dict[str, Any], known: list[KnownField]) -> dict[str, Any]:
+    """A contact's custom values (by field id) by key. Of fields that claim one key (a rename of the other one
+    not seen yet), a field known by id wins over a legacy copy, then the latest renamed."""
+
+    def rank(f: KnownField) -> tuple[bool, datetime]:
+        return not f.field_id.startswith(LEGACY_FIELD), f.key_at or _NEVER
+
+    chosen: dict[str, KnownField] = {}
+    for f in known:
+        if f.key not in chosen or rank(f) > rank(chosen[f.key]):
+            chosen[f.key] = f
+    return {key: values[f.field_id] for key, f in chosen.items() if f.field_id in values}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Publishes (stream CONVERSATIONS, through the outbox):
 Consumes:
   channel_gateway.inbound.<NN> (durables conversations--inbound-<NN>, see ingest.py)
   channel_gateway.outbound.status (durable conversations--outbound-status)
+  contacts.contact.>, contacts.field.updated|renamed|deleted (durable conversations--contacts)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_conversations import mapping, metrics
 from parley_conversations.domain import (
+    LEGACY_FIELD,
     Actor,
     ContactChange,
     ConversationAssigned,
@@ -40,6 +42,7 @@ from parley_conversations.domain import (
     ConversationOpened,
     ConversationReopened,
     DomainEvent,
+    FieldValue,
     MessageReceived,
     MessageSent,
     MessageStatusChanged,
@@ -109,11 +112,16 @@ def outbound_status_consumer() -> ConsumerSpec:
 
 
 def contacts_consumer() -> ConsumerSpec:
-    """The contacts service's contact and custom-field events (tags are not needed here)."""
+    """The contacts service's contact, custom-value and field events (tags are not needed here)."""
     return ConsumerSpec(
         stream=contacts_contract.STREAM,
         durable=CONTACTS_DURABLE,
-        filter_subjects=("contacts.contact.>", contacts_contract.FIELD_UPDATED),
+        filter_subjects=(
+            "contacts.contact.>",
+            contacts_contract.FIELD_UPDATED,
+            contacts_contract.FIELD_RENAMED,
+            contacts_contract.FIELD_DELETED,
+        ),
         ack_wait=timedelta(seconds=30),
         max_deliver=10,
         backoff=(timedelta(seconds=1), timedelta(seconds=5), timedelta(seconds=30)),
@@ -271,7 +279,8 @@ class OutboundStatusHandler:
 
 
 class ContactsHandler:
-    """contacts.contact.* and contacts.field.updated -> assignee, names and fields, erasure, merges."""
+    """contacts.contact.* and contacts.field.* -> assignee, names and custom values (by field id, with each
+    field's key), erasure, merges."""
 
     def __init__(self, follower: ContactFollower) -> None:
         self.follower = follower
@@ -285,6 +294,8 @@ class ContactsHandler:
             contacts_contract.CONTACT_MERGED: cev.ContactMerged,
             contacts_contract.CONTACT_ASSIGNED: cev.ContactAssigned,
             contacts_contract.FIELD_UPDATED: cev.ContactFieldUpdated,
+            contacts_contract.FIELD_RENAMED: cev.FieldRenamed,
+            contacts_contract.FIELD_DELETED: cev.FieldDeleted,
         }
         kind = kinds.get(subject)
         if kind is None:
@@ -308,9 +319,14 @@ class ContactsHandler:
                     )
                 )
         elif isinstance(event, cev.ContactFieldUpdated):
-            await self.follower.changed(
-                ContactChange(space_id, event.contact_id, at, actor, fields={event.field_key: event.new_value})
-            )
+            value = FieldValue(_field_id(event.field_id, subject), _key(event.field_key, subject), event.new_value)
+            await self.follower.changed(ContactChange(space_id, event.contact_id, at, actor, fields=(value,)))
+        elif isinstance(event, cev.FieldRenamed):
+            old, new = _key(event.old_key, subject), _key(event.new_key, subject)
+            await self.follower.field_renamed(space_id, _field_id(event.field_id, subject), old, new, at)
+        elif isinstance(event, cev.FieldDeleted):
+            key = _key(event.key, subject)
+            await self.follower.field_deleted(space_id, _field_id(event.field_id, subject), key, at)
         elif isinstance(event, cev.ContactAssigned):
             assignee = (event.assignee.user_id, event.assignee.team_id)
             await self.follower.changed(ContactChange(space_id, event.contact_id, at, actor, assignee=assignee))
@@ -329,6 +345,30 @@ def _snapshot(contact: Any, at: datetime, actor: str) -> ContactChange:
         actor=actor,
         first_name=contact.first_name,
         last_name=contact.last_name,
-        fields={fv.key: fv.value for fv in contact.field_values},
+        fields=tuple(
+            FieldValue(fv.field_id, fv.key, fv.value)
+            for fv in contact.field_values
+            if _valid_id(fv.field_id) and 0 < len(fv.key) <= MAX_KEY
+        ),
         assignee=(contact.assignee.user_id, contact.assignee.team_id),
     )
+
+
+# Custom field keys in the contacts service are at most 63 characters; ids are UUIDs.
+MAX_KEY = 64
+
+
+def _valid_id(field_id: str) -> bool:
+    return 0 < len(field_id) <= 64 and not field_id.startswith(LEGACY_FIELD)
+
+
+def _field_id(field_id: str, subject: str) -> str:
+    if not _valid_id(field_id):
+        raise PoisonMessage(f"{subject} names no valid field id ({field_id[:80]!r})")
+    return field_id
+
+
+def _key(key: str, subject: str) -> str:
+    if not 0 < len(key) <= MAX_KEY:
+        raise PoisonMessage(f"{subject} names no valid field key ({key[:80]!r})")
+    return key

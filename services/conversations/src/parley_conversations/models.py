@@ -255,6 +255,8 @@ class Contact(Base):
     first_name: Mapped[str] = mapped_column(String(200), default="")
     last_name: Mapped[str] = mapped_column(String(200), default="")
     display_name: Mapped[str] = mapped_column(String(400), default="")
+    # Custom values by field id (their keys are in contact_fields); "key:<key>" for a value copied before
+    # field ids were kept (migration 0005), until an event naming its field adopts it.
     fields: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     updated_at: Mapped[datetime] = mapped_column(_TS)
     # From the contacts service's events; each part keeps the time of the event that set it, so a late,
@@ -263,7 +265,27 @@ class Contact(Base):
     assignee_team_id: Mapped[str | None] = mapped_column(String(64))
     assignee_at: Mapped[datetime | None] = mapped_column(_TS)
     names_at: Mapped[datetime | None] = mapped_column(_TS)
-    fields_at: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    fields_at: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)  # by the same ids as `fields`
+
+    # A field's rename or deletion rewrites the copies of one space.
+    __table_args__ = (Index("ix_contacts_space", "space_id"),)
+
+
+class ContactField(Base):
+    """A custom field of the contacts service as its events tell: its current key, or that it was deleted."""
+
+    __tablename__ = "contact_fields"
+
+    space_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The contacts service's field id; "key:<key>" stands for the values copied by that key before migration 0005.
+    field_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64))
+    # The time of the rename that set `key`; None: learned from a value event, which a rename overrides.
+    key_at: Mapped[datetime | None] = mapped_column(_TS)
+    # contacts.field.deleted: the id is never used again, so an event naming it later changes nothing.
+    deleted_at: Mapped[datetime | None] = mapped_column(_TS)
+
+    __table_args__ = (Index("ix_contact_fields_space_key", "space_id", "key"),)
 
 
 class Assignment(Base):

@@ -17,8 +17,10 @@ from parley_kit import db
 from parley_kit.errors import AlreadyExists, FailedPrecondition
 from sqlalchemy import (
     Select,
+    Text,
     and_,
     case,
+    cast,
     delete,
     false,
     func,
@@ -30,19 +32,20 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.dialects.postgresql import JSONB, distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from parley_conversations.domain import ConversationFilter, DomainEvent
+from parley_conversations.domain import LEGACY_FIELD, ConversationFilter, DomainEvent, KnownField
 from parley_conversations.models import (
     Assignment,
     ClosingCategory,
     Contact,
     ContactChannel,
+    ContactField,
     Conversation,
     ConversationStatus,
     Direction,
@@ -60,6 +63,19 @@ OPEN = ConversationStatus.OPEN.value
 _MESSAGES = Message.__table__
 _MESSAGE_INSERT_KEYS = [c.key for c in _MESSAGES.c if c.key != "seq"]
 _INSERT_MESSAGES = insert(_MESSAGES).returning(_MESSAGES.c.seq, sort_by_parameter_order=True)
+
+
+# A statement rewriting many contacts' copies: no contact of it is loaded in the session, nothing to refresh.
+_BULK = {"synchronize_session": False}
+
+
+def _jsonb_key(name: str) -> Any:
+    """A JSONB object key as a text parameter (`jsonb - $1` would be ambiguous)."""
+    return cast(literal(name), Text)
+
+
+def _without(column: Any, name: Any) -> Any:
+    return column.op("-", return_type=JSONB)(name)
 
 
 def _upsert_contact_channels() -> Any:
@@ -474,6 +490,89 @@ class Tx:
         stmt = select(Contact).where(Contact.contact_id == contact_id).with_for_update()
         contact = (await self.session.execute(stmt)).scalar_one()
         return contact if contact.space_id == space_id else None
+
+    # -- custom fields: values copied by field id, keys in contact_fields -------------------------
+
+    async def learn_fields(self, space_id: str, keys: dict[str, str]) -> set[str]:
+        """Record the fields (id -> key, as value events name them) not known yet, each adopting the values
+        copied by its key before ids were kept; the ids among `keys` whose field was deleted."""
+        cf = ContactField
+        rows = [{"space_id": space_id, "field_id": fid, "key": key} for fid, key in sorted(keys.items())]
+        stmt = pg_insert(cf).values(rows).on_conflict_do_nothing().returning(cf.field_id, cf.key)
+        for field_id, key in (await self.session.execute(stmt)).all():
+            await self._adopt_legacy(space_id, key, field_id)
+        deleted = select(cf.field_id).where(
+            cf.space_id == space_id, cf.field_id.in_(list(keys)), cf.deleted_at.is_not(None)
+        )
+        return set((await self.session.execute(deleted)).scalars())
+
+    async def rename_field(self, space_id: str, field_id: str, old_key: str, new_key: str, at: datetime) -> None:
+        """A field's key as of a rename at `at`: kept only when later than the rename that set the current one
+        (a key learned from a value yields to any rename); a deleted field stays deleted."""
+        cf = ContactField
+        insert_new = pg_insert(cf).values(space_id=space_id, field_id=field_id, key=new_key, key_at=at)
+        if (await self.session.execute(insert_new.on_conflict_do_nothing().returning(cf.field_id))).first():
+            await self._adopt_legacy(space_id, old_key, field_id)
+            return
+        await self.session.execute(
+            update(cf)
+            .where(cf.space_id == space_id, cf.field_id == field_id, cf.deleted_at.is_(None))
+            .where(or_(cf.key_at.is_(None), cf.key_at < at))
+            .values(key=new_key, key_at=at)
+        )
+
+    async def delete_field(self, space_id: str, field_id: str, key: str, at: datetime) -> None:
+        """Mark the field deleted (events naming it later change nothing) and drop its copies in the space."""
+        cf = ContactField
+        insert_new = pg_insert(cf).values(space_id=space_id, field_id=field_id, key=key, deleted_at=at)
+        if (await self.session.execute(insert_new.on_conflict_do_nothing().returning(cf.field_id))).first():
+            await self._adopt_legacy(space_id, key, field_id, drop=True)
+        else:
+            await self.session.execute(
+                update(cf)
+                .where(cf.space_id == space_id, cf.field_id == field_id, cf.deleted_at.is_(None))
+                .values(deleted_at=at)
+            )
+        name = _jsonb_key(field_id)
+        await self.session.execute(
+            update(Contact)
+            .where(Contact.space_id == space_id, or_(Contact.fields.has_key(name), Contact.fields_at.has_key(name)))
+            .values(fields=_without(Contact.fields, name), fields_at=_without(Contact.fields_at, name)),
+            execution_options=_BULK,
+        )
+
+    async def _adopt_legacy(self, space_id: str, key: str, field_id: str, *, drop: bool = False) -> None:
+        """The values copied by `key` before ids were kept are the field's (the first event naming it says it
+        has that key): moved under its id, unless the contact has a later copy of it; dropped with `drop`."""
+        legacy = LEGACY_FIELD + key
+        found = delete(ContactField).where(ContactField.space_id == space_id, ContactField.field_id == legacy)
+        if not (await self.session.execute(found.returning(ContactField.field_id))).first():
+            return
+        old, new = _jsonb_key(legacy), _jsonb_key(field_id)
+
+        def moved(column: Any) -> Any:
+            if drop:
+                return _without(column, old)
+            keep = or_(Contact.fields_at.has_key(new), ~column.has_key(old))
+            adopted = _without(column, old).op("||", return_type=JSONB)(
+                func.jsonb_build_object(new, column.op("->", return_type=JSONB)(old))
+            )
+            return case((keep, _without(column, old)), else_=adopted)
+
+        await self.session.execute(
+            update(Contact)
+            .where(Contact.space_id == space_id, or_(Contact.fields.has_key(old), Contact.fields_at.has_key(old)))
+            .values(fields=moved(Contact.fields), fields_at=moved(Contact.fields_at)),
+            execution_options=_BULK,
+        )
+
+    async def known_fields(self, space_id: str, keys: Iterable[str]) -> list[KnownField]:
+        """The fields of the space (not deleted) that have one of `keys`."""
+        cf = ContactField
+        stmt = select(cf.field_id, cf.key, cf.key_at).where(
+            cf.space_id == space_id, cf.key.in_(list(keys)), cf.deleted_at.is_(None)
+        )
+        return [KnownField(*row) for row in (await self.session.execute(stmt)).all()]
 
     async def open_conversations_of_contact(self, space_id: str, contact_id: str) -> list[Conversation]:
         stmt = (

@@ -47,6 +47,7 @@ from parley_conversations.domain import (
     PageRequest,
     SendInput,
     StatusUpdate,
+    values_by_key,
 )
 from parley_conversations.models import (
     STATUS_RANK,
@@ -592,11 +593,13 @@ class ConversationsService:
         contact = await tx.contact(conv.contact_id)
         if contact is None:
             return templates.RenderContext(user_name=user_name)
+        keys = templates.field_keys(template)
+        known = await tx.known_fields(conv.space_id, keys) if keys else []
         return templates.RenderContext(
             contact_first_name=contact.first_name,
             contact_last_name=contact.last_name,
             contact_name=contact.display_name,
-            contact_fields=contact.fields or {},
+            contact_fields=values_by_key(contact.fields or {}, known),
             user_name=user_name,
         )
 
@@ -1225,6 +1228,9 @@ class ContactFollower:
         now = svc.clock()
         reassigned = 0
         async with svc.repo.transaction() as tx:
+            # Fields first (a field seen for the first time may adopt legacy copies of other contacts).
+            keys = {f.field_id: f.key for f in change.fields}
+            deleted = await tx.learn_fields(change.space_id, keys) if keys else set()
             contact = await tx.contact_for_update(change.space_id, change.contact_id, now)
             if contact is None:
                 return 0
@@ -1238,16 +1244,17 @@ class ContactFollower:
                 contact.display_name = " ".join(x for x in (contact.first_name, contact.last_name) if x)[:400]
                 contact.names_at = at
             if change.fields:
+                # By field id (a rename changes only its key); a deleted field's values are not copied.
                 fields, stamps = dict(contact.fields or {}), dict(contact.fields_at or {})
-                for key, value in change.fields.items():
-                    seen = stamps.get(key)
-                    if seen is not None and datetime.fromisoformat(seen) > at:
+                for f in change.fields:
+                    seen = stamps.get(f.field_id)
+                    if f.field_id in deleted or (seen is not None and datetime.fromisoformat(seen) > at):
                         continue
-                    if value:
-                        fields[key] = value
+                    if f.value:
+                        fields[f.field_id] = f.value
                     else:
-                        fields.pop(key, None)
-                    stamps[key] = at.isoformat()
+                        fields.pop(f.field_id, None)
+                    stamps[f.field_id] = at.isoformat()
                 contact.fields, contact.fields_at = fields, stamps
             if change.assignee is not None and (contact.assignee_at is None or at >= contact.assignee_at):
                 user_id, team_id = (change.assignee[0] or None), (change.assignee[1] or None)
@@ -1269,6 +1276,17 @@ class ContactFollower:
                     reassigned += 1
             contact.updated_at = now
         return reassigned
+
+    async def field_renamed(self, space_id: str, field_id: str, old_key: str, new_key: str, at: datetime) -> None:
+        """A custom field's key changed: its values (copied by id) render under the new key. A late or repeated
+        rename (older than the one that set the current key) changes nothing."""
+        async with self.service.repo.transaction() as tx:
+            await tx.rename_field(space_id, field_id, old_key, new_key, at)
+
+    async def field_deleted(self, space_id: str, field_id: str, key: str, at: datetime) -> None:
+        """A custom field was deleted: its copies go, and values of it arriving later are ignored."""
+        async with self.service.repo.transaction() as tx:
+            await tx.delete_field(space_id, field_id, key, at)
 
     async def erased(self, space_id: str, contact_ids: Sequence[str]) -> int:
         async with self.service.repo.transaction() as tx:

@@ -18,6 +18,7 @@ _VARIABLE = re.compile(r"\{\{\s*([^{}|]*?)\s*(?:\|([^{}]*))?\}\}")
 _NAME = re.compile(
     r"^(contact\.(first_name|last_name|name)|contact\.fields\.[A-Za-z0-9_\-]{1,64}|user\.(name|first_name))$"
 )
+_FIELDS = "contact.fields."
 KNOWN = "contact.first_name, contact.last_name, contact.name, contact.fields.<key>, user.name, user.first_name"
 
 
@@ -42,8 +43,8 @@ class RenderContext:
             return self.user_name
         if name == "user.first_name":
             return self.user_name.split(" ", 1)[0] if self.user_name else ""
-        if name.startswith("contact.fields."):
-            raw = self.contact_fields.get(name.removeprefix("contact.fields."))
+        if name.startswith(_FIELDS):
+            raw = self.contact_fields.get(name.removeprefix(_FIELDS))
             if raw is None:
                 return ""
             if isinstance(raw, bool):
@@ -57,6 +58,11 @@ class RenderContext:
 def variables(template: str) -> list[str]:
     """The variable names a template uses, in order."""
     return [m.group(1) for m in _VARIABLE.finditer(template)]
+
+
+def field_keys(template: str) -> set[str]:
+    """The custom field keys a template uses (`{{contact.fields.<key>}}`)."""
+    return {v.removeprefix(_FIELDS) for v in variables(template) if v.startswith(_FIELDS)}
 
 
 def validate(template: str) -> None:

@@ -22,6 +22,9 @@ CONTACT_ASSIGNED = "contacts.contact.assigned"
 TAG_ADDED = "contacts.tag.added"
 TAG_REMOVED = "contacts.tag.removed"
 FIELD_UPDATED = "contacts.field.updated"
+# A custom field's definition: its key renamed (FieldRenamed), the field deleted (FieldDeleted).
+FIELD_RENAMED = "contacts.field.renamed"
+FIELD_DELETED = "contacts.field.deleted"
 MAX_AGE = timedelta(days=7)
 
 

@@ -1212,7 +1212,9 @@ class UpdateFieldRequest(_message.Message):
 
     @_builtins.property
     def options(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """For list fields: values no longer among the options are removed."""
+        """For list fields: values no longer among the options are removed; a value whose option only changed
+        case (Gold -> gold) is kept, in the new spelling.
+        """
 
     def __init__(
         self,

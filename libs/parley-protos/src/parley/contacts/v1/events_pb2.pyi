@@ -24,7 +24,7 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class ContactCreated(_message.Message):
     """Events on stream CONTACTS. Subjects: contacts.contact.created|updated|deleted|merged|assigned,
-    contacts.tag.added|removed, contacts.field.updated. Each change emits exactly one event.
+    contacts.tag.added|removed, contacts.field.updated|renamed|deleted. Each change emits exactly one event.
 
     contacts.contact.created
     """
@@ -276,3 +276,67 @@ class ContactFieldUpdated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ContactFieldUpdated: _TypeAlias = ContactFieldUpdated  # noqa: Y015
+
+@_typing.final
+class FieldRenamed(_message.Message):
+    """contacts.field.renamed: a custom field's key changed. Its values and the criteria naming it by id stay;
+    a copy keyed by key moves from old_key to new_key. Renames of one field are ordered by meta.occurred_at
+    (a late or repeated one is older than the latest seen); a field.updated may still carry the old key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    FIELD_ID_FIELD_NUMBER: _builtins.int
+    OLD_KEY_FIELD_NUMBER: _builtins.int
+    NEW_KEY_FIELD_NUMBER: _builtins.int
+    field_id: _builtins.str
+    old_key: _builtins.str
+    new_key: _builtins.str
+    @_builtins.property
+    def meta(self) -> _common_pb2.EventMeta: ...
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.EventMeta | None = ...,
+        field_id: _builtins.str = ...,
+        old_key: _builtins.str = ...,
+        new_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field_id", b"field_id", "meta", b"meta", "new_key", b"new_key", "old_key", b"old_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldRenamed: _TypeAlias = FieldRenamed  # noqa: Y015
+
+@_typing.final
+class FieldDeleted(_message.Message):
+    """contacts.field.deleted: a custom field was deleted, after one field.updated (new value empty) per value
+    it had, in the same transaction. Its id is never used again; its key may be given to a new field.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    FIELD_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    field_id: _builtins.str
+    key: _builtins.str
+    @_builtins.property
+    def meta(self) -> _common_pb2.EventMeta: ...
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.EventMeta | None = ...,
+        field_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field_id", b"field_id", "key", b"key", "meta", b"meta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldDeleted: _TypeAlias = FieldDeleted  # noqa: Y015
