@@ -9,6 +9,10 @@ cached, so a user added a moment ago is assignable at once. When the workspace c
 
 Display names (`{{user.name}}` in shortcuts) come from `UserService.GetUser`, cached 5 minutes; a failed
 lookup gives an empty name (cosmetic, never an error).
+
+When a member leaves a space or a team is deleted, what was assigned to them is released: `releases_consumer()`
+is the durable consumer of those WORKSPACE events and `AssigneeReleases` its handler, which calls the
+service's own release functions (each releasing in bounded transactions until nothing is left).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import TypeVar
 
 import grpc
@@ -39,10 +44,13 @@ from parley_kit import metrics
 from parley_kit.contracts import workspace as workspace_contract
 from parley_kit.errors import NotFound, Unavailable
 from parley_kit.grpc_client import create_channel
+from parley_kit.nats import ConsumerSpec, Delivery, PoisonMessage, dead_letter_subject
 from parley_kit.settings import AssigneeSettings
 
 log = logging.getLogger(__name__)
 
+Release = Callable[[str, str, str], Awaitable[int]]
+"""`release(space_id, user_or_team_id, actor)`: unassign it everywhere in the space; how many changed."""
 AssigneeCheck = Callable[[str, str, str], Awaitable[None]]
 """`check(space_id, user_id, team_id)`: returns when the (non-empty) user and team may be assigned in the
 space; raises `NotFound` naming each one that may not, `Unavailable` when it cannot tell."""
@@ -223,6 +231,67 @@ def _decode(kind: type[_E], msg: Msg) -> _E | None:
     except DecodeError:
         log.warning("undecodable %s on %s; ignored", kind.__name__, msg.subject)
         return None
+    return event
+
+
+def releases_durable(service: str) -> str:
+    return f"{service}--assignee-releases"
+
+
+def releases_consumer(service: str) -> ConsumerSpec:
+    """`<service>--assignee-releases`: member removals and team deletions, one at a time (in stream order)."""
+    durable = releases_durable(service)
+    return ConsumerSpec(
+        stream=workspace_contract.STREAM,
+        durable=durable,
+        filter_subjects=(workspace_contract.MEMBER_REMOVED, workspace_contract.TEAM_DELETED),
+        ack_wait=timedelta(seconds=60),
+        max_deliver=10,
+        backoff=(timedelta(seconds=1), timedelta(seconds=5), timedelta(seconds=30)),
+        max_ack_pending=20,
+        dead_letter_subject=dead_letter_subject(service, durable),
+    )
+
+
+class AssigneeReleases:
+    """Handler of `releases_consumer()`: a removed member's and a deleted team's assignments are released.
+
+    A redelivered event finds nothing left to release. A member removal whose user is a member again
+    (re-added since; asked fresh of the workspace) releases nothing: their assignments since are valid.
+    The actor of the releases is the one who removed the member or deleted the team.
+    """
+
+    def __init__(self, *, release_member: Release, release_team: Release, directory: WorkspaceDirectory | None) -> None:
+        self._release_member = release_member
+        self._release_team = release_team
+        self._directory = directory
+
+    async def __call__(self, delivery: Delivery) -> None:
+        if delivery.subject == workspace_contract.MEMBER_REMOVED:
+            removed = _parse(wev.MemberRemoved, delivery)
+            if not removed.space_id or not removed.user_id:
+                raise PoisonMessage("member.removed without space_id or user_id")
+            if self._directory is not None:
+                self._directory.forget_member(removed.space_id, removed.user_id)
+                if await self._directory.is_member(removed.space_id, removed.user_id, fresh=True):
+                    log.info("user %s is a member of %s again; nothing released", removed.user_id, removed.space_id)
+                    return
+            await self._release_member(removed.space_id, removed.user_id, removed.meta.actor or "system")
+        elif delivery.subject == workspace_contract.TEAM_DELETED:
+            deleted = _parse(wev.TeamDeleted, delivery)
+            if not deleted.space_id or not deleted.team_id:
+                raise PoisonMessage("team.deleted without space_id or team_id")
+            if self._directory is not None:
+                self._directory.forget_team(deleted.team_id)
+            await self._release_team(deleted.space_id, deleted.team_id, deleted.meta.actor or "system")
+
+
+def _parse(kind: type[_E], delivery: Delivery) -> _E:
+    event = kind()
+    try:
+        event.ParseFromString(delivery.data)
+    except DecodeError as exc:
+        raise PoisonMessage(f"undecodable {delivery.subject}: {exc}") from None
     return event
 
 
