@@ -10,10 +10,15 @@ from collections.abc import AsyncIterator, Iterator
 
 import nats
 import pytest
+from opentelemetry.context import Context
+from parley.common.v1.common_pb2 import EventMeta
+from parley.workspace.v1 import events_pb2 as wev
 from parley_kit import directory as d
 from parley_kit.auth import SigningKey, TokenIssuer
+from parley_kit.contracts import workspace as contract
 from parley_kit.errors import NotFound, Unavailable
 from parley_kit.local.servers import free_port
+from parley_kit.nats import Delivery, PoisonMessage
 from parley_kit.settings import AssigneeSettings, load_settings
 from parley_kit.testing.processes import WorkspaceProcess
 from prometheus_client import REGISTRY
@@ -174,8 +179,45 @@ def test_a_service_without_the_workspace_address_refuses_to_start(
     with pytest.raises(SystemExit):
         load_settings(AssigneeSettings, service_name="contacts")
     assert "PARLEY_ASSIGNEE_CHECK: Value error, set PARLEY_WORKSPACE_ADDR" in capsys.readouterr().err
+    monkeypatch.setenv("PARLEY_WORKSPACE_ADDR", "workspace:50051")
+    monkeypatch.delenv("PARLEY_SERVICE_TOKEN", raising=False)
+    with pytest.raises(SystemExit):
+        load_settings(AssigneeSettings, service_name="contacts")
+    assert "PARLEY_ASSIGNEE_CHECK: Value error, set PARLEY_SERVICE_TOKEN" in capsys.readouterr().err
+    monkeypatch.delenv("PARLEY_WORKSPACE_ADDR")
     monkeypatch.setenv("PARLEY_ASSIGNEE_CHECK", "off")
     settings = load_settings(AssigneeSettings, service_name="contacts")
     assert settings.assignee_check is False
     directory, check = d.from_settings(settings)
     assert directory is None and check is d.accept_any_assignee
+
+
+def delivery(subject: str, data: bytes) -> Delivery:
+    return Delivery(None, data, {}, subject, "", "", 1, 0, Context())
+
+
+async def test_releases_call_the_service_with_the_removals_actor_and_refuse_poison() -> None:
+    calls: list[tuple[str, str, str, str]] = []
+
+    async def member(space_id: str, user_id: str, actor: str) -> int:
+        calls.append(("member", space_id, user_id, actor))
+        return 1
+
+    async def team(space_id: str, team_id: str, actor: str) -> int:
+        calls.append(("team", space_id, team_id, actor))
+        return 1
+
+    releases = d.AssigneeReleases(release_member=member, release_team=team, directory=None)
+    removed = wev.MemberRemoved(meta=EventMeta(actor="user:owner"), space_id="s1", user_id="u1")
+    await releases(delivery(contract.MEMBER_REMOVED, removed.SerializeToString()))
+    deleted = wev.TeamDeleted(space_id="s1", team_id="t1")
+    await releases(delivery(contract.TEAM_DELETED, deleted.SerializeToString()))
+    assert calls == [("member", "s1", "u1", "user:owner"), ("team", "s1", "t1", "system")]
+    for subject, data in [
+        (contract.MEMBER_REMOVED, b"\xff\xff\xff"),
+        (contract.MEMBER_REMOVED, wev.MemberRemoved(space_id="s1").SerializeToString()),
+        (contract.TEAM_DELETED, wev.TeamDeleted(team_id="t1").SerializeToString()),
+    ]:
+        with pytest.raises(PoisonMessage):
+            await releases(delivery(subject, data))
+    assert len(calls) == 2

@@ -42,8 +42,8 @@ class ServiceSettings(BaseSettings):
 
 class AssigneeSettings(ServiceSettings):
     """Settings of a service that assigns users and teams, which it checks with the workspace service
-    (`parley_kit.directory`). Without PARLEY_WORKSPACE_ADDR the service refuses to start, unless
-    PARLEY_ASSIGNEE_CHECK=off says to accept any id."""
+    (`parley_kit.directory`). Without PARLEY_WORKSPACE_ADDR and PARLEY_SERVICE_TOKEN the service refuses to
+    start, unless PARLEY_ASSIGNEE_CHECK=off says to accept any id."""
 
     assignee_check: bool = Field(
         default=True,
@@ -70,6 +70,8 @@ class AssigneeSettings(ServiceSettings):
                 "set PARLEY_WORKSPACE_ADDR (the workspace service, which says who may be assigned), "
                 "or set PARLEY_ASSIGNEE_CHECK=off to accept any user and team id unchecked"
             )
+        if check and not info.data.get("service_token"):
+            raise ValueError("set PARLEY_SERVICE_TOKEN (this service's platform token, which the workspace checks)")
         return check
 
 
