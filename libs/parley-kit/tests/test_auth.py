@@ -6,8 +6,8 @@ import base64
 import json
 
 import pytest
-from parley_kit.auth import SigningKey, TokenIssuer, TokenVerifier, jwks
-from parley_kit.errors import PermissionDenied, Unauthenticated
+from parley_kit.auth import ANY_SPACE, Caller, SigningKey, TokenIssuer, TokenVerifier, jwks
+from parley_kit.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from parley_kit.permissions import Permission
 
 
@@ -69,3 +69,13 @@ def test_wrong_space_and_low_role_are_denied(key: SigningKey, verifier: TokenVer
     with pytest.raises(PermissionDenied, match=r"contacts\.delete"):
         caller.require(Permission.CONTACTS_DELETE, space_id="A")
     caller.require(Permission.CONTACTS_READ, space_id="A")
+
+
+def test_platform_token_names_a_space_that_fits_the_space_id_columns() -> None:
+    system = Caller(subject="service:conversations", space_id=ANY_SPACE, role="system")
+    assert system.scoped_space("sp_" + "x" * 61) == "sp_" + "x" * 61
+    for bad in ("s" * 65, "sp\x00one", "sp\none"):
+        with pytest.raises(InvalidArgument, match="not a space id: at most 64 printable characters"):
+            system.scoped_space(bad)
+    with pytest.raises(InvalidArgument, match="space_id is required"):
+        system.scoped_space("")

@@ -57,6 +57,7 @@ async def test_strangers_typos_and_other_spaces_are_not_found_each_named(
     outsider, foreign_team = await admin.member(other), await admin.team(other)
     for user_id, team_id, message in [
         ("u-typo", "", "user 'u-typo' is not a member of this space"),
+        ("u\x00x", "t\nx", "user 'u\x00x' is not a member of this space; team 't\nx' is not a team"),
         (outsider, "", f"user '{outsider}' is not a member of this space"),
         ("", "t-typo", "team 't-typo' is not a team of this space"),
         ("", foreign_team, f"team '{foreign_team}' is not a team of this space"),

@@ -3,8 +3,10 @@ span and the server's as its child."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,21 +18,27 @@ from opentelemetry.trace import SpanKind, StatusCode
 from parley_kit import errors, metrics
 from parley_kit.auth import SigningKey, TokenIssuer, TokenVerifier, current_caller, jwks
 from parley_kit.grpc_client import create_channel
-from parley_kit.grpc_server import GrpcServer, JwtAuthenticator
+from parley_kit.grpc_server import GrpcServer, JwtAuthenticator, status_for
 from parley_kit.permissions import Permission
 from parley_kit.telemetry import configure_tracing
 
 # A tiny service built from generic handlers, reusing health messages as payloads:
 # the request's `service` field carries the space the caller wants to touch.
 Req, Resp = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+ATTEMPTS: Counter[str] = Counter()
 
 
 async def touch(request: Req, context: grpc.aio.ServicerContext) -> Resp:
     caller = current_caller()
+    ATTEMPTS[request.service] += 1
     if request.service == "boom":
         raise RuntimeError("unexpected")
     if request.service == "missing":
         raise errors.NotFound("contact c1 not found")
+    if request.service.startswith("deadlock") and ATTEMPTS[request.service] == 1:
+        raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")  # as the inbound fast path sees it
+    if request.service.startswith("long:"):
+        raise errors.InvalidArgument(f"id '{request.service}' is not a valid id")
     caller.require(Permission.CONTACTS_DELETE, space_id=request.service)
     return Resp(status=Resp.SERVING)
 
@@ -67,8 +75,10 @@ async def target(key: SigningKey) -> AsyncIterator[str]:
     await server.stop(1)
 
 
-async def call(target: str, service: str, token: str | None, method: str = "Touch") -> Resp:
-    async with create_channel(target, token=token, timeout=5) as channel:
+async def call(
+    target: str, service: str, token: str | None, method: str = "Touch", retry_aborted: tuple[str, ...] = ()
+) -> Resp:
+    async with create_channel(target, token=token, timeout=5, retry_aborted=retry_aborted) as channel:
         rpc = channel.unary_unary(
             f"/test.Spaces/{method}", request_serializer=Req.SerializeToString, response_deserializer=Resp.FromString
         )
@@ -114,6 +124,34 @@ async def test_domain_errors_map_to_status_and_crashes_to_internal(target: str, 
     assert await code_of(target, "missing", token) == (grpc.StatusCode.NOT_FOUND, "contact c1 not found")
     code, details = await code_of(target, "boom", token)
     assert code == grpc.StatusCode.INTERNAL and "unexpected" not in details
+
+
+async def test_a_database_deadlock_is_aborted_and_retried_only_for_the_methods_named(
+    target: str, key: SigningKey
+) -> None:
+    token = TokenIssuer(key).issue(space_id="deadlock-1", role="owner")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call(target, "deadlock-1", token)
+    assert info.value.code() == grpc.StatusCode.ABORTED
+    assert "deadlocked with a concurrent change" in (info.value.details() or "") and "retry" in info.value.details()
+    assert ATTEMPTS["deadlock-1"] == 1
+    token = TokenIssuer(key).issue(space_id="deadlock-2", role="owner")
+    assert (await call(target, "deadlock-2", token, retry_aborted=("test.Spaces/Touch",))).status == Resp.SERVING
+    assert ATTEMPTS["deadlock-2"] == 2
+
+
+def test_every_domain_error_has_its_own_status_code() -> None:
+    classes = errors.DomainError.__subclasses__()
+    codes = {status_for(cls("x")) for cls in classes}
+    assert len(codes) == len(classes) and grpc.StatusCode.UNKNOWN not in codes
+    assert status_for(errors.Internal("x")) == grpc.StatusCode.INTERNAL
+
+
+async def test_a_message_quoting_a_long_input_is_cut_and_keeps_its_status(target: str, key: SigningKey) -> None:
+    token = TokenIssuer(key).issue(space_id="A", role="owner")
+    code, details = await code_of(target, "long:" + "é" * 50_000, token)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("id 'long:éé") and details.endswith("...") and len(details.encode()) <= 1024
 
 
 async def test_public_method_needs_no_token_and_rpcs_are_counted(target: str) -> None:

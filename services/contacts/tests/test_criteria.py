@@ -49,8 +49,21 @@ CUSTOM = {
     "f_list": ("list", ["red", "green", "blue"]),
     "f_text": ("text", []),
     "f_email": ("email", []),
+    "f_phone": ("phone", []),
+    "f_url": ("url", []),
 }
+# Standard fields that are not plain text (the others are).
+STANDARD_TYPES = {"email": "email", "phone": "phone", "avatar_url": "url"}
 NAMES = ["Ana", "anna", "Bob", "bobby", "Carl", "carla", "Zoe", "Ana Maria"]
+# Phone numbers (E.164, as stored) with their national form where the contact's country is theirs.
+PHONES = {
+    "+33612345678": ("FR", "06 12 34 56 78"),
+    "+33698765432": ("FR", "06.98.76.54.32"),
+    "+14155550123": ("US", "(415) 555-0123"),
+    "+14155550199": ("US", "415-555-0199"),
+    "+5511987654321": ("BR", "(11) 98765-4321"),
+}
+URLS = ["https://example.com/a", "http://Example.com/B", "https://parley.io/x?y=1", "https://shop.example.org/cart"]
 CHANNELS = [("ch-fb", 1), ("ch-ig", 2), ("ch-wa", 3)]
 USERS, TEAMS = ["me", "u2", "u3"], ["t1", "t2"]
 
@@ -67,6 +80,16 @@ def _maybe(rng: random.Random, value: Any, p: float = 0.7) -> Any:
     return value if rng.random() < p else None
 
 
+def _formatted(rng: random.Random, e164: str) -> str:
+    """An international phone number written with random grouping and separators (not E.164)."""
+    digits, groups = e164[1:], []
+    while digits:
+        size = rng.randint(1, 4)
+        groups.append(digits[:size])
+        digits = digits[size:]
+    return "+" + rng.choice([" ", "-", ".", " "]).join(groups)
+
+
 def _raw_value(rng: random.Random, ftype: str) -> str:
     if ftype == "number":
         return str(rng.choice([-5, 0, 1, 2, 3, 10, 42]) + rng.choice([0, Decimal("0.5")]))
@@ -80,6 +103,10 @@ def _raw_value(rng: random.Random, ftype: str) -> str:
         return rng.choice(["red", "green", "blue"])
     if ftype == "email":
         return f"{rng.choice(['x', 'xy', 'y'])}@{rng.choice(['a.com', 'b.org'])}"
+    if ftype == "phone":
+        return _formatted(rng, rng.choice(list(PHONES)))
+    if ftype == "url":
+        return rng.choice(URLS)
     return rng.choice(["hello", "Hello world", "help", "yellow", "mellow fellow"])
 
 
@@ -95,11 +122,17 @@ async def world(engine, sink) -> dict[str, Any]:
     created: list[uuid.UUID] = []
     for i in range(160):
         clock.now = NOW - timedelta(hours=i * 3 + rng.randrange(3))
+        country = _maybe(rng, rng.choice(["FR", "BR", "US"]))
+        phone = rng.choice(list(PHONES))
+        region, national = PHONES[phone]
         profile = {
             "first_name": _maybe(rng, rng.choice(NAMES)),
             "last_name": _maybe(rng, rng.choice(["Lima", "Smith", "smithson"])),
-            "email": _maybe(rng, f"{rng.choice(['ana', 'bob', 'zed'])}{i}@{rng.choice(['ex.com', 'mail.org'])}"),
-            "country": _maybe(rng, rng.choice(["FR", "BR", "US"])),
+            "email": _maybe(rng, f"{rng.choice(['ana', 'bob', 'zed'])}{i % 4}@{rng.choice(['ex.com', 'mail.org'])}"),
+            # E.164, spaced out, or national where the contact's country says which.
+            "phone": _maybe(rng, rng.choice([phone, _formatted(rng, phone), national if country == region else phone])),
+            "avatar_url": _maybe(rng, rng.choice(URLS), 0.5),
+            "country": country,
             "language": _maybe(rng, rng.choice(["en", "fr", "pt-BR"])),
         }
         values = {k: _raw_value(rng, t) for k, (t, _) in CUSTOM.items() if rng.random() < 0.6}
@@ -149,6 +182,31 @@ def _typed(ftype: str, raw: str) -> Any:
     return raw.lower()
 
 
+def _digits(text: str) -> str:
+    return "".join(ch for ch in text if ch in "0123456789")
+
+
+def _phone_matches(value: str | None, op: FieldOp, operands: tuple[str, ...]) -> bool:
+    """Phones compare on their digits, country code first; operands are written in international form.
+
+    A '+' leading a CONTAINS operand pins it to the start (the country code); STARTS_WITH always is.
+    """
+    have = None if value is None else _digits(value)
+    if op in (FieldOp.EQUALS, FieldOp.NOT_EQUALS):
+        hit = have is not None and have in {_digits(o) for o in operands}
+        return hit if op is FieldOp.EQUALS else not hit
+    if have is None:
+        return False
+    want = _digits(operands[0])
+    if op is FieldOp.STARTS_WITH or operands[0].strip().startswith("+"):
+        return have.startswith(want)
+    return want in have
+
+
+def _ftype(name: str) -> str:
+    return CUSTOM[name][0] if name in CUSTOM else STANDARD_TYPES.get(name, "text")
+
+
 def matches(contact: Contact, node: Any, fields: dict[str, Any]) -> bool:
     if isinstance(node, Group):
         results = [matches(contact, c, fields) for c in node.children]
@@ -173,14 +231,15 @@ def matches(contact: Contact, node: Any, fields: dict[str, Any]) -> bool:
             return False
         return value >= bound if node.op is TimeOp.WITHIN else value < bound
     assert isinstance(node, FieldCond)
-    if node.field in STANDARD_FIELDS:
-        ftype, value = "text", contact.standard(node.field)
-    else:
-        ftype, value = CUSTOM[node.field][0], contact.values.get(fields[node.field].id)
+    ftype = _ftype(node.field)
+    standard = node.field in STANDARD_FIELDS
+    value = contact.standard(node.field) if standard else contact.values.get(fields[node.field].id)
     if node.op is FieldOp.IS_SET:
         return value is not None
     if node.op is FieldOp.IS_NOT_SET:
         return value is None
+    if ftype == "phone":
+        return _phone_matches(value, node.op, node.values)
     operands = [_typed(ftype, v) for v in node.values]
     if ftype == "checkbox":
         hit = (True in operands and value is True) or (False in operands and value is not True)
@@ -208,9 +267,14 @@ def matches(contact: Contact, node: Any, fields: dict[str, Any]) -> bool:
 
 
 def _operand(rng: random.Random, name: str, op: FieldOp) -> tuple[str, ...]:
-    ftype = CUSTOM[name][0] if name in CUSTOM else "text"
+    ftype = _ftype(name)
     if op in (FieldOp.IS_SET, FieldOp.IS_NOT_SET):
         return ()
+    if ftype == "phone" and op is FieldOp.CONTAINS:
+        # '+1' (country code 1) and '1' (a 1 anywhere) differ; formatting is ignored.
+        return (rng.choice(["12 34", "555-01", "+55", "55", "+1", "1", "(415)", "98.76"]),)
+    if ftype == "phone" and op is FieldOp.STARTS_WITH:
+        return (rng.choice(["+33", "33 6", "+1 (415)", "55 11", "1", "+5"]),)
     if op in (FieldOp.CONTAINS, FieldOp.STARTS_WITH):
         pool = {
             "first_name": ["an", "AN", "ob", "a m"],
@@ -218,17 +282,24 @@ def _operand(rng: random.Random, name: str, op: FieldOp) -> tuple[str, ...]:
             "email": ["ana", "@ex", ".org"],
             "country": ["f", "R"],
             "language": ["pt", "-br"],
+            "avatar_url": ["https://", "EXAMPLE.COM", "/b", "http:"],
             "f_text": ["hel", "ELL", "low f"],
             "f_email": ["x", "@b"],
+            "f_url": ["https://", "Example", ".io/", "http://ex"],
         }.get(name, ["a"])
         return (rng.choice(pool),)
-    if ftype == "text":
+    if ftype == "phone":  # whole numbers, never in E.164 form; sometimes one absent from the data too
+        present = _formatted(rng, rng.choice(list(PHONES)))
+        return (present, "+44 20 7946 0958") if rng.random() < 0.3 else (present,)
+    if ftype in ("text", "url") or name == "email":
         pool = {
             "first_name": NAMES,
             "last_name": ["LIMA", "smith"],
             "country": ["fr", "BR"],
             "language": ["EN", "pt-br"],
-            "email": ["ana1@ex.com", "BOB2@MAIL.ORG"],
+            "email": ["ana1@ex.com", "BOB2@MAIL.ORG", "zed3@ex.com"],
+            "avatar_url": ["HTTPS://EXAMPLE.COM/A", "http://example.com/b", "https://nowhere.net/"],
+            "f_url": ["https://example.com/A", "HTTPS://PARLEY.IO/X?Y=1", "https://shop.example.org/cart"],
             "f_text": ["hello", "HELP"],
         }[name]
         return tuple(rng.sample(pool, rng.choice([1, 2])))
@@ -247,14 +318,8 @@ def every_condition(world: dict[str, Any]) -> list[Any]:
     for match in TagMatch:
         conds += [TagCond(match, (tags[0],)), TagCond(match, (tags[1], tags[2]))]
     for name in [*STANDARD_FIELDS, *CUSTOM]:
-        if name in ("phone", "avatar_url"):
-            ftype = FieldType.PHONE if name == "phone" else FieldType.URL
-        else:
-            ftype = FieldType(CUSTOM[name][0]) if name in CUSTOM else FieldType.TEXT
-        for op in sorted(ALLOWED_OPS[ftype]):
-            if name in ("phone", "avatar_url") and op not in (FieldOp.IS_SET, FieldOp.IS_NOT_SET):
-                continue  # never set in this data: covered by the text fields
-            for _ in range(2):
+        for op in sorted(ALLOWED_OPS[FieldType(_ftype(name))]):
+            for _ in range(3 if _ftype(name) in ("phone", "url") else 2):
                 conds.append(FieldCond(name, op, _operand(rng, name, op)))
     conds += [
         ChannelCond(("ch-fb",)),
@@ -299,8 +364,9 @@ def _expected(world: dict[str, Any], group: Group) -> set[uuid.UUID]:
 
 async def test_every_condition_matches_the_reference_filter(world: dict[str, Any]) -> None:
     conds = every_condition(world)
-    covered = {c.op for c in conds if isinstance(c, FieldCond)}
-    assert covered == set(FieldOp)
+    covered = {(_ftype(c.field), c.op) for c in conds if isinstance(c, FieldCond)}
+    assert covered == {(str(t), op) for t, ops in ALLOWED_OPS.items() for op in ops}  # every operator of every type
+    assert {c.field for c in conds if isinstance(c, FieldCond)} == {*STANDARD_FIELDS, *CUSTOM}
     nontrivial = 0
     for cond in conds:
         group = Group(any=False, children=(cond,))
@@ -344,6 +410,19 @@ async def test_empty_criteria_match_everyone(world: dict[str, Any]) -> None:
         (FieldCond("f_list", FieldOp.EQUALS, ("purple",)), "not one of the options"),
         (FieldCond("email", FieldOp.IS_SET, ("x",)), "takes 0 value"),
         (FieldCond("email", FieldOp.STARTS_WITH, ("a", "b")), "exactly one value"),
+        # Whole-value operands no stored value could equal, named with their node.
+        (FieldCond("phone", FieldOp.EQUALS, ("06 12 34 56 78",)), r"root\.0: field 'phone': '06 12 34 56 78' is not a"),
+        (FieldCond("f_phone", FieldOp.NOT_EQUALS, ("+33612345678", "+1 2")), r"root\.0: field 'f_phone': '\+1 2'"),
+        (FieldCond("email", FieldOp.EQUALS, ("ana",)), r"root\.0: field 'email': 'ana' is not an email address"),
+        (FieldCond("f_email", FieldOp.NOT_EQUALS, ("x@",)), r"root\.0: field 'f_email': 'x@' is not an email"),
+        (FieldCond("avatar_url", FieldOp.EQUALS, ("example.com/a",)), r"root\.0: field 'avatar_url': .* http\(s\) URL"),
+        (FieldCond("f_url", FieldOp.NOT_EQUALS, ("ftp://x.org",)), r"root\.0: field 'f_url': .* http\(s\) URL"),
+        (FieldCond("f_num", FieldOp.EQUALS, ("1", "x")), r"root\.0: field 'f_num': 'x' is not a number"),
+        # Phone fragments are digits and formatting, with at most a leading '+'.
+        (FieldCond("f_phone", FieldOp.CONTAINS, ("abc",)), r"root\.0: 'contains' on phone field 'f_phone'.*digits"),
+        (FieldCond("phone", FieldOp.STARTS_WITH, ("+33+6",)), "not part of a phone number"),
+        (FieldCond("phone", FieldOp.CONTAINS, ("+",)), "not part of a phone number"),
+        (FieldCond("phone", FieldOp.STARTS_WITH, ("( )",)), "not part of a phone number"),
         (TagCond(TagMatch.ANY, ()), "at least one tag"),
         (TagCond(TagMatch.ANY, (uuid.uuid4(),)), "unknown tag"),
         (AssigneeCond(AssigneeMatch.USER, ""), "needs an id"),
@@ -356,6 +435,21 @@ async def test_malformed_criteria_are_invalid_argument_with_a_reason(
 ) -> None:
     with pytest.raises(InvalidArgument, match=message):
         await world["service"].list_contacts(SPACE, ME, criteria=Group(any=False, children=(cond,)))
+
+
+async def test_phone_operands_match_the_stored_e164_form_whatever_their_formatting(world: dict[str, Any]) -> None:
+    phoned = {c.id for c in world["contacts"] if c.phone == "+33612345678"}
+    assert phoned  # stored E.164, whether given spaced, national (country FR) or as is
+    for written in ("+33 6 12 34 56 78", "+33.6.12.34.56.78", "+33 (6) 12-34-56-78"):
+        equals = Group(any=False, children=(FieldCond("phone", FieldOp.EQUALS, (written,)),))
+        assert await _ids(world, equals) == phoned, written
+    for fragment in ("+33 6 12", "33 6 12", "336 12"):
+        starts = Group(any=False, children=(FieldCond("phone", FieldOp.STARTS_WITH, (fragment,)),))
+        assert await _ids(world, starts) == phoned, fragment
+    pinned = Group(any=False, children=(FieldCond("phone", FieldOp.CONTAINS, ("+1",)),))
+    anywhere = Group(any=False, children=(FieldCond("phone", FieldOp.CONTAINS, ("1",)),))
+    american = {c.id for c in world["contacts"] if (c.phone or "").startswith("+1")}
+    assert await _ids(world, pinned) == american < await _ids(world, anywhere)
 
 
 async def test_too_deep_criteria_are_refused(world: dict[str, Any]) -> None:

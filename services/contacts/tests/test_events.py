@@ -18,7 +18,7 @@ from parley_contacts.config import Settings
 from parley_contacts.models import outbox
 from parley_contacts.repository import Repository
 from parley_contacts.server import build
-from parley_contacts.service import Actor, ContactsService, IdentityInput
+from parley_contacts.service import Actor, ContactsService, IdentityInput, ImportRow
 from parley_kit.auth import SigningKey, jwks
 from parley_kit.db import session_factory
 from parley_kit.directory import WorkspaceDirectory
@@ -75,6 +75,33 @@ async def test_each_change_puts_exactly_one_event_per_changed_thing_in_the_outbo
     await expect(["contacts.contact.created"])
     await real.merge(space, ACTOR, str(a.id), str(b))
     await expect(["contacts.contact.merged"])
+    rows = [
+        ImportRow({"first_name": "Imp", "email": "imp@x.com"}, {"score": "1"}, ("vip", "fresh")),
+        ImportRow({"email": "bad"}, {}, ("other",)),
+    ]
+    (imported, _) = await real.import_contacts(space, ACTOR, rows)
+    await expect(["contacts.contact.created"])  # its tags and values come with it; a refused row: nothing
+    imp = str(imported.contact_id)
+    again = ImportRow({"email": "imp@x.com", "last_name": "I"}, {"score": "2"}, ("VIP", "csv"))
+    await real.import_contacts(space, ACTOR, [again], dedupe_by="email")
+    await expect(["contacts.contact.updated", "contacts.field.updated", "contacts.tag.added"])  # csv only
+    await real.add_identity(space, ACTOR, imp, IdentityInput("ch", 1, "y"))
+    await real.add_identity(space, ACTOR, imp, IdentityInput("ch", 1, "y"))
+    await expect(["contacts.contact.updated"])
+    await real.change_tags(space, ACTOR, [str(a.id)], [str(tag.id)], [])
+    await expect(["contacts.tag.added"])
+    await real.delete_tag(space, ACTOR, str(tag.id))
+    await expect([])  # the tag leaves the catalog; its contacts are untagged afterwards
+    await real.finish_tag_deletions()
+    await expect(["contacts.tag.removed", "contacts.tag.removed"])  # one per contact that carried it
+    plan = await real.create_field(space, "plan", "Plan", "list", options=["free", "pro"])
+    await real.update_contact(space, ACTOR, str(a.id), {}, {"plan": "pro"})
+    await real.update_contact(space, ACTOR, imp, {}, {"plan": "free"})
+    await expect(["contacts.field.updated", "contacts.field.updated"])
+    await real.update_field(space, ACTOR, str(plan.id), options=["free"])
+    await expect(["contacts.field.updated"])  # one per value the removed option takes away
+    await real.delete_field(space, ACTOR, str(plan.id))
+    await expect(["contacts.field.updated"])  # one per value the deleted field takes away
     with pytest.raises(InvalidArgument):
         await real.update_contact(space, ACTOR, str(a.id), {"email": "bad"})
     await expect([])  # a refused change leaves no event
@@ -87,7 +114,7 @@ async def test_a_rolled_back_change_leaves_no_event(real: ContactsService, engin
     vip = await real.create_tag(space, "vip")
     _, mark = await _subjects(engine, 0)
     unknown = "7d7f2c3e-0000-4000-8000-000000000000"
-    with pytest.raises(NotFound):  # the tag is added first, then the unknown tag aborts the whole call
+    with pytest.raises(NotFound):  # the unknown tag aborts the whole call
         await real.change_tags(space, ACTOR, [str(c.id)], [str(vip.id)], [unknown])
     assert (await _subjects(engine, mark))[0] == []
     got, _ = await real.get_contact(space, str(c.id))

@@ -2,50 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from parley.common.v1 import common_pb2
 from parley.contacts.v1 import contact_pb2, criteria_pb2, fields_pb2
 from parley.contacts.v1 import contacts_service_pb2 as pb
-from parley.contacts.v1 import contacts_service_pb2_grpc as pb_grpc
-from parley_contacts.grpc_api import SERVICE_NAME, ContactsApi, register
-from parley_contacts.service import ContactsService
-from parley_kit.auth import SigningKey, TokenVerifier, jwks
-from parley_kit.grpc_server import GrpcServer, JwtAuthenticator
 
 SPACE, OTHER = "sp_api", "sp_api_other"
-
-
-@pytest.fixture(scope="module")
-async def target(service: ContactsService, signing_key: SigningKey) -> AsyncIterator[str]:
-    server = GrpcServer("contacts", authenticator=JwtAuthenticator(TokenVerifier.from_jwks(jwks(signing_key))))
-    server.add(register, ContactsApi(service), SERVICE_NAME)
-    port = await server.start("127.0.0.1", 0)
-    await server.set_serving(True)
-    yield f"127.0.0.1:{port}"
-    await server.stop(1)
-
-
-@pytest.fixture(scope="module")
-def client(target: str, mint_token: Callable[..., str]) -> Callable[..., pb_grpc.ContactsServiceStub]:
-    channel = grpc.aio.insecure_channel(target)
-    stubs: dict[tuple[str, str, str], pb_grpc.ContactsServiceStub] = {}
-
-    def make(role: str = "agent", space: str = SPACE, user: str = "u1") -> pb_grpc.ContactsServiceStub:
-        token = mint_token(space_id=space, role=role, subject=f"user:{user}")
-        stub = pb_grpc.ContactsServiceStub(channel)
-
-        class Authed:
-            def __getattr__(self, name: str):  # every call carries the token
-                method = getattr(stub, name)
-                return lambda req: method(req, metadata=(("authorization", f"Bearer {token}"),))
-
-        return Authed()  # type: ignore[return-value]
-
-    return lambda role="agent", space=SPACE, user="u1": stubs.setdefault((role, space, user), make(role, space, user))
 
 
 async def _code(call) -> grpc.StatusCode:
@@ -157,7 +121,10 @@ async def test_views_are_private_or_shared_and_list_their_contacts_with_keyset_p
         )
     )
     private = (await agent.CreateView(pb.CreateViewRequest(name="mine", criteria=criteria))).view
-    assert private.criteria == criteria
+    stored = criteria_pb2.Criteria()
+    stored.CopyFrom(criteria)
+    stored.root.nodes[1].field.field_id = field.id  # views name custom fields by id too
+    assert private.criteria == stored
     shared = (await manager.CreateView(pb.CreateViewRequest(name="team", criteria=criteria, shared=True))).view
     assert {v.id for v in (await other.ListViews(pb.ListViewsRequest())).views} == {shared.id}
     assert await _code(other.GetView(pb.GetViewRequest(view_id=private.id))) == grpc.StatusCode.NOT_FOUND
@@ -176,8 +143,46 @@ async def test_views_are_private_or_shared_and_list_their_contacts_with_keyset_p
     renamed = await agent.UpdateView(
         pb.UpdateViewRequest(view_id=private.id, update_mask=FieldMask(paths=["name"]), name="renamed")
     )
-    assert renamed.view.name == "renamed" and renamed.view.criteria == criteria
+    assert renamed.view.name == "renamed" and renamed.view.criteria == stored
     await agent.DeleteView(pb.DeleteViewRequest(view_id=private.id))
+
+
+def _field_criteria(key: str, field_id: str = "") -> criteria_pb2.Criteria:
+    cond = criteria_pb2.FieldCondition(
+        field=key, field_id=field_id, operator=criteria_pb2.FIELD_OPERATOR_GREATER_THAN, values=["5"]
+    )
+    group = criteria_pb2.CriteriaGroup(
+        operator=criteria_pb2.GROUP_OPERATOR_AND, nodes=[criteria_pb2.CriteriaNode(field=cond)]
+    )
+    return criteria_pb2.Criteria(root=group)
+
+
+async def test_criteria_stored_in_the_validated_form_survive_a_field_rename(client) -> None:
+    """What broadcasts and workflows do: store ValidateCriteria's answer, list contacts with it later."""
+    manager = client("manager", "sp_api_rename")
+    field = (
+        await manager.CreateField(pb.CreateFieldRequest(key="score", label="Score", type=fields_pb2.FIELD_TYPE_NUMBER))
+    ).field
+    for score in ("3", "7", "9"):
+        await manager.CreateContact(pb.CreateContactRequest(field_values={"score": score}))
+    stored = (await manager.ValidateCriteria(pb.ValidateCriteriaRequest(criteria=_field_criteria("score")))).criteria
+    assert stored == _field_criteria("score", field.id)
+    view = (await manager.CreateView(pb.CreateViewRequest(name="high", criteria=_field_criteria("score")))).view
+    await manager.UpdateField(
+        pb.UpdateFieldRequest(field_id=field.id, update_mask=FieldMask(paths=["key"]), key="points")
+    )
+    # A new field takes the old key, with another type: it takes over nothing.
+    await manager.CreateField(pb.CreateFieldRequest(key="score", label="Score", type=fields_pb2.FIELD_TYPE_TEXT))
+    assert (await manager.ListContacts(pb.ListContactsRequest(criteria=stored))).page.total_count == 2
+    assert (await manager.ListContacts(pb.ListContactsRequest(view_id=view.id))).page.total_count == 2
+    shown = (await manager.GetView(pb.GetViewRequest(view_id=view.id))).view.criteria
+    assert shown == _field_criteria("points", field.id)  # the current key
+    again = (await manager.ValidateCriteria(pb.ValidateCriteriaRequest(criteria=stored))).criteria
+    assert again == _field_criteria("points", field.id)
+    bad_id = _field_criteria("score", "not-a-uuid")
+    assert await _code(manager.ValidateCriteria(pb.ValidateCriteriaRequest(criteria=bad_id))) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 async def test_upsert_by_identity_over_grpc_with_a_service_token(client) -> None:
@@ -228,8 +233,71 @@ async def test_import_reports_bad_rows_and_keeps_good_ones(client) -> None:
         pb.ImportRow(profile=_profile(first_name="Also ok"), tag_names=["vip"]),
     ]
     resp = await manager.ImportContacts(pb.ImportContactsRequest(rows=rows))
-    assert (resp.created_count, resp.failed_count) == (2, 1)
+    assert (resp.created_count, resp.updated_count, resp.failed_count) == (2, 0, 1)
     assert "field 'age'" in resp.results[1].error and resp.results[1].contact_id == ""
+    assert [r.error_code for r in resp.results] == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0], 0]
     tags = (await manager.ListTags(pb.ListTagsRequest())).tags
     assert [t.name for t in tags] == ["csv", "VIP"]  # by name, case-insensitively
     assert (await manager.ListContacts(pb.ListContactsRequest())).page.total_count == 2
+    again = await manager.ImportContacts(pb.ImportContactsRequest(rows=rows, dedupe_by=pb.IMPORT_DEDUPE_EMAIL))
+    assert (again.created_count, again.updated_count, again.failed_count) == (1, 1, 1)  # "Also ok" has no email
+    assert again.results[0].updated and again.results[0].contact_id == resp.results[0].contact_id
+    unknown = pb.ImportContactsRequest(rows=rows, dedupe_by=99)  # type: ignore[arg-type]
+    assert await _code(manager.ImportContacts(unknown)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await manager.ListContacts(pb.ListContactsRequest())).page.total_count == 3
+
+
+async def test_another_spaces_views_fields_and_tags_are_not_found_invisible_and_untouched(client) -> None:
+    owner, intruder = client("owner", "sp_api_iso"), client("owner", "sp_api_iso_other")
+    plan = pb.CreateFieldRequest(key="plan", label="Plan", type=fields_pb2.FIELD_TYPE_LIST, options=["free", "pro"])
+    field = (await owner.CreateField(plan)).field
+    tag = (await owner.CreateTag(pb.CreateTagRequest(name="vip"))).tag
+    made = pb.CreateContactRequest(profile=_profile(first_name="Ana"), field_values={"plan": "pro"}, tag_ids=[tag.id])
+    ana = (await owner.CreateContact(made)).contact
+    by_tag = criteria_pb2.CriteriaNode(
+        tag=criteria_pb2.TagCondition(match=criteria_pb2.TAG_MATCH_HAS_ANY, tag_ids=[tag.id])
+    )
+    criteria = criteria_pb2.Criteria(root=criteria_pb2.CriteriaGroup(nodes=[by_tag]))
+    view = (await owner.CreateView(pb.CreateViewRequest(name="VIPs", criteria=criteria, shared=True))).view
+    nf, bad = grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT
+
+    # Views: not found by id, not listed, not usable to list contacts.
+    assert await _code(intruder.GetView(pb.GetViewRequest(view_id=view.id))) == nf
+    rename = pb.UpdateViewRequest(view_id=view.id, name="mine", update_mask=FieldMask(paths=["name"]))
+    assert await _code(intruder.UpdateView(rename)) == nf
+    assert await _code(intruder.DeleteView(pb.DeleteViewRequest(view_id=view.id))) == nf
+    assert await _code(intruder.ListContacts(pb.ListContactsRequest(view_id=view.id))) == nf
+    assert len((await intruder.ListViews(pb.ListViewsRequest())).views) == 0
+    # Fields: not found by id, not listed, their keys unknown to values and criteria.
+    narrow = pb.UpdateFieldRequest(field_id=field.id, options=["free"], update_mask=FieldMask(paths=["options"]))
+    assert await _code(intruder.UpdateField(narrow)) == nf
+    assert await _code(intruder.DeleteField(pb.DeleteFieldRequest(field_id=field.id))) == nf
+    assert len((await intruder.ListFields(pb.ListFieldsRequest())).fields) == 0
+    assert await _code(intruder.CreateContact(pb.CreateContactRequest(field_values={"plan": "pro"}))) == bad
+    on_plan = criteria_pb2.CriteriaNode(
+        field=criteria_pb2.FieldCondition(field="plan", operator=criteria_pb2.FIELD_OPERATOR_EQUALS, values=["pro"])
+    )
+    by_plan = criteria_pb2.Criteria(root=criteria_pb2.CriteriaGroup(nodes=[on_plan]))
+    assert await _code(intruder.ListContacts(pb.ListContactsRequest(criteria=by_plan))) == bad
+    # Tags: not found by id, not listed, not usable on its own contacts or in criteria; a name is per space.
+    assert await _code(intruder.UpdateTag(pb.UpdateTagRequest(tag_id=tag.id, name="mine"))) == nf
+    assert await _code(intruder.DeleteTag(pb.DeleteTagRequest(tag_id=tag.id))) == nf
+    assert len((await intruder.ListTags(pb.ListTagsRequest())).tags) == 0
+    theirs = (await intruder.CreateContact(pb.CreateContactRequest(profile=_profile(first_name="Eve")))).contact
+    tagging = pb.UpdateContactTagsRequest(contact_ids=[theirs.id], add_tag_ids=[tag.id])
+    assert await _code(intruder.UpdateContactTags(tagging)) == nf
+    assert await _code(intruder.ListContacts(pb.ListContactsRequest(criteria=criteria))) == bad
+    imported = await intruder.ImportContacts(pb.ImportContactsRequest(rows=[pb.ImportRow(tag_names=["vip"])]))
+    (own_vip,) = (await intruder.ListTags(pb.ListTagsRequest())).tags
+    assert imported.created_count == 1 and own_vip.id != tag.id
+
+    # The owner's view, field, tag and contact are as they were.
+    assert (await owner.GetView(pb.GetViewRequest(view_id=view.id))).view.name == "VIPs"
+    (still_field,) = (await owner.ListFields(pb.ListFieldsRequest())).fields
+    assert (still_field.id, list(still_field.options)) == (field.id, ["free", "pro"])
+    (still_tag,) = (await owner.ListTags(pb.ListTagsRequest())).tags
+    assert (still_tag.id, still_tag.name) == (tag.id, "vip")
+    got = (await owner.GetContact(pb.GetContactRequest(contact_id=ana.id))).contact
+    assert list(got.tag_ids) == [tag.id] and [v.value for v in got.field_values] == ["pro"]
+    listed = await owner.ListContacts(pb.ListContactsRequest(view_id=view.id))
+    assert [c.id for c in listed.contacts] == [ana.id]

@@ -69,9 +69,10 @@ def run(coro: Awaitable[T]) -> T:
 
 
 async def call(service: str, stub_cls: Callable[[grpc.aio.Channel], Any], method: str, request: Message,
-               *, token_value: str | None = None, timeout: float = 15.0) -> Any:  # fmt: skip
-    """One unary RPC to `service`."""
-    async with create_channel(address(service), token=token(token_value), timeout=timeout, max_attempts=2) as ch:
+               *, token_value: str | None = None, timeout: float = 15.0, max_attempts: int = 2) -> Any:  # fmt: skip
+    """One unary RPC to `service` (retried on UNAVAILABLE up to `max_attempts`; 1 for calls not safe to repeat)."""
+    channel = create_channel(address(service), token=token(token_value), timeout=timeout, max_attempts=max_attempts)
+    async with channel as ch:
         return await getattr(stub_cls(ch), method)(request)
 
 

@@ -24,12 +24,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jwt.algorithms import OKPAlgorithm
 
-from parley_kit.errors import NotFound, PermissionDenied, Unauthenticated
+from parley_kit.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from parley_kit.permissions import Permission, Role, check
 
 ISSUER = "parley"
 ALGORITHM = "EdDSA"
 ANY_SPACE = "*"
+# The longest space id a service stores (`String(64)` columns); workspace issues shorter ones.
+MAX_SPACE_ID = 64
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,12 @@ class Caller:
         """The space a request acts on: the token's space, or for system tokens the requested one."""
         if self.space_id == ANY_SPACE:
             if not requested:
-                from parley_kit.errors import InvalidArgument
-
                 raise InvalidArgument("space_id is required for platform-wide service tokens")
+            if len(requested) > MAX_SPACE_ID or not requested.isprintable():
+                raise InvalidArgument(
+                    f"space_id {requested[:40]!r} is not a space id: at most {MAX_SPACE_ID} printable characters "
+                    f"(got {len(requested)})"
+                )
             return requested
         if requested and requested != self.space_id:
             raise PermissionDenied(f"this token is for space '{self.space_id}', not '{requested}'")

@@ -108,6 +108,9 @@ class WorkspaceDirectory:
     async def is_member(self, space_id: str, user_id: str, *, fresh: bool = False) -> bool:
         """Whether the user is a member of the space now (`fresh`: ask even when a yes is cached)."""
         key = (space_id, user_id)
+        if not user_id.isprintable():  # no id holds control characters (the workspace would fail on a NUL)
+            self._count("member", "no")
+            return False
         if not fresh and self._members.get(key, 0.0) > time.monotonic():
             self._count("member", "cached")
             return True
@@ -126,6 +129,9 @@ class WorkspaceDirectory:
 
     async def has_team(self, space_id: str, team_id: str) -> bool:
         """Whether the team exists and belongs to the space."""
+        if not team_id.isprintable():
+            self._count("team", "no")
+            return False
         cached = self._team_spaces.get(team_id)
         if cached is not None and cached[1] > time.monotonic():
             self._count("team", "cached")

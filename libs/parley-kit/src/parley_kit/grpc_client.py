@@ -1,7 +1,10 @@
 """gRPC client factory: deadlines, retries on UNAVAILABLE, bearer token, trace context.
 
 Retries are gRPC's own (a service config retry policy), so they apply per attempt with
-exponential backoff and never retry a call whose deadline has passed.
+exponential backoff and never retry a call whose deadline has passed. ABORTED (a concurrent
+change won, e.g. a database deadlock) is retried only for the methods a caller names: a server
+may have committed part of a multi-transaction call before it aborted, and only the caller knows
+which calls are safe to repeat.
 
 Every unary call runs in a CLIENT span named after the full method without its leading slash
 (`parley.contacts.v1.ContactsService/UpsertByIdentity`, as the server's span), whose
@@ -11,7 +14,7 @@ Every unary call runs in a CLIENT span named after the full method without its l
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -22,26 +25,25 @@ from parley_kit import telemetry
 _tracer = telemetry.tracer("parley.grpc.client")
 
 
-def _service_config(max_attempts: int) -> str:
+def _service_config(max_attempts: int, retry_aborted: Iterable[str] = ()) -> str:
     """gRPC requires 2 to 5 attempts in a retry policy; 1 means no retry policy at all."""
     if max_attempts < 2:
         return json.dumps({"methodConfig": [{"name": [{}]}]})
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": [{}],
-                    "retryPolicy": {
-                        "maxAttempts": min(max_attempts, 5),
-                        "initialBackoff": "0.1s",
-                        "maxBackoff": "2s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
+
+    def policy(codes: list[str]) -> dict[str, Any]:
+        return {
+            "maxAttempts": min(max_attempts, 5),
+            "initialBackoff": "0.1s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": codes,
         }
-    )
+
+    configs: list[dict[str, Any]] = [{"name": [{}], "retryPolicy": policy(["UNAVAILABLE"])}]
+    names = [dict(zip(("service", "method"), m.lstrip("/").split("/", 1), strict=True)) for m in retry_aborted]
+    if names:
+        configs.append({"name": names, "retryPolicy": policy(["UNAVAILABLE", "ABORTED"])})
+    return json.dumps({"methodConfig": configs})
 
 
 class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
@@ -100,11 +102,19 @@ def create_channel(
     token: str | Callable[[], str] | None = None,
     timeout: float = 10.0,
     max_attempts: int = 4,
+    retry_aborted: Iterable[str] = (),
 ) -> grpc.aio.Channel:
-    """An insecure (in-cluster, mTLS by the mesh) channel to `target` ("host:port")."""
+    """An insecure (in-cluster, mTLS by the mesh) channel to `target` ("host:port").
+
+    Every call is retried on UNAVAILABLE; the methods named in `retry_aborted` ("pkg.Service/Method") also on
+    ABORTED. Name only methods that are safe to call again once one of their transactions was rolled back: a
+    method that commits once (an aborted call changed nothing) or that is idempotent. Not, for example, a bulk
+    import that commits row by row.
+    """
     token_fn = (lambda: token) if isinstance(token, str) else token
+    config = _service_config(max_attempts, retry_aborted)
     return grpc.aio.insecure_channel(
         target,
-        options=[("grpc.service_config", _service_config(max_attempts)), ("grpc.enable_retries", 1)],
+        options=[("grpc.service_config", config), ("grpc.enable_retries", 1)],
         interceptors=[_ClientInterceptor(token_fn, timeout, target)],
     )

@@ -2,8 +2,9 @@
 
 One interceptor wraps every handler and, in order: opens a server span (trace context
 from the metadata), authenticates the bearer token (except for public methods), runs the
-handler with the caller in a context variable, maps domain errors to status codes, and
-records RED metrics. Health says SERVING only when the runtime says so.
+handler with the caller in a context variable, maps domain errors to status codes (and a
+database deadlock or serialization failure to ABORTED, never INTERNAL), and records RED
+metrics. Health says SERVING only when the runtime says so.
 """
 
 from __future__ import annotations
@@ -35,10 +36,22 @@ STATUS_FOR: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.Internal: grpc.StatusCode.INTERNAL,
 }
 
 # Methods that never need a token: health, reflection, and whatever a service declares public.
 ALWAYS_PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# UTF-8 bytes of a status message. It travels percent-encoded in a trailer, and a client refuses trailers
+# over 8 KiB by default: a message quoting a long input would turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED.
+MAX_DETAILS_BYTES = 1024
+
+
+def details(message: str) -> str:
+    """`message` cut to MAX_DETAILS_BYTES (on a character boundary), so the status reaches the caller."""
+    raw = message.encode()
+    if len(raw) <= MAX_DETAILS_BYTES:
+        return message
+    return raw[: MAX_DETAILS_BYTES - 3].decode(errors="ignore") + "..."
 
 
 def status_for(exc: errors.DomainError) -> grpc.StatusCode:
@@ -46,6 +59,19 @@ def status_for(exc: errors.DomainError) -> grpc.StatusCode:
         if cls in STATUS_FOR:
             return STATUS_FOR[cls]  # type: ignore[index]
     return grpc.StatusCode.UNKNOWN
+
+
+def _status(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """What the caller of `method` sees for `exc`: a domain error's status and message; ABORTED for a database
+    deadlock or serialization failure (logged as a warning); INTERNAL for anything else (logged with its
+    traceback, its message withheld)."""
+    error = exc if isinstance(exc, errors.DomainError) else errors.database_conflict(exc)
+    if error is None:
+        log.exception("unhandled error in %s", method)
+        return grpc.StatusCode.INTERNAL, "internal error; the failure was logged"
+    if error is not exc:
+        log.warning("%s aborted: %s", method, exc)
+    return status_for(error), details(error.message)
 
 
 class Authenticator(Protocol):
@@ -130,18 +156,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     token = await self._enter(method, context)
                     return await behavior(request, context)
-                except errors.DomainError as exc:
-                    code = status_for(exc)
-                    span.set_status(Status(StatusCode.ERROR, exc.message))
-                    await context.abort(code, exc.message)
                 except (grpc.aio.AbortError, grpc.RpcError):
                     code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                     raise
-                except Exception:
-                    code = grpc.StatusCode.INTERNAL
-                    log.exception("unhandled error in %s", method)
-                    span.set_status(Status(StatusCode.ERROR, "internal error"))
-                    await context.abort(code, "internal error; the failure was logged")
+                except Exception as exc:
+                    code, message = _status(exc, method)
+                    span.set_status(Status(StatusCode.ERROR, message))
+                    await context.abort(code, message)
                 finally:
                     if token is not None:
                         reset_current_caller(token)
@@ -159,13 +180,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 token = await self._enter(method, context)
                 async for item in behavior(request, context):
                     yield item
-            except errors.DomainError as exc:
-                code = status_for(exc)
-                await context.abort(code, exc.message)
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("unhandled error in %s", method)
-                await context.abort(code, "internal error; the failure was logged")
+            except Exception as exc:
+                code, message = _status(exc, method)
+                await context.abort(code, message)
             finally:
                 if token is not None:
                     reset_current_caller(token)

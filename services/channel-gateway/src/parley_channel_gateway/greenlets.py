@@ -9,7 +9,7 @@ This is the technique of SQLAlchemy's asyncio layer, without thread hand-offs.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import greenlet
@@ -34,6 +34,8 @@ def wait(awaitable: Awaitable[T]) -> T:
     """From inside run_in_greenlet: let the loop await `awaitable`; return its result or raise its exception."""
     current = greenlet.getcurrent()
     if not isinstance(current, _Child):
+        if isinstance(awaitable, Coroutine):
+            awaitable.close()  # never awaited: close it rather than leak it
         raise RuntimeError("wait() called outside run_in_greenlet")
     return current.driver.switch(awaitable)  # type: ignore[no-any-return]
 

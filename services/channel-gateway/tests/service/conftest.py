@@ -322,6 +322,15 @@ class Answer:
         return json.loads(self.data) if self.is_json else None
 
 
+async def _cancel_other_tasks() -> None:
+    """Cancel what is left on the loop (nats-py leaves tasks of replaced connections behind), as asyncio.run does
+    before closing its loop, so none is destroyed pending on a closed loop."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
 class WebClient:
     """The web process's server (`web_worker.WebServer`: HTTP on an event loop, Flask in greenlets, the Bridge on the
     same loop) on a local port, its loop in a background thread as in a gunicorn worker, and an HTTP client."""
@@ -348,6 +357,7 @@ class WebClient:
     def close(self) -> None:
         self.http.close()
         self._call(self.server.stop(5))
+        self._call(_cancel_other_tasks())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

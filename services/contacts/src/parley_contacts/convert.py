@@ -11,6 +11,7 @@ from parley.contacts.v1 import contact_pb2, criteria_pb2, fields_pb2, tags_pb2, 
 from parley_kit.errors import InvalidArgument
 
 from parley_contacts.domain import (
+    DAY_RANGE,
     AssigneeCond,
     AssigneeMatch,
     ChannelCond,
@@ -28,6 +29,7 @@ from parley_contacts.domain import (
     TimeTarget,
     View,
     format_value,
+    in_day_range,
 )
 
 PROFILE_FIELDS = ("first_name", "last_name", "email", "phone", "country", "language", "avatar_url")
@@ -41,8 +43,18 @@ def ts(value: datetime | None) -> Timestamp | None:
     return out
 
 
-def from_ts(value: Timestamp) -> datetime:
-    return value.ToDatetime(tzinfo=UTC)
+def from_ts(value: Timestamp, what: str) -> datetime:
+    """The UTC datetime of a Timestamp; InvalidArgument naming `what` when it is out of range."""
+    try:
+        at = value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        at = None
+    if at is None or not in_day_range(at):
+        raise InvalidArgument(
+            f"{what} is not a valid timestamp (seconds {value.seconds}, nanos {value.nanos}); "
+            f"it must fall within {DAY_RANGE} UTC"
+        )
+    return at
 
 
 def contact_to_pb(contact: Contact, defs: dict[uuid.UUID, FieldDef]) -> contact_pb2.Contact:
@@ -202,7 +214,14 @@ def _node_from_pb(node: criteria_pb2.CriteriaNode, path: str) -> Any:
         return TagCond(_enum(_TAG_MATCH, node.tag.match, "tag match", path), tuple(ids))
     if kind == "field":
         f = node.field
-        return FieldCond(f.field, _enum(_FIELD_OP, f.operator, "field operator", path), tuple(f.values))
+        field_id = None
+        if f.field_id:
+            try:
+                field_id = uuid.UUID(f.field_id)
+            except ValueError:
+                raise InvalidArgument(f"criteria {path}: field id '{f.field_id}' is not a valid id") from None
+        op = _enum(_FIELD_OP, f.operator, "field operator", path)
+        return FieldCond(f.field, op, tuple(f.values), field_id)
     if kind == "channel":
         return ChannelCond(tuple(node.channel.channel_ids), tuple(int(t) for t in node.channel.channel_types))
     if kind == "assignee":
@@ -210,7 +229,7 @@ def _node_from_pb(node: criteria_pb2.CriteriaNode, path: str) -> Any:
     cond = node.last_interaction if kind == "last_interaction" else node.created
     target = TimeTarget.LAST_INTERACTION if kind == "last_interaction" else TimeTarget.CREATED
     op = _enum(_TIME_OP, cond.operator, "time operator", path)
-    at = from_ts(cond.before) if cond.HasField("before") else None
+    at = from_ts(cond.before, f"criteria {path}: 'before'") if cond.HasField("before") else None
     seconds = int(cond.duration.seconds) if cond.HasField("duration") else 0
     return TimeCond(target, op, seconds, at)
 
@@ -236,7 +255,10 @@ def _node_to_pb(node: Any) -> criteria_pb2.CriteriaNode:
     if isinstance(node, FieldCond):
         return criteria_pb2.CriteriaNode(
             field=criteria_pb2.FieldCondition(
-                field=node.field, operator=_inverse(_FIELD_OP)[node.op], values=list(node.values)
+                field=node.field,
+                operator=_inverse(_FIELD_OP)[node.op],
+                values=list(node.values),
+                field_id=str(node.field_id) if node.field_id else "",
             )
         )
     if isinstance(node, ChannelCond):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
@@ -69,8 +69,23 @@ ORDERED = frozenset({FieldType.NUMBER, FieldType.DATE, FieldType.DATETIME})
 KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 LANGUAGE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+MAX_LANGUAGE = 35  # the column's width (BCP 47 tags in practice are far shorter)
 COUNTRY_RE = re.compile(r"^[A-Za-z]{2}$")
-MAX_TEXT = 1000
+MAX_AVATAR_URL = 2000  # characters (no index holds it)
+MAX_NAME = 200  # characters of a first or last name
+# UTF-8 bytes of a text value that an index holds, as typed and lowercased (the larger). A custom value's
+# entry in ix_field_values_text carries both forms and its contact's tags (up to MAX_TAGS_PER_CONTACT,
+# 16 bytes each): 2 x 500 + 100 x 16 + the rest stays under PostgreSQL's 2704-byte btree entry limit.
+# Names and email are held twice in the contacts' search indexes and take the same bound.
+MAX_TEXT_BYTES = 500
+MAX_TAGS_PER_CONTACT = 100
+# Numbers: at most this many digits before the decimal point and after it (PostgreSQL's numeric goes much
+# further, but a value that prints as thousands of digits is a mistake, not a measurement).
+MAX_NUMBER_DIGITS = 38
+# Days a date or datetime (in UTC) may fall on: Python's range less its first and last day, because the
+# driver (asyncpg) writes date.min / datetime.min and date.max / datetime.max as -infinity / infinity.
+FIRST_DAY, LAST_DAY = date(1, 1, 2), date(9999, 12, 30)
+DAY_RANGE = f"{FIRST_DAY} to {LAST_DAY}"
 
 
 # -- values ---------------------------------------------------------------------------------------
@@ -80,66 +95,138 @@ def _fail(name: str, reason: str) -> InvalidArgument:
     return InvalidArgument(f"field '{name}': {reason}")
 
 
+def _shown(raw: str) -> str:
+    """`raw` as quoted in an error message: long input is cut, not echoed whole."""
+    return raw if len(raw) <= 60 else raw[:57] + "..."
+
+
+def check_text(what: str, raw: str) -> None:
+    """InvalidArgument naming `what` unless `raw` can be stored as PostgreSQL text (no NUL, valid UTF-8)."""
+    if "\x00" in raw:
+        raise InvalidArgument(f"{what} contains a NUL character (\\x00), which cannot be stored; remove it")
+    try:
+        raw.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} is not valid Unicode text (it holds a lone surrogate)") from None
+
+
+def _check_indexed(name: str, raw: str) -> None:
+    size = max(len(raw.encode()), len(raw.lower().encode()))
+    if size > MAX_TEXT_BYTES:
+        raise _fail(
+            name,
+            f"is {size} bytes long in UTF-8; at most {MAX_TEXT_BYTES} are allowed "
+            "(a character takes 1 byte in ASCII, 2-3 in most scripts, 4 for emoji)",
+        )
+
+
 def normalize_phone(raw: str, region: str | None = None) -> str:
     """E.164 form of `raw`; ValueError when it is not a possible phone number."""
     try:
         number = phonenumbers.parse(raw, (region or "").upper() or None)
     except phonenumbers.NumberParseException as exc:
         raise ValueError(
-            f"'{raw}' is not a phone number ({exc}); use the international form, e.g. +33612345678"
+            f"'{_shown(raw)}' is not a phone number ({exc}); use the international form, e.g. +33612345678"
         ) from None
     if not phonenumbers.is_possible_number(number):
-        raise ValueError(f"'{raw}' is not a possible phone number; use the international form, e.g. +33612345678")
+        raise ValueError(
+            f"'{_shown(raw)}' is not a possible phone number; use the international form, e.g. +33612345678"
+        )
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def parse_datetime(raw: str) -> datetime:
-    value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    """An aware datetime in UTC; ValueError when `raw` is not RFC 3339 with an offset, or falls outside
+    DAY_RANGE once in UTC."""
+    try:
+        value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("it is not an ISO 8601 date and time") from None
     if value.tzinfo is None:
         raise ValueError("a datetime needs a UTC offset, e.g. 2026-01-31T09:30:00Z")
-    return value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        value = None
+    if value is None or not in_day_range(value):
+        raise ValueError(f"it falls outside {DAY_RANGE} in UTC")
+    return value
+
+
+def in_day_range(value: date) -> bool:
+    """Whether a date, or a UTC datetime, falls on a day the database stores as itself (DAY_RANGE)."""
+    day = value.date() if isinstance(value, datetime) else value
+    return FIRST_DAY <= day <= LAST_DAY
+
+
+def _number(name: str, raw: str) -> Decimal:
+    try:
+        number = Decimal(raw)
+    except InvalidOperation:
+        raise _fail(name, f"'{_shown(raw)}' is not a number (e.g. 42 or -3.5)") from None
+    if not number.is_finite():
+        raise _fail(name, f"'{_shown(raw)}' is not a finite number")
+    # Exact arithmetic on the digits: the context's 28-digit precision would round, and its exponent
+    # limits would raise, before a bound could be checked.
+    sign, digits, exponent = number.as_tuple()
+    text = "".join(map(str, digits)).rstrip("0")
+    if not text:
+        return Decimal(0)
+    exponent += len(digits) - len(text)  # type: ignore[operator]
+    if len(text) + exponent > MAX_NUMBER_DIGITS or -exponent > MAX_NUMBER_DIGITS:  # type: ignore[operator]
+        raise _fail(
+            name,
+            f"'{_shown(raw)}' is out of range: a number has at most {MAX_NUMBER_DIGITS} digits before the "
+            f"decimal point and {MAX_NUMBER_DIGITS} after it",
+        )
+    return Decimal((sign, tuple(map(int, text)), exponent))
 
 
 def parse_value(name: str, ftype: FieldType, raw: str, options: tuple[str, ...] = (), region: str | None = None) -> Any:
-    """The typed value of `raw` for a field of type `ftype`, or InvalidArgument naming the field and reason."""
+    """The typed value of `raw` for a field of type `ftype`, or InvalidArgument naming the field and reason.
+
+    Every value returned can be stored as a custom value and reads back equal: text-like values fit their
+    index entry (MAX_TEXT_BYTES), numbers MAX_NUMBER_DIGITS, dates and datetimes (in UTC) DAY_RANGE.
+    """
+    check_text(f"field '{name}'", raw)
     raw = raw.strip()
-    if ftype in TEXT_LIKE and len(raw) > MAX_TEXT:
-        raise _fail(name, f"is {len(raw)} characters long; at most {MAX_TEXT} are allowed")
+    if ftype in TEXT_LIKE:
+        _check_indexed(name, raw)
     if ftype is FieldType.TEXT:
         return raw
     if ftype is FieldType.NUMBER:
-        try:
-            number = Decimal(raw)
-        except InvalidOperation:
-            raise _fail(name, f"'{raw}' is not a number (e.g. 42 or -3.5)") from None
-        if not number.is_finite():
-            raise _fail(name, f"'{raw}' is not a finite number")
-        return number
+        return _number(name, raw)
     if ftype is FieldType.DATE:
         try:
-            return date.fromisoformat(raw)
+            day = date.fromisoformat(raw)
         except ValueError:
-            raise _fail(name, f"'{raw}' is not a date; use YYYY-MM-DD") from None
+            raise _fail(name, f"'{_shown(raw)}' is not a date; use YYYY-MM-DD") from None
+        if not in_day_range(day):
+            raise _fail(name, f"'{_shown(raw)}' falls outside {DAY_RANGE}")
+        return day
     if ftype is FieldType.DATETIME:
         try:
             return parse_datetime(raw)
         except ValueError as exc:
-            raise _fail(name, f"'{raw}' is not a datetime ({exc}); use RFC 3339, e.g. 2026-01-31T09:30:00Z") from None
+            raise _fail(
+                name, f"'{_shown(raw)}' is not a datetime ({exc}); use RFC 3339, e.g. 2026-01-31T09:30:00Z"
+            ) from None
     if ftype is FieldType.CHECKBOX:
         lowered = raw.lower()
         if lowered in ("true", "yes", "1"):
             return True
         if lowered in ("false", "no", "0"):
             return False
-        raise _fail(name, f"'{raw}' is not a checkbox value; use true or false")
+        raise _fail(name, f"'{_shown(raw)}' is not a checkbox value; use true or false")
     if ftype is FieldType.LIST:
         for option in options:
             if option.lower() == raw.lower():
                 return option
-        raise _fail(name, f"'{raw}' is not one of the options {list(options)}")
+        shown = list(options[:10]) + (["..."] if len(options) > 10 else [])
+        raise _fail(name, f"'{_shown(raw)}' is not one of the options {shown}")
     if ftype is FieldType.EMAIL:
         if not EMAIL_RE.match(raw):
-            raise _fail(name, f"'{raw}' is not an email address (name@example.com)")
+            raise _fail(name, f"'{_shown(raw)}' is not an email address (name@example.com)")
         return raw
     if ftype is FieldType.PHONE:
         try:
@@ -147,11 +234,19 @@ def parse_value(name: str, ftype: FieldType, raw: str, options: tuple[str, ...] 
         except ValueError as exc:
             raise _fail(name, str(exc)) from None
     if ftype is FieldType.URL:
-        parsed = urlparse(raw)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise _fail(name, f"'{raw}' is not an http(s) URL")
-        return raw
+        return _url(name, raw)
     raise _fail(name, f"unknown type '{ftype}'")
+
+
+def _url(name: str, raw: str) -> str:
+    try:
+        parsed = urlparse(raw)
+        valid = parsed.scheme in ("http", "https") and bool(parsed.netloc)
+    except ValueError:  # e.g. a malformed IPv6 host
+        valid = False
+    if not valid:
+        raise _fail(name, f"'{_shown(raw)}' is not an http(s) URL")
+    return raw
 
 
 def format_value(ftype: FieldType, value: Any) -> str:
@@ -161,8 +256,9 @@ def format_value(ftype: FieldType, value: Any) -> str:
     if ftype is FieldType.CHECKBOX:
         return "true" if value else "false"
     if ftype is FieldType.NUMBER:
-        text = format(Decimal(value).normalize(), "f")
-        return text
+        # Exact: normalize() would round to the context's 28 digits.
+        text = format(Decimal(value), "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
     if ftype is FieldType.DATETIME:
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if ftype is FieldType.DATE:
@@ -174,21 +270,29 @@ def clean_standard(name: str, raw: str | None, country: str | None = None) -> st
     """Validate and normalize one standard field; '' or None clears it."""
     if raw is None:
         return None
+    check_text(f"field '{name}'", raw)
     raw = raw.strip()
     if not raw:
         return None
     if name in ("first_name", "last_name"):
-        if len(raw) > 200:
-            raise _fail(name, "is longer than 200 characters")
+        if len(raw) > MAX_NAME:
+            raise _fail(name, f"is longer than {MAX_NAME} characters")
+        _check_indexed(name, raw)
         return raw
     if name == "country":
         if not COUNTRY_RE.match(raw):
-            raise _fail(name, f"'{raw}' is not an ISO 3166 alpha-2 country code (e.g. FR)")
+            raise _fail(name, f"'{_shown(raw)}' is not an ISO 3166 alpha-2 country code (e.g. FR)")
         return raw.upper()
     if name == "language":
-        if not LANGUAGE_RE.match(raw):
-            raise _fail(name, f"'{raw}' is not a language tag (e.g. en or pt-BR)")
+        if len(raw) > MAX_LANGUAGE or not LANGUAGE_RE.match(raw):
+            raise _fail(
+                name, f"'{_shown(raw)}' is not a language tag (e.g. en or pt-BR; at most {MAX_LANGUAGE} characters)"
+            )
         return raw
+    if name == "avatar_url":  # not indexed: longer than a text value may be
+        if len(raw) > MAX_AVATAR_URL:
+            raise _fail(name, f"is {len(raw)} characters long; at most {MAX_AVATAR_URL} are allowed")
+        return _url(name, raw)
     value = parse_value(name, STANDARD_FIELDS[name], raw, region=country)
     return str(value)
 
@@ -333,9 +437,17 @@ class TagCond:
 
 @dataclass(frozen=True)
 class FieldCond:
+    """A condition on a standard field (by name) or a custom field (by key, or by id when `field_id` is set).
+
+    With `field_id`, the id names the field and `field` is the key as last seen (quoted in errors):
+    saved criteria carry the id so that renaming a key neither breaks them nor hands them to a new
+    field given the old key.
+    """
+
     field: str
     op: FieldOp
     values: tuple[str, ...] = ()
+    field_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -373,6 +485,12 @@ class Group:
 
 MAX_CRITERIA_DEPTH = 5
 MAX_CRITERIA_CONDITIONS = 50
+MAX_CRITERIA_GROUPS = 50  # groups, empty ones included (the root counts)
+# Values of one condition (field values, tag ids, channel ids, channel types). Each may be a bind
+# parameter: 50 conditions of 100 stay far below the driver's 32,767 parameters per statement.
+MAX_CRITERIA_VALUES = 100
+# The longest relative window ("within"/"before" a duration): 100 years of 365.25 days.
+MAX_CRITERIA_SECONDS = 3_155_760_000
 
 
 # Resolved criteria: what the repository compiles and the reference filter evaluates. Field
@@ -455,13 +573,16 @@ def resolve_criteria(
 
     `me` is the calling user's id (for the assignee "me"); `now` anchors relative time windows.
     """
-    count = 0
+    count = groups = 0
 
     def walk(node: Group | Cond, depth: int, path: str) -> ResolvedGroup | ResolvedCond:
-        nonlocal count
+        nonlocal count, groups
         if isinstance(node, Group):
             if depth > MAX_CRITERIA_DEPTH:
                 raise InvalidArgument(f"criteria {path}: groups nest deeper than {MAX_CRITERIA_DEPTH} levels")
+            groups += 1
+            if groups > MAX_CRITERIA_GROUPS:
+                raise InvalidArgument(f"criteria: more than {MAX_CRITERIA_GROUPS} groups")
             return ResolvedGroup(
                 node.any, tuple(walk(c, depth + 1, f"{path}.{i}") for i, c in enumerate(node.children))
             )
@@ -469,6 +590,7 @@ def resolve_criteria(
         if count > MAX_CRITERIA_CONDITIONS:
             raise InvalidArgument(f"criteria: more than {MAX_CRITERIA_CONDITIONS} conditions")
         where = f"criteria {path}"
+        _check_size(node, where)
         if isinstance(node, TagCond):
             if not node.tag_ids:
                 raise InvalidArgument(f"{where}: a tag condition needs at least one tag id")
@@ -495,8 +617,11 @@ def resolve_criteria(
                 return ResolvedAssignee(user_id=node.id)
             return ResolvedAssignee(team_id=node.id)
         if isinstance(node, TimeCond):
-            from datetime import timedelta
-
+            if node.seconds > MAX_CRITERIA_SECONDS:
+                raise InvalidArgument(
+                    f"{where}: a duration of {node.seconds} seconds is longer than the maximum of "
+                    f"{MAX_CRITERIA_SECONDS} (100 years)"
+                )
             if node.op is TimeOp.WITHIN:
                 if node.seconds <= 0:
                     raise InvalidArgument(f"{where}: 'within' needs a positive duration")
@@ -513,15 +638,33 @@ def resolve_criteria(
     return root
 
 
+def _check_size(node: Cond, where: str) -> None:
+    sizes = {
+        "values": len(node.values) if isinstance(node, FieldCond) else 0,
+        "tag ids": len(node.tag_ids) if isinstance(node, TagCond) else 0,
+        "channel ids": len(node.channel_ids) if isinstance(node, ChannelCond) else 0,
+        "channel types": len(node.channel_types) if isinstance(node, ChannelCond) else 0,
+    }
+    for what, size in sizes.items():
+        if size > MAX_CRITERIA_VALUES:
+            raise InvalidArgument(f"{where}: {size} {what}; a condition takes at most {MAX_CRITERIA_VALUES}")
+
+
 def _resolve_field(cond: FieldCond, fields: dict[str, FieldDef], where: str) -> ResolvedField:
-    name = cond.field
-    if name in STANDARD_FIELDS:
-        ftype, field_id, options = STANDARD_FIELDS[name], None, ()
-    elif name in fields:
-        definition = fields[name]
-        ftype, field_id, options = definition.type, definition.id, definition.options
+    definition = _custom_field(cond, fields)
+    if definition is not None:
+        name, ftype, field_id, options = definition.key, definition.type, definition.id, definition.options
+    elif cond.field_id is not None:
+        raise InvalidArgument(
+            f"{where}: custom field '{cond.field}' (id {cond.field_id}) no longer exists in this space"
+            " (deleted); edit the condition"
+        )
+    elif cond.field in STANDARD_FIELDS:
+        name, ftype, field_id, options = cond.field, STANDARD_FIELDS[cond.field], None, ()
     else:
-        raise InvalidArgument(f"{where}: unknown field '{name}' (neither a standard field nor a custom field key)")
+        raise InvalidArgument(
+            f"{where}: unknown field '{cond.field}' (neither a standard field nor a custom field key)"
+        )
     if cond.op not in ALLOWED_OPS[ftype]:
         allowed = ", ".join(sorted(ALLOWED_OPS[ftype]))
         raise InvalidArgument(f"{where}: operator '{cond.op}' does not apply to {ftype} field '{name}' ({allowed})")
@@ -538,18 +681,68 @@ def _resolve_field(cond: FieldCond, fields: dict[str, FieldDef], where: str) -> 
     if cond.op in (FieldOp.CONTAINS, FieldOp.STARTS_WITH):
         if not values[0]:
             raise InvalidArgument(f"{where}: '{cond.op}' on '{name}' needs a non-empty value")
-        operands = (values[0].lower(),)
-    elif ftype in TEXT_LIKE:
-        # Equality on text is case-insensitive; list values must be options; others compare as typed.
-        if ftype is FieldType.LIST:
-            operands = tuple(parse_value(name, ftype, v, options).lower() for v in values)
+        if ftype is FieldType.PHONE:
+            operands = (_phone_fragment(values[0], cond.op, f"{where}: '{cond.op}' on phone field '{name}'"),)
         else:
-            operands = tuple(v.strip().lower() for v in values)
+            operands = (values[0].lower(),)
+    elif ftype is FieldType.TEXT:
+        operands = tuple(v.strip().lower() for v in values)  # equality on text is case-insensitive
     else:
-        operands = tuple(parse_value(name, ftype, v, options) for v in values)
+        # Whole values: read like stored ones (list options, E.164 phones, valid emails and URLs, typed
+        # numbers and dates), so an operand no value can equal is refused rather than never matching.
+        try:
+            operands = tuple(parse_value(name, ftype, v, options) for v in values)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{where}: {exc.message}") from None
+        if ftype in TEXT_LIKE:
+            operands = tuple(str(v).lower() for v in operands)
         if cond.op is FieldOp.BETWEEN and operands[0] > operands[1]:
             raise InvalidArgument(f"{where}: 'between' on '{name}' needs the lower bound first")
     return ResolvedField(name, ftype, field_id, operands, cond.op)
+
+
+_PHONE_FORMATTING = frozenset(" -.()/\u00a0")
+
+
+def _phone_fragment(raw: str, op: FieldOp, what: str) -> str:
+    """A phone CONTAINS/STARTS_WITH operand as it appears in stored E.164 numbers.
+
+    Formatting (spaces, dashes, dots, parentheses, slashes) is dropped. STARTS_WITH reads from the
+    country code, with or without '+' ("+33 6" and "336" both give "+336"). A '+' may only lead: on
+    CONTAINS it pins the digits to the country code ("+33" matches +33..., not +1 333...); without
+    it the digits may be anywhere.
+    """
+    text = raw.strip()
+    plus = text.startswith("+")
+    body = text[1:] if plus else text
+    digits = phonenumbers.normalize_digits_only(body)
+    if not digits or any(not (ch.isdecimal() or ch in _PHONE_FORMATTING) for ch in body):
+        raise InvalidArgument(f"{what}: '{raw}' is not part of a phone number; give digits (e.g. 612 or +33 6)")
+    return "+" + digits if plus or op is FieldOp.STARTS_WITH else digits
+
+
+def _custom_field(cond: FieldCond, fields: dict[str, FieldDef]) -> FieldDef | None:
+    """The custom field a condition names: by id when it carries one, else by key (None if none)."""
+    if cond.field_id is None:
+        return fields.get(cond.field)
+    return next((d for d in fields.values() if d.id == cond.field_id), None)
+
+
+def name_fields_by_id(group: Group, fields: dict[str, FieldDef]) -> Group:
+    """The criteria with every custom-field condition carrying its field's id and current key.
+
+    This is the form to store: it keeps naming the same fields when keys are renamed. Conditions
+    naming no existing custom field (standard fields, unknown keys, deleted ids) are left as they are.
+    """
+
+    def name(node: Group | Cond) -> Group | Cond:
+        if isinstance(node, Group):
+            return replace(node, children=tuple(name(c) for c in node.children))
+        if not isinstance(node, FieldCond) or (definition := _custom_field(node, fields)) is None:
+            return node
+        return replace(node, field=definition.key, field_id=definition.id)
+
+    return replace(group, children=tuple(name(c) for c in group.children))
 
 
 # JSON form of criteria, as stored with a view (and used by the CLI's --criteria).
@@ -561,7 +754,8 @@ def criteria_to_json(node: Group | Cond) -> dict[str, Any]:
     if isinstance(node, TagCond):
         return {"tags": {"match": str(node.match), "ids": [str(t) for t in node.tag_ids]}}
     if isinstance(node, FieldCond):
-        return {"field": {"name": node.field, "op": str(node.op), "values": list(node.values)}}
+        spec: dict[str, Any] = {"name": node.field, "op": str(node.op), "values": list(node.values)}
+        return {"field": spec if node.field_id is None else {**spec, "id": str(node.field_id)}}
     if isinstance(node, ChannelCond):
         return {"channel": {"ids": list(node.channel_ids), "types": list(node.channel_types)}}
     if isinstance(node, AssigneeCond):
@@ -580,7 +774,7 @@ def criteria_from_json(data: dict[str, Any]) -> Group | Cond:
         return _from_json(data)
     except InvalidArgument:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise InvalidArgument(f"malformed criteria: {exc!r}") from None
 
 
@@ -595,7 +789,9 @@ def _from_json(data: dict[str, Any]) -> Group | Cond:
     if kind == "tags":
         return TagCond(TagMatch(body["match"]), tuple(uuid.UUID(str(t)) for t in body["ids"]))
     if kind == "field":
-        return FieldCond(body["name"], FieldOp(body["op"]), tuple(str(v) for v in body.get("values", [])))
+        field_id = uuid.UUID(str(body["id"])) if body.get("id") else None
+        values = tuple(str(v) for v in body.get("values", []))
+        return FieldCond(body["name"], FieldOp(body["op"]), values, field_id)
     if kind == "channel":
         return ChannelCond(tuple(body.get("ids", [])), tuple(int(t) for t in body.get("types", [])))
     if kind == "assignee":
@@ -615,3 +811,22 @@ def referenced_tags(node: Group | Cond) -> set[uuid.UUID]:
 
 def as_group(node: Group | Cond) -> Group:
     return node if isinstance(node, Group) else Group(any=False, children=(node,))
+
+
+def without_tags(group: ResolvedGroup, gone: set[uuid.UUID]) -> ResolvedGroup:
+    """`group` with the tags in `gone` (deleted) matching no contact: dropped from any-of and none-of
+    conditions (an any-of left empty matches nobody, a none-of left empty everybody); an all-of naming
+    one matches nobody."""
+    if not gone:
+        return group
+
+    def walk(node: ResolvedGroup | ResolvedCond) -> ResolvedGroup | ResolvedCond:
+        if isinstance(node, ResolvedGroup):
+            return ResolvedGroup(node.any, tuple(walk(c) for c in node.children))
+        if not isinstance(node, TagCond) or not gone.intersection(node.tag_ids):
+            return node
+        if node.match is TagMatch.ALL:
+            return TagCond(TagMatch.ANY, ())
+        return TagCond(node.match, tuple(t for t in node.tag_ids if t not in gone))
+
+    return ResolvedGroup(group.any, tuple(walk(c) for c in group.children))

@@ -1,13 +1,17 @@
 """gRPC API: maps protobuf <-> domain, checks the permission matrix, calls the service.
 
 Every RPC acts on the caller's space (`caller.scoped_space`); records of other spaces are
-NOT_FOUND. Domain errors become status codes in the kit's interceptor.
+NOT_FOUND. Domain errors become status codes in the kit's interceptor. A string holding a NUL
+character is refused here for every request (PostgreSQL cannot store it), naming the field;
+profile hints of UpsertByIdentity and import rows are left to the domain, which drops such a
+hint or reports such a row on its own.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -16,13 +20,15 @@ from parley.common.v1 import common_pb2
 from parley.contacts.v1 import contacts_service_pb2 as pb
 from parley.contacts.v1 import contacts_service_pb2_grpc as pb_grpc
 from parley_kit.auth import Caller, current_caller
-from parley_kit.errors import DomainError, InvalidArgument
+from parley_kit.errors import DomainError, Internal, InvalidArgument
 from parley_kit.grpc_server import status_for
+from parley_kit.messages import reject_nul
 from parley_kit.permissions import Permission
 
 from parley_contacts.convert import (
     contact_to_pb,
     criteria_from_pb,
+    criteria_to_pb,
     field_to_pb,
     field_type_from_pb,
     from_ts,
@@ -43,9 +49,13 @@ from parley_contacts.service import (
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext
+_DEDUPE = {pb.IMPORT_DEDUPE_UNSPECIFIED: "", pb.IMPORT_DEDUPE_EMAIL: "email", pb.IMPORT_DEDUPE_PHONE: "phone"}
+log = logging.getLogger(__name__)
 
 
-def _scope(request: Any, permission: Permission) -> tuple[str, Actor, Caller]:
+def _scope(request: Any, permission: Permission, *, own_checks: Sequence[str] = ()) -> tuple[str, Actor, Caller]:
+    """The space, actor and caller of a request, after refusing NUL characters in it (but in `own_checks`)."""
+    reject_nul(request, skip=own_checks)
     caller = current_caller()
     space = caller.scoped_space(request.space_id)
     caller.require(permission)
@@ -86,7 +96,7 @@ def _upsert_item(space: str, request: pb.UpsertByIdentityRequest) -> UpsertItem:
         space,
         IdentityInput(request.channel_id, int(request.channel_type), request.external_id),
         hints,
-        from_ts(request.interaction_at) if request.HasField("interaction_at") else None,
+        from_ts(request.interaction_at, "interaction_at") if request.HasField("interaction_at") else None,
     )
 
 
@@ -97,7 +107,7 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
     # -- contacts -------------------------------------------------------------------------------
 
     async def UpsertByIdentity(self, request: pb.UpsertByIdentityRequest, context: Ctx) -> pb.UpsertByIdentityResponse:
-        space, actor, _ = _scope(request, Permission.CONTACTS_WRITE)
+        space, actor, _ = _scope(request, Permission.CONTACTS_WRITE, own_checks=("profile",))
         item = _upsert_item(space, request)
         contact_id, created = await self.service.upsert_by_identity(
             space, actor, item.identity, item.hints, item.interaction_at
@@ -107,8 +117,9 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
     async def UpsertByIdentities(
         self, request: pb.UpsertByIdentitiesRequest, context: Ctx
     ) -> pb.UpsertByIdentitiesResponse:
-        """Each item is scoped to its space on its own: an item naming a space the token may not act on is
-        refused (PERMISSION_DENIED) like its own UpsertByIdentity call would be; the others go on."""
+        """Each item is checked and scoped to its space on its own: an item its own UpsertByIdentity call
+        would refuse (a NUL in an id, a bad timestamp, a space the token may not act on) gets that error;
+        the others go on. An unexpected failure of one item is logged and reported as INTERNAL for it."""
         caller = current_caller()
         caller.require(Permission.CONTACTS_WRITE)
         actor = Actor(subject=caller.subject, user_id=caller.user_id)
@@ -116,9 +127,13 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
         refused: dict[int, DomainError] = {}
         for i, one in enumerate(request.items):
             try:
+                reject_nul(one, skip=("profile",))
                 items.append(_upsert_item(caller.scoped_space(one.space_id), one))
             except DomainError as exc:
                 refused[i] = exc
+            except Exception:
+                log.exception("UpsertByIdentities: item %d could not be read", i)
+                refused[i] = Internal("internal error for this item; the failure was logged")
         outcomes = iter(await self.service.upsert_by_identities(actor, items))
         results = []
         for i in range(len(request.items)):
@@ -199,15 +214,27 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
         return pb.MergeContactsResponse(contact=contact_to_pb(contact, defs))
 
     async def ImportContacts(self, request: pb.ImportContactsRequest, context: Ctx) -> pb.ImportContactsResponse:
-        space, actor, _ = _scope(request, Permission.CONTACTS_IMPORT)
+        space, actor, _ = _scope(request, Permission.CONTACTS_IMPORT, own_checks=("rows",))
+        dedupe_by = _DEDUPE.get(request.dedupe_by)
+        if dedupe_by is None:
+            raise InvalidArgument(f"dedupe_by {request.dedupe_by} is unknown; use IMPORT_DEDUPE_EMAIL or _PHONE")
         rows = [ImportRow(profile_from_pb(r.profile), dict(r.field_values), tuple(r.tag_names)) for r in request.rows]
-        outcomes = await self.service.import_contacts(space, actor, rows)
-        results = [
-            pb.ImportResult(index=i, contact_id=str(o.contact_id) if o.contact_id else "", error=o.error)
-            for i, o in enumerate(outcomes)
-        ]
-        created = sum(1 for o in outcomes if o.contact_id)
-        return pb.ImportContactsResponse(results=results, created_count=created, failed_count=len(outcomes) - created)
+        outcomes = await self.service.import_contacts(space, actor, rows, dedupe_by)
+        results = []
+        for i, o in enumerate(outcomes):
+            if o.error is not None:
+                code = status_for(o.error).value[0]
+                results.append(pb.ImportResult(index=i, error=o.error.message, error_code=code))
+            else:
+                results.append(pb.ImportResult(index=i, contact_id=str(o.contact_id), updated=o.updated))
+        updated = sum(1 for o in outcomes if o.updated)
+        failed = sum(1 for o in outcomes if o.error is not None)
+        return pb.ImportContactsResponse(
+            results=results,
+            created_count=len(outcomes) - updated - failed,
+            updated_count=updated,
+            failed_count=failed,
+        )
 
     # -- tags -----------------------------------------------------------------------------------
 
@@ -276,13 +303,14 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
         return pb.ListFieldsResponse(fields=[field_to_pb(f) for f in fields], page=page)
 
     async def UpdateField(self, request: pb.UpdateFieldRequest, context: Ctx) -> pb.UpdateFieldResponse:
-        space, _, _ = _scope(request, Permission.FIELDS_MANAGE)
+        space, actor, _ = _scope(request, Permission.FIELDS_MANAGE)
         paths = set(request.update_mask.paths)
         unknown = paths - {"key", "label", "description", "options"}
         if unknown or not paths:
             raise InvalidArgument("update_mask must name some of: key, label, description, options")
         definition = await self.service.update_field(
             space,
+            actor,
             request.field_id,
             key=request.key if "key" in paths else None,
             label=request.label if "label" in paths else None,
@@ -292,8 +320,8 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
         return pb.UpdateFieldResponse(field=field_to_pb(definition))
 
     async def DeleteField(self, request: pb.DeleteFieldRequest, context: Ctx) -> pb.DeleteFieldResponse:
-        space, _, _ = _scope(request, Permission.FIELDS_MANAGE)
-        await self.service.delete_field(space, request.field_id)
+        space, actor, _ = _scope(request, Permission.FIELDS_MANAGE)
+        await self.service.delete_field(space, actor, request.field_id)
         return pb.DeleteFieldResponse()
 
     # -- views ----------------------------------------------------------------------------------
@@ -338,8 +366,8 @@ class ContactsApi(pb_grpc.ContactsServiceServicer):
 
     async def ValidateCriteria(self, request: pb.ValidateCriteriaRequest, context: Ctx) -> pb.ValidateCriteriaResponse:
         space, actor, _ = _scope(request, Permission.CONTACTS_READ)
-        await self.service.validate_criteria(space, actor, criteria_from_pb(request.criteria))
-        return pb.ValidateCriteriaResponse()
+        criteria = await self.service.validate_criteria(space, actor, criteria_from_pb(request.criteria))
+        return pb.ValidateCriteriaResponse(criteria=criteria_to_pb(criteria))
 
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ContactsService"].full_name

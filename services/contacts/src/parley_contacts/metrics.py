@@ -24,5 +24,7 @@ EVENTS = Counter(
     ["kind"],
 )
 IMPORT_ROWS = Counter(
-    "parley_contacts_import_rows_total", "Rows of CSV imports, by outcome (created or failed)", ["outcome"]
+    "parley_contacts_import_rows_total",
+    "Rows of imports, by outcome (created, updated by dedupe, or failed)",
+    ["outcome"],
 )

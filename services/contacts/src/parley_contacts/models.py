@@ -225,6 +225,9 @@ class FieldValue(Base):
 
 
 class Tag(Base):
+    """A tag of the catalog. A deleted one (`deleted_at` set) is gone for every reader and writer at once; its
+    row stays until its contacts are untagged, chunk by chunk (migration 0006)."""
+
     __tablename__ = "tags"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
@@ -233,8 +236,21 @@ class Tag(Base):
     color: Mapped[str] = mapped_column(String(16), server_default="")
     description: Mapped[str] = mapped_column(Text, server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Who deleted it: the actor of the tag.removed events of its contacts.
+    deleted_by: Mapped[str | None] = mapped_column(String(128))
 
-    __table_args__ = (Index("uq_tags_space_name", "space_id", func.lower(name).label("lower_name"), unique=True),)
+    __table_args__ = (
+        Index(
+            "uq_tags_space_name",
+            "space_id",
+            func.lower(name).label("lower_name"),
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        # Unfinished deletions (all of them, or a space's): normally none, so this index is nearly empty.
+        Index("ix_tags_deleted", "space_id", postgresql_where=text("deleted_at IS NOT NULL")),
+    )
 
 
 class View(Base):

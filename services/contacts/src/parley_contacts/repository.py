@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from parley_contacts import models as m
@@ -73,6 +74,7 @@ I = m.ContactIdentity.__table__.c  # noqa: E741
 V = m.FieldValue.__table__.c
 
 _SEARCH_TOTAL = "search_total"
+_LIVE = m.Tag.deleted_at.is_(None)  # a tag of the catalog, not one deleted whose contacts are being untagged
 PROFILE_COLUMNS = ("first_name", "last_name", "email", "phone", "country", "language", "avatar_url")
 _CONTACT_COLUMNS = [
     C.id,
@@ -112,6 +114,17 @@ class DomainEvent:
 EventSink = Callable[[AsyncSession, DomainEvent], Awaitable[None]]
 
 
+@dataclass
+class UntagStep:
+    """What one step of a deleted tag's removal did: the contacts it untagged, or whether the tag is gone."""
+
+    space_id: str
+    deleted_by: str
+    tag: Tag
+    untagged: list[uuid.UUID] = field(default_factory=list)
+    finished: bool = False
+
+
 @dataclass(frozen=True)
 class Page:
     contacts: list[Contact]
@@ -130,10 +143,15 @@ class Unit:
         self.events.append(event)
 
 
-def _contact(row: Any, identities: Sequence[Identity] = (), values: dict[uuid.UUID, Any] | None = None) -> Contact:
+def _contact(
+    row: Any,
+    identities: Sequence[Identity] = (),
+    values: dict[uuid.UUID, Any] | None = None,
+    hidden_tags: frozenset[uuid.UUID] = frozenset(),
+) -> Contact:
     data = dict(row._mapping)
     data.pop(_SEARCH_TOTAL, None)
-    data["tag_ids"] = tuple(sorted(data["tag_ids"] or ()))
+    data["tag_ids"] = tuple(sorted(t for t in data["tag_ids"] or () if t not in hidden_tags))
     return Contact(**data, identities=tuple(identities), values=values or {})
 
 
@@ -170,6 +188,11 @@ def _view(row: Any) -> View:
 def _id_array(ids: Sequence[uuid.UUID]) -> Any:
     """Contact ids as one uuid[] parameter (for `= ANY(...)`): any number of them, unlike an IN list."""
     return literal(list(ids), ARRAY(m.Contact.id.type))
+
+
+def _violated(exc: IntegrityError) -> str | None:
+    """The name of the constraint or unique index whose violation `exc` reports (asyncpg names it)."""
+    return getattr(exc.orig.__cause__, "constraint_name", None) if exc.orig is not None else None
 
 
 def like_prefix(text: str) -> str:
@@ -302,6 +325,19 @@ class Repository:
             await s.execute(update(m.Contact).where(C.id == contact_id).values(**filled, updated_at=now))
         return filled
 
+    async def contact_ids_with(
+        self, s: AsyncSession, space_id: str, column: str, value: str, limit: int
+    ) -> list[uuid.UUID]:
+        """Ids of the space's contacts whose email (case-insensitively) or phone is `value`, through the
+        search indexes; at most `limit`."""
+        match = func.lower(C.email) == value.lower() if column == "email" else C.phone == value
+        stmt = select(C.id).where(C.space_id == space_id, match).order_by(C.id).limit(limit)
+        return list((await s.execute(stmt)).scalars())
+
+    async def lock_key(self, s: AsyncSession, key: str) -> None:
+        """A transaction-scoped advisory lock on `key` (hashed to 64 bits), released at commit or rollback."""
+        await s.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+
     async def insert_contact(self, s: AsyncSession, values: dict[str, Any]) -> None:
         await s.execute(insert(m.Contact).values(**values))
 
@@ -367,9 +403,12 @@ class Repository:
         return (await self._hydrate(s, [row]))[0]
 
     async def _hydrate(self, s: AsyncSession, rows: Sequence[Any]) -> list[Contact]:
+        """Contacts of one space with their identities and values, without the tags deleted from the catalog
+        that the deletion has not untagged them of yet."""
         ids = [r.id for r in rows]
         if not ids:
             return []
+        hidden = frozenset(await self.deleted_tags(s, rows[0].space_id))
         identities: dict[uuid.UUID, list[Identity]] = {i: [] for i in ids}
         stmt = (
             select(I.contact_id, I.id, I.channel_id, I.channel_type, I.external_id, I.created_at)
@@ -383,7 +422,7 @@ class Repository:
         for r in await s.execute(stmt2):
             # Exactly one value column is set: the one of the field's type.
             values[r.contact_id][r.field_id] = next((v for v in r[2:] if v is not None), None)
-        return [_contact(r, identities[r.id], values[r.id]) for r in rows]
+        return [_contact(r, identities[r.id], values[r.id], hidden) for r in rows]
 
     def _list_statements(
         self,
@@ -548,7 +587,7 @@ class Repository:
                 .where(C.space_id == space_id, column == (user_id if user_id is not None else team_id))
                 .order_by(C.id)
                 .limit(limit)
-                .with_for_update()
+                .with_for_update(key_share=True)  # no key changes: rows referencing the contacts may be written
             )
         ).all()
         if rows:
@@ -557,12 +596,21 @@ class Repository:
             )
         return [(r.id, r.assignee_user_id, r.assignee_team_id) for r in rows]
 
-    async def lock_contacts(self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID]) -> None:
-        """Row-lock these contacts in id order. Bulk writers take all their locks first, in one order, so two
-        of them on overlapping contacts wait for each other instead of deadlocking (an UPDATE alone locks
-        rows in the order it finds their current versions, which moves as rows are rewritten)."""
+    async def tags_of(self, s: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, set[uuid.UUID]]:
+        """The tag ids on each of these contacts."""
+        rows = await s.execute(select(C.id, C.tag_ids).where(C.id == any_(_id_array(ids))))
+        return {r.id: set(r.tag_ids or ()) for r in rows}
+
+    async def lock_contacts(
+        self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID], *, delete: bool = False
+    ) -> list[uuid.UUID]:
+        """Row-lock these contacts in id order; returns the ids locked (those not deleted meanwhile). Writers
+        of several contacts take all their locks first, in one order, so two of them on overlapping contacts
+        wait for each other instead of deadlocking (an UPDATE alone locks rows in the order it finds their
+        current versions, which moves as rows are rewritten). `delete` takes FOR UPDATE (a merge deletes one
+        of the contacts) rather than FOR NO KEY UPDATE, which lets rows referencing the contacts be written."""
         stmt = select(C.id).where(C.space_id == space_id, C.id == any_(_id_array(ids))).order_by(C.id)
-        await s.execute(stmt.with_for_update(key_share=True))
+        return list((await s.execute(stmt.with_for_update(key_share=not delete))).scalars())
 
     async def add_tag(
         self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID], tag_id: uuid.UUID, now: datetime
@@ -587,23 +635,20 @@ class Repository:
         return changed
 
     async def remove_tag(
-        self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID] | None, tag_id: uuid.UUID, now: datetime
+        self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID], tag_id: uuid.UUID, now: datetime | None
     ) -> list[uuid.UUID]:
-        """Untag contacts having the tag (all of the space's when `ids` is None); returns those that changed."""
-        if ids is None:  # the catalog's tag goes: lock its holders first, in id order, as bulk writers do
-            holders = select(T.contact_id).where(T.space_id == space_id, T.tag_id == tag_id)
-            await s.execute(select(C.id).where(C.id.in_(holders)).order_by(C.id).with_for_update(key_share=True))
-        where = [T.space_id == space_id, T.tag_id == tag_id]
-        if ids is not None:
-            where.append(T.contact_id.in_(ids))
+        """Untag these contacts where they have the tag; returns those that changed. `now` moves their
+        updated_at (not when the catalog's tag goes: that is no change of its contacts)."""
+        if not ids:
+            return []
+        where = [T.space_id == space_id, T.tag_id == tag_id, T.contact_id == any_(_id_array(ids))]
         changed = list((await s.execute(delete(m.ContactTag).where(*where).returning(T.contact_id))).scalars())
         if changed:
-            # Deleting a tag from the catalog (ids is None) is not a change of its contacts' updated_at.
             untag: dict[str, Any] = {"tag_ids": func.array_remove(C.tag_ids, literal(tag_id, m.Contact.id.type))}
             await s.execute(
                 update(m.Contact)
                 .where(C.id == any_(_id_array(changed)))
-                .values(**untag, **({"updated_at": now} if ids is not None else {}))
+                .values(**untag, **({"updated_at": now} if now is not None else {}))
             )
         return changed
 
@@ -611,8 +656,11 @@ class Repository:
 
     async def set_value(
         self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, definition: FieldDef, value: Any
-    ) -> None:
-        """Set one custom value (a trigger gives it a copy of the contact's tags, see migration 0004)."""
+    ) -> bool:
+        """Set one custom value (a trigger gives it a copy of the contact's tags, see migration 0004).
+
+        False when the field's definition was deleted since it was read (the transaction is then failed).
+        """
         column = value_column(definition.type)
         row: dict[str, Any] = {"contact_id": contact_id, "field_id": definition.id, "space_id": space_id}
         row.update({c: None for c in _VALUE_COLS})
@@ -622,7 +670,13 @@ class Repository:
             index_elements=[V.contact_id, V.field_id],
             set_={c: stmt.excluded[c] for c in _VALUE_COLS},
         )
-        await s.execute(stmt)
+        try:
+            await s.execute(stmt)
+        except IntegrityError as exc:
+            if _violated(exc) == "fk_field_values_field_id_field_definitions":
+                return False
+            raise
+        return True
 
     async def delete_value(self, s: AsyncSession, contact_id: uuid.UUID, field_id: uuid.UUID) -> None:
         await s.execute(delete(m.FieldValue).where(V.contact_id == contact_id, V.field_id == field_id))
@@ -634,8 +688,14 @@ class Repository:
         rows = (await s.execute(stmt.order_by(m.FieldDefinition.key))).scalars()
         return [_field(r) for r in rows]
 
-    async def get_field(self, s: AsyncSession, space_id: str, field_id: uuid.UUID) -> FieldDef | None:
+    async def get_field(
+        self, s: AsyncSession, space_id: str, field_id: uuid.UUID, *, lock: bool = False
+    ) -> FieldDef | None:
+        """The definition; `lock` takes FOR UPDATE, which makes writers of its values (their foreign key check)
+        wait until this transaction ends."""
         stmt = select(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id, m.FieldDefinition.id == field_id)
+        if lock:
+            stmt = stmt.with_for_update()
         row = (await s.execute(stmt)).scalar()
         return _field(row) if row else None
 
@@ -663,8 +723,9 @@ class Repository:
         )
         return (await s.execute(stmt)).first() is not None
 
-    async def update_field(self, s: AsyncSession, definition: FieldDef) -> None:
-        await s.execute(
+    async def update_field(self, s: AsyncSession, definition: FieldDef) -> bool:
+        """False when another definition of the space took the key meanwhile (the transaction is then failed)."""
+        stmt = (
             update(m.FieldDefinition)
             .where(m.FieldDefinition.id == definition.id)
             .values(
@@ -675,10 +736,25 @@ class Repository:
                 updated_at=definition.updated_at,
             )
         )
+        try:
+            await s.execute(stmt)
+        except IntegrityError as exc:
+            if _violated(exc) == "uq_field_definitions_space_key":
+                return False
+            raise
+        return True
 
-    async def delete_values_not_in(self, s: AsyncSession, field_id: uuid.UUID, options: Sequence[str]) -> int:
-        stmt = delete(m.FieldValue).where(V.field_id == field_id, V.value_text.not_in(list(options)))
-        return (await s.execute(stmt)).rowcount
+    async def delete_values(
+        self, s: AsyncSession, definition: FieldDef, keep: Sequence[str] | None = None
+    ) -> list[tuple[uuid.UUID, Any]]:
+        """Delete the field's values (only those not in `keep`, a list's options, when given); returns each
+        removed (contact id, old value). One statement whatever the number of values."""
+        where = [V.field_id == definition.id]
+        if keep is not None:
+            where.append(V.value_text.not_in(list(keep)))
+        column = getattr(V, value_column(definition.type))
+        rows = await s.execute(delete(m.FieldValue).where(*where).returning(V.contact_id, column))
+        return [(r[0], r[1]) for r in rows]
 
     async def delete_field(self, s: AsyncSession, space_id: str, field_id: uuid.UUID) -> bool:
         stmt = delete(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id, m.FieldDefinition.id == field_id)
@@ -686,23 +762,39 @@ class Repository:
 
     # -- tags -----------------------------------------------------------------------------------
 
+    # A tag deleted from the catalog (deleted_at set) is gone for every reader and writer; its row stays
+    # until its contacts are untagged (untag_deleted).
+
     async def list_tags(self, s: AsyncSession, space_id: str) -> list[Tag]:
-        stmt = select(m.Tag).where(m.Tag.space_id == space_id).order_by(func.lower(m.Tag.name), m.Tag.id)
+        stmt = select(m.Tag).where(m.Tag.space_id == space_id, _LIVE).order_by(func.lower(m.Tag.name), m.Tag.id)
         return [_tag(r) for r in (await s.execute(stmt)).scalars()]
 
     async def existing_tags(self, s: AsyncSession, space_id: str, ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
         wanted = list(ids)
         if not wanted:
             return []
-        stmt = select(m.Tag.id).where(m.Tag.space_id == space_id, m.Tag.id.in_(wanted))
+        stmt = select(m.Tag.id).where(m.Tag.space_id == space_id, m.Tag.id.in_(wanted), _LIVE)
         return list((await s.execute(stmt)).scalars())
 
-    async def get_tag(self, s: AsyncSession, space_id: str, tag_id: uuid.UUID) -> Tag | None:
-        row = (await s.execute(select(m.Tag).where(m.Tag.space_id == space_id, m.Tag.id == tag_id))).scalar()
-        return _tag(row) if row else None
+    async def lock_tags(
+        self, s: AsyncSession, space_id: str, ids: Sequence[uuid.UUID], *, write: bool = False
+    ) -> dict[uuid.UUID, Tag]:
+        """The live tags among `ids`, row-locked in id order: FOR KEY SHARE to tag contacts with them (as the
+        foreign key check would, but before any contact is locked), FOR NO KEY UPDATE to change them
+        (`write`). Either makes a deletion of the tag wait for this transaction; a tag deleted meanwhile is
+        absent."""
+        if not ids:
+            return {}
+        stmt = select(m.Tag).where(m.Tag.space_id == space_id, m.Tag.id == any_(_id_array(ids)), _LIVE)
+        stmt = stmt.order_by(m.Tag.id).with_for_update(key_share=True, read=not write)
+        return {r.id: _tag(r) for r in (await s.execute(stmt)).scalars()}
 
-    async def tag_by_name(self, s: AsyncSession, space_id: str, name: str) -> Tag | None:
-        stmt = select(m.Tag).where(m.Tag.space_id == space_id, func.lower(m.Tag.name) == name.lower())
+    async def tag_by_name(self, s: AsyncSession, space_id: str, name: str, *, lock: bool = False) -> Tag | None:
+        """The live tag so named (case-insensitively); `lock` locks it FOR KEY SHARE (a deletion waits, taggers
+        do not)."""
+        stmt = select(m.Tag).where(m.Tag.space_id == space_id, func.lower(m.Tag.name) == name.lower(), _LIVE)
+        if lock:
+            stmt = stmt.with_for_update(key_share=True, read=True)
         row = (await s.execute(stmt)).scalar()
         return _tag(row) if row else None
 
@@ -722,13 +814,69 @@ class Repository:
         )
         return (await s.execute(stmt)).first() is not None
 
-    async def update_tag(self, s: AsyncSession, tag: Tag) -> None:
-        await s.execute(
+    async def update_tag(self, s: AsyncSession, tag: Tag) -> bool:
+        """False when another tag of the space took the name meanwhile (the transaction is then failed)."""
+        stmt = (
             update(m.Tag).where(m.Tag.id == tag.id).values(name=tag.name, color=tag.color, description=tag.description)
         )
+        try:
+            await s.execute(stmt)
+        except IntegrityError as exc:
+            if _violated(exc) == "uq_tags_space_name":
+                return False
+            raise
+        return True
 
-    async def delete_tag(self, s: AsyncSession, space_id: str, tag_id: uuid.UUID) -> bool:
-        return (await s.execute(delete(m.Tag).where(m.Tag.space_id == space_id, m.Tag.id == tag_id))).rowcount > 0
+    async def mark_tag_deleted(
+        self, s: AsyncSession, space_id: str, tag_id: uuid.UUID, actor: str, now: datetime
+    ) -> int | None:
+        """Delete a live tag from the catalog; returns how many contacts carry it (None: no such live tag).
+
+        FOR UPDATE first: it waits for the transactions tagging contacts with the tag (they hold it FOR KEY
+        SHARE), so their contacts are counted and untagged too, and later ones find it deleted.
+        """
+        stmt = select(m.Tag.id).where(m.Tag.space_id == space_id, m.Tag.id == tag_id, _LIVE).with_for_update()
+        if (await s.execute(stmt)).scalar() is None:
+            return None
+        await s.execute(update(m.Tag).where(m.Tag.id == tag_id).values(deleted_at=now, deleted_by=actor))
+        holders = select(func.count()).where(T.space_id == space_id, T.tag_id == tag_id)
+        return (await s.execute(holders)).scalar_one()
+
+    async def deleted_tags(self, s: AsyncSession, space_id: str | None = None) -> list[uuid.UUID]:
+        """Tags deleted from the catalog whose rows remain (their contacts are not all untagged yet): a
+        space's, or every space's oldest first."""
+        stmt = select(m.Tag.id).where(m.Tag.deleted_at.is_not(None))
+        if space_id is not None:
+            return list((await s.execute(stmt.where(m.Tag.space_id == space_id))).scalars())
+        return list((await s.execute(stmt.order_by(m.Tag.deleted_at))).scalars())
+
+    async def untag_deleted(self, s: AsyncSession, tag_id: uuid.UUID, chunk: int) -> UntagStep | None:
+        """One step of a deleted tag's removal: untag up to `chunk` of its contacts (locked in id order, as
+        every writer of several contacts locks), or, when none carries it any more, drop its row.
+
+        None when another transaction is on this tag (its row is locked: skipped, not waited for) or the
+        tag is gone. The tag row stays locked FOR NO KEY UPDATE for the step, which taggers' FOR KEY SHARE
+        and the foreign key checks of a merge moving the tag do not wait for.
+        """
+        found = select(m.Tag).where(m.Tag.id == tag_id, m.Tag.deleted_at.is_not(None))
+        row = (await s.execute(found.with_for_update(key_share=True, skip_locked=True))).scalar()
+        if row is None:
+            return None
+        step = UntagStep(row.space_id, row.deleted_by or "", _tag(row))
+        holders = select(T.contact_id).where(T.tag_id == tag_id).order_by(T.contact_id).limit(chunk)
+        locked = select(C.id).where(C.id.in_(holders.scalar_subquery())).order_by(C.id)
+        ids = list((await s.execute(locked.with_for_update(key_share=True))).scalars())
+        if ids:
+            step.untagged = await self.remove_tag(s, row.space_id, ids, tag_id, None)
+            return step
+        # No holder left. FOR UPDATE waits for a merge in flight that moves the tag to its survivor (its
+        # foreign key check holds the row FOR KEY SHARE); that survivor is then untagged first.
+        await s.execute(select(m.Tag.id).where(m.Tag.id == tag_id).with_for_update())
+        if (await s.execute(select(exists().where(T.tag_id == tag_id)))).scalar():
+            return step
+        await s.execute(delete(m.Tag).where(m.Tag.id == tag_id))
+        step.finished = True
+        return step
 
     # -- views ----------------------------------------------------------------------------------
 

@@ -51,6 +51,8 @@ async def build(settings: Settings) -> ServiceRuntime:
         AssigneeReleases(release_member=service.release_member, release_team=service.release_team, directory=directory),
         message_type=None,
     )
+    # Untags the contacts of deleted tags in chunks, including deletions a restart interrupted.
+    rt.add_background(service.run_tag_deletions())
     return rt
 
 

@@ -7,8 +7,9 @@ unit of work (one transaction). Events, one per change:
 - contact.updated — standard profile fields changed (old and new values); profile hints
   filled by UpsertByIdentity count too. Last-interaction moves do not emit (they happen
   on every inbound message; the conversations service announces those).
-- field.updated — one per custom field value changed (old and new values)
-- tag.added / tag.removed — one per (contact, tag) that changed
+- field.updated — one per custom field value changed (old and new values), including each value
+  removed by deleting its field or list option (new empty)
+- tag.added / tag.removed — one per (contact, tag) that changed (deleting a tag: removed per contact)
 - contact.assigned — one per contact whose assignee changed (with the previous one), also when a member
   leaves the space or a team is deleted (their contacts are released)
 - contact.merged — one per merge; contact.deleted — one per erasure
@@ -22,6 +23,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,6 +36,7 @@ from parley_kit.errors import (
     AlreadyExists,
     DomainError,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -42,7 +45,8 @@ from parley_kit.errors import (
 from parley_contacts import metrics
 from parley_contacts.domain import (
     KEY_RE,
-    LANGUAGE_RE,
+    MAX_NAME,
+    MAX_TAGS_PER_CONTACT,
     RESERVED_KEYS,
     STANDARD_FIELDS,
     Change,
@@ -54,18 +58,22 @@ from parley_contacts.domain import (
     ResolvedGroup,
     Tag,
     View,
+    check_text,
     clean_standard,
     format_value,
+    name_fields_by_id,
     new_id,
-    normalize_phone,
     parse_value,
     referenced_tags,
     resolve_criteria,
+    without_tags,
 )
 from parley_contacts.repository import PROFILE_COLUMNS, DomainEvent, Page, Repository, Unit
 
 if TYPE_CHECKING:
     from parley_kit.directory import AssigneeCheck
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -73,8 +81,15 @@ MAX_BULK = 1000
 MAX_LIST_OPTIONS = 200
 MAX_UPSERT_BATCH = 500
 MAX_ASSIGNEE_ID = 64
+# Contacts a tag deletion untags per transaction: the longest any of them waits behind it (about 0.4 s).
+TAG_DELETION_CHUNK = 1000
 # New identities of one UpsertByIdentities call created at once (each its own transaction and connection).
 NEW_IDENTITY_CONCURRENCY = 4
+# Standard fields an import can match existing contacts on (ImportContacts' dedupe_by).
+DEDUPE_KEYS = ("email", "phone")
+
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -125,8 +140,11 @@ class ImportRow:
 
 @dataclass(frozen=True)
 class ImportOutcome:
-    contact_id: uuid.UUID | None
-    error: str = ""
+    """The contact a row created (or, deduplicated, updated), or why the row changed nothing."""
+
+    contact_id: uuid.UUID | None = None
+    updated: bool = False
+    error: DomainError | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +180,7 @@ def _decode_token(token: str, fingerprint: str) -> list[str]:
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         key, fp = data["k"], data["f"]
-        if not isinstance(key, list) or len(key) != 2:
+        if not isinstance(key, list) or len(key) != 2 or not all(isinstance(k, str) and "\x00" not in k for k in key):
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgument("page_token is malformed; pass back next_page_token unchanged") from None
@@ -197,6 +215,8 @@ class ContactsService:
         self.count_limit = count_limit
         self.assignees = assignees
         self.release_batch = release_batch
+        # Set by DeleteTag: wakes run_tag_deletions.
+        self.tags_deleted = asyncio.Event()
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -347,6 +367,10 @@ class ContactsService:
                 metrics.UPSERTS.labels("existing").inc()
             except DomainError as exc:
                 results[key] = UpsertOutcome(error=exc)
+            except Exception:
+                # One identity's failure must not fail the batch: its item says so, the others are answered.
+                log.exception("UpsertByIdentities: identity %s on channel %s failed", key[2], key[1])
+                results[key] = UpsertOutcome(error=Internal("internal error for this identity; the failure was logged"))
 
         await asyncio.gather(*(one(k) for k in keys))
         out: list[UpsertOutcome] = []
@@ -373,82 +397,154 @@ class ContactsService:
         tag_ids: Sequence[str] = (),
         identities: Sequence[IdentityInput] = (),
     ) -> Contact:
-        now = self.clock()
-        contact_id = new_id(now)
+        _check_tag_count(len(set(tag_ids)))
         async with self.repo.unit() as unit:
-            s = unit.session
             cleaned = _clean_profile(profile)
             defs = await self._fields(unit, space_id)
             typed = _typed_values(field_values or {}, defs, cleaned.get("country"))
-            tags = await self._require_tags(unit, space_id, tag_ids)
-            await self.repo.insert_contact(
-                s,
-                {
-                    **{c: cleaned.get(c) for c in PROFILE_COLUMNS},
-                    "id": contact_id,
-                    "space_id": space_id,
-                    "created_at": now,
-                    "updated_at": now,
-                },
+            tags = [t.id for t in await self._require_tags(unit, space_id, tag_ids)]
+            return await self._insert_contact(unit, space_id, actor, cleaned, defs, typed, tags, identities)
+
+    async def _insert_contact(
+        self,
+        unit: Unit,
+        space_id: str,
+        actor: Actor,
+        cleaned: dict[str, str | None],
+        defs: dict[str, FieldDef],
+        typed: dict[str, Any],
+        tags: Sequence[uuid.UUID],
+        identities: Sequence[IdentityInput] = (),
+    ) -> Contact:
+        """Insert a contact from validated input, in `unit`; one contact.created."""
+        s = unit.session
+        now = self.clock()
+        contact_id = new_id(now)
+        await self.repo.insert_contact(
+            s,
+            {
+                **{c: cleaned.get(c) for c in PROFILE_COLUMNS},
+                "id": contact_id,
+                "space_id": space_id,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        await self.repo.add_tag_rows(s, space_id, contact_id, tags)
+        for ident in identities:
+            _check_identity(ident)
+            claimed = await self.repo.add_identity(
+                s, space_id, contact_id, ident.channel_id, ident.channel_type, ident.external_id, now
             )
-            await self.repo.add_tag_rows(s, space_id, contact_id, tags)
-            for ident in identities:
-                _check_identity(ident)
-                claimed = await self.repo.add_identity(
-                    s, space_id, contact_id, ident.channel_id, ident.channel_type, ident.external_id, now
+            if not claimed:
+                raise AlreadyExists(
+                    f"identity {ident.external_id} on channel {ident.channel_id} already belongs to a contact"
                 )
-                if not claimed:
-                    raise AlreadyExists(
-                        f"identity {ident.external_id} on channel {ident.channel_id} already belongs to a contact"
-                    )
-            for key, value in typed.items():
-                if value is not None:
-                    await self.repo.set_value(s, space_id, contact_id, defs[key], value)
-            contact = await self.repo.get_contact(s, space_id, contact_id)
-            assert contact is not None
-            self._event(
-                unit, "contact.created", space_id, actor, contact=contact, field_defs={d.id: d for d in defs.values()}
-            )
+        for key, value in typed.items():
+            if value is not None:
+                await self._set_value(unit, space_id, contact_id, defs[key], value)
+        contact = await self.repo.get_contact(s, space_id, contact_id)
+        assert contact is not None
+        self._event(
+            unit, "contact.created", space_id, actor, contact=contact, field_defs={d.id: d for d in defs.values()}
+        )
         return contact
 
-    async def import_contacts(self, space_id: str, actor: Actor, rows: Sequence[ImportRow]) -> list[ImportOutcome]:
-        """Create one contact per row, each in its own transaction: a bad row is reported, the rest kept.
+    async def import_contacts(
+        self, space_id: str, actor: Actor, rows: Sequence[ImportRow], dedupe_by: str = ""
+    ) -> list[ImportOutcome]:
+        """Import rows, each in its own transaction, and answer every row on its own.
 
-        Tags are named; missing ones are created in the catalog.
+        A row is committed whole or changes nothing (the tags it names are created with it). A refused
+        row carries its domain error; an unexpected failure is logged and reported as Internal for that
+        row; either way the following rows go on. With `dedupe_by` ("email" or "phone"), a row whose
+        value is already a contact's updates that contact instead of creating a second one.
         """
         if len(rows) > MAX_BULK:
             raise InvalidArgument(f"at most {MAX_BULK} rows per import call; split the file")
-        tag_ids: dict[str, uuid.UUID] = {}
+        if dedupe_by and dedupe_by not in DEDUPE_KEYS:
+            raise InvalidArgument(f"cannot deduplicate by '{dedupe_by}'; use one of {', '.join(DEDUPE_KEYS)}")
         outcomes: list[ImportOutcome] = []
-        for row in rows:
+        for index, row in enumerate(rows):
             try:
-                ids = []
-                for name in row.tag_names:
-                    key = _tag_name(name).lower()
-                    if key not in tag_ids:
-                        tag_ids[key] = (await self._tag_named(space_id, name)).id
-                    ids.append(str(tag_ids[key]))
-                contact = await self.create_contact(space_id, actor, row.profile, row.field_values, ids)
-                outcomes.append(ImportOutcome(contact.id))
-                metrics.IMPORT_ROWS.labels("created").inc()
-            except (InvalidArgument, AlreadyExists, NotFound) as exc:
-                outcomes.append(ImportOutcome(None, exc.message))
-                metrics.IMPORT_ROWS.labels("failed").inc()
+                outcome = await self._import_row(space_id, actor, row, dedupe_by)
+            except DomainError as exc:
+                outcome = ImportOutcome(error=exc)
+            except Exception:
+                log.exception("import row %d in space %s failed unexpectedly", index, space_id)
+                outcome = ImportOutcome(error=Internal("internal error on this row; the failure was logged"))
+            kind = "failed" if outcome.error else "updated" if outcome.updated else "created"
+            metrics.IMPORT_ROWS.labels(kind).inc()
+            outcomes.append(outcome)
         return outcomes
 
-    async def _tag_named(self, space_id: str, name: str) -> Tag:
-        """The tag with this name, created when missing (race-safe)."""
+    async def _import_row(self, space_id: str, actor: Actor, row: ImportRow, dedupe_by: str) -> ImportOutcome:
+        """One import row in one transaction: the contact created (or, matched by `dedupe_by`, updated) with
+        the tags it names, missing ones created; any failure rolls all of it back, those tags included."""
+        names: dict[str, str] = {}
+        for raw in row.tag_names:
+            name = _tag_name(raw)
+            names.setdefault(name.lower(), name)
+        _check_tag_count(len(names))
+        cleaned = _clean_profile(row.profile)
+        key = cleaned.get(dedupe_by) if dedupe_by else None
         async with self.repo.unit() as unit:
-            found = await self.repo.tag_by_name(unit.session, space_id, name.strip())
-            if found is not None:
-                return found
-            tag = Tag(uuid.uuid4(), _tag_name(name), "", "", self.clock())
-            if await self.repo.insert_tag(unit.session, space_id, tag):
-                return tag
-        async with self.repo.unit() as unit:
-            found = await self.repo.tag_by_name(unit.session, space_id, name.strip())
+            found = await self._dedupe_match(unit, space_id, dedupe_by, key) if key else None
+            tags = [await self._tag_named(unit, space_id, name) for name in names.values()]
+            if found is None:
+                defs = await self._fields(unit, space_id)
+                typed = _typed_values(row.field_values, defs, cleaned.get("country"))
+                contact = await self._insert_contact(unit, space_id, actor, cleaned, defs, typed, [t.id for t in tags])
+                return ImportOutcome(contact.id)
+            # An import fills and overwrites; an empty cell never clears what the contact has. Values are
+            # read with the contact's country when the row has none, as UpdateContact does.
+            profile = {k: v for k, v in row.profile.items() if v and v.strip()}
+            values = {k: v for k, v in row.field_values.items() if v.strip()}
+            _check_tag_cap(found.id, set(found.tag_ids), set(found.tag_ids) | {t.id for t in tags})
+            await self._update_in(unit, space_id, actor, found, profile, values)
+            now = self.clock()
+            for tag in tags:
+                if await self.repo.add_tag(unit.session, space_id, [found.id], tag.id, now):
+                    self._event(unit, "tag.added", space_id, actor, contact_id=found.id, tag=tag)
+            return ImportOutcome(found.id, updated=True)
+
+    async def _dedupe_match(self, unit: Unit, space_id: str, by: str, value: str) -> Contact | None:
+        """The contact of the space whose `by` (email, case-insensitively, or phone) is `value`, locked.
+
+        A transaction-scoped advisory lock on (space, by, value) first: concurrent imports of one value
+        wait for each other, so the second finds the contact the first created instead of adding one.
+        """
+        s = unit.session
+        await self.repo.lock_key(s, f"contacts.import:{space_id}:{by}:{value.lower()}")
+        ids = await self.repo.contact_ids_with(s, space_id, by, value, limit=2)
+        if len(ids) > 1:
+            raise FailedPrecondition(
+                f"several contacts of this space have {by} {value}: merge them (parley contacts merge), "
+                "then import the row again"
+            )
+        if not ids:
+            return None
+        contact = await self.repo.get_contact(s, space_id, ids[0], lock=True)
+        if contact is None or (getattr(contact, by) or "").lower() != value.lower():
+            raise Aborted(f"the contact with {by} {value} changed concurrently; import the row again")
+        return contact
+
+    async def _tag_named(self, unit: Unit, space_id: str, name: str) -> Tag:
+        """The tag with this name, created in `unit` when missing (so it goes if the unit rolls back).
+
+        Key-share locked: a concurrent DeleteTag of it waits for `unit`. Of concurrent units creating one
+        name, one inserts it and the others, once it commits, find it.
+        """
+        s = unit.session
+        found = await self.repo.tag_by_name(s, space_id, name, lock=True)
+        if found is not None:
+            return found
+        tag = Tag(uuid.uuid4(), name, "", "", self.clock())
+        if await self.repo.insert_tag(s, space_id, tag):
+            return tag
+        found = await self.repo.tag_by_name(s, space_id, name, lock=True)
         if found is None:
-            raise FailedPrecondition(f"tag '{name}' changed concurrently; retry")
+            raise Aborted(f"tag '{name}' changed concurrently; import the row again")
         return found
 
     async def get_contact(self, space_id: str, contact_id: str) -> tuple[Contact, dict[uuid.UUID, FieldDef]]:
@@ -466,29 +562,38 @@ class ContactsService:
         field_values: dict[str, str] | None = None,
     ) -> Contact:
         """Change the given profile fields ('' clears) and custom values ('' clears); others stay."""
+        async with self.repo.unit() as unit:
+            contact = await self._require_contact(unit, space_id, contact_id, lock=True)
+            await self._update_in(unit, space_id, actor, contact, profile, field_values or {})
+            result = await self.repo.get_contact(unit.session, space_id, contact.id)
+            assert result is not None
+        return result
+
+    async def _update_in(
+        self,
+        unit: Unit,
+        space_id: str,
+        actor: Actor,
+        contact: Contact,
+        profile: dict[str, str | None],
+        field_values: dict[str, str],
+    ) -> None:
+        """Apply UpdateContact's changes to the locked `contact` in `unit`, with their events."""
         unknown = set(profile) - set(PROFILE_COLUMNS)
         if unknown:
             raise InvalidArgument(f"unknown contact field(s) {sorted(unknown)}; use custom field values for those")
-        async with self.repo.unit() as unit:
-            s = unit.session
-            contact = await self._require_contact(unit, space_id, contact_id, lock=True)
-            country = profile.get("country") if profile.get("country") is not None else contact.country
-            cleaned = {k: clean_standard(k, v, country) for k, v in profile.items() if v is not None}
-            defs = await self._fields(unit, space_id)
-            typed = _typed_values(field_values or {}, defs, country)
-            now = self.clock()
-            changes = [
-                Change(k, _s(getattr(contact, k)), _s(v)) for k, v in cleaned.items() if getattr(contact, k) != v
-            ]
-            if changes:
-                await self.repo.update_contact(
-                    s, contact.id, {c.field: cleaned[c.field] for c in changes} | {"updated_at": now}
-                )
-                self._event(unit, "contact.updated", space_id, actor, contact_id=contact.id, changes=changes)
-            await self._apply_values(unit, space_id, actor, contact, defs, typed, now)
-            result = await self.repo.get_contact(s, space_id, contact.id)
-            assert result is not None
-        return result
+        country = profile.get("country") if profile.get("country") is not None else contact.country
+        cleaned = {k: clean_standard(k, v, country) for k, v in profile.items() if v is not None}
+        defs = await self._fields(unit, space_id)
+        typed = _typed_values(field_values, defs, country)
+        now = self.clock()
+        changes = [Change(k, _s(getattr(contact, k)), _s(v)) for k, v in cleaned.items() if getattr(contact, k) != v]
+        if changes:
+            await self.repo.update_contact(
+                unit.session, contact.id, {c.field: cleaned[c.field] for c in changes} | {"updated_at": now}
+            )
+            self._event(unit, "contact.updated", space_id, actor, contact_id=contact.id, changes=changes)
+        await self._apply_values(unit, space_id, actor, contact, defs, typed, now)
 
     async def _apply_values(
         self,
@@ -509,7 +614,7 @@ class ContactsService:
             if value is None:
                 await self.repo.delete_value(unit.session, contact.id, definition.id)
             else:
-                await self.repo.set_value(unit.session, space_id, contact.id, definition, value)
+                await self._set_value(unit, space_id, contact.id, definition, value)
             touched = True
             self._event(
                 unit,
@@ -523,6 +628,12 @@ class ContactsService:
             )
         if touched:
             await self.repo.update_contact(unit.session, contact.id, {"updated_at": now})
+
+    async def _set_value(
+        self, unit: Unit, space_id: str, contact_id: uuid.UUID, definition: FieldDef, value: Any
+    ) -> None:
+        if not await self.repo.set_value(unit.session, space_id, contact_id, definition, value):
+            raise NotFound(f"custom field '{definition.key}' was deleted while this change was made; nothing changed")
 
     async def delete_contact(self, space_id: str, actor: Actor, contact_id: str) -> uuid.UUID:
         """Erase a contact: its identities, field values and tags go with it; contact.deleted tells others."""
@@ -538,21 +649,15 @@ class ContactsService:
         async with self.repo.unit() as unit:
             contact = await self._require_contact(unit, space_id, contact_id, lock=True)
             owner = await self.repo.identity_owner(unit.session, space_id, ident.channel_id, ident.external_id)
-            if owner is not None and owner != contact.id:
-                raise AlreadyExists(
-                    f"identity {ident.external_id} on channel {ident.channel_id} belongs to contact {owner}; "
-                    "merge the contacts instead"
-                )
-            if owner is None:
-                await self.repo.add_identity(
-                    unit.session,
-                    space_id,
-                    contact.id,
-                    ident.channel_id,
-                    ident.channel_type,
-                    ident.external_id,
-                    self.clock(),
-                )
+            if owner is None and await self.repo.add_identity(
+                unit.session,
+                space_id,
+                contact.id,
+                ident.channel_id,
+                ident.channel_type,
+                ident.external_id,
+                self.clock(),
+            ):
                 self._event(
                     unit,
                     "contact.updated",
@@ -561,6 +666,19 @@ class ContactsService:
                     contact_id=contact.id,
                     changes=[Change("identities", "", f"{ident.channel_id}:{ident.external_id}")],
                 )
+            else:
+                # Taken before, or claimed since the read by a concurrent caller (the insert waited for it
+                # to commit): whose is it now?
+                owner = owner or await self.repo.identity_owner(
+                    unit.session, space_id, ident.channel_id, ident.external_id
+                )
+                if owner is None:
+                    raise Aborted("the identity changed concurrently; retry")
+                if owner != contact.id:
+                    raise AlreadyExists(
+                        f"identity {ident.external_id} on channel {ident.channel_id} belongs to contact {owner}; "
+                        "merge the contacts instead"
+                    )
             result = await self.repo.get_contact(unit.session, space_id, contact.id)
             assert result is not None
         return result
@@ -595,17 +713,21 @@ class ContactsService:
             fields = await self._fields(unit, space_id)
             if group is not None:
                 wanted = referenced_tags(group)
-                tags = set(await self.repo.existing_tags(s, space_id, wanted)) if wanted and not view_id else set()
-                # Stored views may name tags deleted since: those simply match nothing.
+                tags = set(await self.repo.existing_tags(s, space_id, wanted)) if wanted else set()
                 resolved = resolve_criteria(
                     group, fields=fields, tag_ids=tags, me=actor.user_id, now=self.clock(), check_tags=not view_id
                 )
+                # Stored views may name tags deleted since: those match no contact, even while the deletion
+                # is still untagging their contacts.
+                resolved = without_tags(resolved, wanted - tags)
             fingerprint = _fingerprint(space_id, view_id, repr(group), search)
             after = None
             if page_token:
                 key = _decode_token(page_token, fingerprint)
                 try:
                     after = (datetime.fromisoformat(key[0]), uuid.UUID(key[1]))
+                    if after[0].tzinfo is None:
+                        raise ValueError("no UTC offset")
                 except ValueError:
                     raise InvalidArgument("page_token is malformed; pass back next_page_token unchanged") from None
             page: Page = await self.repo.list_contacts(
@@ -631,12 +753,19 @@ class ContactsService:
 
     # -- tags -----------------------------------------------------------------------------------
 
-    async def _require_tags(self, unit: Unit, space_id: str, raw_ids: Sequence[str]) -> list[uuid.UUID]:
+    async def _require_tags(
+        self, unit: Unit, space_id: str, raw_ids: Sequence[str], *, write: bool = False
+    ) -> list[Tag]:
+        """The tags named (once each, in the order given), locked until the transaction ends (FOR KEY SHARE;
+        FOR NO KEY UPDATE to `write` them): a deletion of one waits for this transaction, so it also untags
+        the contacts this one tags, and one deleted meanwhile is NOT_FOUND. Callers take these locks before
+        any contact's, so a call naming a deleted tag fails before it waits for contacts."""
         ids = list(dict.fromkeys(parse_id(t, "tag") for t in raw_ids))
+        found = await self.repo.lock_tags(unit.session, space_id, ids, write=write)
         for tag_id in ids:
-            if await self.repo.get_tag(unit.session, space_id, tag_id) is None:
+            if tag_id not in found:
                 raise NotFound(f"tag {tag_id} not found in this space")
-        return ids
+        return [found[t] for t in ids]
 
     async def create_tag(self, space_id: str, name: str, color: str = "", description: str = "") -> Tag:
         name = _tag_name(name)
@@ -654,9 +783,7 @@ class ContactsService:
         self, space_id: str, tag_id: str, name: str | None, color: str | None, description: str | None
     ) -> Tag:
         async with self.repo.unit() as unit:
-            (tid,) = await self._require_tags(unit, space_id, [tag_id])
-            tag = await self.repo.get_tag(unit.session, space_id, tid)
-            assert tag is not None
+            (tag,) = await self._require_tags(unit, space_id, [tag_id], write=True)
             if name is not None:
                 name = _tag_name(name)
                 other = await self.repo.tag_by_name(unit.session, space_id, name)
@@ -667,19 +794,61 @@ class ContactsService:
                 tag = replace(tag, color=color.strip()[:16])
             if description is not None:
                 tag = replace(tag, description=description.strip())
-            await self.repo.update_tag(unit.session, tag)
+            if not await self.repo.update_tag(unit.session, tag):
+                raise AlreadyExists(f"a tag named '{tag.name}' already exists in this space")
         return tag
 
     async def delete_tag(self, space_id: str, actor: Actor, tag_id: str) -> int:
-        """Remove a tag from the catalog and from every contact; one tag.removed event per contact."""
+        """Delete a tag; returns how many contacts carry it.
+
+        It leaves the catalog at once, and every read with it: contacts no longer show it, a view naming it
+        matches no contact, writers naming it get NOT_FOUND, its name is free. Its contacts are untagged
+        afterwards by `finish_tag_deletions` (woken now), TAG_DELETION_CHUNK per transaction with their
+        tag.removed events, so no transaction holds a popular tag's contacts for long.
+        """
+        tid = parse_id(tag_id, "tag")
         async with self.repo.unit() as unit:
-            (tid,) = await self._require_tags(unit, space_id, [tag_id])
-            tag = await self.repo.get_tag(unit.session, space_id, tid)
-            changed = await self.repo.remove_tag(unit.session, space_id, None, tid, self.clock())
-            await self.repo.delete_tag(unit.session, space_id, tid)
-            for contact_id in changed:
-                self._event(unit, "tag.removed", space_id, actor, contact_id=contact_id, tag=tag)
-        return len(changed)
+            carried = await self.repo.mark_tag_deleted(unit.session, space_id, tid, actor.subject, self.clock())
+        if carried is None:
+            raise NotFound(f"tag {tag_id} not found in this space")
+        self.tags_deleted.set()
+        return carried
+
+    async def finish_tag_deletions(self, chunk: int = TAG_DELETION_CHUNK) -> int:
+        """Untag the contacts of every deleted tag, `chunk` per transaction with their tag.removed events
+        (actor: who deleted it), then drop the tag's row; returns how many contacts were untagged.
+
+        Crash-safe and safe to run anywhere: the deletion is recorded on the tag row, each chunk commits with
+        its events, and a tag another worker is untagging (a replica) is skipped.
+        """
+        async with self.repo.unit() as unit:
+            pending = await self.repo.deleted_tags(unit.session)
+        untagged = 0
+        for tag_id in pending:
+            finished = False
+            while not finished:
+                async with self.repo.unit() as unit:
+                    step = await self.repo.untag_deleted(unit.session, tag_id, chunk)
+                    if step is None:
+                        break
+                    actor = Actor(step.deleted_by)
+                    for contact_id in step.untagged:
+                        self._event(unit, "tag.removed", step.space_id, actor, contact_id=contact_id, tag=step.tag)
+                untagged += len(step.untagged)
+                finished = step.finished
+        return untagged
+
+    async def run_tag_deletions(self, interval: float = 60.0) -> None:
+        """Finish tag deletions whenever DeleteTag wakes this loop, and every `interval` seconds (the
+        deletions a restart or a failure interrupted). Runs until cancelled."""
+        while True:
+            self.tags_deleted.clear()
+            try:
+                await self.finish_tag_deletions()
+            except Exception:
+                log.exception("finishing tag deletions failed; retrying in %.0f s", interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.tags_deleted.wait(), interval)
 
     async def change_tags(
         self, space_id: str, actor: Actor, contact_ids: Sequence[str], add: Sequence[str], remove: Sequence[str]
@@ -697,16 +866,20 @@ class ContactsService:
         async with self.repo.unit() as unit:
             s = unit.session
             ids = await self._live_ids(unit, space_id, contact_ids)
+            adding = await self._require_tags(unit, space_id, add)  # tags locked first, then contacts
+            removing = await self._require_tags(unit, space_id, remove)
             await self.repo.lock_contacts(s, space_id, ids)
             now = self.clock()
-            for tag_id in await self._require_tags(unit, space_id, add):
-                tag = await self.repo.get_tag(s, space_id, tag_id)
-                for contact_id in await self.repo.add_tag(s, space_id, ids, tag_id, now):
+            if adding:
+                gone = {t.id for t in removing}
+                for contact_id, have in (await self.repo.tags_of(s, ids)).items():
+                    _check_tag_cap(contact_id, have, (have | {t.id for t in adding}) - gone)
+            for tag in adding:
+                for contact_id in await self.repo.add_tag(s, space_id, ids, tag.id, now):
                     self._event(unit, "tag.added", space_id, actor, contact_id=contact_id, tag=tag)
                     changed += 1
-            for tag_id in await self._require_tags(unit, space_id, remove):
-                tag = await self.repo.get_tag(s, space_id, tag_id)
-                for contact_id in await self.repo.remove_tag(s, space_id, ids, tag_id, now):
+            for tag in removing:
+                for contact_id in await self.repo.remove_tag(s, space_id, ids, tag.id, now):
                     self._event(unit, "tag.removed", space_id, actor, contact_id=contact_id, tag=tag)
                     changed += 1
         return changed
@@ -822,6 +995,7 @@ class ContactsService:
     async def update_field(
         self,
         space_id: str,
+        actor: Actor,
         field_id: str,
         *,
         key: str | None = None,
@@ -829,9 +1003,10 @@ class ContactsService:
         description: str | None = None,
         options: Sequence[str] | None = None,
     ) -> FieldDef:
-        """Rename (key or label), re-describe, or change a list's options (values no longer allowed go)."""
+        """Rename (key or label), re-describe, or change a list's options (values no longer allowed go, each
+        with a field.updated to empty)."""
         async with self.repo.unit() as unit:
-            definition = await self.repo.get_field(unit.session, space_id, parse_id(field_id, "field"))
+            definition = await self.repo.get_field(unit.session, space_id, parse_id(field_id, "field"), lock=True)
             if definition is None:
                 raise NotFound(f"custom field {field_id} not found in this space")
             if key is not None and key != definition.key:
@@ -853,16 +1028,37 @@ class ContactsService:
                     )
                 opts = _options(FieldType.LIST, options)
                 definition = replace(definition, options=opts)
-                await self.repo.delete_values_not_in(unit.session, definition.id, opts)
+                removed = await self.repo.delete_values(unit.session, definition, keep=opts)
+                self._values_removed(unit, space_id, actor, definition, removed)
             definition = replace(definition, updated_at=self.clock())
-            await self.repo.update_field(unit.session, definition)
+            if not await self.repo.update_field(unit.session, definition):
+                raise AlreadyExists(f"a custom field with key '{definition.key}' already exists in this space")
         return definition
 
-    async def delete_field(self, space_id: str, field_id: str) -> None:
-        """Delete a definition and every contact's value of it."""
+    async def delete_field(self, space_id: str, actor: Actor, field_id: str) -> None:
+        """Delete a definition and every contact's value of it (one field.updated to empty per value)."""
         async with self.repo.unit() as unit:
-            if not await self.repo.delete_field(unit.session, space_id, parse_id(field_id, "field")):
+            definition = await self.repo.get_field(unit.session, space_id, parse_id(field_id, "field"), lock=True)
+            if definition is None:
                 raise NotFound(f"custom field {field_id} not found in this space")
+            removed = await self.repo.delete_values(unit.session, definition)
+            self._values_removed(unit, space_id, actor, definition, removed)
+            await self.repo.delete_field(unit.session, space_id, definition.id)
+
+    def _values_removed(
+        self, unit: Unit, space_id: str, actor: Actor, definition: FieldDef, removed: Sequence[tuple[uuid.UUID, Any]]
+    ) -> None:
+        for contact_id, old in removed:
+            self._event(
+                unit,
+                "field.updated",
+                space_id,
+                actor,
+                contact_id=contact_id,
+                field=definition,
+                old=format_value(definition.type, old),
+                new="",
+            )
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -872,10 +1068,17 @@ class ContactsService:
             raise NotFound(f"view {raw_id} not found in this space")
         return view
 
-    async def _validate_criteria(self, unit: Unit, space_id: str, actor: Actor, criteria: Group) -> None:
+    async def _validate_criteria(self, unit: Unit, space_id: str, actor: Actor, criteria: Group) -> Group:
+        """Check criteria; answer the form to store (custom fields named by id and current key)."""
         fields = await self._fields(unit, space_id)
         tags = set(await self.repo.existing_tags(unit.session, space_id, referenced_tags(criteria)))
         resolve_criteria(criteria, fields=fields, tag_ids=tags, me=actor.user_id, now=self.clock())
+        return name_fields_by_id(criteria, fields)
+
+    async def _current_keys(self, unit: Unit, space_id: str, views: list[View]) -> list[View]:
+        """Views whose criteria show each custom field's current key (they are stored by id)."""
+        fields = await self._fields(unit, space_id)
+        return [replace(v, criteria=name_fields_by_id(v.criteria, fields)) for v in views]
 
     def _check_share(self, actor: Actor, shared: bool) -> None:
         if shared and not actor.manage_shared_views:
@@ -885,15 +1088,17 @@ class ContactsService:
         name = _view_name(name)
         self._check_share(actor, shared)
         now = self.clock()
-        view = View(uuid.uuid4(), space_id, name, actor.subject, shared, criteria, now, now)
         async with self.repo.unit() as unit:
-            await self._validate_criteria(unit, space_id, actor, criteria)
+            stored = await self._validate_criteria(unit, space_id, actor, criteria)
+            view = View(uuid.uuid4(), space_id, name, actor.subject, shared, stored, now, now)
             await self.repo.insert_view(unit.session, view)
         return view
 
     async def get_view(self, space_id: str, actor: Actor, view_id: str) -> View:
         async with self.repo.unit() as unit:
-            return await self._visible_view(unit, space_id, actor, view_id)
+            view = await self._visible_view(unit, space_id, actor, view_id)
+            (view,) = await self._current_keys(unit, space_id, [view])
+            return view
 
     async def list_views(self, space_id: str, actor: Actor, page_size: int, page_token: str) -> tuple[list[View], str]:
         limit = _page_size(page_size)
@@ -904,6 +1109,7 @@ class ContactsService:
             after = (key[0], parse_id(key[1], "view"))
         async with self.repo.unit() as unit:
             views = await self.repo.list_views(unit.session, space_id, actor.subject, after, limit)
+            views = await self._current_keys(unit, space_id, views)
         token = ""
         if len(views) > limit:
             views = views[:limit]
@@ -929,8 +1135,9 @@ class ContactsService:
             if name is not None:
                 view = replace(view, name=_view_name(name))
             if criteria is not None:
-                await self._validate_criteria(unit, space_id, actor, criteria)
-                view = replace(view, criteria=criteria)
+                view = replace(view, criteria=await self._validate_criteria(unit, space_id, actor, criteria))
+            else:
+                (view,) = await self._current_keys(unit, space_id, [view])
             view = replace(view, updated_at=self.clock())
             await self.repo.update_view(unit.session, view)
         return view
@@ -947,9 +1154,10 @@ class ContactsService:
             self._check_editable(actor, view)
             await self.repo.delete_view(unit.session, space_id, view.id)
 
-    async def validate_criteria(self, space_id: str, actor: Actor, criteria: Group) -> None:
+    async def validate_criteria(self, space_id: str, actor: Actor, criteria: Group) -> Group:
+        """Check criteria without saving; answer the form to store (custom fields by id and current key)."""
         async with self.repo.unit() as unit:
-            await self._validate_criteria(unit, space_id, actor, criteria)
+            return await self._validate_criteria(unit, space_id, actor, criteria)
 
     # -- merge ----------------------------------------------------------------------------------
 
@@ -963,10 +1171,8 @@ class ContactsService:
         """
         async with self.repo.unit() as unit:
             s = unit.session
-            survivor = await self._require_contact(unit, space_id, survivor_id, lock=True)
-            merged = await self._require_contact(unit, space_id, merged_id, lock=True)
-            if survivor.id == merged.id:
-                raise InvalidArgument("cannot merge a contact into itself")
+            survivor, merged = await self._lock_pair(unit, space_id, survivor_id, merged_id)
+            _check_tag_cap(survivor.id, set(survivor.tag_ids), set(survivor.tag_ids) | set(merged.tag_ids))
             profile: dict[str, Any] = {c: getattr(survivor, c) or getattr(merged, c) for c in PROFILE_COLUMNS}
             if survivor.assignee_user_id is None and survivor.assignee_team_id is None:
                 profile["assignee_user_id"] = merged.assignee_user_id
@@ -985,15 +1191,39 @@ class ContactsService:
             self._event(unit, "contact.merged", space_id, actor, survivor=result, merged=merged, field_defs=defs)
         return result
 
+    async def _lock_pair(self, unit: Unit, space_id: str, survivor_id: str, merged_id: str) -> tuple[Contact, Contact]:
+        """The two contacts of a merge, locked in one statement in id order (as every writer of several
+        contacts locks), so opposite merges, or a merge beside a bulk ChangeTags, wait for each other
+        instead of deadlocking. One merged away or deleted while the lock was awaited is resolved again."""
+        raw = (survivor_id, merged_id)
+        asked = [parse_id(r) for r in raw]
+        for _ in range(3):
+            live = await self.repo.resolve_ids(unit.session, space_id, asked)
+            for r, contact_id in zip(raw, asked, strict=True):
+                if contact_id not in live:
+                    raise NotFound(f"contact {r} not found in this space")
+            pair = (live[asked[0]], live[asked[1]])
+            if pair[0] == pair[1]:
+                if asked[0] == asked[1]:
+                    raise InvalidArgument("cannot merge a contact into itself")
+                raise FailedPrecondition(
+                    f"contacts {survivor_id} and {merged_id} are already one contact ({pair[0]}): merged before"
+                )
+            if len(await self.repo.lock_contacts(unit.session, space_id, pair, delete=True)) == 2:
+                contacts = [await self.repo.get_contact(unit.session, space_id, c) for c in pair]
+                assert contacts[0] is not None and contacts[1] is not None
+                return contacts[0], contacts[1]
+        raise Aborted("the contacts changed concurrently; retry the merge")
+
 
 # -- input cleaning -------------------------------------------------------------------------------
 
 
 def _check_identity(ident: IdentityInput) -> None:
-    if not ident.channel_id or len(ident.channel_id) > 64:
-        raise InvalidArgument("channel_id is required (at most 64 characters)")
-    if not ident.external_id or len(ident.external_id) > 256:
-        raise InvalidArgument("external_id is required (at most 256 characters)")
+    if not ident.channel_id or len(ident.channel_id) > 64 or "\x00" in ident.channel_id:
+        raise InvalidArgument("channel_id is required (at most 64 characters, no NUL)")
+    if not ident.external_id or len(ident.external_id) > 256 or "\x00" in ident.external_id:
+        raise InvalidArgument("external_id is required (at most 256 characters, no NUL)")
 
 
 def _clean_profile(profile: dict[str, str | None]) -> dict[str, str | None]:
@@ -1005,27 +1235,45 @@ def _clean_profile(profile: dict[str, str | None]) -> dict[str, str | None]:
 
 
 def _clean_hints(hints: dict[str, str]) -> dict[str, str]:
-    """Profile hints from a channel: kept when valid, silently dropped otherwise (never fail a message)."""
-    out: dict[str, str] = {}
+    """Profile hints from a channel: kept when valid, silently dropped otherwise (never fail a message).
+
+    Each hint passes the check of the field it fills (`clean_standard`), so a hint is never a value that
+    an explicit update would refuse; names longer than allowed are cut first.
+    """
     first, last = hints.get("first_name", "").strip(), hints.get("last_name", "").strip()
     display = hints.get("display_name", "").strip()
     if not first and not last and display:
         first, _, last = display.partition(" ")
-    if first:
-        out["first_name"] = first[:200]
-    if last:
-        out["last_name"] = last.strip()[:200]
     phone = hints.get("phone", "").strip()
-    if phone:
-        with contextlib.suppress(ValueError):
-            out["phone"] = normalize_phone(phone if phone.startswith("+") else "+" + phone)
-    language = hints.get("language", "").strip().replace("_", "-")
-    if language and LANGUAGE_RE.match(language):
-        out["language"] = language
-    avatar = hints.get("avatar_url", "").strip()
-    if avatar.startswith(("http://", "https://")) and len(avatar) <= 2000:
-        out["avatar_url"] = avatar
+    raw = {
+        "first_name": first[:MAX_NAME],
+        "last_name": last.strip()[:MAX_NAME],
+        "phone": phone if not phone or phone.startswith("+") else "+" + phone,
+        "language": hints.get("language", "").strip().replace("_", "-"),
+        "avatar_url": hints.get("avatar_url", "").strip(),
+    }
+    out: dict[str, str] = {}
+    for name, value in raw.items():
+        with contextlib.suppress(InvalidArgument):
+            if (clean := clean_standard(name, value)) is not None:
+                out[name] = clean
     return out
+
+
+def _check_tag_count(count: int) -> None:
+    """A new contact's tags fit the cap (InvalidArgument: the request itself is too big)."""
+    if count > MAX_TAGS_PER_CONTACT:
+        raise InvalidArgument(f"{count} tags given; a contact has at most {MAX_TAGS_PER_CONTACT} tags")
+
+
+def _check_tag_cap(contact_id: uuid.UUID, have: set[uuid.UUID], after: set[uuid.UUID]) -> None:
+    """FailedPrecondition when a change would give a contact new tags beyond the cap (its tags live in
+    index entries of bounded size, see MAX_TAGS_PER_CONTACT); removing tags is always allowed."""
+    if len(after) > MAX_TAGS_PER_CONTACT and after - have:
+        raise FailedPrecondition(
+            f"contact {contact_id} would have {len(after)} tags; a contact has at most {MAX_TAGS_PER_CONTACT} "
+            "(remove some of its tags first)"
+        )
 
 
 def _typed_values(raw: dict[str, str], defs: dict[str, FieldDef], country: str | None) -> dict[str, Any]:
@@ -1042,7 +1290,8 @@ def _typed_values(raw: dict[str, str], defs: dict[str, FieldDef], country: str |
 
 
 def _options(kind: FieldType, options: Sequence[str]) -> tuple[str, ...]:
-    opts = tuple(o.strip() for o in options if o.strip())
+    # An option is the value stored when chosen: the same bounds as a text value.
+    opts = tuple(parse_value("options", FieldType.TEXT, o) for o in options if o.strip())
     if kind is FieldType.LIST:
         if not opts:
             raise InvalidArgument("a list field needs at least one option")
@@ -1056,6 +1305,7 @@ def _options(kind: FieldType, options: Sequence[str]) -> tuple[str, ...]:
 
 
 def _tag_name(name: str) -> str:
+    check_text("tag name", name)
     name = name.strip()
     if not name or len(name) > 100:
         raise InvalidArgument("a tag name is required (at most 100 characters)")

@@ -117,7 +117,9 @@ class ContactsResolver:
 
     @classmethod
     def connect(cls, target: str, token: str, timeout: float = 5.0) -> ContactsResolver:
-        return cls(create_channel(target, token=token, timeout=timeout), timeout=timeout)
+        # UpsertByIdentities is idempotent: an ABORTED (a deadlock in contacts) is retried at once, not redelivered.
+        upsert = "parley.contacts.v1.ContactsService/UpsertByIdentities"
+        return cls(create_channel(target, token=token, timeout=timeout, retry_aborted=(upsert,)), timeout=timeout)
 
     async def resolve(
         self,

@@ -9,7 +9,7 @@ parley.contacts.v1.Criteria, inline or as @FILE, e.g.
 
 from __future__ import annotations
 
-import csv
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -24,12 +24,15 @@ from parley.contacts.v1 import contact_pb2, criteria_pb2, fields_pb2
 from parley.contacts.v1 import contacts_service_pb2 as pb
 from parley.contacts.v1 import contacts_service_pb2_grpc as pb_grpc
 
+from parley_cli.commands.contacts_import import DEDUPE, Report, import_row, read_records, resume_command, run_import
 from parley_cli.common import call, emit, rpc_command, to_dict
 
 SERVICE = "contacts"
 PROFILE = ("first_name", "last_name", "email", "phone", "country", "language", "avatar_url")
 CONTACT_COLUMNS = ("id", "first_name", "last_name", "email", "phone", "tags", "assignee", "last_interaction_at")
-IMPORT_BATCH = 500
+# A batch of 500 rows is 500 transactions on the server: give it time, and never repeat it on its own (a call
+# that failed after some rows committed would import them twice).
+IMPORT_TIMEOUT = 300.0
 
 
 def space_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -301,58 +304,77 @@ async def merge(survivor_id: str, merged_id: str, space: str, token_value: str |
     "'tags' or '-' to ignore. Columns named like a field or 'tags' map by themselves.",
 )
 @click.option("--tag-separator", default=";", show_default=True, help="Separator inside the tags column.")
+@click.option(
+    "--start-line",
+    type=click.IntRange(min=2),
+    default=2,
+    show_default=True,
+    help="Skip the records that start before this line of the file (to resume a stopped import).",
+)
+@click.option(
+    "--dedupe-by",
+    type=click.Choice(sorted(DEDUPE)),
+    default=None,
+    help="A row whose email (or phone) is already a contact's updates that contact instead of adding one.",
+)
 @rpc_command(space_option)
 async def import_contacts(
-    file: Path, mapping: tuple[str, ...], tag_separator: str, space: str, token_value: str | None, as_json: bool
+    file: Path,
+    mapping: tuple[str, ...],
+    tag_separator: str,
+    start_line: int,
+    dedupe_by: str | None,
+    space: str,
+    token_value: str | None,
+    as_json: bool,
 ) -> None:
-    """Import contacts from a CSV file with a header row; bad rows are reported, good rows kept."""
+    """Import contacts from a CSV file with a header row; bad rows are reported, good rows kept.
+
+    Each batch of 500 rows is reported as soon as it is answered (with --json, one JSON object per row,
+    then a summary object). If a call fails, the import stops and says which lines are done, which are
+    unknown and which are not imported, and prints the command that resumes (--start-line).
+    """
     explicit = _pairs(mapping, "--map")
     field_keys = {f.key for f in await _all_fields(space, token_value)}
-    with file.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        targets: dict[str, str] = {}
-        for column in columns:
-            target = explicit.get(column, column.strip().lower().replace(" ", "_"))
-            if target == "-":
-                continue
-            if target not in (*PROFILE, "tags") and target not in field_keys:
-                raise click.UsageError(
-                    f"column '{column}' maps to no field; use --map '{column}=<field key>' or --map '{column}=-'"
-                )
-            targets[column] = target
-        rows = list(reader)
-    requests: list[pb.ImportRow] = []
-    for row in rows:
-        item = pb.ImportRow()
-        for column, target in targets.items():
-            value = (row.get(column) or "").strip()
-            if not value:
-                continue
-            if target == "tags":
-                item.tag_names.extend(t.strip() for t in value.split(tag_separator) if t.strip())
-            elif target in PROFILE:
-                setattr(item.profile, target, value)
-            else:
-                item.field_values[target] = value
-        requests.append(item)
-    results: list[dict[str, Any]] = []
-    for start in range(0, len(requests), IMPORT_BATCH):
-        chunk = requests[start : start + IMPORT_BATCH]
-        resp = await rpc("ImportContacts", pb.ImportContactsRequest(space_id=space, rows=chunk), token_value)
-        for result in resp.results:
-            line = start + result.index + 2  # 1-based, after the header row
-            results.append({"line": line, "contact_id": result.contact_id, "error": result.error})
-    created = sum(1 for r in results if r["contact_id"])
-    failed = [r for r in results if r["error"]]
-    if as_json:
-        emit({"created": created, "failed": len(failed), "results": results}, True)
-    else:
-        for r in failed:
-            click.echo(f"line {r['line']}: {r['error']}", err=True)
-        click.echo(f"{created} imported, {len(failed)} failed")
-    if failed:
-        sys.exit(1 if not created else 3)
+    columns, records = read_records(file)
+    targets: dict[str, str] = {}
+    for column in columns:
+        target = explicit.get(column, column.strip().lower().replace(" ", "_"))
+        if target == "-":
+            continue
+        if target not in (*PROFILE, "tags") and target not in field_keys:
+            raise click.UsageError(
+                f"column '{column}' maps to no field; use --map '{column}=<field key>' or --map '{column}=-'"
+            )
+        targets[column] = target
+    records = [r for r in records if r[0] >= start_line]
+    rows = [import_row(record, targets, PROFILE, tag_separator) for _, record in records]
+
+    async def send(request: pb.ImportContactsRequest) -> pb.ImportContactsResponse:
+        return await call(
+            SERVICE, pb_grpc.ContactsServiceStub, "ImportContacts", request,
+            token_value=token_value, timeout=IMPORT_TIMEOUT, max_attempts=1,
+        )  # fmt: skip
+
+    resume = functools.partial(
+        resume_command,
+        file=file,
+        mapping=mapping,
+        tag_separator=tag_separator,
+        space=space,
+        dedupe_by=dedupe_by,
+        mapped=set(targets.values()),
+        as_json=as_json,
+    )
+    report = Report(as_json)
+    lines = [line for line, _ in records]
+    finished = await run_import(
+        lines, rows, space=space, dedupe_by=dedupe_by or "", send=send, report=report, resume=resume
+    )
+    if not finished or (report.failed and not report.created + report.updated):
+        sys.exit(1)
+    if report.failed:
+        sys.exit(3)
 
 
 # -- parley fields ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from parley.common.v1 import common_pb2 as _common_pb2
 from parley.contacts.v1 import contact_pb2 as _contact_pb2
 from parley.contacts.v1 import criteria_pb2 as _criteria_pb2
@@ -25,6 +26,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ImportDedupe:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImportDedupeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImportDedupe.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMPORT_DEDUPE_UNSPECIFIED: _ImportDedupe.ValueType  # 0
+    """Every row creates a contact."""
+    IMPORT_DEDUPE_EMAIL: _ImportDedupe.ValueType  # 1
+    """A row whose email (case-insensitive) is an existing contact's updates that contact."""
+    IMPORT_DEDUPE_PHONE: _ImportDedupe.ValueType  # 2
+    """A row whose phone (E.164) is an existing contact's updates that contact."""
+
+class ImportDedupe(_ImportDedupe, metaclass=_ImportDedupeEnumTypeWrapper):
+    """What makes an imported row the same person as an existing contact of the space."""
+
+IMPORT_DEDUPE_UNSPECIFIED: ImportDedupe.ValueType  # 0
+"""Every row creates a contact."""
+IMPORT_DEDUPE_EMAIL: ImportDedupe.ValueType  # 1
+"""A row whose email (case-insensitive) is an existing contact's updates that contact."""
+IMPORT_DEDUPE_PHONE: ImportDedupe.ValueType  # 2
+"""A row whose phone (E.164) is an existing contact's updates that contact."""
+Global___ImportDedupe: _TypeAlias = ImportDedupe  # noqa: Y015
 
 @_typing.final
 class IdentityProfile(_message.Message):
@@ -641,7 +666,7 @@ class ImportRow(_message.Message):
     def field_values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def tag_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Tag names; missing tags are created."""
+        """Tag names; missing tags are created (with the row: a row that fails creates none)."""
 
     def __init__(
         self,
@@ -664,7 +689,13 @@ class ImportContactsRequest(_message.Message):
 
     SPACE_ID_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    DEDUPE_BY_FIELD_NUMBER: _builtins.int
     space_id: _builtins.str
+    dedupe_by: Global___ImportDedupe.ValueType
+    """When set, a row matching an existing contact updates it (the row's non-empty profile fields and
+    values overwrite, its tags are added) instead of creating a second contact; a row without the
+    value is created. Two contacts already sharing the value fail the row (merge them first).
+    """
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportRow]:
         """At most 1000 rows per call."""
@@ -674,10 +705,11 @@ class ImportContactsRequest(_message.Message):
         *,
         space_id: _builtins.str = ...,
         rows: _abc.Iterable[Global___ImportRow] | None = ...,
+        dedupe_by: Global___ImportDedupe.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "space_id", b"space_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedupe_by", b"dedupe_by", "rows", b"rows", "space_id", b"space_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -685,28 +717,38 @@ Global___ImportContactsRequest: _TypeAlias = ImportContactsRequest  # noqa: Y015
 
 @_typing.final
 class ImportResult(_message.Message):
-    """The outcome of one row, in request order."""
+    """The outcome of one row, in request order. Each row is its own transaction: committed, or no change."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
     CONTACT_ID_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     contact_id: _builtins.str
-    """Set when the row was imported."""
+    """Set when the row was imported (created, or updated with dedupe_by)."""
     error: _builtins.str
     """Set when it was not: what was wrong with the row."""
+    error_code: _builtins.int
+    """0 when the row was imported; otherwise its status code (google.rpc.Code numbering: 3 INVALID_ARGUMENT,
+    5 NOT_FOUND, 6 ALREADY_EXISTS, 9 FAILED_PRECONDITION, 13 INTERNAL for an unexpected failure, logged).
+    """
+    updated: _builtins.bool
+    """True when the row updated an existing contact (dedupe_by) instead of creating one."""
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
         contact_id: _builtins.str = ...,
         error: _builtins.str = ...,
+        error_code: _builtins.int = ...,
+        updated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "error", b"error", "index", b"index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "error", b"error", "error_code", b"error_code", "index", b"index", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -719,8 +761,12 @@ class ImportContactsResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     CREATED_COUNT_FIELD_NUMBER: _builtins.int
     FAILED_COUNT_FIELD_NUMBER: _builtins.int
+    UPDATED_COUNT_FIELD_NUMBER: _builtins.int
     created_count: _builtins.int
+    """Rows that created a contact."""
     failed_count: _builtins.int
+    updated_count: _builtins.int
+    """Rows that updated an existing contact (dedupe_by)."""
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportResult]: ...
     def __init__(
@@ -729,10 +775,11 @@ class ImportContactsResponse(_message.Message):
         results: _abc.Iterable[Global___ImportResult] | None = ...,
         created_count: _builtins.int = ...,
         failed_count: _builtins.int = ...,
+        updated_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_count", b"created_count", "failed_count", b"failed_count", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_count", b"created_count", "failed_count", b"failed_count", "results", b"results", "updated_count", b"updated_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -976,7 +1023,7 @@ class DeleteTagResponse(_message.Message):
 
     UNTAGGED_COUNT_FIELD_NUMBER: _builtins.int
     untagged_count: _builtins.int
-    """Contacts the tag was removed from."""
+    """Contacts that carried the tag (each is untagged, with its tag.removed event, shortly after)."""
     def __init__(
         self,
         *,
@@ -1506,12 +1553,22 @@ Global___ValidateCriteriaRequest: _TypeAlias = ValidateCriteriaRequest  # noqa: 
 class ValidateCriteriaResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    CRITERIA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def criteria(self) -> _criteria_pb2.Criteria:
+        """The criteria as the service reads them: every custom-field condition carries field_id and the
+        field's current key. A service storing criteria (broadcasts, workflows) stores this form, so
+        its criteria keep naming the same fields after a key is renamed.
+        """
+
     def __init__(
         self,
+        *,
+        criteria: _criteria_pb2.Criteria | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

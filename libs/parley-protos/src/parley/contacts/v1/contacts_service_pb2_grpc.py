@@ -268,7 +268,9 @@ class ContactsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTag(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The tag leaves the catalog and every read at once (contacts no longer show it, views naming it match
+        no contact); its contacts are then untagged in the background, each with its tag.removed event.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -337,7 +339,8 @@ class ContactsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ValidateCriteria(self, request, context):
-        """Check criteria (e.g. before a broadcast or workflow saves them) without saving anything.
+        """Check criteria (e.g. before a broadcast or workflow saves them) without saving anything; the
+        answer is the form to store (custom fields named by id too).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -27,23 +27,23 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from parley.common.v1 import common_pb2 as parley_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!parley/contacts/v1/criteria.proto\x12\x12parley.contacts.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dparley/common/v1/common.proto\";\n\x08\x43riteria\x12/\n\x04root\x18\x01 \x01(\x0b\x32!.parley.contacts.v1.CriteriaGroup\"u\n\rCriteriaGroup\x12\x33\n\x08operator\x18\x01 \x01(\x0e\x32!.parley.contacts.v1.GroupOperator\x12/\n\x05nodes\x18\x02 \x03(\x0b\x32 .parley.contacts.v1.CriteriaNode\"\x99\x03\n\x0c\x43riteriaNode\x12\x32\n\x05group\x18\x01 \x01(\x0b\x32!.parley.contacts.v1.CriteriaGroupH\x00\x12/\n\x03tag\x18\x02 \x01(\x0b\x32 .parley.contacts.v1.TagConditionH\x00\x12\x33\n\x05\x66ield\x18\x03 \x01(\x0b\x32\".parley.contacts.v1.FieldConditionH\x00\x12\x37\n\x07\x63hannel\x18\x04 \x01(\x0b\x32$.parley.contacts.v1.ChannelConditionH\x00\x12\x39\n\x08\x61ssignee\x18\x05 \x01(\x0b\x32%.parley.contacts.v1.AssigneeConditionH\x00\x12=\n\x10last_interaction\x18\x06 \x01(\x0b\x32!.parley.contacts.v1.TimeConditionH\x00\x12\x34\n\x07\x63reated\x18\x07 \x01(\x0b\x32!.parley.contacts.v1.TimeConditionH\x00\x42\x06\n\x04node\"L\n\x0cTagCondition\x12+\n\x05match\x18\x01 \x01(\x0e\x32\x1c.parley.contacts.v1.TagMatch\x12\x0f\n\x07tag_ids\x18\x02 \x03(\t\"d\n\x0e\x46ieldCondition\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x33\n\x08operator\x18\x02 \x01(\x0e\x32!.parley.contacts.v1.FieldOperator\x12\x0e\n\x06values\x18\x03 \x03(\t\"]\n\x10\x43hannelCondition\x12\x13\n\x0b\x63hannel_ids\x18\x01 \x03(\t\x12\x34\n\rchannel_types\x18\x02 \x03(\x0e\x32\x1d.parley.common.v1.ChannelType\"Q\n\x11\x41ssigneeCondition\x12\x30\n\x05match\x18\x01 \x01(\x0e\x32!.parley.contacts.v1.AssigneeMatch\x12\n\n\x02id\x18\x02 \x01(\t\"\x9c\x01\n\rTimeCondition\x12\x32\n\x08operator\x18\x01 \x01(\x0e\x32 .parley.contacts.v1.TimeOperator\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06\x62\x65\x66ore\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*^\n\rGroupOperator\x12\x1e\n\x1aGROUP_OPERATOR_UNSPECIFIED\x10\x00\x12\x16\n\x12GROUP_OPERATOR_AND\x10\x01\x12\x15\n\x11GROUP_OPERATOR_OR\x10\x02*k\n\x08TagMatch\x12\x19\n\x15TAG_MATCH_UNSPECIFIED\x10\x00\x12\x15\n\x11TAG_MATCH_HAS_ANY\x10\x01\x12\x15\n\x11TAG_MATCH_HAS_ALL\x10\x02\x12\x16\n\x12TAG_MATCH_HAS_NONE\x10\x03*\xbb\x02\n\rFieldOperator\x12\x1e\n\x1a\x46IELD_OPERATOR_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46IELD_OPERATOR_EQUALS\x10\x01\x12\x1d\n\x19\x46IELD_OPERATOR_NOT_EQUALS\x10\x02\x12\x1b\n\x17\x46IELD_OPERATOR_CONTAINS\x10\x03\x12\x1e\n\x1a\x46IELD_OPERATOR_STARTS_WITH\x10\x04\x12\x1f\n\x1b\x46IELD_OPERATOR_GREATER_THAN\x10\x05\x12\x1c\n\x18\x46IELD_OPERATOR_LESS_THAN\x10\x06\x12\x1a\n\x16\x46IELD_OPERATOR_BETWEEN\x10\x07\x12\x19\n\x15\x46IELD_OPERATOR_IS_SET\x10\x08\x12\x1d\n\x19\x46IELD_OPERATOR_IS_NOT_SET\x10\t*\x97\x01\n\rAssigneeMatch\x12\x1e\n\x1a\x41SSIGNEE_MATCH_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41SSIGNEE_MATCH_ME\x10\x01\x12\x1d\n\x19\x41SSIGNEE_MATCH_UNASSIGNED\x10\x02\x12\x17\n\x13\x41SSIGNEE_MATCH_USER\x10\x03\x12\x17\n\x13\x41SSIGNEE_MATCH_TEAM\x10\x04*a\n\x0cTimeOperator\x12\x1d\n\x19TIME_OPERATOR_UNSPECIFIED\x10\x00\x12\x18\n\x14TIME_OPERATOR_WITHIN\x10\x01\x12\x18\n\x14TIME_OPERATOR_BEFORE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!parley/contacts/v1/criteria.proto\x12\x12parley.contacts.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dparley/common/v1/common.proto\";\n\x08\x43riteria\x12/\n\x04root\x18\x01 \x01(\x0b\x32!.parley.contacts.v1.CriteriaGroup\"u\n\rCriteriaGroup\x12\x33\n\x08operator\x18\x01 \x01(\x0e\x32!.parley.contacts.v1.GroupOperator\x12/\n\x05nodes\x18\x02 \x03(\x0b\x32 .parley.contacts.v1.CriteriaNode\"\x99\x03\n\x0c\x43riteriaNode\x12\x32\n\x05group\x18\x01 \x01(\x0b\x32!.parley.contacts.v1.CriteriaGroupH\x00\x12/\n\x03tag\x18\x02 \x01(\x0b\x32 .parley.contacts.v1.TagConditionH\x00\x12\x33\n\x05\x66ield\x18\x03 \x01(\x0b\x32\".parley.contacts.v1.FieldConditionH\x00\x12\x37\n\x07\x63hannel\x18\x04 \x01(\x0b\x32$.parley.contacts.v1.ChannelConditionH\x00\x12\x39\n\x08\x61ssignee\x18\x05 \x01(\x0b\x32%.parley.contacts.v1.AssigneeConditionH\x00\x12=\n\x10last_interaction\x18\x06 \x01(\x0b\x32!.parley.contacts.v1.TimeConditionH\x00\x12\x34\n\x07\x63reated\x18\x07 \x01(\x0b\x32!.parley.contacts.v1.TimeConditionH\x00\x42\x06\n\x04node\"L\n\x0cTagCondition\x12+\n\x05match\x18\x01 \x01(\x0e\x32\x1c.parley.contacts.v1.TagMatch\x12\x0f\n\x07tag_ids\x18\x02 \x03(\t\"v\n\x0e\x46ieldCondition\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x33\n\x08operator\x18\x02 \x01(\x0e\x32!.parley.contacts.v1.FieldOperator\x12\x0e\n\x06values\x18\x03 \x03(\t\x12\x10\n\x08\x66ield_id\x18\x04 \x01(\t\"]\n\x10\x43hannelCondition\x12\x13\n\x0b\x63hannel_ids\x18\x01 \x03(\t\x12\x34\n\rchannel_types\x18\x02 \x03(\x0e\x32\x1d.parley.common.v1.ChannelType\"Q\n\x11\x41ssigneeCondition\x12\x30\n\x05match\x18\x01 \x01(\x0e\x32!.parley.contacts.v1.AssigneeMatch\x12\n\n\x02id\x18\x02 \x01(\t\"\x9c\x01\n\rTimeCondition\x12\x32\n\x08operator\x18\x01 \x01(\x0e\x32 .parley.contacts.v1.TimeOperator\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06\x62\x65\x66ore\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*^\n\rGroupOperator\x12\x1e\n\x1aGROUP_OPERATOR_UNSPECIFIED\x10\x00\x12\x16\n\x12GROUP_OPERATOR_AND\x10\x01\x12\x15\n\x11GROUP_OPERATOR_OR\x10\x02*k\n\x08TagMatch\x12\x19\n\x15TAG_MATCH_UNSPECIFIED\x10\x00\x12\x15\n\x11TAG_MATCH_HAS_ANY\x10\x01\x12\x15\n\x11TAG_MATCH_HAS_ALL\x10\x02\x12\x16\n\x12TAG_MATCH_HAS_NONE\x10\x03*\xbb\x02\n\rFieldOperator\x12\x1e\n\x1a\x46IELD_OPERATOR_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46IELD_OPERATOR_EQUALS\x10\x01\x12\x1d\n\x19\x46IELD_OPERATOR_NOT_EQUALS\x10\x02\x12\x1b\n\x17\x46IELD_OPERATOR_CONTAINS\x10\x03\x12\x1e\n\x1a\x46IELD_OPERATOR_STARTS_WITH\x10\x04\x12\x1f\n\x1b\x46IELD_OPERATOR_GREATER_THAN\x10\x05\x12\x1c\n\x18\x46IELD_OPERATOR_LESS_THAN\x10\x06\x12\x1a\n\x16\x46IELD_OPERATOR_BETWEEN\x10\x07\x12\x19\n\x15\x46IELD_OPERATOR_IS_SET\x10\x08\x12\x1d\n\x19\x46IELD_OPERATOR_IS_NOT_SET\x10\t*\x97\x01\n\rAssigneeMatch\x12\x1e\n\x1a\x41SSIGNEE_MATCH_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41SSIGNEE_MATCH_ME\x10\x01\x12\x1d\n\x19\x41SSIGNEE_MATCH_UNASSIGNED\x10\x02\x12\x17\n\x13\x41SSIGNEE_MATCH_USER\x10\x03\x12\x17\n\x13\x41SSIGNEE_MATCH_TEAM\x10\x04*a\n\x0cTimeOperator\x12\x1d\n\x19TIME_OPERATOR_UNSPECIFIED\x10\x00\x12\x18\n\x14TIME_OPERATOR_WITHIN\x10\x01\x12\x18\n\x14TIME_OPERATOR_BEFORE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.contacts.v1.criteria_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GROUPOPERATOR']._serialized_start=1262
-  _globals['_GROUPOPERATOR']._serialized_end=1356
-  _globals['_TAGMATCH']._serialized_start=1358
-  _globals['_TAGMATCH']._serialized_end=1465
-  _globals['_FIELDOPERATOR']._serialized_start=1468
-  _globals['_FIELDOPERATOR']._serialized_end=1783
-  _globals['_ASSIGNEEMATCH']._serialized_start=1786
-  _globals['_ASSIGNEEMATCH']._serialized_end=1937
-  _globals['_TIMEOPERATOR']._serialized_start=1939
-  _globals['_TIMEOPERATOR']._serialized_end=2036
+  _globals['_GROUPOPERATOR']._serialized_start=1280
+  _globals['_GROUPOPERATOR']._serialized_end=1374
+  _globals['_TAGMATCH']._serialized_start=1376
+  _globals['_TAGMATCH']._serialized_end=1483
+  _globals['_FIELDOPERATOR']._serialized_start=1486
+  _globals['_FIELDOPERATOR']._serialized_end=1801
+  _globals['_ASSIGNEEMATCH']._serialized_start=1804
+  _globals['_ASSIGNEEMATCH']._serialized_end=1955
+  _globals['_TIMEOPERATOR']._serialized_start=1957
+  _globals['_TIMEOPERATOR']._serialized_end=2054
   _globals['_CRITERIA']._serialized_start=153
   _globals['_CRITERIA']._serialized_end=212
   _globals['_CRITERIAGROUP']._serialized_start=214
@@ -53,11 +53,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TAGCONDITION']._serialized_start=745
   _globals['_TAGCONDITION']._serialized_end=821
   _globals['_FIELDCONDITION']._serialized_start=823
-  _globals['_FIELDCONDITION']._serialized_end=923
-  _globals['_CHANNELCONDITION']._serialized_start=925
-  _globals['_CHANNELCONDITION']._serialized_end=1018
-  _globals['_ASSIGNEECONDITION']._serialized_start=1020
-  _globals['_ASSIGNEECONDITION']._serialized_end=1101
-  _globals['_TIMECONDITION']._serialized_start=1104
-  _globals['_TIMECONDITION']._serialized_end=1260
+  _globals['_FIELDCONDITION']._serialized_end=941
+  _globals['_CHANNELCONDITION']._serialized_start=943
+  _globals['_CHANNELCONDITION']._serialized_end=1036
+  _globals['_ASSIGNEECONDITION']._serialized_start=1038
+  _globals['_ASSIGNEECONDITION']._serialized_end=1119
+  _globals['_TIMECONDITION']._serialized_start=1122
+  _globals['_TIMECONDITION']._serialized_end=1278
 # @@protoc_insertion_point(module_scope)

@@ -263,7 +263,7 @@ Global___TagCondition: _TypeAlias = TagCondition  # noqa: Y015
 @_typing.final
 class FieldCondition(_message.Message):
     """A condition on a standard field (first_name, last_name, email, phone, country, language,
-    avatar_url) or a custom field (by key). Text comparisons are case-insensitive.
+    avatar_url) or a custom field (by key, or by id). Text comparisons are case-insensitive.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -271,13 +271,24 @@ class FieldCondition(_message.Message):
     FIELD_FIELD_NUMBER: _builtins.int
     OPERATOR_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
+    FIELD_ID_FIELD_NUMBER: _builtins.int
     field: _builtins.str
+    """The standard field's name or the custom field's key."""
     operator: Global___FieldOperator.ValueType
+    field_id: _builtins.str
+    """The custom field's id (FieldDefinition.id). When set, it names the field and `field` is only
+    the key as the writer last saw it (quoted in errors): the condition survives a rename of the
+    key. The service sets it on the criteria it returns (views, ValidateCriteriaResponse), with
+    `field` the current key; to point a condition at another field, clear it or set it anew.
+    """
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Operands in canonical string form: none for IS_SET/IS_NOT_SET, two for BETWEEN (inclusive,
         lower first), one for CONTAINS/STARTS_WITH/GREATER_THAN/LESS_THAN, one or more for
-        EQUALS (any of) and NOT_EQUALS (none of).
+        EQUALS (any of) and NOT_EQUALS (none of). EQUALS/NOT_EQUALS operands of email, phone and
+        url fields must be valid values of the type (phone in international form, any formatting).
+        Phone CONTAINS/STARTS_WITH compare digits: formatting is ignored, STARTS_WITH reads from the
+        country code, and a leading '+' on a CONTAINS operand pins it to the country code.
         """
 
     def __init__(
@@ -286,10 +297,11 @@ class FieldCondition(_message.Message):
         field: _builtins.str = ...,
         operator: Global___FieldOperator.ValueType = ...,
         values: _abc.Iterable[_builtins.str] | None = ...,
+        field_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "operator", b"operator", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "field_id", b"field_id", "operator", b"operator", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

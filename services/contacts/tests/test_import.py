@@ -1,0 +1,171 @@
+"""ImportContacts: every row answered on its own, a failed row changes nothing, optional de-duplication."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from parley_contacts.repository import Repository
+from parley_contacts.service import Actor, ContactsService, ImportRow
+from parley_kit.db import session_factory
+from parley_kit.errors import FailedPrecondition, Internal, InvalidArgument
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+
+class CrashingRepository(Repository):
+    """Fails like a bug or a lost connection would when inserting a contact named 'Crash'."""
+
+    async def insert_contact(self, s: AsyncSession, values: dict[str, Any]) -> None:
+        if values.get("first_name") == "Crash":
+            raise RuntimeError("connection lost")
+        await super().insert_contact(s, values)
+
+
+@pytest.fixture
+def crashing(engine: AsyncEngine, sink) -> ContactsService:
+    return ContactsService(CrashingRepository(session_factory(engine), sink))
+
+
+def row(tags: tuple[str, ...] = (), values: dict[str, str] | None = None, **profile: str) -> ImportRow:
+    return ImportRow(dict(profile), values or {}, tags)
+
+
+async def test_an_unexpected_failure_is_that_rows_internal_error_and_later_rows_are_imported(
+    crashing: ContactsService, space: str, manager: Actor, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="parley_contacts.service")
+    outcomes = await crashing.import_contacts(
+        space, manager, [row(first_name="Ana"), row(first_name="Crash"), row(first_name="Bea")]
+    )
+    assert [o.contact_id is not None for o in outcomes] == [True, False, True]
+    assert isinstance(outcomes[1].error, Internal) and "logged" in outcomes[1].error.message
+    assert "import row 1" in caplog.text and "connection lost" in caplog.text  # the traceback, for operators
+    names = sorted(c.first_name for c in (await crashing.list_contacts(space, manager)).contacts)
+    assert names == ["Ana", "Bea"]
+
+
+async def test_every_domain_error_is_reported_on_its_row_and_later_rows_are_imported(
+    service: ContactsService, space: str, manager: Actor
+) -> None:
+    twin = {"first_name": "Twin", "email": "twin@x.com"}
+    await service.create_contact(space, manager, twin)
+    await service.create_contact(space, manager, twin)
+    outcomes = await service.import_contacts(
+        space,
+        manager,
+        [row(email="twin@x.com"), row(email="nope"), row(first_name="Ok", email="ok@x.com")],
+        dedupe_by="email",
+    )
+    assert isinstance(outcomes[0].error, FailedPrecondition) and "merge them" in outcomes[0].error.message
+    assert isinstance(outcomes[1].error, InvalidArgument)
+    assert outcomes[2].contact_id is not None and outcomes[2].error is None
+
+
+async def test_a_failed_row_creates_no_tag(
+    crashing: ContactsService, engine: AsyncEngine, space: str, manager: Actor, sink
+) -> None:
+    await crashing.create_field(space, "age", "Age", "number")
+    before = len(sink.events)
+    outcomes = await crashing.import_contacts(
+        space,
+        manager,
+        [
+            row(("from-bad-email",), email="nope"),  # refused before its transaction
+            row(("from-bad-value", "kept"), {"age": "old"}),  # refused after its tags were inserted
+            row(("from-crash",), first_name="Crash"),  # an unexpected failure inside the transaction
+            row(("Kept",), first_name="Good"),
+        ],
+    )
+    assert [o.error is None for o in outcomes] == [False, False, False, True]
+    assert [t.name for t in await crashing.list_tags(space)] == ["Kept"]
+    assert [e.kind for e in sink.events[before:]] == ["contact.created"]
+
+
+async def test_rows_racing_to_create_one_tag_name_share_one_tag(
+    service: ContactsService, space: str, manager: Actor
+) -> None:
+    calls = [
+        service.import_contacts(space, manager, [row(("Hot" if i % 2 else "hot",), first_name=f"c{i}")])
+        for i in range(8)
+    ]
+    results = await asyncio.gather(*calls)
+    assert all(o.error is None for outcomes in results for o in outcomes)
+    (tag,) = await service.list_tags(space)
+    contacts = (await service.list_contacts(space, manager)).contacts
+    assert len(contacts) == 8 and all(c.tag_ids == (tag.id,) for c in contacts)
+
+
+async def test_dedupe_by_email_updates_the_existing_contact_instead_of_adding_one(
+    service: ContactsService, space: str, manager: Actor, sink
+) -> None:
+    await service.create_field(space, "plan", "Plan", "list", options=["free", "pro"])
+    vip = await service.create_tag(space, "vip")
+    ana = await service.create_contact(
+        space,
+        manager,
+        {"first_name": "Ana", "email": "Ana@X.com", "phone": "+33612345678"},
+        {"plan": "free"},
+        [str(vip.id)],
+    )
+    before = len(sink.events)
+    (outcome,) = await service.import_contacts(
+        space,
+        manager,
+        [row(("vip", "csv"), {"plan": "pro"}, first_name="Anita", email="ana@x.com", last_name="")],
+        dedupe_by="email",
+    )
+    assert (outcome.contact_id, outcome.updated) == (ana.id, True)
+    got, _ = await service.get_contact(space, str(ana.id))
+    assert (got.first_name, got.phone) == ("Anita", "+33612345678")  # an empty cell clears nothing
+    assert [e.kind for e in sink.events[before:]] == ["contact.updated", "field.updated", "tag.added"]
+    assert (await service.list_contacts(space, manager)).total == 1
+
+
+async def test_dedupe_by_phone_matches_the_normalized_number_and_a_row_without_one_is_created(
+    service: ContactsService, space: str, manager: Actor
+) -> None:
+    bea = await service.create_contact(space, manager, {"first_name": "Bea", "phone": "+33612345678"})
+    outcomes = await service.import_contacts(
+        space,
+        manager,
+        [row(phone="06 12 34 56 78", country="fr", last_name="B"), row(first_name="No phone")],
+        dedupe_by="phone",
+    )
+    assert (outcomes[0].contact_id, outcomes[0].updated) == (bea.id, True)
+    assert outcomes[1].contact_id not in (None, bea.id) and not outcomes[1].updated
+    got, _ = await service.get_contact(space, str(bea.id))
+    assert (got.first_name, got.last_name, got.country) == ("Bea", "B", "FR")
+
+
+async def test_concurrent_deduplicated_imports_of_one_email_create_one_contact(
+    service: ContactsService, space: str, manager: Actor
+) -> None:
+    calls = [
+        service.import_contacts(space, manager, [row(first_name=f"n{i}", email="same@x.com")], dedupe_by="email")
+        for i in range(10)
+    ]
+    outcomes = [o for result in await asyncio.gather(*calls) for o in result]
+    assert all(o.error is None for o in outcomes)
+    assert len({o.contact_id for o in outcomes}) == 1
+    assert sorted(o.updated for o in outcomes) == [False] + [True] * 9
+    assert (await service.list_contacts(space, manager)).total == 1
+
+
+async def test_a_file_imported_again_with_dedupe_adds_no_contact(
+    service: ContactsService, space: str, manager: Actor
+) -> None:
+    rows = [row(first_name=f"p{i}", email=f"p{i}@x.com") for i in range(5)]
+    first = await service.import_contacts(space, manager, rows[:3])  # e.g. a run stopped after a batch
+    again = await service.import_contacts(space, manager, rows, dedupe_by="email")
+    assert [o.updated for o in again] == [True, True, True, False, False]
+    assert [o.contact_id for o in again[:3]] == [o.contact_id for o in first]
+    assert (await service.list_contacts(space, manager)).total == 5
+
+
+async def test_dedupe_on_anything_but_email_or_phone_is_refused(
+    service: ContactsService, space: str, manager: Actor
+) -> None:
+    with pytest.raises(InvalidArgument, match="email, phone"):
+        await service.import_contacts(space, manager, [row(first_name="x")], dedupe_by="first_name")
