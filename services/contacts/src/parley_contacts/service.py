@@ -89,9 +89,6 @@ NEW_IDENTITY_CONCURRENCY = 4
 DEDUPE_KEYS = ("email", "phone")
 
 
-log = logging.getLogger(__name__)
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
