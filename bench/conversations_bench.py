@@ -196,6 +196,8 @@ def main(argv: list[str]) -> None:
             "PARLEY_GRPC_HOST": "127.0.0.1",
             "PARLEY_AUTH_JWKS": json.dumps(jwks(key)),
             "PARLEY_LOG_LEVEL": "WARNING",
+            # No workspace service here and nothing is assigned: say so (the services refuse to start otherwise).
+            "PARLEY_ASSIGNEE_CHECK": "off",
         }
         contacts_env = {
             **base,

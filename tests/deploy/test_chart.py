@@ -4,6 +4,8 @@ shutdown, restricted pods, network policies that admit only callers, secrets wir
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 import shutil
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 import yaml
 from parley_deploy import chart, dockerfiles, helm
 from parley_kit.grpc_server import LIVENESS
+from parley_kit.settings import AssigneeSettings
 
 ROOT = chart.ROOT
 CRD_KINDS = {"PodMonitor", "PrometheusRule", "ServiceMonitor"}
@@ -325,6 +328,43 @@ def test_egress_allows_dns_nats_the_database_and_the_callees_only(default_object
     assert callees == {"contacts", "workspace"}
     gateway = chart.by_kind(default_objects, "NetworkPolicy")["parley-channel-gateway-worker"]
     assert {"ports": [{"port": 443, "protocol": "TCP"}]} in gateway["spec"]["egress"], "providers over HTTPS"
+
+
+def grpc_callees(policy: dict[str, Any]) -> set[str]:
+    return {
+        rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for rule in policy["spec"]["egress"]
+        if rule["ports"][0]["port"] == "grpc"
+    }
+
+
+@pytest.mark.parametrize("scenario", ["default_objects", "production_objects"])
+def test_services_that_check_assignees_get_the_workspace_and_may_reach_it(
+    scenario: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Contacts and conversations refuse to start without PARLEY_WORKSPACE_ADDR (their assignee check): each of
+    their processes gets it, starts with the rendered environment, and its NetworkPolicies let it through."""
+    objects = request.getfixturevalue(scenario)
+    deployments = chart.by_kind(objects, "Deployment")
+    policies = chart.by_kind(objects, "NetworkPolicy")
+    checking = set()
+    for name, deployment in deployments.items():
+        component = pod_labels(deployment)["app.kubernetes.io/component"]
+        settings = importlib.import_module(f"parley_{component.replace('-', '_')}.config").Settings
+        if not issubclass(settings, AssigneeSettings):
+            continue
+        checking.add(component)
+        env = config_env(objects, deployment)
+        assert env["PARLEY_WORKSPACE_ADDR"] == "parley-workspace:50051", name
+        for key in [k for k in os.environ if k.startswith("PARLEY_")]:
+            monkeypatch.delenv(key)
+        secrets = {"PARLEY_DATABASE_URL": "postgresql://x@db/x", "PARLEY_SERVICE_TOKEN": "token"}  # from Secrets
+        for key, value in {**env, **secrets}.items():
+            monkeypatch.setenv(key, value)
+        assert settings().assignee_check, f"{name} starts without checking assignees"
+        assert "workspace" in grpc_callees(policies[name]), f"{name} may not reach the workspace"
+        assert component in grpc_callers(policies["parley-workspace"]), f"the workspace does not admit {name}"
+    assert checking == {"contacts", "conversations"}
 
 
 # ---- ingress, config and secrets ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import time
@@ -375,6 +376,45 @@ async def test_consumer_gauges_report_pending_and_ack_pending_messages(
     await eventually(lambda: gauges() == (2, 1))
     release.set()
     await eventually(lambda: gauges() == (0, 0))
+
+
+class SwallowingJetStream:
+    """A JetStream context whose consumer_info (once `swallow` is on) waits, and returns when cancelled, as
+    Python 3.11's asyncio.wait_for does when the reply lands together with the cancel."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self.swallow = False
+        self.waiting = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+    async def consumer_info(self, stream: str, durable: str) -> ConsumerInfo:
+        info = await self._js.consumer_info(stream, durable)
+        if self.swallow:
+            self.waiting.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+        return info
+
+
+async def test_stop_returns_even_when_the_lag_watcher_swallows_its_cancel(
+    make_bench: Callable[..., Awaitable[Bench]],
+) -> None:
+    bench = await make_bench()
+    js = SwallowingJetStream(bench.js)
+
+    async def nothing(delivery: Delivery) -> None:
+        return None
+
+    runner = ConsumerRunner(js, bench.spec, nothing, service=bench.service, message_type=TextPart, fetch_timeout=0.2)  # type: ignore[arg-type]
+    await runner.start()
+    js.swallow = True
+    await js.waiting.wait()
+    stopping = asyncio.create_task(runner.stop(grace=0.5))
+    done, _ = await asyncio.wait({stopping}, timeout=3)
+    assert done, "stop() still waits for a lag watcher that swallowed its cancel"
 
 
 async def test_runner_refuses_to_start_on_a_consumer_that_was_not_provisioned(

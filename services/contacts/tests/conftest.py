@@ -1,4 +1,5 @@
-"""Fixtures: a migrated database per test module, a ContactsService on it, and its gRPC API."""
+"""Fixtures: a migrated database per test module, a ContactsService on it that checks assignees with the
+real workspace service (a process), a fresh workspace space per test, and the service's gRPC API."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from parley_contacts.repository import DomainEvent, Repository
 from parley_contacts.service import Actor, ContactsService
 from parley_kit.auth import SigningKey, TokenVerifier, jwks
 from parley_kit.db import create_engine, run_migrations, session_factory
+from parley_kit.directory import WorkspaceDirectory
 from parley_kit.grpc_server import GrpcServer, JwtAuthenticator
+from parley_kit.testing.processes import WorkspaceAdmin, WorkspaceProcess
 from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -59,14 +62,31 @@ def sink() -> RecordingSink:
 
 
 @pytest.fixture(scope="module")
-def service(engine: AsyncEngine, sink: RecordingSink) -> ContactsService:
-    return ContactsService(Repository(session_factory(engine), sink))
+async def directory(
+    workspace_service: WorkspaceProcess, mint_token: Callable[..., str]
+) -> AsyncIterator[WorkspaceDirectory]:
+    """The workspace directory as the service builds it (the real workspace, this service's platform token)."""
+    token = mint_token(space_id="*", role="system", subject="service:contacts", ttl=86_400)
+    found = WorkspaceDirectory.connect(workspace_service.target, token, service="contacts")
+    yield found
+    await found.close()
+
+
+@pytest.fixture(scope="module")
+def service(engine: AsyncEngine, sink: RecordingSink, directory: WorkspaceDirectory) -> ContactsService:
+    return ContactsService(Repository(session_factory(engine), sink), assignees=directory.require_assignee)
 
 
 @pytest.fixture
-def space() -> str:
-    """A fresh space per test: tests share a database but never each other's rows."""
-    return f"sp_{uuid.uuid4().hex[:10]}"
+def admin(workspace_service: WorkspaceProcess) -> WorkspaceAdmin:
+    """Makes the members and teams of a space (what the service may assign)."""
+    return workspace_service.admin
+
+
+@pytest.fixture
+async def space(admin: WorkspaceAdmin) -> str:
+    """A fresh space of the real workspace per test: tests share a database but never each other's rows."""
+    return await admin.space()
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ from parley_kit.auth import SigningKey, TokenVerifier, jwks
 from parley_kit.db import session_factory
 from parley_kit.errors import Unavailable
 from parley_kit.grpc_server import GrpcServer, JwtAuthenticator
-
-SPACE = "sp_cli"
+from parley_kit.testing.processes import WorkspaceProcess
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +34,24 @@ async def target(service: ContactsService, signing_key: SigningKey) -> AsyncIter
 
 
 @pytest.fixture(scope="module")
-def parley(target: str, mint_token: Callable[..., str]) -> Callable[..., object]:
+async def cli_space(workspace_service: WorkspaceProcess) -> str:
+    return await workspace_service.admin.space()
+
+
+@pytest.fixture(scope="module")
+def parley(target: str, mint_token: Callable[..., str], cli_space: str) -> Callable[..., object]:
     """parley(*args, role="manager") -> click Result, the CLI running in a thread (it has its own loop)."""
 
     async def run(*args: str, role: str = "manager") -> Result:
-        env = {"PARLEY_CONTACTS_ADDR": target, "PARLEY_TOKEN": mint_token(space_id=SPACE, role=role, subject="user:m")}
+        token = mint_token(space_id=cli_space, role=role, subject="user:m")
+        env = {"PARLEY_CONTACTS_ADDR": target, "PARLEY_TOKEN": token}
         return await asyncio.to_thread(CliRunner().invoke, cli, list(args), env=env, catch_exceptions=False)
 
     return run
 
 
-async def test_cli_drives_fields_tags_contacts_views_with_json(parley, tmp_path: Path) -> None:
+async def test_cli_drives_fields_tags_contacts_views_with_json(parley, tmp_path: Path, admin, cli_space) -> None:
+    juan = await admin.member(cli_space)
     assert (
         await parley("fields", "create", "plan", "--type", "list", "--option", "free", "--option", "pro")
     ).exit_code == 0
@@ -80,10 +86,10 @@ async def test_cli_drives_fields_tags_contacts_views_with_json(parley, tmp_path:
     )
     by_view = json.loads((await parley("contacts", "list", "--view", view["id"], "--json")).output)
     assert by_view["page"]["total_count"] == "1"
-    assert (await parley("contacts", "assign", contact["id"], "--user", "juan")).exit_code == 0
+    assert (await parley("contacts", "assign", contact["id"], "--user", juan)).exit_code == 0
     assert (await parley("contacts", "untag", contact["id"], "--tag", "vip")).exit_code == 0
     shown = json.loads((await parley("contacts", "show", contact["id"], "--json")).output)
-    assert shown["assignee"]["user_id"] == "juan" and "tag_ids" not in shown
+    assert shown["assignee"]["user_id"] == juan and "tag_ids" not in shown
 
 
 async def test_cli_errors_are_one_line_and_non_zero(parley) -> None:

@@ -22,7 +22,9 @@ from parley_contacts.service import Actor, ContactsService, IdentityInput, Impor
 from parley_kit.auth import SigningKey, jwks
 from parley_kit.contracts import contacts as contacts_contract
 from parley_kit.db import session_factory
+from parley_kit.directory import WorkspaceDirectory
 from parley_kit.errors import AlreadyExists, InvalidArgument, NotFound
+from parley_kit.testing.processes import WorkspaceAdmin, WorkspaceProcess
 from parley_kit.testing.service import running
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,8 +33,9 @@ ACTOR = Actor(subject="user:m", user_id="m", manage_shared_views=True)
 
 
 @pytest.fixture(scope="module")
-def real(engine: AsyncEngine) -> ContactsService:
-    return ContactsService(Repository(session_factory(engine), events.outbox_sink))
+def real(engine: AsyncEngine, directory: WorkspaceDirectory) -> ContactsService:
+    repo = Repository(session_factory(engine), events.outbox_sink)
+    return ContactsService(repo, assignees=directory.require_assignee)
 
 
 async def _subjects(engine: AsyncEngine, after: int) -> tuple[list[str], int]:
@@ -42,8 +45,9 @@ async def _subjects(engine: AsyncEngine, after: int) -> tuple[list[str], int]:
 
 
 async def test_each_change_puts_exactly_one_event_per_changed_thing_in_the_outbox(
-    real: ContactsService, engine: AsyncEngine, space: str
+    real: ContactsService, engine: AsyncEngine, space: str, admin: WorkspaceAdmin
 ) -> None:
+    juan = await admin.member(space)
     _, mark = await _subjects(engine, 0)
 
     async def expect(subjects: list[str]) -> None:
@@ -65,7 +69,7 @@ async def test_each_change_puts_exactly_one_event_per_changed_thing_in_the_outbo
     await expect(["contacts.tag.added"])
     await real.change_tags(space, ACTOR, [str(a.id)], [], [str(tag.id)])
     await expect(["contacts.tag.removed"])
-    await real.assign(space, ACTOR, [str(a.id)], "juan", "")
+    await real.assign(space, ACTOR, [str(a.id)], juan, "")
     await expect(["contacts.contact.assigned"])
     b, _ = await real.upsert_by_identity(space, ACTOR, IdentityInput("ch", 1, "x"), {"first_name": "B"}, None)
     await real.upsert_by_identity(space, ACTOR, IdentityInput("ch", 1, "x"), {"first_name": "B"}, None)
@@ -159,11 +163,17 @@ async def test_a_rolled_back_change_leaves_no_event(real: ContactsService, engin
 
 
 async def test_service_relays_events_to_the_contacts_stream(
-    database_url: str, engine: AsyncEngine, nats_url: str, signing_key: SigningKey, mint_token: Callable[..., str]
+    database_url: str,
+    engine: AsyncEngine,
+    nats_url: str,
+    signing_key: SigningKey,
+    mint_token: Callable[..., str],
+    workspace_service: WorkspaceProcess,
 ) -> None:
     settings = Settings(
         database_url=database_url, nats_url=nats_url, grpc_port=0, metrics_port=0,
-        auth_jwks=json.dumps(jwks(signing_key)),
+        auth_jwks=json.dumps(jwks(signing_key)), workspace_addr=workspace_service.target,
+        service_token=mint_token(space_id="*", role="system", subject="service:contacts"),
     )  # fmt: skip
     runtime = await build(settings)
     async with running(runtime) as target:

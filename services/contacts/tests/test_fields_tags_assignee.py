@@ -140,25 +140,27 @@ async def test_tagging_with_unknown_tag_or_foreign_contact_changes_nothing(
 
 
 async def test_assign_reassign_unassign_carry_the_previous_assignee(
-    service: ContactsService, space: str, agent: Actor, sink
+    service: ContactsService, space: str, agent: Actor, sink, admin
 ) -> None:
+    juan, maria, support = await admin.member(space), await admin.member(space), await admin.team(space)
     c = await service.create_contact(space, agent, {})
-    await service.assign(space, agent, [str(c.id)], "juan", "")
-    await service.assign(space, agent, [str(c.id)], "maria", "support")
-    await service.assign(space, agent, [str(c.id)], "maria", "support")  # no change, no event
+    await service.assign(space, agent, [str(c.id)], juan, "")
+    await service.assign(space, agent, [str(c.id)], maria, support)
+    await service.assign(space, agent, [str(c.id)], maria, support)  # no change, no event
     await service.assign(space, agent, [str(c.id)], "", "")
     events = sink.of("contact.assigned", space)
     seen = [
         (e.data["user_id"], e.data["team_id"], e.data["previous_user_id"], e.data["previous_team_id"]) for e in events
     ]
-    assert seen == [("juan", "", "", ""), ("maria", "support", "juan", ""), ("", "", "maria", "support")]
+    assert seen == [(juan, "", "", ""), (maria, support, juan, ""), ("", "", maria, support)]
     got, _ = await service.get_contact(space, str(c.id))
     assert got.assignee_user_id is None and got.assignee_team_id is None
 
 
-async def test_bulk_assign_changes_every_contact(service: ContactsService, space: str, agent: Actor) -> None:
+async def test_bulk_assign_changes_every_contact(service: ContactsService, space: str, agent: Actor, admin) -> None:
+    sales = await admin.team(space)
     cs = [await service.create_contact(space, agent, {}) for _ in range(5)]
-    assert await service.assign(space, agent, [str(c.id) for c in cs], "", "sales") == 5
+    assert await service.assign(space, agent, [str(c.id) for c in cs], "", sales) == 5
     with pytest.raises(InvalidArgument, match="at most"):
         await service.assign(space, agent, [str(cs[0].id)] * 1001, "u", "")
 

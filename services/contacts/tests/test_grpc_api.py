@@ -22,17 +22,17 @@ def _profile(**kw: str) -> contact_pb2.ContactProfile:
     return contact_pb2.ContactProfile(**kw)
 
 
-async def test_agent_reads_writes_tags_and_assigns_but_cannot_delete_merge_import_or_define(client) -> None:
-    agent, manager = client("agent"), client("manager")
+async def test_agent_reads_writes_tags_and_assigns_but_cannot_delete_merge_import_or_define(client, admin) -> None:
+    space = await admin.space()
+    me = await admin.member(space)
+    agent, manager = client("agent", space, me), client("manager", space)
     c = (await agent.CreateContact(pb.CreateContactRequest(profile=_profile(first_name="Ana")))).contact
     d = (await agent.CreateContact(pb.CreateContactRequest(profile=_profile(first_name="Dup")))).contact
     tag = (await manager.CreateTag(pb.CreateTagRequest(name="vip"))).tag
     await agent.UpdateContactTags(pb.UpdateContactTagsRequest(contact_ids=[c.id], add_tag_ids=[tag.id]))
-    await agent.AssignContacts(
-        pb.AssignContactsRequest(contact_ids=[c.id], assignee=contact_pb2.Assignee(user_id="u1"))
-    )
+    await agent.AssignContacts(pb.AssignContactsRequest(contact_ids=[c.id], assignee=contact_pb2.Assignee(user_id=me)))
     got = (await agent.GetContact(pb.GetContactRequest(contact_id=c.id))).contact
-    assert list(got.tag_ids) == [tag.id] and got.assignee.user_id == "u1"
+    assert list(got.tag_ids) == [tag.id] and got.assignee.user_id == me
     denied = grpc.StatusCode.PERMISSION_DENIED
     assert await _code(agent.DeleteContact(pb.DeleteContactRequest(contact_id=c.id))) == denied
     assert (

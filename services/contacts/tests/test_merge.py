@@ -11,8 +11,9 @@ from parley_kit.errors import InvalidArgument, NotFound
 
 
 async def test_merge_moves_identities_tags_values_and_survivor_wins_conflicts(
-    service: ContactsService, space: str, manager: Actor, sink
+    service: ContactsService, space: str, manager: Actor, sink, admin
 ) -> None:
+    juan = await admin.member(space)
     plan = await service.create_field(space, "plan", "Plan", "text")
     score = await service.create_field(space, "score", "Score", "number")
     vip, new = await service.create_tag(space, "vip"), await service.create_tag(space, "new")
@@ -32,7 +33,7 @@ async def test_merge_moves_identities_tags_values_and_survivor_wins_conflicts(
         [str(vip.id), str(new.id)],
         [IdentityInput("ch-wa", 3, "wa-a")],
     )
-    await service.assign(space, manager, [str(merged.id)], "juan", "")
+    await service.assign(space, manager, [str(merged.id)], juan, "")
     at = datetime(2026, 11, 20, tzinfo=UTC)
     await service.upsert_by_identity(space, manager, IdentityInput("ch-wa", 3, "wa-a"), {}, at)
     before = len(sink.events)
@@ -44,7 +45,7 @@ async def test_merge_moves_identities_tags_values_and_survivor_wins_conflicts(
     assert result.values == {plan.id: "gold", score.id: 7}
     assert set(result.tag_ids) == {vip.id, new.id}
     assert {i.external_id for i in result.identities} == {"psid-a", "wa-a"}
-    assert result.assignee_user_id == "juan"
+    assert result.assignee_user_id == juan
     assert result.last_interaction_at == at
     assert result.created_at == survivor.created_at
     # The merged id keeps resolving to the survivor, for reads and writes alike.
@@ -94,15 +95,16 @@ async def test_deleting_the_survivor_makes_merged_ids_not_found(
 
 
 async def test_bulk_calls_resolve_merged_ids_to_the_survivor_once_and_name_an_unknown_id(
-    service: ContactsService, space: str, manager: Actor
+    service: ContactsService, space: str, manager: Actor, admin
 ) -> None:
+    juan = await admin.member(space)
     vip = await service.create_tag(space, "vip")
     survivor, merged, other = [await service.create_contact(space, manager, {}) for _ in range(3)]
     await service.merge(space, manager, str(survivor.id), str(merged.id))
     # The merged id and the survivor's are one contact: tagged and assigned once.
     ids = [str(merged.id), str(survivor.id), str(other.id)]
     assert await service.change_tags(space, manager, ids, [str(vip.id)], []) == 2
-    assert await service.assign(space, manager, ids, "juan", "") == 2
+    assert await service.assign(space, manager, ids, juan, "") == 2
     foreign = await service.create_contact(space + "-x", manager, {})
     with pytest.raises(NotFound, match=str(foreign.id)):
         await service.change_tags(space, manager, [str(other.id), str(foreign.id)], [], [str(vip.id)])

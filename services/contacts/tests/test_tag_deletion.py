@@ -164,9 +164,10 @@ async def test_the_backlog_gauges_and_the_untagged_counter_show_a_deletion_until
 def test_the_loops_interval_and_chunk_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARLEY_CONTACTS_TAG_DELETION_INTERVAL_SECONDS", "15")
     monkeypatch.setenv("PARLEY_CONTACTS_TAG_DELETION_CHUNK", "250")
+    monkeypatch.setenv("PARLEY_ASSIGNEE_CHECK", "off")  # no workspace needed to read settings
     settings = Settings(database_url="postgresql+asyncpg://x@localhost/contacts")
     assert (settings.contacts_tag_deletion_interval_seconds, settings.contacts_tag_deletion_chunk) == (15, 250)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="contacts_tag_deletion_chunk"):
         Settings(database_url="postgresql+asyncpg://x@localhost/contacts", contacts_tag_deletion_chunk=0)
 
 

@@ -1,16 +1,12 @@
-"""Fixtures for the conversations tests: migrated database, fresh streams, a running service, and a
-test double of the contacts service (FakeContactsService) until the real one is merged."""
+"""Fixtures for the conversations tests: migrated database, fresh streams, a running service, the real
+contacts and workspace services as processes, and a test double of the contacts service
+(FakeContactsService) for the ingest's failure cases."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -22,22 +18,20 @@ import grpc
 import nats
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.js.errors import NotFoundError
 from parley.channel_gateway.v1 import events_pb2 as gw
 from parley.common.v1 import common_pb2 as common
 from parley.contacts.v1 import contacts_service_pb2 as cpb
 from parley.contacts.v1 import contacts_service_pb2_grpc as cpb_grpc
 from parley.conversations.v1 import conversations_service_pb2_grpc as pb_grpc
-from parley.workspace.v1 import resources_pb2 as wres
-from parley.workspace.v1 import user_service_pb2 as upb
-from parley.workspace.v1 import user_service_pb2_grpc as upb_grpc
 from parley_conversations.app import Conversations, build_app
 from parley_conversations.config import Settings
 from parley_kit.auth import jwks
 from parley_kit.contracts import channel_gateway as cg
 from parley_kit.db import run_migrations
 from parley_kit.grpc_client import create_channel
+from parley_kit.local.servers import free_port
+from parley_kit.testing.processes import ServiceProcess, WorkspaceAdmin, WorkspaceProcess, service_env
 from parley_kit.testing.service import running
 
 
@@ -92,76 +86,38 @@ class FakeContactsService(cpb_grpc.ContactsServiceServicer):
         return cpb.UpsertByIdentitiesResponse(results=results)
 
 
-class ContactsProcess:
-    """The real contacts service (`python -m parley_contacts serve`) for the whole test session, on its own
-    database; `stop()` / `start()` for outage tests."""
-
-    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
-        self.env = env
-        self.port = port
-        self.target = f"127.0.0.1:{port}"
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> ContactsProcess:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "parley_contacts", "serve"], env=self.env, stdout=out, stderr=out
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"contacts exited with {self.proc.returncode}; see {self.log}")
-            try:
-                with grpc.insecure_channel(self.target) as ch:
-                    reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return self
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"contacts did not become SERVING; see {self.log}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def contacts_service(
-    postgres_server: Any, nats_url: str, signing_key: Any, parley_tmp: Path
-) -> Iterator[ContactsProcess]:
+    postgres_server: Any,
+    nats_url: str,
+    signing_key: Any,
+    parley_tmp: Path,
+    workspace_service: WorkspaceProcess,
+    mint_token: Any,
+) -> Iterator[ServiceProcess]:
+    """The real contacts service (`python -m parley_contacts serve`) for the whole test session, on its own
+    database, checking assignees with the real workspace; `stop()` / `start()` for outage tests."""
     database_url = postgres_server.create_database(f"contacts_for_conversations_{uuid.uuid4().hex[:8]}")
-    port = _free_port()
+    port = free_port()
     env = {
-        **os.environ,
-        "PARLEY_SERVICE_NAME": "contacts",
-        "PARLEY_DATABASE_URL": database_url,
-        "PARLEY_NATS_URL": nats_url,
-        "PARLEY_GRPC_HOST": "127.0.0.1",
-        "PARLEY_GRPC_PORT": str(port),
-        "PARLEY_METRICS_PORT": "0",
-        "PARLEY_AUTH_JWKS": json.dumps(jwks(signing_key)),
+        **service_env("contacts", database_url, nats_url, signing_key, port),
         "PARLEY_CONTACTS_MIGRATE_ON_START": "true",
+        "PARLEY_WORKSPACE_ADDR": workspace_service.target,
+        "PARLEY_SERVICE_TOKEN": mint_token(space_id="*", role="system", subject="service:contacts", ttl=86_400),
     }
-    process = ContactsProcess(env, port, parley_tmp / "contacts-for-conversations.log").start()
+    process = ServiceProcess("parley_contacts", env, port, parley_tmp / "contacts-for-conversations.log").start()
     yield process
     process.stop()
 
 
 @pytest.fixture
-def contacts_stub(contacts_service: ContactsProcess, mint_token: Any) -> Callable[..., Any]:
+def admin(workspace_service: WorkspaceProcess) -> WorkspaceAdmin:
+    """Spaces, members and teams of the real workspace (what conversations may be assigned to)."""
+    return workspace_service.admin
+
+
+@pytest.fixture
+def contacts_stub(contacts_service: ServiceProcess, mint_token: Any) -> Callable[..., Any]:
     """contacts_stub(space_id, role=...) -> a ContactsService client of the real contacts service."""
 
     channels: list[grpc.aio.Channel] = []
@@ -179,29 +135,6 @@ async def fake_contacts() -> AsyncIterator[tuple[FakeContactsService, str]]:
     server = grpc.aio.server()
     fake = FakeContactsService()
     cpb_grpc.add_ContactsServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield fake, f"127.0.0.1:{port}"
-    await server.stop(0)
-
-
-class FakeWorkspaceUsers(upb_grpc.UserServiceServicer):
-    """TEST DOUBLE of the workspace's UserService.GetUser: display names from a dict."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}
-
-    async def GetUser(self, request: upb.GetUserRequest, context: grpc.aio.ServicerContext) -> upb.GetUserResponse:
-        if request.user_id not in self.names:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"user '{request.user_id}' not found")
-        return upb.GetUserResponse(user=wres.User(id=request.user_id, display_name=self.names[request.user_id]))
-
-
-@pytest.fixture(scope="module")
-async def fake_workspace() -> AsyncIterator[tuple[FakeWorkspaceUsers, str]]:
-    server = grpc.aio.server()
-    fake = FakeWorkspaceUsers()
-    upb_grpc.add_UserServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield fake, f"127.0.0.1:{port}"
@@ -234,8 +167,8 @@ def make_settings(
     migrated: str,
     fresh_streams: str,
     signing_key: Any,
-    contacts_service: ContactsProcess,
-    fake_workspace: tuple[FakeWorkspaceUsers, str],
+    contacts_service: ServiceProcess,
+    workspace_service: WorkspaceProcess,
     mint_token: Any,
 ) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
@@ -248,8 +181,9 @@ def make_settings(
             "metrics_port": 0,
             "auth_jwks": json.dumps(jwks(signing_key)),
             "contacts_addr": contacts_service.target,
-            "workspace_addr": fake_workspace[1],
+            "workspace_addr": workspace_service.target,
             "service_token": mint_token(space_id="*", role="system", subject="service:conversations"),
+            "assignee_release_batch": 2,  # releases take several transactions
             "ingest_rebalance_seconds": 0.5,
             "ingest_fetch_timeout_seconds": 0.5,
             "ingest_ack_wait_seconds": 5.0,
@@ -278,14 +212,15 @@ async def service(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple
 
 @pytest.fixture(scope="module")
 def stub_for(service: tuple[Conversations, str], mint_token: Any) -> Callable[..., pb_grpc.ConversationsServiceStub]:
-    """stub_for(space_id=..., role=..., subject=..., name=...) -> a client stub with that caller's token."""
-    _, target = service
+    """stub_for(space_id=..., role=..., subject=..., name=..., target=...) -> a client stub with that caller's
+    token (of the module's service, or of the one at `target`)."""
+    _, service_target = service
     channels: list[grpc.aio.Channel] = []
 
-    def make(space_id: str, role: str = "agent", subject: str = "user:u1", name: str = "") -> Any:
+    def make(space_id: str, role: str = "agent", subject: str = "user:u1", name: str = "", target: str = "") -> Any:
         extra = {"name": name} if name else None
         token = mint_token(space_id=space_id, role=role, subject=subject, extra=extra)
-        ch = create_channel(target, token=token, timeout=10.0, max_attempts=2)
+        ch = create_channel(target or service_target, token=token, timeout=10.0, max_attempts=2)
         channels.append(ch)
         return pb_grpc.ConversationsServiceStub(ch)
 

@@ -102,9 +102,10 @@ async def test_calls_without_a_valid_token_are_unauthenticated(service) -> None:
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_another_space_never_sees_or_changes_a_conversation(service, stub_for, helpers) -> None:
+async def test_another_space_never_sees_or_changes_a_conversation(service, stub_for, helpers, admin) -> None:
     app, _ = service
-    a, b = f"sp-{uuid.uuid4().hex[:8]}", f"sp-{uuid.uuid4().hex[:8]}"
+    a, b = f"sp-{uuid.uuid4().hex[:8]}", await admin.space()
+    member_of_b = await admin.member(b)  # a valid assignee in B: only the conversation can be not found
     await helpers.publish_inbound(app.rt.js, [helpers.inbound(a, f"ch-{a}", "psid-x", f"{a}-1")])
     owner_a = stub_for(a, role="owner")
 
@@ -125,7 +126,7 @@ async def test_another_space_never_sees_or_changes_a_conversation(service, stub_
     not_found = [
         owner_b.GetConversation(pb.GetConversationRequest(conversation_id=cid)),
         owner_b.ListMessages(pb.ListMessagesRequest(conversation_id=cid)),
-        owner_b.AssignConversation(pb.AssignConversationRequest(conversation_id=cid, user_id="u")),
+        owner_b.AssignConversation(pb.AssignConversationRequest(conversation_id=cid, user_id=member_of_b)),
         owner_b.UnassignConversation(pb.UnassignConversationRequest(conversation_id=cid)),
         owner_b.CloseConversation(pb.CloseConversationRequest(conversation_id=cid)),
         owner_b.ReopenConversation(pb.ReopenConversationRequest(conversation_id=cid)),

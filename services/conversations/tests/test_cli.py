@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 from click.testing import CliRunner
 from parley_cli.main import cli
@@ -17,9 +16,10 @@ async def _parley(target: str, token: str, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-async def test_cli_lists_shows_replies_assigns_closes_and_reopens(service, helpers, mint_token) -> None:
+async def test_cli_lists_shows_replies_assigns_closes_and_reopens(service, helpers, mint_token, admin) -> None:
     app, target = service
-    sp = f"sp-{uuid.uuid4().hex[:8]}"
+    sp = await admin.space()
+    u1 = await admin.member(sp)
     owner = mint_token(space_id=sp, role="owner", subject="user:boss", extra={"name": "Boss"})
     await helpers.publish_inbound(app.rt.js, [helpers.inbound(sp, f"ch-{sp}", "psid-cli", f"{sp}-1", first_name="Ada")])
 
@@ -38,8 +38,8 @@ async def test_cli_lists_shows_replies_assigns_closes_and_reopens(service, helpe
     assert (code, out.strip()) == (0, "Hi Ada")
     code, out = await _parley(target, owner, "conversations", "reply", cid, "--shortcut", "hi", "--json")
     assert code == 0 and json.loads(out)["text"] == "Hi Ada"
-    code, out = await _parley(target, owner, "conversations", "assign", cid, "--user", "u1", "--json")
-    assert code == 0 and json.loads(out)["conversation"]["assignee_user_id"] == "u1"
+    code, out = await _parley(target, owner, "conversations", "assign", cid, "--user", u1, "--json")
+    assert code == 0 and json.loads(out)["conversation"]["assignee_user_id"] == u1
 
     assert (await _parley(target, owner, "conversations", "categories", "create", "Sales"))[0] == 0
     assert (await _parley(target, owner, "conversations", "settings", "set", "--require-category"))[0] == 0
@@ -51,7 +51,7 @@ async def test_cli_lists_shows_replies_assigns_closes_and_reopens(service, helpe
     assert code == 0 and json.loads(out)["previous_conversation_id"] == cid
 
     code, out = await _parley(target, owner, "conversations", "show", cid)
-    assert code == 0 and "Hi Ada" in out and "u1" in out
+    assert code == 0 and "Hi Ada" in out and u1 in out
     code, out = await _parley(target, owner, "conversations", "counts", "--json")
     assert code == 0 and json.loads(out)["open"] == "1"
     code, out = await _parley(target, owner, "reports", "conversations", "--json")

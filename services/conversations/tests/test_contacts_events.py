@@ -36,29 +36,33 @@ async def _get(stub, conversation_id: str):
     return (await stub.GetConversation(pb.GetConversationRequest(conversation_id=conversation_id))).conversation
 
 
-async def test_conversations_follow_the_contacts_assignee(service, stub_for, helpers, contacts_stub) -> None:
+async def test_conversations_follow_the_contacts_assignee(
+    service, stub_for, helpers, contacts_stub, workspace_service
+) -> None:
     app, _ = service
-    sp = space()
+    admin = workspace_service.admin
+    sp = await admin.space()
+    u5, t2 = await admin.member(sp), await admin.team(sp)
     agent = stub_for(sp)
     contacts = contacts_stub(sp, subject="user:boss")
     conv = await _open(app, agent, helpers, sp, "psid-1")
     await contacts.AssignContacts(
-        cpb.AssignContactsRequest(contact_ids=[conv.contact_id], assignee=cmsg.Assignee(user_id="u5", team_id="t2"))
+        cpb.AssignContactsRequest(contact_ids=[conv.contact_id], assignee=cmsg.Assignee(user_id=u5, team_id=t2))
     )
 
     async def assigned_to(user: str):
         c = await _get(agent, conv.conversation_id)
         return c if c.assignee_user_id == user else None
 
-    got = await helpers.wait_for(lambda: assigned_to("u5"))
-    assert got.assignee_team_id == "t2"
+    got = await helpers.wait_for(lambda: assigned_to(u5))
+    assert got.assignee_team_id == t2
     history = (await agent.GetConversation(pb.GetConversationRequest(conversation_id=conv.conversation_id))).assignments
-    assert [(a.user_id, a.team_id, a.assigned_by) for a in history] == [("u5", "t2", "user:boss")]
+    assert [(a.user_id, a.team_id, a.assigned_by) for a in history] == [(u5, t2, "user:boss")]
 
     # a new conversation of that contact starts with the contact's assignee
     await agent.CloseConversation(pb.CloseConversationRequest(conversation_id=conv.conversation_id))
     new = await _open(app, agent, helpers, sp, "psid-1", mid="2")
-    assert (new.assignee_user_id, new.assignee_team_id) == ("u5", "t2")
+    assert (new.assignee_user_id, new.assignee_team_id) == (u5, t2)
 
     await contacts.AssignContacts(cpb.AssignContactsRequest(contact_ids=[conv.contact_id], assignee=cmsg.Assignee()))
     await helpers.wait_for(lambda: assigned_to_new_none(agent, new.conversation_id))
@@ -68,8 +72,8 @@ async def test_conversations_follow_the_contacts_assignee(service, stub_for, hel
         if e.meta.space_id == sp
     ]
     assert [(e.conversation.conversation_id, e.user_id, e.previous_user_id) for e in events] == [
-        (conv.conversation_id, "u5", ""),
-        (new.conversation_id, "", "u5"),
+        (conv.conversation_id, u5, ""),
+        (new.conversation_id, "", u5),
     ]
 
 

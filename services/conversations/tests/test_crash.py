@@ -34,6 +34,7 @@ def _start(settings, log: Path) -> subprocess.Popen[bytes]:
         "PARLEY_METRICS_PORT": "0",
         "PARLEY_AUTH_JWKS": settings.auth_jwks,
         "PARLEY_CONTACTS_ADDR": settings.contacts_addr,
+        "PARLEY_WORKSPACE_ADDR": settings.workspace_addr,
         "PARLEY_SERVICE_TOKEN": settings.service_token,
         "PARLEY_INGEST_BATCH_SIZE": "25",
         "PARLEY_INGEST_ACK_WAIT_SECONDS": "5",

@@ -45,25 +45,26 @@ async def _code(call) -> grpc.StatusCode:
     return err.value.code(), err.value.details()
 
 
-async def test_assign_and_unassign_keep_history_and_emit_one_event_per_change(service, stub_for, helpers) -> None:
+async def test_assign_and_unassign_keep_history_and_emit_one_event_per_change(
+    service, stub_for, helpers, admin
+) -> None:
     app, _ = service
-    sp = space()
+    sp = await admin.space()
+    u7, u8, t1 = await admin.member(sp), await admin.member(sp), await admin.team(sp)
     agent = stub_for(sp, subject="user:lead")
     conv = await _open_by_inbound(app, agent, helpers, sp)
 
-    r1 = await agent.AssignConversation(
-        pb.AssignConversationRequest(conversation_id=conv.conversation_id, user_id="u7")
-    )
-    assert r1.changed and r1.conversation.assignee_user_id == "u7" and r1.conversation.HasField("assigned_at")
+    r1 = await agent.AssignConversation(pb.AssignConversationRequest(conversation_id=conv.conversation_id, user_id=u7))
+    assert r1.changed and r1.conversation.assignee_user_id == u7 and r1.conversation.HasField("assigned_at")
     assert r1.conversation.metrics.HasField("time_to_first_assignment")
     again = await agent.AssignConversation(
-        pb.AssignConversationRequest(conversation_id=conv.conversation_id, user_id="u7")
+        pb.AssignConversationRequest(conversation_id=conv.conversation_id, user_id=u7)
     )
     assert not again.changed
     r2 = await agent.AssignConversation(
-        pb.AssignConversationRequest(conversation_id=conv.conversation_id, user_id="u8", team_id="t1")
+        pb.AssignConversationRequest(conversation_id=conv.conversation_id, user_id=u8, team_id=t1)
     )
-    assert (r2.conversation.assignee_user_id, r2.conversation.assignee_team_id) == ("u8", "t1")
+    assert (r2.conversation.assignee_user_id, r2.conversation.assignee_team_id) == (u8, t1)
     r3 = await agent.UnassignConversation(pb.UnassignConversationRequest(conversation_id=conv.conversation_id))
     assert r3.changed and not r3.conversation.assignee_user_id and not r3.conversation.assignee_team_id
     assert not (
@@ -72,7 +73,7 @@ async def test_assign_and_unassign_keep_history_and_emit_one_event_per_change(se
 
     got = await agent.GetConversation(pb.GetConversationRequest(conversation_id=conv.conversation_id))
     history = [(a.user_id, a.team_id, a.assigned_by, a.HasField("ended_at"), a.ended_by) for a in got.assignments]
-    assert history == [("u7", "", "user:lead", True, "user:lead"), ("u8", "t1", "user:lead", True, "user:lead")]
+    assert history == [(u7, "", "user:lead", True, "user:lead"), (u8, t1, "user:lead", True, "user:lead")]
 
     assigned = await helpers.wait_for(
         lambda: _n(
@@ -81,9 +82,9 @@ async def test_assign_and_unassign_keep_history_and_emit_one_event_per_change(se
         )
     )
     assert [(e.user_id, e.team_id, e.previous_user_id, e.previous_team_id) for e in assigned] == [
-        ("u7", "", "", ""),
-        ("u8", "t1", "u7", ""),
-        ("", "", "u8", "t1"),
+        (u7, "", "", ""),
+        (u8, t1, u7, ""),
+        ("", "", u8, t1),
     ]
     assert all(e.meta.actor == "user:lead" and e.meta.space_id == sp for e in assigned)
 
@@ -93,9 +94,9 @@ async def _n(coro, n):
     return items if len(items) >= n else None
 
 
-async def test_close_follows_the_space_closing_note_rules(service, stub_for, helpers) -> None:
+async def test_close_follows_the_space_closing_note_rules(service, stub_for, helpers, admin) -> None:
     app, _ = service
-    sp = space()
+    sp = await admin.space()
     owner = stub_for(sp, role="owner", subject="user:boss")
     agent = stub_for(sp, subject="user:a1")
     conv = await _open_by_inbound(app, agent, helpers, sp)
@@ -141,7 +142,8 @@ async def test_close_follows_the_space_closing_note_rules(service, stub_for, hel
     assert closed.closed_by == "user:a1" and closed.metrics.HasField("resolution_time")
     code, _ = await _code(agent.CloseConversation(pb.CloseConversationRequest(conversation_id=cid, summary="again")))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
-    code, _ = await _code(agent.AssignConversation(pb.AssignConversationRequest(conversation_id=cid, user_id="u1")))
+    u1 = await admin.member(sp)
+    code, _ = await _code(agent.AssignConversation(pb.AssignConversationRequest(conversation_id=cid, user_id=u1)))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
 
     events = await helpers.wait_for(
@@ -187,9 +189,10 @@ async def test_reopen_starts_a_new_linked_conversation_and_refuses_invalid_trans
     assert len(reopened) == 1 and reopened[0].previous_conversation_id == cid
 
 
-async def test_open_by_agent_and_by_workflow_records_the_source(service, stub_for, helpers, mint_token) -> None:
+async def test_open_by_agent_and_by_workflow_records_the_source(service, stub_for, helpers, mint_token, admin) -> None:
     app, _ = service
-    sp = space()
+    sp = await admin.space()
+    t9 = await admin.team(sp)
     agent = stub_for(sp, subject="user:a3")
     conv = await _open_by_inbound(app, agent, helpers, sp)
     req = pb.OpenConversationRequest(contact_id=conv.contact_id, channel_id=conv.channel_id)
@@ -201,12 +204,12 @@ async def test_open_by_agent_and_by_workflow_records_the_source(service, stub_fo
     opened = (
         await workflow.OpenConversation(
             pb.OpenConversationRequest(
-                space_id=sp, contact_id=conv.contact_id, channel_id=conv.channel_id, assignee_team_id="t9"
+                space_id=sp, contact_id=conv.contact_id, channel_id=conv.channel_id, assignee_team_id=t9
             )
         )
     ).conversation
     assert opened.source == res.CONVERSATION_SOURCE_WORKFLOW and opened.opened_by == "service:automation"
-    assert opened.assignee_team_id == "t9" and opened.previous_conversation_id == conv.conversation_id
+    assert opened.assignee_team_id == t9 and opened.previous_conversation_id == conv.conversation_id
     await workflow.CloseConversation(pb.CloseConversationRequest(space_id=sp, conversation_id=opened.conversation_id))
 
     by_agent = (await agent.OpenConversation(req)).conversation

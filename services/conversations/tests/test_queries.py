@@ -50,16 +50,17 @@ async def _code(call):
     return err.value.code(), err.value.details()
 
 
-async def test_list_filters_and_keyset_pages_without_gaps_or_repeats(service, stub_for, helpers) -> None:
+async def test_list_filters_and_keyset_pages_without_gaps_or_repeats(service, stub_for, helpers, admin) -> None:
     app, _ = service
-    sp = space()
-    agent = stub_for(sp, subject="user:me")
+    sp = await admin.space()
+    me, u2, t1 = await admin.member(sp), await admin.member(sp), await admin.team(sp)
+    agent = stub_for(sp, subject=f"user:{me}")
     convs = await _seed(app, agent, helpers, sp, [f"p{i}" for i in range(7)])
     await agent.AssignConversation(
-        pb.AssignConversationRequest(conversation_id=convs["p0"].conversation_id, user_id="me")
+        pb.AssignConversationRequest(conversation_id=convs["p0"].conversation_id, user_id=me)
     )
     await agent.AssignConversation(
-        pb.AssignConversationRequest(conversation_id=convs["p1"].conversation_id, user_id="u2", team_id="t1")
+        pb.AssignConversationRequest(conversation_id=convs["p1"].conversation_id, user_id=u2, team_id=t1)
     )
     await agent.CloseConversation(pb.CloseConversationRequest(conversation_id=convs["p2"].conversation_id))
 
@@ -83,8 +84,8 @@ async def test_list_filters_and_keyset_pages_without_gaps_or_repeats(service, st
 
     assert await ids(status=res.CONVERSATION_STATUS_CLOSED) == {convs["p2"].conversation_id}
     assert len(await ids(status=res.CONVERSATION_STATUS_OPEN)) == 6
-    assert await ids(assignee_user_id="me") == {convs["p0"].conversation_id}
-    assert await ids(assignee_team_id="t1") == {convs["p1"].conversation_id}
+    assert await ids(assignee_user_id=me) == {convs["p0"].conversation_id}
+    assert await ids(assignee_team_id=t1) == {convs["p1"].conversation_id}
     assert len(await ids(unassigned=True, status=res.CONVERSATION_STATUS_OPEN)) == 4
     assert await ids(contact_id=convs["p3"].contact_id) == {convs["p3"].conversation_id}
     assert len(await ids(channel_id=f"ch-{sp}")) == 7
@@ -96,8 +97,8 @@ async def test_list_filters_and_keyset_pages_without_gaps_or_repeats(service, st
 
     counts = await agent.GetInboxCounts(pb.GetInboxCountsRequest())
     assert (counts.open, counts.closed, counts.unassigned, counts.mine) == (6, 1, 4, 1)
-    assert {(c.id, c.open) for c in counts.by_user} == {("me", 1), ("u2", 1)}
-    assert [(c.id, c.open) for c in counts.by_team] == [("t1", 1)]
+    assert {(c.id, c.open) for c in counts.by_user} == {(me, 1), (u2, 1)}
+    assert [(c.id, c.open) for c in counts.by_team] == [(t1, 1)]
 
 
 async def test_bad_page_requests_are_refused_clearly(service, stub_for) -> None:
@@ -149,11 +150,12 @@ def _ts(dt: datetime) -> Timestamp:
     return t
 
 
-async def test_metrics_and_report_over_a_controlled_history(service, stub_for, helpers) -> None:
+async def test_metrics_and_report_over_a_controlled_history(service, stub_for, helpers, admin) -> None:
     app, _ = service
-    sp = space()
+    sp = await admin.space()
+    u1, t1 = await admin.member(sp), await admin.team(sp)
     owner = stub_for(sp, role="owner", subject="user:boss")
-    agent = stub_for(sp, subject="user:u1")
+    agent = stub_for(sp, subject=f"user:{u1}")
     t0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
     sales = (await owner.CreateClosingCategory(pb.CreateClosingCategoryRequest(name="Sales"))).category
     support = (await owner.CreateClosingCategory(pb.CreateClosingCategoryRequest(name="Support"))).category
@@ -183,7 +185,7 @@ async def test_metrics_and_report_over_a_controlled_history(service, stub_for, h
         at(t0 + timedelta(minutes=10))
         await agent.CloseConversation(pb.CloseConversationRequest(conversation_id=c1, category_id=sales.category_id))
         at(t0 + timedelta(hours=1, seconds=30))
-        await owner.AssignConversation(pb.AssignConversationRequest(conversation_id=c2, user_id="u1", team_id="t1"))
+        await owner.AssignConversation(pb.AssignConversationRequest(conversation_id=c2, user_id=u1, team_id=t1))
         at(t0 + timedelta(hours=1, seconds=90))
         await agent.SendMessage(pb.SendMessageRequest(conversation_id=c2, text="hello"))  # FRT 90s
         at(t0 + timedelta(hours=1, minutes=30))
@@ -213,10 +215,10 @@ async def test_metrics_and_report_over_a_controlled_history(service, stub_for, h
     days = [(p.period_start.ToDatetime(tzinfo=UTC).date().isoformat(), p.opened, p.closed) for p in report.periods]
     assert days == [("2026-11-02", 2, 2), ("2026-11-03", 2, 0), ("2026-11-04", 0, 0)]
     assert sorted((c.category_name, c.closed) for c in report.by_category) == [("Sales", 1), ("Support", 1)]
-    (u1,) = report.by_user
-    assert (u1.id, u1.opened, u1.closed) == ("u1", 1, 1)
-    assert u1.average_first_response_time.ToTimedelta() == timedelta(seconds=90)
-    assert [(t.id, t.closed) for t in report.by_team] == [("t1", 1)]
+    (by_u1,) = report.by_user
+    assert (by_u1.id, by_u1.opened, by_u1.closed) == (u1, 1, 1)
+    assert by_u1.average_first_response_time.ToTimedelta() == timedelta(seconds=90)
+    assert [(t.id, t.closed) for t in report.by_team] == [(t1, 1)]
     frt = report.first_response_time
     assert frt.count == 3 and frt.median.ToTimedelta() == timedelta(seconds=90)
     assert abs(frt.average.ToTimedelta().total_seconds() - (20 + 90 + 7200) / 3) < 0.01

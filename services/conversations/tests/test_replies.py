@@ -314,15 +314,16 @@ async def test_gateway_failure_marks_the_reply_failed_with_the_reason(service, s
     assert (m.error_code, m.error_message) == ("10", "outside the allowed window")
 
 
-async def test_user_name_comes_from_the_workspace_when_the_token_has_none(service, stub_for, helpers, fake_workspace):
+async def test_user_name_comes_from_the_workspace_when_the_token_has_none(
+    service, stub_for, helpers, workspace_service
+):
     app, _ = service
-    fake, _ = fake_workspace
-    fake.names["u-named"] = "Katherine Johnson"
-    sp = space()
+    sp = await workspace_service.admin.space()
+    katherine = await workspace_service.admin.member(sp, display_name="Katherine Johnson")
     manager = stub_for(sp, role="manager")
     await manager.CreateShortcut(pb.CreateShortcutRequest(name="sig", text="{{user.first_name}} from support"))
     await manager.CreateShortcut(pb.CreateShortcutRequest(name="sig2", text="{{user.name|Your team}} here"))
-    named = stub_for(sp, subject="user:u-named")
+    named = stub_for(sp, subject=f"user:{katherine}")
     conv = await _conversation(app, named, helpers, sp)
     msg = (
         await named.SendMessage(pb.SendMessageRequest(conversation_id=conv.conversation_id, shortcut_name="sig"))

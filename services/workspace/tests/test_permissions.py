@@ -99,6 +99,15 @@ CASES: list[tuple[str, Permission, Call]] = [
         _case("spaces", "ListSpaceMembers", lambda s, c: sp.ListSpaceMembersRequest(space_id=s.space_id)),
     ),
     (
+        "GetSpaceMember",
+        Permission.MEMBERS_READ,
+        _case(
+            "spaces",
+            "GetSpaceMember",
+            lambda s, c: sp.GetSpaceMemberRequest(space_id=s.space_id, user_id=s.target_user),
+        ),
+    ),
+    (
         "GetUser",
         Permission.MEMBERS_READ,
         _case("users", "GetUser", lambda s, c: us.GetUserRequest(user_id=s.target_user)),
@@ -297,6 +306,12 @@ CROSS: list[tuple[str, str, Callable[[Space], Any], grpc.StatusCode]] = [
         grpc.StatusCode.PERMISSION_DENIED,
     ),
     ("spaces", "GetSpace", lambda b: sp.GetSpaceRequest(space_id=b.space_id), grpc.StatusCode.PERMISSION_DENIED),
+    (
+        "spaces",
+        "GetSpaceMember",
+        lambda b: sp.GetSpaceMemberRequest(space_id=b.space_id, user_id=b.target_user),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
     (
         "spaces",
         "AddSpaceMember",

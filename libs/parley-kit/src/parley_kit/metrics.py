@@ -55,6 +55,11 @@ CONSUMER_ACK_PENDING = Gauge(
     "Messages delivered but not yet acknowledged",
     ["service", "consumer"],
 )
+DIRECTORY_LOOKUPS = Counter(
+    "parley_directory_lookups_total",
+    "Workspace directory lookups (assignee checks, names); outcome is cached, yes, no or error",
+    ["service", "kind", "outcome"],
+)
 OUTBOX_PENDING = Gauge("parley_outbox_pending_events", "Outbox rows not yet published", ["service"])
 OUTBOX_RELAYED = Counter("parley_outbox_relayed_total", "Outbox rows published to JetStream", ["service"])
 SERVICE_UP = Gauge(

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound=BaseSettings)
@@ -38,6 +38,41 @@ class ServiceSettings(BaseSettings):
     workspace_addr: str = Field(
         default="", description="host:port of the workspace service; when set, API keys are accepted (verified there)"
     )
+
+
+class AssigneeSettings(ServiceSettings):
+    """Settings of a service that assigns users and teams, which it checks with the workspace service
+    (`parley_kit.directory`). Without PARLEY_WORKSPACE_ADDR and PARLEY_SERVICE_TOKEN the service refuses to
+    start, unless PARLEY_ASSIGNEE_CHECK=off says to accept any id."""
+
+    assignee_check: bool = Field(
+        default=True,
+        validate_default=True,
+        description="Check that an assigned user is a member of the space and a team one of its teams "
+        "(off: accept any id; only where no workspace service runs)",
+    )
+    assignee_cache_seconds: float = Field(
+        default=10.0, ge=0, le=300, description="How long a yes from the workspace is reused (removals drop it)"
+    )
+    assignee_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=30, description="Deadline of one workspace lookup; past it the assignment is UNAVAILABLE"
+    )
+    assignee_release_batch: int = Field(
+        default=500, ge=1, le=10_000, description="Assignments released per transaction when a member or team goes"
+    )
+
+    @field_validator("assignee_check")
+    @classmethod
+    def _workspace_known(cls, check: bool, info: ValidationInfo) -> bool:
+        # Reported under PARLEY_ASSIGNEE_CHECK (workspace_addr, a field of the base class, is validated first).
+        if check and not info.data.get("workspace_addr"):
+            raise ValueError(
+                "set PARLEY_WORKSPACE_ADDR (the workspace service, which says who may be assigned), "
+                "or set PARLEY_ASSIGNEE_CHECK=off to accept any user and team id unchecked"
+            )
+        if check and not info.data.get("service_token"):
+            raise ValueError("set PARLEY_SERVICE_TOKEN (this service's platform token, which the workspace checks)")
+        return check
 
 
 def load_settings(cls: type[S], **overrides: object) -> S:

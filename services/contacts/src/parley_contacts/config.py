@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from parley_kit.settings import ServiceSettings
+from parley_kit.settings import AssigneeSettings
 from pydantic import Field
 
 
-class Settings(ServiceSettings):
+class Settings(AssigneeSettings):
+    """The kit's settings, with the workspace directory that checks assignees (PARLEY_WORKSPACE_ADDR)."""
+
     service_name: str = "contacts"
     contacts_count_limit: int = Field(
         default=0,

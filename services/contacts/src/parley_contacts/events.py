@@ -3,6 +3,9 @@ turns domain events into protobuf messages inside the changing transaction.
 
 Subjects (all on stream CONTACTS): contacts.contact.created|updated|deleted|merged|assigned,
 contacts.tag.added|removed, contacts.field.updated|renamed|deleted. The event id is the Nats-Msg-Id.
+
+Consumes workspace.member.removed and workspace.team.deleted (stream WORKSPACE, durable
+contacts--assignee-releases): the member's or team's contacts are released (`parley_kit.directory`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from google.protobuf.message import Message
 from parley.common.v1 import common_pb2
 from parley.contacts.v1 import contact_pb2, events_pb2
 from parley_kit.contracts import contacts as contacts_contract
+from parley_kit.contracts import workspace as workspace_contract
+from parley_kit.directory import releases_consumer
+from parley_kit.nats import ConsumerSpec
 from parley_kit.nats.streams import StreamSpec
 from parley_kit.outbox import enqueue
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley_contacts.convert import contact_to_pb, tag_to_pb, ts
 from parley_contacts.repository import DomainEvent
 
+SERVICE = "contacts"
 STREAM_NAME = contacts_contract.STREAM
 SUBJECT_PREFIX = "contacts."
 SUBJECTS = {
@@ -40,6 +47,16 @@ SUBJECTS = {
 def stream(replicas: int = 1) -> StreamSpec:
     """The CONTACTS stream, declared once in the shared contract its consumers provision too."""
     return contacts_contract.stream_spec(replicas)
+
+
+def workspace_stream(replicas: int = 1) -> StreamSpec:
+    """The WORKSPACE stream this service consumes, provisioned alike by its publisher and every consumer."""
+    return workspace_contract.stream_spec(replicas)
+
+
+def releases() -> ConsumerSpec:
+    """contacts--assignee-releases: member removals and team deletions."""
+    return releases_consumer(SERVICE)
 
 
 def to_message(event: DomainEvent, event_id: str, occurred_at: datetime) -> Message:

@@ -569,6 +569,33 @@ class Repository:
             )
         return changed
 
+    async def release_assignee(
+        self,
+        s: AsyncSession,
+        space_id: str,
+        user_id: str | None,
+        team_id: str | None,
+        limit: int,
+        now: datetime,
+    ) -> list[tuple[uuid.UUID, str | None, str | None]]:
+        """Unassign the user (or the team) from up to `limit` contacts of the space, locked in id order like
+        every bulk writer; returns (id, previous user, previous team) of each contact changed."""
+        column = C.assignee_user_id if user_id is not None else C.assignee_team_id
+        rows = (
+            await s.execute(
+                select(C.id, C.assignee_user_id, C.assignee_team_id)
+                .where(C.space_id == space_id, column == (user_id if user_id is not None else team_id))
+                .order_by(C.id)
+                .limit(limit)
+                .with_for_update(key_share=True)  # no key changes: rows referencing the contacts may be written
+            )
+        ).all()
+        if rows:
+            await s.execute(
+                update(m.Contact).where(C.id.in_([r.id for r in rows])).values({column.key: None, "updated_at": now})
+            )
+        return [(r.id, r.assignee_user_id, r.assignee_team_id) for r in rows]
+
     async def tags_of(self, s: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, set[uuid.UUID]]:
         """The tag ids on each of these contacts."""
         rows = await s.execute(select(C.id, C.tag_ids).where(C.id == any_(_id_array(ids))))

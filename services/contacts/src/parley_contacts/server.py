@@ -1,4 +1,4 @@
-"""Wiring: the runtime (gRPC, NATS, outbox relay) around the contacts service."""
+"""Wiring: the runtime (gRPC, NATS, outbox relay, the WORKSPACE consumer) around the contacts service."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 
 from parley_kit import db
 from parley_kit.db import run_migrations
+from parley_kit.directory import AssigneeReleases, WorkspaceDirectory, from_settings
 from parley_kit.runtime import ServiceRuntime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,19 +19,38 @@ from parley_contacts.service import ContactsService
 
 
 async def build(settings: Settings) -> ServiceRuntime:
-    """A connected runtime serving ContactsService and relaying its outbox to stream CONTACTS."""
-    rt = ServiceRuntime(settings, streams=[events.stream(settings.stream_replicas)], outbox=outbox)
+    """A connected runtime serving ContactsService, relaying its outbox to stream CONTACTS, and releasing
+    the contacts of members who leave a space and of deleted teams."""
+    replicas = settings.stream_replicas
+    rt = ServiceRuntime(
+        settings,
+        streams=[events.stream(replicas), events.workspace_stream(replicas)],
+        consumers=[events.releases()],
+        outbox=outbox,
+    )
     await rt.connect()
+    directory, check = from_settings(settings)
+    if directory is not None:
+        assert rt.nc is not None
+        await directory.follow(rt.nc)
     # The service's own pool without pre-ping: UpsertByIdentity's fast path is one round trip, and
     # asyncpg's pre-ping would add three to every checkout. A dropped connection fails one request.
     engine = db.create_engine(
         settings.database_url, pool_size=settings.contacts_pool_size, pre_ping=False, pool_recycle=300
     )
-    rt.add_background(_dispose_on_cancel(engine))
+    rt.add_background(_close_on_cancel(engine, directory))
     service = ContactsService(
-        Repository(db.session_factory(engine), events.outbox_sink), count_limit=settings.contacts_count_limit or None
+        Repository(db.session_factory(engine), events.outbox_sink),
+        count_limit=settings.contacts_count_limit or None,
+        assignees=check,
+        release_batch=settings.assignee_release_batch,
     )
     rt.add_servicer(register, ContactsApi(service), SERVICE_NAME)
+    rt.add_consumer(
+        events.releases(),
+        AssigneeReleases(release_member=service.release_member, release_team=service.release_team, directory=directory),
+        message_type=None,
+    )
     # Untags the contacts of deleted tags in chunks, including deletions a restart interrupted.
     rt.add_background(
         service.run_tag_deletions(settings.contacts_tag_deletion_interval_seconds, settings.contacts_tag_deletion_chunk)
@@ -38,10 +58,12 @@ async def build(settings: Settings) -> ServiceRuntime:
     return rt
 
 
-async def _dispose_on_cancel(engine: AsyncEngine) -> None:
+async def _close_on_cancel(engine: AsyncEngine, directory: WorkspaceDirectory | None) -> None:
     try:
         await asyncio.Event().wait()
     finally:
+        if directory is not None:
+            await directory.close()
         await engine.dispose()
 
 

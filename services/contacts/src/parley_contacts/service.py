@@ -10,7 +10,8 @@ unit of work (one transaction). Events, one per change:
 - field.updated — one per custom field value changed (old and new values), including each value
   removed by deleting its field or list option (new empty)
 - tag.added / tag.removed — one per (contact, tag) that changed (deleting a tag: removed per contact)
-- contact.assigned — one per contact whose assignee changed (with the previous one)
+- contact.assigned — one per contact whose assignee changed (with the previous one), also when a member
+  leaves the space or a team is deleted (their contacts are released)
 - contact.merged — one per merge; contact.deleted — one per erasure
 """
 
@@ -28,7 +29,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parley_kit.errors import (
     Aborted,
@@ -69,6 +70,9 @@ from parley_contacts.domain import (
 )
 from parley_contacts.repository import PROFILE_COLUMNS, DomainEvent, Page, Repository, Unit
 
+if TYPE_CHECKING:
+    from parley_kit.directory import AssigneeCheck
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
@@ -76,15 +80,13 @@ MAX_PAGE_SIZE = 500
 MAX_BULK = 1000
 MAX_LIST_OPTIONS = 200
 MAX_UPSERT_BATCH = 500
+MAX_ASSIGNEE_ID = 64
 # Contacts a tag deletion untags per transaction: the longest any of them waits behind it (about 0.4 s).
 TAG_DELETION_CHUNK = 1000
 # New identities of one UpsertByIdentities call created at once (each its own transaction and connection).
 NEW_IDENTITY_CONCURRENCY = 4
 # Standard fields an import can match existing contacts on (ImportContacts' dedupe_by).
 DEDUPE_KEYS = ("email", "phone")
-
-
-log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -199,10 +201,17 @@ class ContactsService:
         *,
         clock: Callable[[], datetime] = utcnow,
         count_limit: int | None = None,
+        assignees: AssigneeCheck | None = None,
+        release_batch: int = 500,
     ) -> None:
+        """`assignees` says whether a user and team may be assigned in a space (the workspace directory);
+        without it nothing can be assigned. `release_batch`: contacts released per transaction when a
+        member or team goes away."""
         self.repo = repo
         self.clock = clock
         self.count_limit = count_limit
+        self.assignees = assignees
+        self.release_batch = release_batch
         # Set by DeleteTag: wakes run_tag_deletions.
         self.tags_deleted = asyncio.Event()
 
@@ -895,14 +904,20 @@ class ContactsService:
     # -- assignee -------------------------------------------------------------------------------
 
     async def assign(self, space_id: str, actor: Actor, contact_ids: Sequence[str], user_id: str, team_id: str) -> int:
-        """Assign (or with both empty, unassign) contacts; one contact.assigned per contact that changed."""
+        """Assign (or with both empty, unassign) contacts; one contact.assigned per contact that changed.
+        The user must be a member of the space and the team one of its teams (NOT_FOUND otherwise,
+        UNAVAILABLE when the workspace cannot say), checked before anything changes."""
         if not contact_ids:
             raise InvalidArgument("give at least one contact id")
         if len(contact_ids) > MAX_BULK:
             raise InvalidArgument(f"at most {MAX_BULK} contacts per call; split the request")
         for what, value in (("user_id", user_id), ("team_id", team_id)):
-            if len(value) > 64:
-                raise InvalidArgument(f"{what} is longer than 64 characters")
+            if len(value) > MAX_ASSIGNEE_ID:
+                raise InvalidArgument(f"{what} is longer than {MAX_ASSIGNEE_ID} characters")
+        if user_id or team_id:
+            if self.assignees is None:
+                raise FailedPrecondition("this process has no workspace directory to check assignees; nothing changed")
+            await self.assignees(space_id, user_id, team_id)
         async with self.repo.unit() as unit:
             ids = await self._live_ids(unit, space_id, contact_ids)
             changed = await self.repo.set_assignee(
@@ -921,6 +936,39 @@ class ContactsService:
                     previous_team_id=prev_team or "",
                 )
         return len(changed)
+
+    async def release_member(self, space_id: str, user_id: str, actor: str) -> int:
+        """A member left the space: unassign them from every contact of the space (a team assigned with
+        them stays). Bounded transactions of `release_batch` contacts until none is left, so a redelivered
+        event finds nothing to do; one contact.assigned per contact. Returns how many changed."""
+        return await self._release(space_id, Actor(actor), user_id=user_id)
+
+    async def release_team(self, space_id: str, team_id: str, actor: str) -> int:
+        """A team was deleted: unassign it from every contact of the space (a user assigned with it stays)."""
+        return await self._release(space_id, Actor(actor), team_id=team_id)
+
+    async def _release(self, space_id: str, actor: Actor, *, user_id: str = "", team_id: str = "") -> int:
+        released = 0
+        while True:
+            async with self.repo.unit() as unit:
+                changed = await self.repo.release_assignee(
+                    unit.session, space_id, user_id or None, team_id or None, self.release_batch, self.clock()
+                )
+                for contact_id, prev_user, prev_team in changed:
+                    self._event(
+                        unit,
+                        "contact.assigned",
+                        space_id,
+                        actor,
+                        contact_id=contact_id,
+                        user_id="" if user_id else prev_user or "",
+                        team_id="" if team_id else prev_team or "",
+                        previous_user_id=prev_user or "",
+                        previous_team_id=prev_team or "",
+                    )
+            if not changed:  # not "fewer than a batch": a row changed concurrently is skipped, not counted
+                return released
+            released += len(changed)
 
     # -- custom fields --------------------------------------------------------------------------
 

@@ -11,13 +11,13 @@ from parley.channel_gateway.v1 import events_pb2 as gw
 from parley.conversations.v1 import conversations_service_pb2_grpc as pb_grpc
 from parley_kit.contracts import channel_gateway as cg
 from parley_kit.contracts import contacts as contacts_contract
+from parley_kit.directory import AssigneeReleases, WorkspaceDirectory, from_settings
 from parley_kit.runtime import ServiceRuntime
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from parley_conversations import events, metrics
 from parley_conversations.config import Settings
-from parley_conversations.directory import WorkspaceUsers
 from parley_conversations.grpc_api import SERVICE_NAME, ConversationsApi
 from parley_conversations.ingest import ContactsResolver, InboundIngest
 from parley_conversations.models import outbox
@@ -41,8 +41,8 @@ async def build(settings: Settings, *, contacts: ContactsResolver | None = None)
 
 
 async def build_app(settings: Settings, *, contacts: ContactsResolver | None = None) -> Conversations:
-    """A connected runtime serving ConversationsService, consuming inbound events and outbound statuses,
-    relaying its outbox, and auto-closing idle conversations."""
+    """A connected runtime serving ConversationsService, consuming inbound events, outbound statuses, contact
+    events and member removals / team deletions, relaying its outbox, and auto-closing idle conversations."""
     replicas = settings.stream_replicas
     inbound = [
         events.inbound_consumer(p, ack_wait=settings.ingest_ack_wait_seconds, batch_size=settings.ingest_batch_size)
@@ -54,15 +54,25 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
             cg.stream_spec(replicas),
             contacts_contract.stream_spec(replicas),
             events.conversations_stream(replicas),
+            events.workspace_stream(replicas),
             events.dead_letters(replicas),
         ],
-        consumers=[events.outbound_status_consumer(), events.contacts_consumer(), *inbound],
+        consumers=[events.outbound_status_consumer(), events.contacts_consumer(), events.releases(), *inbound],
         outbox=outbox,
     )
     await rt.connect()
     repo = Repository(rt.sessions, events.write_events)
-    users = WorkspaceUsers.connect(settings.workspace_addr, settings.service_token) if settings.workspace_addr else None
-    service = ConversationsService(repo, user_names=users.display_name if users else None)
+    directory, check = from_settings(settings)
+    if directory is not None:
+        assert rt.nc is not None
+        await directory.follow(rt.nc)
+        rt.add_background(_close_on_cancel(directory))
+    service = ConversationsService(
+        repo,
+        user_names=directory.display_name if directory else None,
+        assignees=check,
+        release_batch=settings.assignee_release_batch,
+    )
     rt.add_servicer(pb_grpc.add_ConversationsServiceServicer_to_server, ConversationsApi(service), SERVICE_NAME)
     rt.add_consumer(
         events.outbound_status_consumer(),
@@ -72,6 +82,11 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
     )
     rt.add_consumer(
         events.contacts_consumer(), events.ContactsHandler(ContactFollower(service)), message_type=None, concurrency=4
+    )
+    rt.add_consumer(
+        events.releases(),
+        AssigneeReleases(release_member=service.release_member, release_team=service.release_team, directory=directory),
+        message_type=None,
     )
     ingest: InboundIngest | None = None
     if settings.ingest_enabled and not settings.contacts_addr and contacts is None:
@@ -122,6 +137,13 @@ async def _run_ingest(rt: ServiceRuntime, ingest: InboundIngest) -> None:
         with contextlib.suppress(Exception):
             await asyncio.shield(ingest.stop())
         await ingest.engine.dispose()
+
+
+async def _close_on_cancel(directory: WorkspaceDirectory) -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await directory.close()
 
 
 async def _auto_close_loop(rt: ServiceRuntime, service: ConversationsService, settings: Settings) -> None:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from parley_kit.settings import ServiceSettings
+from parley_kit.settings import AssigneeSettings
 from pydantic import Field
 
 
-class Settings(ServiceSettings):
+class Settings(AssigneeSettings):
+    """The kit's settings, with the workspace directory (PARLEY_WORKSPACE_ADDR: assignee checks and
+    {{user.name}} in shortcuts), and the contacts service, the ingest and auto-close."""
+
     service_name: str = "conversations"
     contacts_addr: str = Field(
         default="",
         description="host:port of the contacts service (UpsertByIdentity); without it inbound events wait in JetStream",
-    )
-    workspace_addr: str = Field(
-        default="", description="host:port of the workspace service, for {{user.name}} in shortcuts (optional)"
     )
     contacts_timeout_seconds: float = Field(default=5.0, gt=0)
     contacts_report_interval_seconds: float = Field(

@@ -9,6 +9,8 @@ Consumes:
   channel_gateway.inbound.<NN> (durables conversations--inbound-<NN>, see ingest.py)
   channel_gateway.outbound.status (durable conversations--outbound-status)
   contacts.contact.>, contacts.field.updated|renamed|deleted (durable conversations--contacts)
+  workspace.member.removed, workspace.team.deleted (durable conversations--assignee-releases): the
+    member's or team's open conversations are released (`parley_kit.directory`)
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from parley.contacts.v1 import events_pb2 as cev
 from parley.conversations.v1 import events_pb2 as ev
 from parley_kit.contracts import channel_gateway as cg
 from parley_kit.contracts import contacts as contacts_contract
+from parley_kit.contracts import workspace as workspace_contract
+from parley_kit.directory import releases_consumer
 from parley_kit.nats import ConsumerSpec, Delivery, PoisonMessage, StreamSpec, dead_letter_stream, dead_letter_subject
 from parley_kit.outbox import enqueue_many
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -128,6 +132,16 @@ def contacts_consumer() -> ConsumerSpec:
         max_ack_pending=100,
         dead_letter_subject=dead_letter_subject(SERVICE, CONTACTS_DURABLE),
     )
+
+
+def workspace_stream(replicas: int = 1) -> StreamSpec:
+    """The WORKSPACE stream this service consumes, provisioned alike by its publisher and every consumer."""
+    return workspace_contract.stream_spec(replicas)
+
+
+def releases() -> ConsumerSpec:
+    """conversations--assignee-releases: member removals and team deletions."""
+    return releases_consumer(SERVICE)
 
 
 # -- domain events -> outbox -------------------------------------------------------------------

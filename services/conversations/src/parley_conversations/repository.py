@@ -574,6 +574,24 @@ class Tx:
         )
         return [KnownField(*row) for row in (await self.session.execute(stmt)).all()]
 
+    async def open_conversations_assigned(
+        self, space_id: str, user_id: str | None, team_id: str | None, limit: int
+    ) -> list[Conversation]:
+        """Up to `limit` open conversations of the space assigned to the user (or the team), locked in id order."""
+        column = Conversation.assignee_user_id if user_id is not None else Conversation.assignee_team_id
+        stmt = (
+            select(Conversation)
+            .where(
+                Conversation.space_id == space_id,
+                column == (user_id if user_id is not None else team_id),
+                Conversation.status == OPEN,
+            )
+            .order_by(Conversation.id)
+            .limit(limit)
+            .with_for_update()
+        )
+        return list((await self.session.execute(stmt)).scalars().all())
+
     async def open_conversations_of_contact(self, space_id: str, contact_id: str) -> list[Conversation]:
         stmt = (
             select(Conversation)

@@ -16,7 +16,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from parley_kit.contracts import messaging_window
@@ -67,6 +67,9 @@ from parley_conversations.models import (
 )
 from parley_conversations.repository import ContactKey, Repository, Tx
 
+if TYPE_CHECKING:
+    from parley_kit.directory import AssigneeCheck
+
 Clock = Callable[[], datetime]
 
 
@@ -91,6 +94,7 @@ TEXT_LIMITS = {
     messaging_window.CUSTOM: 10000,
 }
 PREVIEW = 200
+MAX_ASSIGNEE_ID = 64
 FRT_BUCKETS = ("<30s", "30s-2m", "2-5m", "5-10m", "10-30m", "30m-1h", ">1h")
 
 
@@ -157,10 +161,23 @@ UserNames = Callable[[str], Awaitable[str]]
 
 
 class ConversationsService:
-    def __init__(self, repo: Repository, *, clock: Clock = utcnow, user_names: UserNames | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        clock: Clock = utcnow,
+        user_names: UserNames | None = None,
+        assignees: AssigneeCheck | None = None,
+        release_batch: int = 500,
+    ) -> None:
+        """`assignees` says whether a user and team may be assigned in a space (the workspace directory);
+        without it nothing can be assigned. `release_batch`: conversations released per transaction when a
+        member or team goes away."""
         self.repo = repo
         self.clock = clock
         self.user_names = user_names
+        self.assignees = assignees
+        self.release_batch = release_batch
 
     # ==== queries ================================================================================
 
@@ -224,6 +241,7 @@ class ConversationsService:
     ) -> Conversation:
         if not contact_id or not channel_id:
             raise InvalidArgument("contact_id and channel_id are required")
+        await self._require_assignee(space_id, assignee_user_id, assignee_team_id)
         now = self.clock()
         async with self.repo.transaction() as tx:
             identity = await tx.contact_channel(space_id, contact_id, channel_id)
@@ -265,6 +283,7 @@ class ConversationsService:
     ) -> tuple[Conversation, bool]:
         if not user_id and not team_id:
             raise InvalidArgument("name a user_id and/or a team_id to assign to (UnassignConversation removes both)")
+        await self._require_assignee(space_id, user_id, team_id)
         now = self.clock()
         async with self.repo.transaction() as tx:
             conv = await self._conversation(tx, space_id, conversation_id, lock=True)
@@ -292,6 +311,53 @@ class ConversationsService:
             conv.assigned_at = None
             tx.emit(ConversationAssigned(actor, conv, *previous))
         return conv, True
+
+    async def _require_assignee(self, space_id: str, user_id: str, team_id: str) -> None:
+        """The user must be a member of the space and the team one of its teams (NOT_FOUND naming each; UNAVAILABLE
+        when the workspace cannot say), before anything changes."""
+        if not user_id and not team_id:
+            return
+        for what, value in (("user_id", user_id), ("team_id", team_id)):
+            if len(value) > MAX_ASSIGNEE_ID:
+                raise InvalidArgument(f"{what} is longer than {MAX_ASSIGNEE_ID} characters")
+        if self.assignees is None:
+            raise FailedPrecondition("this process has no workspace directory to check assignees; nothing changed")
+        await self.assignees(space_id, user_id, team_id)
+
+    async def release_member(self, space_id: str, user_id: str, actor: str) -> int:
+        """A member left the space: unassign them from its open conversations (a team assigned with them stays).
+        Bounded transactions of `release_batch` conversations until none is left, so a redelivered event finds
+        nothing to do; one conversation.assigned per conversation. Returns how many changed."""
+        return await self._release(space_id, Actor(actor), user_id=user_id)
+
+    async def release_team(self, space_id: str, team_id: str, actor: str) -> int:
+        """A team was deleted: unassign it from the space's open conversations (a user assigned with it stays)."""
+        return await self._release(space_id, Actor(actor), team_id=team_id)
+
+    async def _release(self, space_id: str, actor: Actor, *, user_id: str = "", team_id: str = "") -> int:
+        released = 0
+        while True:
+            now = self.clock()
+            async with self.repo.transaction() as tx:
+                convs = await tx.open_conversations_assigned(
+                    space_id, user_id or None, team_id or None, self.release_batch
+                )
+                for conv in convs:
+                    previous = (conv.assignee_user_id, conv.assignee_team_id)
+                    keep_user = None if user_id else conv.assignee_user_id
+                    keep_team = None if team_id else conv.assignee_team_id
+                    current = await tx.current_assignment(conv.id)
+                    if keep_user is None and keep_team is None:
+                        if current is not None:
+                            current.ended_at, current.ended_by = now, actor.subject
+                        conv.assignee_user_id = conv.assignee_team_id = None
+                        conv.assigned_at = None
+                    else:
+                        self._assign(tx, conv, actor, keep_user, keep_team, now, current)
+                    tx.emit(ConversationAssigned(actor, conv, *previous))
+            if not convs:  # not "fewer than a batch": a row changed concurrently is skipped, not counted
+                return released
+            released += len(convs)
 
     @staticmethod
     def _assign(

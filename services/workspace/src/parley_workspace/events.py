@@ -7,13 +7,13 @@ so a change and its event are committed together or not at all.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.common.v1 import common_pb2
 from parley.workspace.v1 import events_pb2 as ev
+from parley_kit.contracts import workspace as workspace_contract
 from parley_kit.nats.streams import StreamSpec
 from parley_kit.outbox import enqueue
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,14 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley_workspace import grpc_api as g
 from parley_workspace.service import Event
 
-STREAM = "WORKSPACE"
-SUBJECT_PREFIX = "workspace."
-SUBJECTS = [f"{SUBJECT_PREFIX}>"]
+STREAM = workspace_contract.STREAM
+SUBJECT_PREFIX = workspace_contract.SUBJECT_PREFIX
+SUBJECTS = list(workspace_contract.SUBJECTS)
 
 
 def stream_spec(replicas: int = 1) -> StreamSpec:
-    """The WORKSPACE stream: every workspace event, kept a week (consumers keep their own copies)."""
-    return StreamSpec(name=STREAM, subjects=tuple(SUBJECTS), max_age=timedelta(days=7), replicas=replicas)
+    """The WORKSPACE stream: every workspace event, kept a week; declared once in the shared contract its
+    consumers (contacts, conversations) provision too."""
+    return workspace_contract.stream_spec(replicas)
 
 
 def subject_of(kind: str) -> str:

@@ -426,6 +426,10 @@ class SpaceApi(space_grpc.SpaceServiceServicer):
         await self._s.remove_space_member(current_caller(), request.space_id, request.user_id)
         return space_pb.RemoveSpaceMemberResponse()
 
+    async def GetSpaceMember(self, request: Any, context: Any) -> space_pb.GetSpaceMemberResponse:
+        row = await self._s.get_space_member(current_caller(), request.space_id, request.user_id)
+        return space_pb.GetSpaceMemberResponse(member=member_pb(row))
+
     async def ListSpaceMembers(self, request: Any, context: Any) -> space_pb.ListSpaceMembersResponse:
         role = space_role_of(request.role) if request.role else ""
         paged = await self._s.list_space_members(current_caller(), request.space_id, page_of(request), role=role)

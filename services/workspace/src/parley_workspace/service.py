@@ -722,6 +722,14 @@ class WorkspaceService:
                 )
             )
 
+    async def get_space_member(self, caller: Caller, space_id: str, user_id: str) -> MemberRow:
+        """One member of the space (how other services check that a user belongs to a space)."""
+        if not user_id:
+            raise InvalidArgument("user_id is required")
+        async with self._store.tx() as tx:
+            space = await self._authorize(tx, caller, space_id, Permission.MEMBERS_READ, org_admin=True)
+            return await self._member_of(tx, space, user_id)
+
     async def list_space_members(
         self, caller: Caller, space_id: str, page: Page, *, role: str = "", availability: str = ""
     ) -> Paged[MemberRow]:

@@ -369,7 +369,10 @@ class ConsumerRunner:
         metrics.EVENTS_PROCESSED.labels(self.service, self.spec.durable, event_type, outcome).inc()
 
     async def _watch_lag(self) -> None:
-        while True:
+        """Refresh the lag gauges until stop(). The loop ends by itself once stopping is set: on Python 3.11,
+        `asyncio.wait_for` (inside nats-py's request) swallows a cancel that lands as the reply arrives, so a
+        cancel alone could leave it running and stop() waiting for it forever."""
+        while not self._stopping.is_set():
             try:
                 info = await self._js.consumer_info(self.spec.stream, self.spec.durable)
             except Exception:
@@ -377,7 +380,8 @@ class ConsumerRunner:
             else:
                 metrics.CONSUMER_PENDING.labels(self.service, self.spec.durable).set(info.num_pending or 0)
                 metrics.CONSUMER_ACK_PENDING.labels(self.service, self.spec.durable).set(info.num_ack_pending or 0)
-            await asyncio.sleep(self._metrics_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._metrics_interval)
 
 
 def _event_type_of(msg: Msg) -> str:

@@ -6,6 +6,8 @@
 - `database_url` (module): a fresh, empty database for the test module.
 - `nats_url`: the NATS URL; `unique_name`: a per-call unique suffix for stream names.
 - `signing_key` / `mint_token`: a test Ed25519 key and a token factory for auth.
+- `workspace_service` (session): the real workspace service as a process (own database, the test
+  signing key), with `.admin` to make spaces, members and teams; for services that check assignees.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from parley_kit.local.servers import NatsServer, PostgresServer
 
 if TYPE_CHECKING:
     from parley_kit.auth import SigningKey
+    from parley_kit.testing.processes import WorkspaceProcess
 
 
 class ExternalPostgres:
@@ -105,3 +108,18 @@ def mint_token(signing_key: SigningKey) -> Callable[..., str]:
     from parley_kit.auth import TokenIssuer
 
     return TokenIssuer(signing_key).issue
+
+
+@pytest.fixture(scope="session")
+def workspace_service(
+    postgres_server: PostgresServer | ExternalPostgres, nats_url: str, signing_key: SigningKey, parley_tmp: Path
+) -> Iterator[WorkspaceProcess]:
+    """The real workspace service (`python -m parley_workspace serve`) for the whole session."""
+    from parley_kit.testing.processes import WorkspaceProcess
+
+    database_url = postgres_server.create_database(f"workspace_{uuid.uuid4().hex[:8]}")
+    process = WorkspaceProcess(database_url, nats_url, signing_key, parley_tmp / "workspace.log").migrate()
+    try:
+        yield process.start().bootstrap()
+    finally:
+        process.stop()

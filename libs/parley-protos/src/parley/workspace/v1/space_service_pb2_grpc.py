@@ -84,6 +84,11 @@ class SpaceServiceStub:
                 request_serializer=parley_dot_workspace_dot_v1_dot_space__service__pb2.ListSpaceMembersRequest.SerializeToString,
                 response_deserializer=parley_dot_workspace_dot_v1_dot_space__service__pb2.ListSpaceMembersResponse.FromString,
                 _registered_method=True)
+        self.GetSpaceMember = channel.unary_unary(
+                '/parley.workspace.v1.SpaceService/GetSpaceMember',
+                request_serializer=parley_dot_workspace_dot_v1_dot_space__service__pb2.GetSpaceMemberRequest.SerializeToString,
+                response_deserializer=parley_dot_workspace_dot_v1_dot_space__service__pb2.GetSpaceMemberResponse.FromString,
+                _registered_method=True)
 
 
 class SpaceServiceServicer:
@@ -154,6 +159,14 @@ class SpaceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSpaceMember(self, request, context):
+        """One member of the space; NOT_FOUND when the user is not (or no longer) a member. Other services
+        ask it with their platform token to check that a user they are given belongs to the space.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpaceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +214,11 @@ def add_SpaceServiceServicer_to_server(servicer, server):
                     servicer.ListSpaceMembers,
                     request_deserializer=parley_dot_workspace_dot_v1_dot_space__service__pb2.ListSpaceMembersRequest.FromString,
                     response_serializer=parley_dot_workspace_dot_v1_dot_space__service__pb2.ListSpaceMembersResponse.SerializeToString,
+            ),
+            'GetSpaceMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSpaceMember,
+                    request_deserializer=parley_dot_workspace_dot_v1_dot_space__service__pb2.GetSpaceMemberRequest.FromString,
+                    response_serializer=parley_dot_workspace_dot_v1_dot_space__service__pb2.GetSpaceMemberResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -451,6 +469,33 @@ class SpaceService:
             '/parley.workspace.v1.SpaceService/ListSpaceMembers',
             parley_dot_workspace_dot_v1_dot_space__service__pb2.ListSpaceMembersRequest.SerializeToString,
             parley_dot_workspace_dot_v1_dot_space__service__pb2.ListSpaceMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSpaceMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.workspace.v1.SpaceService/GetSpaceMember',
+            parley_dot_workspace_dot_v1_dot_space__service__pb2.GetSpaceMemberRequest.SerializeToString,
+            parley_dot_workspace_dot_v1_dot_space__service__pb2.GetSpaceMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,
