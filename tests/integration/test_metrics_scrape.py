@@ -27,7 +27,8 @@ def _scrape(url: str) -> str:
 
 @pytest.fixture(scope="module")
 def scrapes(platform: Platform, fake_graph: FakeGraph) -> dict[str, str]:
-    """(service process) -> its /metrics text, after one message went in, was answered, sent and delivered."""
+    """(service process) -> its /metrics text, after one message went in, was answered, sent and delivered, and
+    the web process refused a forged webhook and took one for a Page no channel has."""
     owner = platform.bootstrap(f"Metrics Co {uuid.uuid4().hex[:6]}", "Ops", "mo@metrics.example.com", force=True)
     owner.connect_messenger(PAGE_ID)
     psid = str(7_500_000_000_000_000 + uuid.uuid4().int % 10**15)
@@ -50,6 +51,11 @@ def scrapes(platform: Platform, fake_graph: FakeGraph) -> dict[str, str]:
 
     mid = eventually(provider_id)
     assert platform.post_webhook("/webhooks/messenger", messenger_delivery(PAGE_ID, psid, [mid]))[0] == 200
+    # What the web process counts only when it happens: a forged signature, and a Page no channel has.
+    forged = messenger_message(PAGE_ID, psid, f"m_forged_{psid}", "forged")
+    assert platform.post_webhook("/webhooks/messenger", forged, signature="sha256=" + "0" * 64)[0] == 403
+    stranger = messenger_message(str(int(PAGE_ID) + 1), psid, f"m_stranger_{psid}", "to nobody")
+    assert platform.post_webhook("/webhooks/messenger", stranger)[0] == 200
     return {f"{p['service']} {p['process']}": _scrape(p["metrics"]) for p in platform.processes}
 
 
