@@ -38,7 +38,8 @@ from parley_kit.testing.service import running
 class FakeContactsService(cpb_grpc.ContactsServiceServicer):
     """TEST DOUBLE of ContactsService.UpsertByIdentity and UpsertByIdentities: one contact per (space,
     channel, external id), created exactly once even under concurrent calls (an asyncio lock), recording
-    every identity asked for (`calls`) and the traceparent of every call."""
+    every identity asked for (`calls`) and the traceparent of every call. `fail_with` fails whole calls;
+    `refuse` and `fail_items` answer chosen identities with a per-item error code."""
 
     def __init__(self) -> None:
         self.contacts: dict[tuple[str, str, str], str] = {}
@@ -46,6 +47,7 @@ class FakeContactsService(cpb_grpc.ContactsServiceServicer):
         self.traceparents: list[str] = []
         self.fail_with: grpc.StatusCode | None = None
         self.refuse: set[str] = set()  # external ids UpsertByIdentities answers INVALID_ARGUMENT for
+        self.fail_items: dict[str, grpc.StatusCode] = {}  # external id -> the per-item code answered for it
         self.batches = 0
         self._lock = asyncio.Lock()
 
@@ -75,6 +77,11 @@ class FakeContactsService(cpb_grpc.ContactsServiceServicer):
             if item.external_id in self.refuse:
                 code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
                 results.append(cpb.UpsertByIdentitiesResult(error_code=code, error_message="refused by the double"))
+                continue
+            if item.external_id in self.fail_items:
+                code = self.fail_items[item.external_id].value[0]
+                message = "the double failed this identity"
+                results.append(cpb.UpsertByIdentitiesResult(error_code=code, error_message=message))
                 continue
             self.calls.append(item)
             key = (item.space_id, item.channel_id, item.external_id)

@@ -1,5 +1,5 @@
-"""ContactsResolver: one UpsertByIdentities call per chunk of a batch's identities, refusals per identity,
-transport failures as TransientError (against the contacts test double)."""
+"""ContactsResolver: one UpsertByIdentities call per chunk of a batch's identities, refusals and failures per
+identity, a call failing as a whole as TransientError (against the contacts test double)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ async def resolver(fake_contacts):
     fake, target = fake_contacts
     channel = grpc.aio.insecure_channel(target)
     yield fake, ContactsResolver(channel, chunk=2)
-    fake.fail_with, fake.refuse = None, set()
+    fake.fail_with, fake.refuse, fake.fail_items = None, set(), {}
     await channel.close()
 
 
@@ -42,23 +42,38 @@ async def test_a_batch_is_one_call_per_chunk_with_each_identitys_latest_interact
     sp = f"sp-{uuid.uuid4().hex[:8]}"
     items = [_item(sp, f"p{i}") for i in range(5)] + [_item(sp, "p0", minutes=5), _item(sp, "p9", InboundKind.READ)]
     before = fake.batches
-    ids, refused, reported = await contacts.resolve(items)
-    assert fake.batches - before == 3 and refused == {}
-    assert set(ids) == {(sp, "ch-1", f"p{i}") for i in range(5)}
+    got = await contacts.resolve(items)
+    assert fake.batches - before == 3 and got.refused == {} and got.failed == {}
+    assert set(got.ids) == {(sp, "ch-1", f"p{i}") for i in range(5)}
     asked = [c for c in fake.calls if c.space_id == sp]
     assert sorted(c.external_id for c in asked) == [f"p{i}" for i in range(5)]
     (p0,) = [c for c in asked if c.external_id == "p0"]
     assert p0.interaction_at.ToDatetime(tzinfo=UTC) == AT + timedelta(minutes=5)
-    assert reported[(sp, "ch-1", "p0")] == AT + timedelta(minutes=5)
+    assert got.reported[(sp, "ch-1", "p0")] == AT + timedelta(minutes=5)
 
 
 async def test_a_refused_identity_is_reported_and_the_others_resolved(resolver) -> None:
     fake, contacts = resolver
     sp = f"sp-{uuid.uuid4().hex[:8]}"
     fake.refuse = {"bad"}
-    ids, refused, _ = await contacts.resolve([_item(sp, "good"), _item(sp, "bad"), _item(sp, "fine")])
-    assert set(ids) == {(sp, "ch-1", "good"), (sp, "ch-1", "fine")}
-    assert list(refused) == [(sp, "ch-1", "bad")] and "INVALID_ARGUMENT" in refused[(sp, "ch-1", "bad")]
+    got = await contacts.resolve([_item(sp, "good"), _item(sp, "bad"), _item(sp, "fine")])
+    assert set(got.ids) == {(sp, "ch-1", "good"), (sp, "ch-1", "fine")} and got.failed == {}
+    assert list(got.refused) == [(sp, "ch-1", "bad")] and "INVALID_ARGUMENT" in got.refused[(sp, "ch-1", "bad")]
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED])
+async def test_an_identity_contacts_fails_on_its_own_is_reported_and_the_others_resolved(resolver, code) -> None:
+    fake, contacts = resolver
+    sp = f"sp-{uuid.uuid4().hex[:8]}"
+    fake.fail_items = {"broken": code}
+    got = await contacts.resolve([_item(sp, "good"), _item(sp, "broken"), _item(sp, "fine")])
+    assert set(got.ids) == {(sp, "ch-1", "good"), (sp, "ch-1", "fine")} and got.refused == {}
+    assert list(got.failed) == [(sp, "ch-1", "broken")]
+    assert (
+        got.failed[(sp, "ch-1", "broken")]
+        == f"contacts failed the identity: {code.name}: the double failed this identity"
+    )
+    assert (sp, "ch-1", "broken") not in got.reported
 
 
 async def test_transport_failure_raises_transient_and_a_refused_call_refuses_its_identities(resolver) -> None:
@@ -68,5 +83,5 @@ async def test_transport_failure_raises_transient_and_a_refused_call_refuses_its
     with pytest.raises(TransientError, match="UNAVAILABLE"):
         await contacts.resolve([_item(sp, "a")])
     fake.fail_with = grpc.StatusCode.INVALID_ARGUMENT
-    ids, refused, _ = await contacts.resolve([_item(sp, "a"), _item(sp, "b")])
-    assert ids == {} and set(refused) == {(sp, "ch-1", "a"), (sp, "ch-1", "b")}
+    got = await contacts.resolve([_item(sp, "a"), _item(sp, "b")])
+    assert got.ids == {} and set(got.refused) == {(sp, "ch-1", "a"), (sp, "ch-1", "b")}

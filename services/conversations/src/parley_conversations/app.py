@@ -111,6 +111,7 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
             ack_wait=settings.ingest_ack_wait_seconds,
             rebalance_seconds=settings.ingest_rebalance_seconds,
             max_partitions=settings.ingest_max_partitions,
+            identity_attempts=settings.ingest_identity_attempts,
             report_every=timedelta(seconds=settings.contacts_report_interval_seconds)
             if settings.contacts_report_interval_seconds
             else None,

@@ -30,6 +30,12 @@ class Settings(AssigneeSettings):
     ingest_rebalance_seconds: float = Field(default=2.0, gt=0, description="How often replicas rebalance partitions")
     ingest_max_partitions: int = Field(default=16, ge=0, description="Most partitions one replica owns (0: none)")
     ingest_enabled: bool = Field(default=True, description="Run the inbound consumers in this process")
+    ingest_identity_attempts: int = Field(
+        default=10,
+        ge=1,
+        description="Deliveries in a row on which the contacts service may fail one identity (per item) before "
+        "that identity's inbound events are dead-lettered and its partition goes on",
+    )
 
     # Auto-close of inactive conversations.
     auto_close_interval_seconds: float = Field(default=30.0, gt=0, description="How often auto-close looks")

@@ -86,6 +86,14 @@ def inbound_durable(partition: int) -> str:
     return f"{INBOUND_DURABLE_PREFIX}-{partition:02d}"
 
 
+INBOUND_BACKOFF = (timedelta(seconds=1), timedelta(seconds=5), timedelta(seconds=30))
+# The runner must never dead-letter an inbound event for its delivery count: the events of a partition wait
+# (failing) behind an earlier one, and all of them through a contacts outage, through no fault of their own,
+# and the ingest reads a dead-lettered event back from the stream anyway. The ingest sets aside the events
+# that do fail on their own (ingest.py); this bound outlasts the stream's retention at the longest backoff.
+INBOUND_MAX_DELIVER = cg.MAX_AGE // INBOUND_BACKOFF[-1] + len(INBOUND_BACKOFF)
+
+
 def inbound_consumer(partition: int, *, ack_wait: float = 30.0, batch_size: int = 200) -> ConsumerSpec:
     """One durable per inbound partition subject; only the replica owning the partition fetches from it."""
     max_ack_pending = max(batch_size * 2, 100)
@@ -95,8 +103,8 @@ def inbound_consumer(partition: int, *, ack_wait: float = 30.0, batch_size: int 
         durable=durable,
         filter_subjects=(cg.inbound_partition_subject(partition),),
         ack_wait=timedelta(seconds=ack_wait),
-        max_deliver=10,
-        backoff=(timedelta(seconds=1), timedelta(seconds=5), timedelta(seconds=30)),
+        max_deliver=INBOUND_MAX_DELIVER,
+        backoff=INBOUND_BACKOFF,
         max_ack_pending=max_ack_pending,
         dead_letter_subject=dead_letter_subject(SERVICE, durable),
     )

@@ -33,13 +33,30 @@ Design (the guarantees and why they hold):
    first, in the same group. So events of one partition, hence of one contact, are applied strictly
    in stream order, whatever JetStream redelivers and when.
 
-   Failures. A transient failure of the group (contacts down, a lost connection, a serialization
-   error) fails every batch in it (each is nak'ed and retried). A group that can never be applied
-   as a whole is applied again event by event, each event with its partition's offset in its own
-   transaction: an event that fails for good is dead-lettered (one bad event blocks neither its
-   partition nor the others), one that fails transiently fails only its own partition's batch from
-   that event on: the partition's events committed before it are acknowledged, and those set aside
-   before them dead-lettered (their offset is passed), the rest redelivered.
+   Failures. A transient failure of the group (contacts down or too slow as a whole, a lost
+   connection, a serialization error) fails every batch in it: each is nak'ed and retried, for as
+   long as it lasts (the durables' max_deliver outlasts the stream's retention, so the runner never
+   dead-letters an inbound event for its delivery count: an event failing behind another one is not
+   at fault, and a dead-lettered event would be read back from the stream anyway). A failure that
+   concerns one event is the ingest's to settle:
+   - A refused identity (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION in its per-item answer),
+     an undecodable or unmappable event: set aside at once, dead-lettered, the rest applied.
+   - An identity contacts fails on its own (any other per-item code, e.g. INTERNAL for a bug with
+     that person's data) fails only its partition, from the identity's first event in the group on:
+     the other partitions' events and its partition's earlier ones commit as usual, and it and
+     everything after it in its partition are redelivered, in order (PartitionNotApplied). The
+     owner counts the deliveries in a row on which the identity failed (a group counts once; events
+     only read back to fill a gap do not count: they are still pending and come back as deliveries);
+     at `identity_attempts` (PARLEY_INGEST_IDENTITY_ATTEMPTS, 10: about four minutes of backoff) its
+     events are set aside, dead-lettered with the contacts error as reason, and the partition goes
+     on. Until the identity is resolved again, each later failure of it dead-letters at once. The
+     count lives with the partition's owner: a new owner starts over.
+   - A group the database can never apply as a whole is applied again event by event, each event
+     with its partition's offset in its own transaction: an event that fails for good is
+     dead-lettered (one bad event blocks neither its partition nor the others), one that fails
+     transiently fails only its own partition's batch from that event on: the partition's events
+     committed before it are acknowledged, and those set aside before them dead-lettered (their
+     offset is passed), the rest redelivered.
 
 4. Once. The offset makes a redelivered event a no-op; the unique (channel_id,
    provider_message_id) makes a provider's re-sent webhook (a new stream message) a no-op too.
@@ -96,16 +113,33 @@ GAP_LIMIT = 2000
 GROUP_MAX_EVENTS = 2000  # most events one group commit takes (at least one partition's batch)
 
 
+IdentityKey = tuple[str, str, str]  # (space_id, channel_id, contact_external_id)
+
+
+@dataclass
+class Resolution:
+    """What the contacts service said of a group's identities."""
+
+    ids: dict[IdentityKey, str] = dataclasses.field(default_factory=dict)
+    """The contact of each resolved identity."""
+    refused: dict[IdentityKey, str] = dataclasses.field(default_factory=dict)
+    """Identities contacts refused for good (its final word), with the reason."""
+    failed: dict[IdentityKey, str] = dataclasses.field(default_factory=dict)
+    """Identities contacts failed on their own (any other per-item code) while it answered the call."""
+    reported: dict[IdentityKey, datetime] = dataclasses.field(default_factory=dict)
+    """The interaction time reported for each identity contacts was asked about and resolved."""
+
+
 class ContactsResolver:
     """Finds or creates the contact of each identity in a batch: one ContactsService.UpsertByIdentities
     call per `chunk` identities (the service's maximum, 500), answered per identity."""
 
     # google.rpc.Code values of per-identity answers that are the contacts service's final word on it.
-    REFUSED = {
-        grpc.StatusCode.INVALID_ARGUMENT.value[0]: "INVALID_ARGUMENT",
-        grpc.StatusCode.NOT_FOUND.value[0]: "NOT_FOUND",
-        grpc.StatusCode.FAILED_PRECONDITION.value[0]: "FAILED_PRECONDITION",
-    }
+    REFUSED = frozenset(
+        code.value[0]
+        for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+    )
+    CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
     def __init__(
         self, channel: grpc.aio.Channel, *, concurrency: int = 16, timeout: float = 5.0, chunk: int = 500
@@ -126,19 +160,20 @@ class ContactsResolver:
         items: Sequence[InboundItem],
         known: dict[tuple[str, str], tuple[str, datetime | None]] | None = None,
         report_every: timedelta | None = None,
-    ) -> tuple[dict[tuple[str, str, str], str], dict[tuple[str, str, str], str], dict[tuple[str, str, str], datetime]]:
-        """(contact id per identity key, error per identity key the contacts service refused for good,
-        interaction time reported per identity key).
+    ) -> Resolution:
+        """The contact of each identity of `items`, or why there is none.
 
         Receipts need no contact. Other items' identities are upserted (one UpsertByIdentities call per
         chunk of identities, each with the identity's latest interaction time), unless the identity is
         `known` (channel_id, external_id -> contact id and the interaction last reported) and that report
         is less than `report_every` older than this interaction: then the known contact id is used and
-        contacts is not called. Raises TransientError when the contacts service is down or answers an
-        identity with anything but a refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION).
+        contacts is not called. A per-item refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) goes
+        to `refused`, any other per-item code to `failed`: neither fails the other identities. Raises
+        TransientError when a call fails as a whole (contacts down or too slow), so nothing is blamed on
+        an identity.
         """
-        first: dict[tuple[str, str, str], InboundItem] = {}
-        interaction: dict[tuple[str, str, str], datetime | None] = {}
+        first: dict[IdentityKey, InboundItem] = {}
+        interaction: dict[IdentityKey, datetime | None] = {}
         for it in items:
             if it.kind in RECEIPT_KINDS:
                 continue
@@ -148,10 +183,9 @@ class ContactsResolver:
                 interaction[it.contact_key] = it.occurred_at if prev is None else max(prev, it.occurred_at)
             else:
                 interaction.setdefault(it.contact_key, None)
-        ids: dict[tuple[str, str, str], str] = {}
-        refused: dict[tuple[str, str, str], str] = {}
+        out = Resolution()
 
-        def request(key: tuple[str, str, str]) -> cpb.UpsertByIdentityRequest:
+        def request(key: IdentityKey) -> cpb.UpsertByIdentityRequest:
             it = first[key]
             p = it.profile
             return cpb.UpsertByIdentityRequest(
@@ -171,7 +205,7 @@ class ContactsResolver:
                 interaction_at=mapping.ts(interaction.get(key)),
             )
 
-        async def call(keys: list[tuple[str, str, str]]) -> None:
+        async def call(keys: list[IdentityKey]) -> None:
             batch = cpb.UpsertByIdentitiesRequest(items=[request(k) for k in keys])
             async with self._limit:
                 # Called in the trace of the first event of the chunk's first contact.
@@ -182,7 +216,7 @@ class ContactsResolver:
                 except grpc.aio.AioRpcError as exc:
                     if exc.code().value[0] in self.REFUSED:  # the whole call: each of its identities
                         for k in keys:
-                            refused[k] = f"contacts refused the identity: {exc.code().name}: {exc.details()}"
+                            out.refused[k] = f"contacts refused the identity: {exc.code().name}: {exc.details()}"
                         return
                     raise TransientError(
                         f"contacts.UpsertByIdentities failed: {exc.code().name}: {exc.details()}"
@@ -194,15 +228,13 @@ class ContactsResolver:
                 raise TransientError(f"contacts.UpsertByIdentities answered {len(reply.results)} of {len(keys)}")
             for k, result in zip(keys, reply.results, strict=True):
                 if not result.error_code:
-                    ids[k] = result.contact_id
-                elif result.error_code in self.REFUSED:
-                    name = self.REFUSED[result.error_code]
-                    refused[k] = f"contacts refused the identity: {name}: {result.error_message}"
+                    out.ids[k] = result.contact_id
+                    continue
+                name = self.CODE_NAMES.get(result.error_code, f"code {result.error_code}")
+                if result.error_code in self.REFUSED:
+                    out.refused[k] = f"contacts refused the identity: {name}: {result.error_message}"
                 else:
-                    raise TransientError(
-                        f"contacts.UpsertByIdentities failed for an identity: code {result.error_code}: "
-                        f"{result.error_message}"
-                    )
+                    out.failed[k] = f"contacts failed the identity: {name}: {result.error_message}"
 
         to_call = []
         for key in first:
@@ -211,12 +243,12 @@ class ContactsResolver:
             if hit is not None and report_every is not None:
                 contact_id, reported_at = hit
                 if at is None or (reported_at is not None and at - reported_at < report_every):
-                    ids[key] = contact_id
+                    out.ids[key] = contact_id
                     continue
             to_call.append(key)
         await asyncio.gather(*(call(to_call[i : i + self._chunk]) for i in range(0, len(to_call), self._chunk)))
-        reported = {k: at for k in to_call if k in ids and (at := interaction.get(k)) is not None}
-        return ids, refused, reported
+        out.reported = {k: at for k in to_call if k in out.ids and (at := interaction.get(k)) is not None}
+        return out
 
 
 @dataclass
@@ -259,6 +291,8 @@ class PartitionWorker:
         self.offset: int | None = None
         self.failed = False  # the lock connection was lost: the partition must be given up
         self.released = False  # the lock is released (or going): nothing more of it may be applied
+        # Deliveries, in a row, of events whose identity the contacts service failed (see the module docstring).
+        self.identity_failures: dict[IdentityKey, int] = {}
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -373,7 +407,10 @@ class InboundIngest:
         stream: str = cg.STREAM,
         inbound_prefix: str = cg.INBOUND_PREFIX,
         report_every: timedelta | None = timedelta(seconds=60),
+        identity_attempts: int = 10,
     ) -> None:
+        if identity_attempts < 1:
+            raise ValueError("identity_attempts must be at least 1")
         self.js = js
         self.engine = engine
         self.repo = repo
@@ -389,6 +426,7 @@ class InboundIngest:
         self.stream = stream
         self.inbound_prefix = inbound_prefix
         self.report_every = report_every
+        self.identity_attempts = identity_attempts
         self.workers: dict[int, PartitionWorker] = {}
         self._member: AsyncConnection | None = None
         self._slot: int | None = None
@@ -660,14 +698,14 @@ class InboundIngest:
         known: dict[tuple[str, str], tuple[str, datetime | None]] = {}
         if self.report_every is not None and items:
             known = await self.repo.identities(conn, ((it.channel_id, it.contact_external_id) for it in items))
-        contact_ids, refused, reported = await self._with_retries(
-            lambda: self.contacts.resolve(items, known, self.report_every)
-        )
+        resolution = await self._with_retries(lambda: self.contacts.resolve(items, known, self.report_every))
         metrics.INGEST_SECONDS.labels("contacts").observe(time.perf_counter() - started)
         for _, u, it in triples:
-            if it.contact_key in refused:
-                u.error = refused[it.contact_key]
-        triples = [t for t in triples if not t[1].error]
+            if it.contact_key in resolution.refused:
+                u.error = resolution.refused[it.contact_key]
+        stops = self._isolate([t for t in triples if not t[1].error], resolution)
+        triples = [t for t in triples if not t[1].error and (t[0] not in stops or t[1].sequence < stops[t[0]][0])]
+        contact_ids, reported = resolution.ids, resolution.reported
         stores = {
             it.event_id: _tracer.start_span("store message", context=it.trace, kind=SpanKind.INTERNAL)
             for _, _, it in triples
@@ -675,7 +713,11 @@ class InboundIngest:
         }
         spans.extend(stores.values())
         started = time.perf_counter()
-        offsets = {p.worker.partition: max(u.sequence for u in p.units) for p in group}
+        offsets: dict[int, int] = {}  # per partition, the last stream sequence to commit
+        for p in group:
+            kept = [u.sequence for u in p.units if p not in stops or u.sequence < stops[p][0]]
+            if kept:
+                offsets[p.worker.partition] = max(kept)
         outcomes: dict[str, tuple[str | None, str | None, bool, bool]] = {}
         failed: dict[_Pending, BaseException] = {}
         applied: dict[_Pending, int] = {}  # one by one: the last stream sequence committed per partition
@@ -709,6 +751,12 @@ class InboundIngest:
             rest = {part: seq for part, seq in offsets.items() if not any(p.worker.partition == part for p in failed)}
             async with self.repo.on_connection(conn) as tx:
                 await tx.set_ingest_offsets(rest, utcnow())
+        for p, (first, reason) in stops.items():
+            # Its events before `first` are committed; `first` and the rest are retried, in order.
+            committed = offsets.get(p.worker.partition)
+            failed.setdefault(
+                p, PartitionNotApplied(f"partition {p.worker.partition:02d}: #{first}: {reason}", committed)
+            )
         metrics.INGEST_SECONDS.labels("database").observe(time.perf_counter() - started)
         metrics.INGEST_BATCH.observe(sum(len(p.units) for p in group))
         metrics.INGEST_GROUP_PARTITIONS.observe(len(group))
@@ -731,9 +779,48 @@ class InboundIngest:
                     metrics.TIME_TO_VISIBILITY.labels(it.channel_type).observe(
                         max((now - it.received_at).total_seconds(), 0.0)
                     )
-            if store is not None and (u.error or p in failed):
+            if store is not None and (u.error or _not_applied(failed.get(p), u.sequence)):
                 store.set_status(Status(StatusCode.ERROR, "dead-lettered" if u.error else "not applied"))
         return failed
+
+    def _isolate(
+        self, triples: list[tuple[_Pending, _Unit, InboundItem]], resolution: Resolution
+    ) -> dict[_Pending, tuple[int, str]]:
+        """Keep an identity the contacts service failed on its own from stalling anything but its partition.
+
+        Its partition stops at the identity's first event (returned: partition -> that stream sequence and
+        the reason), unless the identity has now failed on `identity_attempts` deliveries in a row of this
+        partition's owner: then its events are set aside (dead-lettered) and the partition goes on. A
+        delivery counts once per group; an event only read from the stream to fill a gap does not count
+        (it is still pending, so it comes back as a delivery). An identity resolved again starts over.
+        `triples` are in stream order per partition, receipts included (they need no contact)."""
+        stops: dict[_Pending, tuple[int, str]] = {}
+        units_of: dict[IdentityKey, list[_Unit]] = {}  # an identity's events, all on one partition
+        for p, u, it in triples:
+            if it.kind in RECEIPT_KINDS:
+                continue
+            units_of.setdefault(it.contact_key, []).append(u)
+            if it.contact_key in resolution.ids:
+                p.worker.identity_failures.pop(it.contact_key, None)
+        for p, u, it in triples:
+            key = it.contact_key
+            reason = resolution.failed.get(key)
+            if reason is None or u is not units_of[key][0] or p in stops:
+                continue  # resolved, not its first event, or after its partition's stop (retried with it)
+            failures = p.worker.identity_failures
+            failures[key] = failures.get(key, 0) + any(v.delivery is not None for v in units_of[key])
+            if failures[key] >= self.identity_attempts:
+                for v in units_of[key]:
+                    v.error = f"{reason} (on {failures[key]} deliveries in a row)"[:1000]
+                metrics.INGEST_IDENTITY_FAILURES.labels("dead_lettered").inc()
+                log.error(
+                    "partition %02d: %s; dead-lettering its %d events", p.worker.partition, reason, len(units_of[key])
+                )
+            else:
+                stops[p] = (u.sequence, reason)
+                metrics.INGEST_IDENTITY_FAILURES.labels("retried").inc()
+                log.warning("partition %02d: #%d: %s; retrying from it", p.worker.partition, u.sequence, reason)
+        return stops
 
     def _event_span(self, worker: PartitionWorker, unit: _Unit) -> Span:
         """`process <subject>`, child of the event's producer span (from its NATS headers)."""
@@ -810,6 +897,14 @@ class InboundIngest:
         except Exception:
             log.exception("partition %02d: could not dead-letter #%d", worker.partition, unit.sequence)
         log.error("partition %02d: dead-lettered #%d: %s", worker.partition, unit.sequence, unit.error)
+
+
+def _not_applied(failure: BaseException | None, sequence: int) -> bool:
+    """Whether the event at `sequence` of a partition that failed with `failure` was left for redelivery."""
+    if failure is None:
+        return False
+    committed = failure.committed if isinstance(failure, PartitionNotApplied) else None
+    return committed is None or sequence > committed
 
 
 def _unique_violation(exc: BaseException) -> bool:

@@ -51,6 +51,14 @@ INGEST_GAP_FILLED = Counter(
 INGEST_POISON = Counter(
     "parley_conversations_ingest_poison_total", "Inbound events dead-lettered because they can never be applied"
 )
+INGEST_IDENTITY_FAILURES = Counter(
+    "parley_conversations_ingest_identity_failures_total",
+    "Identities the contacts service failed on their own in a group commit, by outcome: retried (their "
+    "partition stops at their first event) or dead_lettered (their events, after too many attempts)",
+    ["outcome"],
+)
+for _outcome in ("retried", "dead_lettered"):
+    INGEST_IDENTITY_FAILURES.labels(_outcome)
 PARTITIONS_OWNED = Gauge(
     "parley_conversations_ingest_partitions_owned", "Inbound partitions this replica currently consumes"
 )
