@@ -9,10 +9,13 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import pytest
-from parley_contacts.service import Actor, ContactsService, IdentityInput
+from parley_contacts.domain import Tag
+from parley_contacts.repository import Repository
+from parley_contacts.service import Actor, ContactsService, IdentityInput, ImportRow
+from parley_kit.db import session_factory
 from parley_kit.errors import AlreadyExists, FailedPrecondition, NotFound
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
 async def wait_blocked(engine: AsyncEngine, count: int = 1) -> None:
@@ -164,3 +167,46 @@ async def test_an_inbound_message_does_not_wait_for_the_rest_of_a_tag_deletion(
         assert await asyncio.wait_for(upsert, 5) == (holders[0].id, False)
     assert await finishing == 5
     assert (await service.get_contact(space, str(holders[0].id)))[0].last_interaction_at == at
+
+
+class MeetingTagCreators(Repository):
+    """Pauses each transaction after the first tag it creates until another transaction has created one too,
+    or until a transaction waits for a lock (for the tag this one created): two imports creating tags then go
+    on side by side."""
+
+    def __init__(self, engine: AsyncEngine, sink) -> None:
+        super().__init__(session_factory(engine), sink)
+        self.engine = engine
+        self.created: set[int] = set()
+        self.met = asyncio.Event()
+
+    async def insert_tag(self, s: AsyncSession, space_id: str, tag: Tag) -> bool:
+        inserted = await super().insert_tag(s, space_id, tag)
+        if inserted and id(s) not in self.created:
+            self.created.add(id(s))
+            if len(self.created) == 2:
+                self.met.set()
+            waits = [asyncio.create_task(self.met.wait()), asyncio.create_task(wait_blocked(self.engine))]
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*done)
+        return inserted
+
+
+async def test_imports_naming_the_same_new_tags_in_opposite_orders_both_succeed(
+    engine: AsyncEngine, sink, stored_tags, space: str, manager: Actor
+) -> None:
+    """Rows tagged `vip;gold` and `gold;vip`, neither tag existing, imported at once: each row creates its
+    missing tags in one order (by name), so the second waits for the first's instead of each holding the tag
+    the other waits for (a deadlock, which failed one row)."""
+    service = ContactsService(MeetingTagCreators(engine, sink))
+    rows = (
+        [ImportRow({"first_name": "A"}, {}, ("vip", "gold"))],
+        [ImportRow({"first_name": "B"}, {}, ("Gold", "VIP"))],
+    )
+    results = await asyncio.gather(*(service.import_contacts(space, manager, r) for r in rows))
+    assert [o.error for (o,) in results] == [None, None]
+    tags = {t.name.lower(): t.id for t in await service.list_tags(space)}
+    assert sorted(tags) == ["gold", "vip"]
+    assert await stored_tags(space) == {o.contact_id: set(tags.values()) for (o,) in results}

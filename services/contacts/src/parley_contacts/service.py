@@ -486,8 +486,11 @@ class ContactsService:
         cleaned = _clean_profile(row.profile)
         key = cleaned.get(dedupe_by) if dedupe_by else None
         async with self.repo.unit() as unit:
+            # Tags before the contact (as every tag writer locks), each name in one order whatever the row's:
+            # creating a missing tag waits for another row creating the same name, so rows naming new tags in
+            # different orders would otherwise wait for each other (a deadlock).
+            tags = [await self._tag_named(unit, space_id, names[lower]) for lower in sorted(names)]
             found = await self._dedupe_match(unit, space_id, dedupe_by, key) if key else None
-            tags = [await self._tag_named(unit, space_id, name) for name in names.values()]
             if found is None:
                 defs = await self._fields(unit, space_id)
                 typed = _typed_values(row.field_values, defs, cleaned.get("country"))
