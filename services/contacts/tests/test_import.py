@@ -11,16 +11,20 @@ from parley_contacts.domain import MAX_TAGS_PER_CONTACT
 from parley_contacts.repository import Repository
 from parley_contacts.service import Actor, ContactsService, ImportRow
 from parley_kit.db import session_factory
-from parley_kit.errors import FailedPrecondition, Internal, InvalidArgument
+from parley_kit.errors import Aborted, FailedPrecondition, Internal, InvalidArgument
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
 class CrashingRepository(Repository):
-    """Fails like a bug or a lost connection would when inserting a contact named 'Crash'."""
+    """Fails like a bug would when inserting a contact named 'Crash', and as PostgreSQL does on a deadlock
+    (SQLSTATE 40P01, raised by the database itself) for one named 'Deadlock'."""
 
     async def insert_contact(self, s: AsyncSession, values: dict[str, Any]) -> None:
         if values.get("first_name") == "Crash":
             raise RuntimeError("connection lost")
+        if values.get("first_name") == "Deadlock":
+            await s.execute(text("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$"))
         await super().insert_contact(s, values)
 
 
@@ -45,6 +49,19 @@ async def test_an_unexpected_failure_is_that_rows_internal_error_and_later_rows_
     assert "import row 1" in caplog.text and "connection lost" in caplog.text  # the traceback, for operators
     names = sorted(c.first_name for c in (await crashing.list_contacts(space, manager)).contacts)
     assert names == ["Ana", "Bea"]
+
+
+async def test_a_deadlocked_row_is_aborted_to_retry_not_internal_and_later_rows_are_imported(
+    crashing: ContactsService, space: str, manager: Actor, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="parley_contacts.service")
+    outcomes = await crashing.import_contacts(
+        space, manager, [row(("new",), first_name="Deadlock"), row(first_name="Bea")]
+    )
+    assert isinstance(outcomes[0].error, Aborted) and "retry" in outcomes[0].error.message
+    assert outcomes[1].contact_id is not None and outcomes[1].error is None
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "import row 0" in caplog.text
+    assert await crashing.list_tags(space) == []  # the row changed nothing
 
 
 async def test_every_domain_error_is_reported_on_its_row_and_later_rows_are_imported(

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from parley_contacts.repository import Repository
 from parley_contacts.service import MAX_UPSERT_BATCH, Actor, ContactsService, IdentityInput, UpsertItem
-from parley_kit.errors import InvalidArgument
+from parley_kit.db import session_factory
+from parley_kit.errors import Aborted, Internal, InvalidArgument, Unavailable
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 SERVICE = Actor(subject="service:conversations")
 
@@ -150,3 +156,41 @@ async def test_a_batch_repeating_a_new_identity_creates_it_once(service: Contact
     assert out[0].contact_id == out[1].contact_id and [o.created for o in out] == [True, False]
     got, _ = await service.get_contact(space, str(out[0].contact_id))
     assert got.last_interaction_at == at
+
+
+class FailingClaims(Repository):
+    """Claiming a new identity fails as the database would: 'deadlocked' with a deadlock (SQLSTATE 40P01, raised
+    by PostgreSQL), 'dropped' losing its connection (the server ends it mid-statement), 'buggy' with a bug."""
+
+    async def claim_identity(
+        self, s: AsyncSession, space_id: str, channel_id: str, channel_type: int, external_id: str, *args, **kw
+    ) -> bool:
+        if external_id == "deadlocked":
+            await s.execute(text("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$"))
+        if external_id == "dropped":
+            await s.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        if external_id == "buggy":
+            raise RuntimeError("a bug")
+        return await super().claim_identity(s, space_id, channel_id, channel_type, external_id, *args, **kw)
+
+
+async def test_a_batch_answers_a_deadlocked_item_aborted_and_a_lost_connection_unavailable_not_internal(
+    engine: AsyncEngine, sink, space: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Per item: transient database failures say so (the caller retries the item), a bug stays INTERNAL (with
+    its traceback logged); the other items are answered."""
+    service = ContactsService(FailingClaims(session_factory(engine), sink))
+    caplog.set_level(logging.WARNING, logger="parley_contacts.service")
+    out = await service.upsert_by_identities(
+        SERVICE, [item(space, x) for x in ("deadlocked", "fresh", "dropped", "buggy")]
+    )
+    assert isinstance(out[0].error, Aborted) and "retry" in out[0].error.message
+    assert out[1].created and isinstance(out[1].contact_id, uuid.UUID) and out[1].error is None
+    assert isinstance(out[2].error, Unavailable) and "retry" in out[2].error.message
+    assert isinstance(out[3].error, Internal) and "logged" in out[3].error.message
+    logged = {
+        x: [(r.levelname, r.exc_info is not None) for r in caplog.records if f"identity {x} " in r.getMessage()]
+        for x in ("deadlocked", "dropped", "buggy")
+    }
+    assert logged == {"deadlocked": [("WARNING", False)], "dropped": [("WARNING", False)], "buggy": [("ERROR", True)]}
+    assert (await service.list_contacts(space, SERVICE)).total == 1

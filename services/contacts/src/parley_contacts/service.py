@@ -40,6 +40,8 @@ from parley_kit.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    database_conflict,
+    database_unavailable,
 )
 
 from parley_contacts import metrics
@@ -320,7 +322,8 @@ class ContactsService:
         forward to its latest time in the batch). Unknown ones then go through UpsertByIdentity (race-safe),
         NEW_IDENTITY_CONCURRENCY at a time. An identity repeated in the batch counts once, with its latest
         interaction time and the first non-empty value of each hint; only its first item reports created.
-        A refused item (invalid identity) carries its error and does not fail the others.
+        A refused item (invalid identity) carries its error, a failed one its `_failure` (Aborted and
+        Unavailable are worth retrying); neither fails the others.
         """
         if len(items) > MAX_UPSERT_BATCH:
             raise InvalidArgument(f"at most {MAX_UPSERT_BATCH} identities per call; split the batch")
@@ -364,10 +367,10 @@ class ContactsService:
                 metrics.UPSERTS.labels("existing").inc()
             except DomainError as exc:
                 results[key] = UpsertOutcome(error=exc)
-            except Exception:
+            except Exception as exc:
                 # One identity's failure must not fail the batch: its item says so, the others are answered.
-                log.exception("UpsertByIdentities: identity %s on channel %s failed", key[2], key[1])
-                results[key] = UpsertOutcome(error=Internal("internal error for this identity; the failure was logged"))
+                what = f"UpsertByIdentities: identity {key[2]} on channel {key[1]}"
+                results[key] = UpsertOutcome(error=_failure(exc, what, "internal error for this identity"))
 
         await asyncio.gather(*(one(k) for k in keys))
         out: list[UpsertOutcome] = []
@@ -453,8 +456,8 @@ class ContactsService:
         """Import rows, each in its own transaction, and answer every row on its own.
 
         A row is committed whole or changes nothing (the tags it names are created with it). A refused
-        row carries its domain error; an unexpected failure is logged and reported as Internal for that
-        row; either way the following rows go on. With `dedupe_by` ("email" or "phone"), a row whose
+        row carries its domain error; an unexpected failure its `_failure` (Aborted, Unavailable or
+        Internal); either way the following rows go on. With `dedupe_by` ("email" or "phone"), a row whose
         value is already a contact's updates that contact instead of creating a second one.
         """
         if len(rows) > MAX_BULK:
@@ -467,9 +470,10 @@ class ContactsService:
                 outcome = await self._import_row(space_id, actor, row, dedupe_by)
             except DomainError as exc:
                 outcome = ImportOutcome(error=exc)
-            except Exception:
-                log.exception("import row %d in space %s failed unexpectedly", index, space_id)
-                outcome = ImportOutcome(error=Internal("internal error on this row; the failure was logged"))
+            except Exception as exc:
+                outcome = ImportOutcome(
+                    error=_failure(exc, f"import row {index} in space {space_id}", "internal error on this row")
+                )
             kind = "failed" if outcome.error else "updated" if outcome.updated else "created"
             metrics.IMPORT_ROWS.labels(kind).inc()
             outcomes.append(outcome)
@@ -1251,6 +1255,19 @@ class ContactsService:
                 assert contacts[0] is not None and contacts[1] is not None
                 return contacts[0], contacts[1]
         raise Aborted("the contacts changed concurrently; retry the merge")
+
+
+def _failure(exc: Exception, what: str, internal: str) -> DomainError:
+    """The error a part of a batch (an import row, an identity) answers for an unexpected exception, called
+    in its handler: `Aborted` for a deadlock or serialization failure, `Unavailable` for a database connection
+    lost or not obtained (both worth retrying; logged as a warning), else `Internal` (logged with its traceback).
+    `what` names the part in the log; `internal` is Internal's message."""
+    transient = database_conflict(exc) or database_unavailable(exc)
+    if transient is None:
+        log.exception("%s failed unexpectedly", what)
+        return Internal(f"{internal}; the failure was logged")
+    log.warning("%s failed: %s (%s: %s)", what, transient.message, type(exc).__name__, exc)
+    return transient
 
 
 # -- input cleaning -------------------------------------------------------------------------------
