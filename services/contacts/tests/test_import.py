@@ -213,3 +213,23 @@ async def test_a_deduplicated_row_may_not_give_its_contact_more_than_100_tags(
     assert (kept.contact_id, kept.updated, kept.error) == (full.id, True, None)
     got, _ = await service.get_contact(space, str(full.id))
     assert (got.first_name, len(got.tag_ids)) == ("Changed", MAX_TAGS_PER_CONTACT)
+
+
+async def test_a_deduplicated_row_counts_tags_still_being_removed_toward_the_cap(
+    service: ContactsService, stored_tags, space: str, manager: Actor
+) -> None:
+    """A tag deleted from the catalog stays on its contacts' rows (and so in their index entries) until the
+    background removes it: reads no longer show it, but the cap counts it, as tagging does."""
+    tags = [str((await service.create_tag(space, f"t{i:03}")).id) for i in range(MAX_TAGS_PER_CONTACT)]
+    full = await service.create_contact(space, manager, {"email": "full@x.com"}, {}, tags)
+    await service.delete_tag(space, manager, tags[0])  # its removal from `full` is pending
+    assert len((await service.get_contact(space, str(full.id)))[0].tag_ids) == MAX_TAGS_PER_CONTACT - 1
+    (refused,) = await service.import_contacts(space, manager, [row(("extra",), email="full@x.com")], "email")
+    assert isinstance(refused.error, FailedPrecondition)
+    assert f"contact {full.id} would have 101 tags" in refused.error.message
+    assert "counting deleted tags not yet removed from it" in refused.error.message
+    assert len((await stored_tags(space))[full.id]) == MAX_TAGS_PER_CONTACT
+    await service.finish_tag_deletions()
+    (kept,) = await service.import_contacts(space, manager, [row(("extra",), email="full@x.com")], "email")
+    assert (kept.contact_id, kept.error) == (full.id, None)
+    assert len((await stored_tags(space))[full.id]) == MAX_TAGS_PER_CONTACT

@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from parley_contacts.domain import MAX_TAGS_PER_CONTACT
 from parley_contacts.service import Actor, ContactsService, IdentityInput
-from parley_kit.errors import InvalidArgument, NotFound
+from parley_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 
 
 async def test_merge_moves_identities_tags_values_and_survivor_wins_conflicts(
@@ -110,3 +111,22 @@ async def test_bulk_calls_resolve_merged_ids_to_the_survivor_once_and_name_an_un
         await service.change_tags(space, manager, [str(other.id), str(foreign.id)], [], [str(vip.id)])
     got, _ = await service.get_contact(space, str(other.id))
     assert got.tag_ids == (vip.id,)  # nothing changed
+
+
+async def test_a_merge_counts_the_survivors_tags_still_being_removed_toward_the_cap(
+    service: ContactsService, stored_tags, space: str, manager: Actor
+) -> None:
+    """The survivor keeps a deleted tag on its row until the background removes it: the union checked
+    against the cap includes it (the merged contact's own pending ones go with it, and do not count)."""
+    tags = [str((await service.create_tag(space, f"t{i:03}")).id) for i in range(MAX_TAGS_PER_CONTACT + 2)]
+    survivor = await service.create_contact(space, manager, {}, {}, tags[:MAX_TAGS_PER_CONTACT])
+    merged = await service.create_contact(space, manager, {}, {}, tags[MAX_TAGS_PER_CONTACT:])
+    await service.delete_tag(space, manager, tags[0])  # pending on `survivor`
+    await service.delete_tag(space, manager, tags[-1])  # pending on `merged`
+    with pytest.raises(FailedPrecondition, match=f"contact {survivor.id} would have 101 tags.*not yet removed"):
+        await service.merge(space, manager, str(survivor.id), str(merged.id))
+    assert {len(t) for t in (await stored_tags(space)).values()} == {MAX_TAGS_PER_CONTACT, 2}
+    await service.finish_tag_deletions()
+    result = await service.merge(space, manager, str(survivor.id), str(merged.id))
+    assert len(result.tag_ids) == MAX_TAGS_PER_CONTACT
+    assert await stored_tags(space) == {survivor.id: set(result.tag_ids)}

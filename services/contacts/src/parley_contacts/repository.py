@@ -949,6 +949,8 @@ class Repository:
     ) -> None:
         """Move identities, tags and values of `merged` onto `survivor`, then erase `merged` leaving an alias.
 
+        Tags: `merged.tag_ids`, its live ones; those a tag deletion has yet to remove go with it.
+
         Values: the survivor's value wins for a field both have; the merged contact's value
         fills the survivor's gaps. `profile` holds the survivor's resulting profile columns.
         """

@@ -504,7 +504,8 @@ class ContactsService:
             # read with the contact's country when the row has none, as UpdateContact does.
             profile = {k: v for k, v in row.profile.items() if v and v.strip()}
             values = {k: v for k, v in row.field_values.items() if v.strip()}
-            _check_tag_cap(found.id, set(found.tag_ids), set(found.tag_ids) | {t.id for t in tags})
+            have = (await self.repo.tags_of(unit.session, [found.id]))[found.id]
+            _check_tag_cap(found.id, have, have | {t.id for t in tags})
             await self._update_in(unit, space_id, actor, found, profile, values)
             now = self.clock()
             for tag in tags:
@@ -1213,7 +1214,9 @@ class ContactsService:
         async with self.repo.unit() as unit:
             s = unit.session
             survivor, merged = await self._lock_pair(unit, space_id, survivor_id, merged_id)
-            _check_tag_cap(survivor.id, set(survivor.tag_ids), set(survivor.tag_ids) | set(merged.tag_ids))
+            # The survivor's stored tags, and the merged one's it is given (its live ones: see merge_into).
+            have = (await self.repo.tags_of(s, [survivor.id]))[survivor.id]
+            _check_tag_cap(survivor.id, have, have | set(merged.tag_ids))
             profile: dict[str, Any] = {c: getattr(survivor, c) or getattr(merged, c) for c in PROFILE_COLUMNS}
             if survivor.assignee_user_id is None and survivor.assignee_team_id is None:
                 profile["assignee_user_id"] = merged.assignee_user_id
@@ -1322,11 +1325,15 @@ def _check_tag_count(count: int) -> None:
 
 def _check_tag_cap(contact_id: uuid.UUID, have: set[uuid.UUID], after: set[uuid.UUID]) -> None:
     """FailedPrecondition when a change would give a contact new tags beyond the cap (its tags live in
-    index entries of bounded size, see MAX_TAGS_PER_CONTACT); removing tags is always allowed."""
+    index entries of bounded size, see MAX_TAGS_PER_CONTACT); removing tags is always allowed.
+
+    `have` and `after` are the tag ids stored on the contact's row (`Repository.tags_of`), which is what the
+    indexes hold: they include tags deleted from the catalog that the deletion has not removed yet."""
     if len(after) > MAX_TAGS_PER_CONTACT and after - have:
         raise FailedPrecondition(
-            f"contact {contact_id} would have {len(after)} tags; a contact has at most {MAX_TAGS_PER_CONTACT} "
-            "(remove some of its tags first)"
+            f"contact {contact_id} would have {len(after)} tags; a contact has at most {MAX_TAGS_PER_CONTACT}, "
+            "counting deleted tags not yet removed from it (remove some of its tags first, or retry once "
+            "pending tag deletions are done)"
         )
 
 
