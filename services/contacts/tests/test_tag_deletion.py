@@ -7,17 +7,18 @@ import asyncio
 import contextlib
 import time
 import uuid
+from typing import Any
 
 import pytest
 from parley_contacts.config import Settings
-from parley_contacts.domain import FieldCond, FieldOp, Group, TagCond, TagMatch
+from parley_contacts.domain import Contact, FieldCond, FieldOp, Group, TagCond, TagMatch
 from parley_contacts.repository import DomainEvent, Repository
 from parley_contacts.service import Actor, ContactsService, ImportRow
 from parley_kit.db import session_factory
 from parley_kit.errors import InvalidArgument, NotFound
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
@@ -87,6 +88,47 @@ async def test_a_deleted_tag_leaves_every_read_at_once_and_its_contacts_afterwar
     assert {(e.actor, e.data["tag"].id) for e in removed} == {(manager.subject, doomed.id)}
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM tags WHERE id = :t"), {"t": doomed.id})).scalar() == 0
+
+
+async def test_reads_hide_a_deleted_tag_in_the_statement_reading_the_contacts_not_in_a_round_trip_of_their_own(
+    service: ContactsService, engine: AsyncEngine, space: str, manager: Actor
+) -> None:
+    """Every page and contact read (and every write re-reading its contact) paid a query of the space's pending
+    deletions, although normally there are none: the filter now rides in the statement reading the rows."""
+    doomed, kept = await service.create_tag(space, "doomed"), await service.create_tag(space, "kept")
+    contact = await service.create_contact(
+        space, manager, {"first_name": "Zed"}, tag_ids=[str(doomed.id), str(kept.id)]
+    )
+    await service.delete_tag(space, manager, str(doomed.id))
+    by_kept = Group(any=False, children=(TagCond(TagMatch.ANY, (kept.id,)),))
+    pages: dict[str, dict[str, Any]] = {
+        "page": {"with_total": False},
+        "page by criteria": {"criteria": by_kept},
+        "search": {"search": "zed"},
+    }
+
+    async def read(name: str) -> Contact:
+        if name == "get":
+            return (await service.get_contact(space, str(contact.id)))[0]
+        if name == "update":
+            return await service.update_contact(space, manager, str(contact.id), {"last_name": "Z"})
+        (found,) = (await service.list_contacts(space, manager, **pages[name])).contacts
+        return found
+
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        for name in ("get", *pages, "update"):
+            statements.clear()
+            assert (await read(name)).tag_ids == (kept.id,), name
+            pending_reads = [q for q in statements if "deleted_at IS NOT NULL" in q and "contacts" not in q]
+            assert pending_reads == [], name
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def test_a_deletion_interrupted_midway_is_finished_by_the_next_run_with_one_event_per_contact(

@@ -87,7 +87,6 @@ _CONTACT_COLUMNS = [
     C.last_interaction_at,
     C.last_interaction_channel_id,
     C.last_interaction_channel_type,
-    C.tag_ids,
 ]
 VALUE_COLUMN = {
     FieldType.NUMBER: "value_number",
@@ -143,15 +142,22 @@ class Unit:
         self.events.append(event)
 
 
-def _contact(
-    row: Any,
-    identities: Sequence[Identity] = (),
-    values: dict[uuid.UUID, Any] | None = None,
-    hidden_tags: frozenset[uuid.UUID] = frozenset(),
-) -> Contact:
+def _contact_columns(space_id: str) -> list[Any]:
+    """The columns of a Contact read from the space's `contacts` rows: `tag_ids` without the tags deleted from
+    the catalog that the deletion has not removed from the contact yet (no read shows them). Filtered in the
+    statement that reads the rows, not by a round trip of its own: the space's pending deletions (normally
+    none) are one probe of the partial index ix_tags_deleted per statement, hashed."""
+    tag = func.unnest(C.tag_ids).column_valued("t")
+    deleted = select(m.Tag.id).where(m.Tag.space_id == space_id, m.Tag.deleted_at.is_not(None))
+    shown = func.array(select(tag).where(tag.not_in(deleted)).scalar_subquery(), type_=C.tag_ids.type)
+    return [*_CONTACT_COLUMNS, shown.label("tag_ids")]
+
+
+def _contact(row: Any, identities: Sequence[Identity] = (), values: dict[uuid.UUID, Any] | None = None) -> Contact:
+    """A Contact from a row of `_contact_columns`."""
     data = dict(row._mapping)
     data.pop(_SEARCH_TOTAL, None)
-    data["tag_ids"] = tuple(sorted(t for t in data["tag_ids"] or () if t not in hidden_tags))
+    data["tag_ids"] = tuple(sorted(data["tag_ids"] or ()))
     return Contact(**data, identities=tuple(identities), values=values or {})
 
 
@@ -317,7 +323,8 @@ class Repository:
 
     async def fill_empty(self, s: AsyncSession, contact_id: uuid.UUID, hints: dict[str, str], now: datetime) -> dict:
         """Set the hinted profile fields that are still empty; returns {name: new value} actually set."""
-        row = (await s.execute(select(*_CONTACT_COLUMNS).where(C.id == contact_id).with_for_update())).first()
+        profile = (getattr(C, n) for n in PROFILE_COLUMNS)
+        row = (await s.execute(select(*profile).where(C.id == contact_id).with_for_update())).first()
         if row is None:
             return {}
         filled = {k: v for k, v in hints.items() if getattr(row, k) is None and v}
@@ -392,7 +399,7 @@ class Repository:
     async def get_contact(
         self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, *, lock: bool = False, full: bool = True
     ) -> Contact | None:
-        stmt = select(*_CONTACT_COLUMNS).where(C.space_id == space_id, C.id == contact_id)
+        stmt = select(*_contact_columns(space_id)).where(C.space_id == space_id, C.id == contact_id)
         if lock:
             stmt = stmt.with_for_update()
         row = (await s.execute(stmt)).first()
@@ -403,12 +410,10 @@ class Repository:
         return (await self._hydrate(s, [row]))[0]
 
     async def _hydrate(self, s: AsyncSession, rows: Sequence[Any]) -> list[Contact]:
-        """Contacts of one space with their identities and values, without the tags deleted from the catalog
-        that the deletion has not untagged them of yet."""
+        """Contacts (rows of `_contact_columns`) with their identities and values."""
         ids = [r.id for r in rows]
         if not ids:
             return []
-        hidden = frozenset(await self.deleted_tags(s, rows[0].space_id))
         identities: dict[uuid.UUID, list[Identity]] = {i: [] for i in ids}
         stmt = (
             select(I.contact_id, I.id, I.channel_id, I.channel_type, I.external_id, I.created_at)
@@ -422,7 +427,7 @@ class Repository:
         for r in await s.execute(stmt2):
             # Exactly one value column is set: the one of the field's type.
             values[r.contact_id][r.field_id] = next((v for v in r[2:] if v is not None), None)
-        return [_contact(r, identities[r.id], values[r.id], hidden) for r in rows]
+        return [_contact(r, identities[r.id], values[r.id]) for r in rows]
 
     def _list_statements(
         self,
@@ -440,7 +445,7 @@ class Repository:
             where.append(compile_criteria(criteria))
         if search:
             where.append(C.id.in_(_search_ids(space_id, search)))
-        stmt = select(*_CONTACT_COLUMNS).where(*where)
+        stmt = select(*_contact_columns(space_id)).where(*where)
         if after is not None:
             stmt = stmt.where(tuple_(C.created_at, C.id) < tuple_(literal(after[0]), literal(after[1])))
         stmt = stmt.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
@@ -852,13 +857,11 @@ class Repository:
         holders = select(func.count()).where(T.space_id == space_id, T.tag_id == tag_id)
         return (await s.execute(holders)).scalar_one()
 
-    async def deleted_tags(self, s: AsyncSession, space_id: str | None = None) -> list[uuid.UUID]:
-        """Tags deleted from the catalog whose rows remain (their contacts are not all untagged yet): a
-        space's, or every space's oldest first."""
-        stmt = select(m.Tag.id).where(m.Tag.deleted_at.is_not(None))
-        if space_id is not None:
-            return list((await s.execute(stmt.where(m.Tag.space_id == space_id))).scalars())
-        return list((await s.execute(stmt.order_by(m.Tag.deleted_at))).scalars())
+    async def deleted_tags(self, s: AsyncSession) -> list[uuid.UUID]:
+        """Tags deleted from the catalog whose rows remain (their contacts are not all untagged yet), every
+        space's, oldest first."""
+        stmt = select(m.Tag.id).where(m.Tag.deleted_at.is_not(None)).order_by(m.Tag.deleted_at)
+        return list((await s.execute(stmt)).scalars())
 
     async def tag_deletion_backlog(self, s: AsyncSession) -> tuple[int, datetime | None]:
         """How many deleted tags still have rows (contacts to untag), and when the oldest was deleted."""
@@ -1077,7 +1080,7 @@ def _search_statements(
         counted = counted.limit(count_limit)
     total = select(func.count()).select_from(counted.subquery())
     stmt = (
-        select(*_CONTACT_COLUMNS, total.scalar_subquery().label(_SEARCH_TOTAL))
+        select(*_contact_columns(space_id), total.scalar_subquery().label(_SEARCH_TOTAL))
         .select_from(m.Contact.__table__.join(page, C.id == page.c.id))
         .where(C.space_id == space_id)
         .order_by(C.created_at.desc(), C.id.desc())
