@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from parley_contacts.config import Settings
 from parley_contacts.domain import Contact, FieldCond, FieldOp, Group, TagCond, TagMatch
-from parley_contacts.repository import DomainEvent, Repository
+from parley_contacts.repository import DomainEvent, Repository, UntagStep
 from parley_contacts.service import Actor, ContactsService, ImportRow
 from parley_kit.db import session_factory
 from parley_kit.errors import InvalidArgument, NotFound
@@ -129,10 +129,17 @@ async def test_reads_hide_a_deleted_tag_in_the_statement_reading_the_contacts_no
             assert pending_reads == [], name
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
+    await service.finish_tag_deletions()
 
 
 async def test_a_deletion_interrupted_midway_is_finished_by_the_next_run_with_one_event_per_contact(
-    service: ContactsService, engine: AsyncEngine, sink, stored_tags, space: str, manager: Actor
+    service: ContactsService,
+    engine: AsyncEngine,
+    sink,
+    stored_tags,
+    space: str,
+    manager: Actor,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     tag = await service.create_tag(space, "popular")
     holders = [await service.create_contact(space, manager, {}, tag_ids=[str(tag.id)]) for _ in range(5)]
@@ -148,8 +155,8 @@ async def test_a_deletion_interrupted_midway_is_finished_by_the_next_run_with_on
         await sink(session, event)
 
     dying = ContactsService(Repository(session_factory(engine), dies_at_the_third_event))
-    with pytest.raises(ConnectionResetError):
-        await dying.finish_tag_deletions(chunk=2)
+    assert await dying.finish_tag_deletions(chunk=2) == 2
+    assert "ConnectionResetError: the process died" in caplog.text
     # The first chunk committed with its events; the second rolled back with its own.
     assert sorted(len(tags) for tags in (await stored_tags(space)).values()) == [0, 0, 1, 1, 1]
     assert len(sink.of("tag.removed", space)) == 2
@@ -191,8 +198,7 @@ async def test_the_backlog_gauges_and_the_untagged_counter_show_a_deletion_until
         await sink(session, event)
 
     stuck = ContactsService(Repository(session_factory(engine), fails_after_the_first_chunk))
-    with pytest.raises(ConnectionResetError):
-        await stuck.finish_tag_deletions(chunk=2)
+    assert await stuck.finish_tag_deletions(chunk=2) == 2  # the failed chunk is logged, the gauges refreshed
     assert _sample("parley_contacts_tags_pending_deletion") == 1
     assert asked - 1 <= _sample("parley_contacts_tag_deletion_oldest_timestamp_seconds") <= time.time()
     assert _sample("parley_contacts_tag_deletion_untagged_total") == untagged + 2  # the committed chunk only
@@ -251,3 +257,40 @@ async def test_an_import_naming_a_deleted_tag_creates_a_new_tag_of_that_name(
     assert (await service.get_contact(space, str(outcome.contact_id)))[0].tag_ids == (new.id,)
     await service.finish_tag_deletions()
     assert await stored_tags(space) == {holder.id: set(), outcome.contact_id: {new.id}}
+
+
+class FailingStep(Repository):
+    """A step of one deleted tag's removal fails (a bug, a poisoned row)."""
+
+    def __init__(self, engine: AsyncEngine, sink, failing: uuid.UUID) -> None:
+        super().__init__(session_factory(engine), sink)
+        self.failing = failing
+
+    async def untag_deleted(self, s: AsyncSession, tag_id: uuid.UUID, chunk: int) -> UntagStep | None:
+        if tag_id == self.failing:
+            raise RuntimeError(f"no step for tag {tag_id}")
+        return await super().untag_deleted(s, tag_id, chunk)
+
+
+async def test_a_tag_whose_deletion_fails_is_logged_and_the_others_are_finished(
+    service: ContactsService,
+    engine: AsyncEngine,
+    sink,
+    stored_tags,
+    space: str,
+    manager: Actor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Deletions are finished oldest first across spaces: one whose step fails (here the oldest) is logged
+    with its traceback and retried by the next pass, instead of ending the pass before every later one."""
+    bad, good = await service.create_tag(space, "bad"), await service.create_tag(space, "good")
+    one, two = [await service.create_contact(space, manager, {}, tag_ids=[str(t.id)]) for t in (bad, good)]
+    for tag in (bad, good):
+        await service.delete_tag(space, manager, str(tag.id))
+    failing = ContactsService(FailingStep(engine, sink, bad.id))
+    assert await failing.finish_tag_deletions() == 1
+    assert await stored_tags(space) == {one.id: {bad.id}, two.id: set()}
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert str(bad.id) in record.getMessage() and record.exc_info is not None
+    assert await service.finish_tag_deletions() == 1
+    assert await stored_tags(space) == {one.id: set(), two.id: set()}

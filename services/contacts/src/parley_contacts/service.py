@@ -70,7 +70,7 @@ from parley_contacts.domain import (
     resolve_criteria,
     without_tags,
 )
-from parley_contacts.repository import PROFILE_COLUMNS, DomainEvent, Page, Repository, Unit
+from parley_contacts.repository import PROFILE_COLUMNS, DomainEvent, Page, Repository, Unit, UntagStep
 
 if TYPE_CHECKING:
     from parley_kit.directory import AssigneeCheck
@@ -824,30 +824,39 @@ class ContactsService:
         (actor: who deleted it), then drop the tag's row; returns how many contacts were untagged.
 
         Crash-safe and safe to run anywhere: the deletion is recorded on the tag row, each chunk commits with
-        its events, and a tag another worker is untagging (a replica) is skipped. The backlog metrics are
-        refreshed before and after.
+        its events, and a tag another worker is untagging (a replica) is skipped. A tag whose step fails is
+        logged and left to the next pass; the others go on (they are taken oldest first, across spaces, so
+        one failing tag would otherwise hold back every deletion). The backlog metrics are refreshed before
+        and after.
         """
         async with self.repo.unit() as unit:
             await self._report_tag_deletions(unit)
             pending = await self.repo.deleted_tags(unit.session)
         untagged = 0
         for tag_id in pending:
-            finished = False
-            while not finished:
-                async with self.repo.unit() as unit:
-                    step = await self.repo.untag_deleted(unit.session, tag_id, chunk)
-                    if step is None:
+            try:
+                while (step := await self._untag_step(tag_id, chunk)) is not None:
+                    untagged += len(step.untagged)
+                    if step.finished:
                         break
-                    actor = Actor(step.deleted_by)
-                    for contact_id in step.untagged:
-                        self._event(unit, "tag.removed", step.space_id, actor, contact_id=contact_id, tag=step.tag)
-                untagged += len(step.untagged)
-                metrics.TAG_DELETION_UNTAGGED.inc(len(step.untagged))
-                finished = step.finished
+            except Exception:
+                log.exception("untagging the contacts of deleted tag %s failed; the next pass retries it", tag_id)
         if pending:
             async with self.repo.unit() as unit:
                 await self._report_tag_deletions(unit)
         return untagged
+
+    async def _untag_step(self, tag_id: uuid.UUID, chunk: int) -> UntagStep | None:
+        """One transaction of a deleted tag's removal (`Repository.untag_deleted`) with its tag.removed events."""
+        async with self.repo.unit() as unit:
+            step = await self.repo.untag_deleted(unit.session, tag_id, chunk)
+            if step is None:
+                return None
+            actor = Actor(step.deleted_by)
+            for contact_id in step.untagged:
+                self._event(unit, "tag.removed", step.space_id, actor, contact_id=contact_id, tag=step.tag)
+        metrics.TAG_DELETION_UNTAGGED.inc(len(step.untagged))
+        return step
 
     async def _report_tag_deletions(self, unit: Unit) -> None:
         count, oldest = await self.repo.tag_deletion_backlog(unit.session)
