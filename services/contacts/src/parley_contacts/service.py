@@ -8,8 +8,11 @@ unit of work (one transaction). Events, one per change:
   filled by UpsertByIdentity count too. Last-interaction moves do not emit (they happen
   on every inbound message; the conversations service announces those).
 - field.updated — one per custom field value changed (old and new values), including each value
-  removed by deleting its field or list option (new empty)
-- tag.added / tag.removed — one per (contact, tag) that changed (deleting a tag: removed per contact)
+  removed by deleting its field or list option (new empty) and each respelled by an option's case change
+- field.renamed — one per change of a custom field's key (field id, old and new key)
+- field.deleted — one per custom field deleted, after its values' field.updated in the same transaction
+- tag.added / tag.removed — one per (contact, tag) that changed (deleting a tag: removed per contact, as
+  the background untags it)
 - contact.assigned — one per contact whose assignee changed (with the previous one), also when a member
   leaves the space or a team is deleted (their contacts are released)
 - contact.merged — one per merge; contact.deleted — one per erasure
