@@ -397,7 +397,7 @@ class Repository:
         return {r.asked: r.live for r in await s.execute(live.union_all(merged))}
 
     async def get_contact(
-        self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, *, lock: bool = False, full: bool = True
+        self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, *, lock: bool = False
     ) -> Contact | None:
         stmt = select(*_contact_columns(space_id)).where(C.space_id == space_id, C.id == contact_id)
         if lock:
@@ -405,8 +405,6 @@ class Repository:
         row = (await s.execute(stmt)).first()
         if row is None:
             return None
-        if not full:
-            return _contact(row)
         return (await self._hydrate(s, [row]))[0]
 
     async def _hydrate(self, s: AsyncSession, rows: Sequence[Any]) -> list[Contact]:
