@@ -29,7 +29,7 @@ from parley_kit.auth import SigningKey, jwks
 from parley_kit.contracts import workspace as workspace_contract
 from parley_kit.db import session_factory
 from parley_kit.directory import AssigneeReleases, WorkspaceDirectory
-from parley_kit.errors import FailedPrecondition, NotFound, Unavailable
+from parley_kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from parley_kit.grpc_client import create_channel
 from parley_kit.local.servers import free_port
 from parley_kit.nats import Delivery
@@ -83,6 +83,17 @@ async def test_strangers_typos_and_other_spaces_ids_are_not_found_and_change_not
         assert message in info.value.message
     assert await assignees(service, space, [c.id]) == [(user, team)]
     assert len(sink.of("contact.assigned", space)) == before
+
+
+async def test_an_id_longer_than_any_user_or_team_id_is_invalid_and_changes_nothing(
+    service: ContactsService, space: str, sink: RecordingSink
+) -> None:
+    c = await service.create_contact(space, AGENT, {})
+    for user_id, team_id, what in [("u" * 65, "", "user_id"), ("", "t" * 65, "team_id")]:
+        with pytest.raises(InvalidArgument, match=f"{what} is longer than 64 characters"):
+            await service.assign(space, AGENT, [str(c.id)], user_id, team_id)
+    assert await assignees(service, space, [c.id]) == [(None, None)]
+    assert sink.of("contact.assigned", space) == []
 
 
 @pytest.fixture(scope="module")

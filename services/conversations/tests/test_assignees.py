@@ -70,6 +70,12 @@ async def test_only_members_and_teams_of_the_space_are_assigned_and_a_refusal_ch
         request = pb.AssignConversationRequest(conversation_id=cid, user_id=user_id, team_id=team_id)
         code, details = await _status(agent.AssignConversation(request))
         assert (code, details) == (grpc.StatusCode.NOT_FOUND, message)
+    overlong = pb.AssignConversationRequest(conversation_id=cid, user_id="u" * 65)
+    code, details = await _status(agent.AssignConversation(overlong))
+    assert (code, details) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "user_id is longer than 64 characters; nothing was changed",
+    )
     got = await _get(agent, cid)
     assert (got.assignee_user_id, got.assignee_team_id) == (user, team)
     history = (await agent.GetConversation(pb.GetConversationRequest(conversation_id=cid))).assignments

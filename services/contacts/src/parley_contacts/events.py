@@ -17,9 +17,6 @@ from google.protobuf.message import Message
 from parley.common.v1 import common_pb2
 from parley.contacts.v1 import contact_pb2, events_pb2
 from parley_kit.contracts import contacts as contacts_contract
-from parley_kit.contracts import workspace as workspace_contract
-from parley_kit.directory import releases_consumer
-from parley_kit.nats import ConsumerSpec
 from parley_kit.nats.streams import StreamSpec
 from parley_kit.outbox import enqueue
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -47,16 +44,6 @@ SUBJECTS = {
 def stream(replicas: int = 1) -> StreamSpec:
     """The CONTACTS stream, declared once in the shared contract its consumers provision too."""
     return contacts_contract.stream_spec(replicas)
-
-
-def workspace_stream(replicas: int = 1) -> StreamSpec:
-    """The WORKSPACE stream this service consumes, provisioned alike by its publisher and every consumer."""
-    return workspace_contract.stream_spec(replicas)
-
-
-def releases() -> ConsumerSpec:
-    """contacts--assignee-releases: member removals and team deletions."""
-    return releases_consumer(SERVICE)
 
 
 def to_message(event: DomainEvent, event_id: str, occurred_at: datetime) -> Message:

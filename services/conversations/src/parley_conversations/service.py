@@ -94,7 +94,6 @@ TEXT_LIMITS = {
     messaging_window.CUSTOM: 10000,
 }
 PREVIEW = 200
-MAX_ASSIGNEE_ID = 64
 FRT_BUCKETS = ("<30s", "30s-2m", "2-5m", "5-10m", "10-30m", "30m-1h", ">1h")
 
 
@@ -313,13 +312,11 @@ class ConversationsService:
         return conv, True
 
     async def _require_assignee(self, space_id: str, user_id: str, team_id: str) -> None:
-        """The user must be a member of the space and the team one of its teams (NOT_FOUND naming each; UNAVAILABLE
-        when the workspace cannot say), before anything changes."""
+        """The user must be a member of the space and the team one of its teams (the kit's check: INVALID_ARGUMENT
+        for an overlong id, NOT_FOUND naming each, UNAVAILABLE when the workspace cannot say), before anything
+        changes."""
         if not user_id and not team_id:
             return
-        for what, value in (("user_id", user_id), ("team_id", team_id)):
-            if len(value) > MAX_ASSIGNEE_ID:
-                raise InvalidArgument(f"{what} is longer than {MAX_ASSIGNEE_ID} characters")
         if self.assignees is None:
             raise FailedPrecondition("this process has no workspace directory to check assignees; nothing changed")
         await self.assignees(space_id, user_id, team_id)
