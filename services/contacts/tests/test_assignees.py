@@ -241,6 +241,9 @@ async def test_a_member_who_leaves_the_space_is_released_from_their_contacts_one
     assert sorted(e.contact_id for e in releases) == sorted(theirs + with_team)  # one each (4 + 1: 3 batches)
     assert {e.contact_id: e.assignee.team_id for e in releases}[with_team[0]] == team
     assert all(e.meta.actor == "service:tests" for e in releases)  # who removed the member
+    # a release names who left, so followers remove them only where they still hold; an assignment does not
+    assert {(e.released.user_id, e.released.team_id) for e in releases} == {(leaver, "")}
+    assert not any(e.HasField("released") for e in events if e not in releases)
     stayed = await assignees(service, space, [uuid.UUID(i) for i in others])
     assert stayed == [(stayer, None)] * 2
     with pytest.raises(grpc.aio.AioRpcError) as info:  # and they cannot be assigned again
@@ -264,9 +267,9 @@ async def test_a_deleted_team_is_released_from_its_contacts(
 
     await eventually(released)
     events = await assigned_events(engine, set(team_only + with_user))
-    assert sorted(e.contact_id for e in events if e.previous.team_id == team and not e.assignee.team_id) == sorted(
-        team_only + with_user
-    )
+    releases = [e for e in events if e.previous.team_id == team and not e.assignee.team_id]
+    assert sorted(e.contact_id for e in releases) == sorted(team_only + with_user)
+    assert {(e.released.user_id, e.released.team_id) for e in releases} == {("", team)}
 
 
 async def removal_delivery(nats_url: str, space: str, user: str) -> Delivery:

@@ -937,7 +937,8 @@ class ContactsService:
     async def release_member(self, space_id: str, user_id: str, actor: str) -> int:
         """A member left the space: unassign them from every contact of the space (a team assigned with
         them stays). Bounded transactions of `release_batch` contacts until none is left, so a redelivered
-        event finds nothing to do; one contact.assigned per contact. Returns how many changed."""
+        event finds nothing to do; one contact.assigned per contact, marked `released` (its followers remove
+        the member only where they still hold them). Returns how many changed."""
         return await self._release(space_id, Actor(actor), user_id=user_id)
 
     async def release_team(self, space_id: str, team_id: str, actor: str) -> int:
@@ -962,6 +963,8 @@ class ContactsService:
                         team_id="" if team_id else prev_team or "",
                         previous_user_id=prev_user or "",
                         previous_team_id=prev_team or "",
+                        released_user_id=user_id,
+                        released_team_id=team_id,
                     )
             if not changed:  # not "fewer than a batch": a row changed concurrently is skipped, not counted
                 return released

@@ -347,7 +347,10 @@ class ContactsHandler:
             await self.follower.field_deleted(space_id, _field_id(event.field_id, subject), key, at)
         elif isinstance(event, cev.ContactAssigned):
             assignee = (event.assignee.user_id, event.assignee.team_id)
-            await self.follower.changed(ContactChange(space_id, event.contact_id, at, actor, assignee=assignee))
+            released = (event.released.user_id, event.released.team_id) if event.HasField("released") else None
+            await self.follower.changed(
+                ContactChange(space_id, event.contact_id, at, actor, assignee=assignee, released=released)
+            )
         elif isinstance(event, cev.ContactDeleted):
             await self.follower.erased(space_id, [event.contact_id, *event.merged_ids])
         elif isinstance(event, cev.ContactMerged):
