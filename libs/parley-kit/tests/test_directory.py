@@ -6,19 +6,25 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from datetime import timedelta
 
+import grpc
 import nats
 import pytest
+from nats.js.api import DeliverPolicy
 from opentelemetry.context import Context
 from parley.common.v1.common_pb2 import EventMeta
 from parley.workspace.v1 import events_pb2 as wev
+from parley.workspace.v1 import space_service_pb2_grpc
 from parley_kit import directory as d
 from parley_kit.auth import SigningKey, TokenIssuer
 from parley_kit.contracts import workspace as contract
-from parley_kit.errors import NotFound, Unavailable
+from parley_kit.errors import InvalidArgument, NotFound, Unavailable
 from parley_kit.local.servers import free_port
-from parley_kit.nats import Delivery, PoisonMessage
+from parley_kit.nats import ConsumerRunner, Delivery, PoisonMessage, dead_letter_stream, provision
 from parley_kit.settings import AssigneeSettings, load_settings
 from parley_kit.testing.processes import WorkspaceProcess
 from prometheus_client import REGISTRY
@@ -222,3 +228,94 @@ async def test_releases_call_the_service_with_the_removals_actor_and_refuse_pois
         with pytest.raises(PoisonMessage):
             await releases(delivery(subject, data))
     assert len(calls) == 2
+
+
+async def test_an_id_longer_than_any_user_or_team_id_is_invalid_before_anything_is_asked(mint_token: object) -> None:
+    token = mint_token(space_id="*", role="system", subject="service:tests")  # type: ignore[operator]
+    down = d.WorkspaceDirectory.connect(f"127.0.0.1:{free_port()}", token, service="tests", timeout=0.5)
+    long = "u" * (d.MAX_ASSIGNEE_ID + 1)
+    asked = lookups("member", "error") + lookups("team", "error")
+    try:
+        for check in (down.require_assignee, d.accept_any_assignee):
+            with pytest.raises(InvalidArgument, match=f"user_id is longer than {d.MAX_ASSIGNEE_ID} characters"):
+                await check("s1", long, "")
+            with pytest.raises(InvalidArgument, match=f"team_id is longer than {d.MAX_ASSIGNEE_ID} characters"):
+                await check("s1", "", long)
+        assert lookups("member", "error") + lookups("team", "error") == asked  # the workspace was not asked
+        await d.accept_any_assignee("s1", "u" * d.MAX_ASSIGNEE_ID, "t" * d.MAX_ASSIGNEE_ID)
+    finally:
+        await down.close()
+
+
+def test_the_releases_consumer_retries_for_longer_than_the_workspace_stream_keeps_an_event() -> None:
+    for backoff in (d.RELEASES_BACKOFF, (timedelta(milliseconds=20),)):
+        spec = d.releases_consumer("tests", backoff=backoff)
+        waited = sum((spec.retry_delay(n) or 0.0) for n in range(1, spec.max_deliver))
+        assert waited >= contract.MAX_AGE.total_seconds()
+
+
+class FlakyWorkspace(space_service_pb2_grpc.SpaceServiceServicer):
+    """A workspace that answers UNAVAILABLE while `down`, then says the user is no member."""
+
+    def __init__(self) -> None:
+        self.down = True
+
+    async def GetSpaceMember(self, request: object, context: grpc.aio.ServicerContext) -> object:
+        if self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "starting")
+        await context.abort(grpc.StatusCode.NOT_FOUND, "not a member")
+
+
+async def test_a_removal_is_released_after_a_workspace_outage_longer_than_ten_deliveries(
+    nats_url: str, mint_token: object
+) -> None:
+    workspace = FlakyWorkspace()
+    server = grpc.aio.server()
+    space_service_pb2_grpc.add_SpaceServiceServicer_to_server(workspace, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    service = f"rel{uuid.uuid4().hex[:8]}"
+    space = f"s-{service}"
+    # Only events published from now on: earlier tests' removals would compete for the deliveries.
+    spec = replace(
+        d.releases_consumer(service, backoff=(timedelta(milliseconds=20),)), deliver_policy=DeliverPolicy.NEW
+    )
+    token = mint_token(space_id="*", role="system", subject="service:tests")  # type: ignore[operator]
+    directory = d.WorkspaceDirectory.connect(f"127.0.0.1:{port}", token, service="tests", timeout=2.0)
+    released: list[tuple[str, str, str]] = []
+    deliveries: list[int] = []
+
+    async def member(space_id: str, user_id: str, actor: str) -> int:
+        if space_id == space:
+            released.append((space_id, user_id, actor))
+        return 1
+
+    releases = d.AssigneeReleases(release_member=member, release_team=member, directory=directory)
+
+    async def handler(delivery: Delivery) -> None:
+        if wev.MemberRemoved.FromString(delivery.data).space_id == space:
+            deliveries.append(delivery.num_delivered)
+            workspace.down = len(deliveries) <= 12  # longer than the 10 deliveries releases used to get
+        await releases(delivery)
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await provision(js, [contract.stream_spec(), dead_letter_stream(service)], [spec])
+    runner = ConsumerRunner(js, spec, handler, service=service, message_type=None)
+    await runner.start()
+    try:
+        removed = wev.MemberRemoved(meta=EventMeta(actor="user:owner"), space_id=space, user_id="u-gone")
+        await js.publish(contract.MEMBER_REMOVED, removed.SerializeToString())
+        deadline = time.monotonic() + 30
+        while not released:
+            assert time.monotonic() < deadline, f"not released after {len(deliveries)} deliveries"
+            await asyncio.sleep(0.05)
+        assert released == [(space, "u-gone", "user:owner")]
+        assert deliveries[-1] == 13
+        dead = await js.stream_info(dead_letter_stream(service).name)
+        assert dead.state.messages == 0
+    finally:
+        await runner.stop()
+        await directory.close()
+        await server.stop(None)
+        await nc.close()

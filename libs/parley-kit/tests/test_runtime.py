@@ -94,3 +94,32 @@ async def test_stop_mid_message_finishes_and_acks_it(database_url: str, nats_url
     info = await nc.jetstream().consumer_info(stream.name, spec.durable)
     assert info.num_ack_pending == 0 and info.num_pending == 0 and info.num_redelivered == 0
     await nc.close()
+
+
+async def test_closers_run_at_shutdown_in_order_after_the_background_tasks_even_when_one_fails(
+    database_url: str, nats_url: str, unique_name: str
+) -> None:
+    runtime = ServiceRuntime(settings_for(f"close{unique_name.lower()}", database_url, nats_url))
+    await runtime.connect()
+    seen: list[str] = []
+
+    async def background() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            seen.append("background")
+
+    async def failing() -> None:
+        seen.append("first")
+        raise RuntimeError("already closed")
+
+    async def second() -> None:
+        seen.append("second")
+
+    runtime.add_background(background())
+    runtime.add_closer(failing)
+    runtime.add_closer(second)
+    async with running(runtime):
+        await asyncio.sleep(0.1)
+        assert seen == []
+    assert seen == ["background", "first", "second"]

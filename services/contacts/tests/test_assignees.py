@@ -29,7 +29,7 @@ from parley_kit.auth import SigningKey, jwks
 from parley_kit.contracts import workspace as workspace_contract
 from parley_kit.db import session_factory
 from parley_kit.directory import AssigneeReleases, WorkspaceDirectory
-from parley_kit.errors import FailedPrecondition, NotFound, Unavailable
+from parley_kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from parley_kit.grpc_client import create_channel
 from parley_kit.local.servers import free_port
 from parley_kit.nats import Delivery
@@ -83,6 +83,17 @@ async def test_strangers_typos_and_other_spaces_ids_are_not_found_and_change_not
         assert message in info.value.message
     assert await assignees(service, space, [c.id]) == [(user, team)]
     assert len(sink.of("contact.assigned", space)) == before
+
+
+async def test_an_id_longer_than_any_user_or_team_id_is_invalid_and_changes_nothing(
+    service: ContactsService, space: str, sink: RecordingSink
+) -> None:
+    c = await service.create_contact(space, AGENT, {})
+    for user_id, team_id, what in [("u" * 65, "", "user_id"), ("", "t" * 65, "team_id")]:
+        with pytest.raises(InvalidArgument, match=f"{what} is longer than 64 characters"):
+            await service.assign(space, AGENT, [str(c.id)], user_id, team_id)
+    assert await assignees(service, space, [c.id]) == [(None, None)]
+    assert sink.of("contact.assigned", space) == []
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +241,9 @@ async def test_a_member_who_leaves_the_space_is_released_from_their_contacts_one
     assert sorted(e.contact_id for e in releases) == sorted(theirs + with_team)  # one each (4 + 1: 3 batches)
     assert {e.contact_id: e.assignee.team_id for e in releases}[with_team[0]] == team
     assert all(e.meta.actor == "service:tests" for e in releases)  # who removed the member
+    # a release names who left, so followers remove them only where they still hold; an assignment does not
+    assert {(e.released.user_id, e.released.team_id) for e in releases} == {(leaver, "")}
+    assert not any(e.HasField("released") for e in events if e not in releases)
     stayed = await assignees(service, space, [uuid.UUID(i) for i in others])
     assert stayed == [(stayer, None)] * 2
     with pytest.raises(grpc.aio.AioRpcError) as info:  # and they cannot be assigned again
@@ -253,9 +267,9 @@ async def test_a_deleted_team_is_released_from_its_contacts(
 
     await eventually(released)
     events = await assigned_events(engine, set(team_only + with_user))
-    assert sorted(e.contact_id for e in events if e.previous.team_id == team and not e.assignee.team_id) == sorted(
-        team_only + with_user
-    )
+    releases = [e for e in events if e.previous.team_id == team and not e.assignee.team_id]
+    assert sorted(e.contact_id for e in releases) == sorted(team_only + with_user)
+    assert {(e.released.user_id, e.released.team_id) for e in releases} == {("", team)}
 
 
 async def removal_delivery(nats_url: str, space: str, user: str) -> Delivery:

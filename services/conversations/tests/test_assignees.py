@@ -14,6 +14,7 @@ import pytest
 from opentelemetry.context import Context
 from parley.contacts.v1 import contact_pb2 as cmsg
 from parley.contacts.v1 import contacts_service_pb2 as cpb
+from parley.contacts.v1 import events_pb2 as cev
 from parley.conversations.v1 import conversations_service_pb2 as pb
 from parley.conversations.v1 import events_pb2 as ev
 from parley.workspace.v1 import events_pb2 as wev
@@ -70,6 +71,12 @@ async def test_only_members_and_teams_of_the_space_are_assigned_and_a_refusal_ch
         request = pb.AssignConversationRequest(conversation_id=cid, user_id=user_id, team_id=team_id)
         code, details = await _status(agent.AssignConversation(request))
         assert (code, details) == (grpc.StatusCode.NOT_FOUND, message)
+    overlong = pb.AssignConversationRequest(conversation_id=cid, user_id="u" * 65)
+    code, details = await _status(agent.AssignConversation(overlong))
+    assert (code, details) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "user_id is longer than 64 characters; nothing was changed",
+    )
     got = await _get(agent, cid)
     assert (got.assignee_user_id, got.assignee_team_id) == (user, team)
     history = (await agent.GetConversation(pb.GetConversationRequest(conversation_id=cid))).assignments
@@ -168,6 +175,45 @@ async def test_a_member_who_leaves_is_released_from_open_conversations_one_event
         agent.AssignConversation(pb.AssignConversationRequest(conversation_id=others.conversation_id, user_id=leaver))
     )
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_leaver_is_released_only_where_they_still_hold_a_contacts_conversation(
+    service: Any, stub_for: Any, helpers: Any, admin: Any, contacts_stub: Any
+) -> None:
+    app, _ = service
+    sp = await admin.space()
+    leaver, taker, next_one = await admin.member(sp), await admin.member(sp), await admin.member(sp)
+    agent = stub_for(sp)
+    contacts = contacts_stub(sp)
+    taken, kept = [await _open(app, agent, helpers, sp, f"psid-{name}") for name in ("taken", "kept")]
+    both = [taken.contact_id, kept.contact_id]
+    await contacts.AssignContacts(cpb.AssignContactsRequest(contact_ids=both, assignee=cmsg.Assignee(user_id=leaver)))
+    for conv in (taken, kept):
+        await helpers.wait_for(lambda c=conv: _assignee_is(agent, c.conversation_id, (leaver, "")))
+    # another agent takes one of the leaver's conversations
+    await agent.AssignConversation(pb.AssignConversationRequest(conversation_id=taken.conversation_id, user_id=taker))
+    before = len(await _assigned_events(app, helpers, sp))
+    await admin.remove_member(sp, leaver)
+
+    async def contacts_released() -> bool:
+        events = await helpers.read_stream(app.rt.js, "contacts.contact.assigned", cev.ContactAssigned)
+        return {e.contact_id for e in events if e.released.user_id == leaver} == set(both)
+
+    await helpers.wait_for(contacts_released)
+    await helpers.wait_for(lambda: _settled(app.rt.js, "CONTACTS", "conversations--contacts"))
+    await helpers.wait_for(lambda: _assignee_is(agent, kept.conversation_id, ("", "")))
+    assert await _assignee_is(agent, taken.conversation_id, (taker, ""))
+    after = (await _assigned_events(app, helpers, sp))[before:]
+    assert [(e.conversation.conversation_id, e.previous_user_id) for e in after] == [(kept.conversation_id, leaver)]
+    # an assignment of the contact (not a release) still wins over the agent's, as the README says
+    request = cpb.AssignContactsRequest(contact_ids=[taken.contact_id], assignee=cmsg.Assignee(user_id=next_one))
+    await contacts.AssignContacts(request)
+    await helpers.wait_for(lambda: _assignee_is(agent, taken.conversation_id, (next_one, "")))
+
+
+async def _settled(js: Any, stream: str, durable: str) -> bool:
+    info = await js.consumer_info(stream, durable)
+    return info.num_pending == 0 and info.num_ack_pending == 0
 
 
 async def test_a_deleted_team_is_released_from_open_conversations(

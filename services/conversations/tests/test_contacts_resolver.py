@@ -61,19 +61,45 @@ async def test_a_refused_identity_is_reported_and_the_others_resolved(resolver) 
     assert list(got.refused) == [(sp, "ch-1", "bad")] and "INVALID_ARGUMENT" in got.refused[(sp, "ch-1", "bad")]
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED])
+@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS])
 async def test_an_identity_contacts_fails_on_its_own_is_reported_and_the_others_resolved(resolver, code) -> None:
     fake, contacts = resolver
     sp = f"sp-{uuid.uuid4().hex[:8]}"
     fake.fail_items = {"broken": code}
     got = await contacts.resolve([_item(sp, "good"), _item(sp, "broken"), _item(sp, "fine")])
-    assert set(got.ids) == {(sp, "ch-1", "good"), (sp, "ch-1", "fine")} and got.refused == {}
+    assert set(got.ids) == {(sp, "ch-1", "good"), (sp, "ch-1", "fine")} and got.refused == {} and got.transient == {}
     assert list(got.failed) == [(sp, "ch-1", "broken")]
     assert (
         got.failed[(sp, "ch-1", "broken")]
         == f"contacts failed the identity: {code.name}: the double failed this identity"
     )
     assert (sp, "ch-1", "broken") not in got.reported
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ],
+)
+async def test_an_identity_contacts_could_not_resolve_for_a_passing_reason_is_transient_not_failed(
+    resolver, code
+) -> None:
+    fake, contacts = resolver
+    sp = f"sp-{uuid.uuid4().hex[:8]}"
+    fake.fail_items = {"busy": code}
+    got = await contacts.resolve([_item(sp, "good"), _item(sp, "busy")])
+    assert set(got.ids) == {(sp, "ch-1", "good")} and got.refused == {} and got.failed == {}
+    assert got.transient == {
+        (
+            sp,
+            "ch-1",
+            "busy",
+        ): f"contacts could not resolve the identity now: {code.name}: the double failed this identity"
+    }
 
 
 async def test_transport_failure_raises_transient_and_a_refused_call_refuses_its_identities(resolver) -> None:

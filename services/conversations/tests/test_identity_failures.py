@@ -4,22 +4,30 @@ dead-lettered; a contacts outage (the whole call failing) holds everything back 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.context import Context
 from parley.channel_gateway.v1 import events_pb2 as gw
 from parley_conversations import events
+from parley_conversations import ingest as ingest_module
 from parley_conversations.app import Conversations, build_app
-from parley_conversations.ingest import ContactsResolver
+from parley_conversations.domain import InboundItem, InboundKind
+from parley_conversations.ingest import ContactsResolver, InboundIngest, PartitionWorker, Resolution
 from parley_kit.contracts import channel_gateway as cg
+from parley_kit.nats import Delivery
 from parley_kit.testing.service import running
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 ATTEMPTS = 3
+NOW = datetime(2026, 12, 6, tzinfo=UTC)
 BROKEN = "the double failed this identity"
 
 
@@ -199,13 +207,14 @@ async def test_a_contact_that_keeps_failing_is_dead_lettered_after_its_attempts_
         assert headers["Parley-Consumer"] == events.inbound_durable(cg.inbound_partition(sp, _channel(sp), bad))
     assert _identity_failures("dead_lettered") == dead_lettered + 1
 
-    # Still failing: its next event is dead-lettered on its first failure; the partition does not wait again.
+    # Still failing: the count started over, so its next event holds the partition back again for its attempts.
     retried = _identity_failures("retried")
     await helpers.publish_inbound(app.rt.js, _events(helpers, sp, (bad, 3), (after, 2)))
-    rows = await helpers.wait_for(_stored_with(app, sp, f"{after}-2"))
+    rows = await helpers.wait_for(_stored_with(app, sp, f"{after}-2"), timeout=60)
     dead = await helpers.wait_for(lambda: _at_least(_dead_letters(app, sp), 3))
     assert f"{bad}-3" in {mid for mid, _ in dead}
-    assert _identity_failures("retried") == retried
+    assert _identity_failures("retried") >= retried + ATTEMPTS - 1
+    assert _identity_failures("dead_lettered") == dead_lettered + 2
 
     fake.fail_items = {}  # resolved again: its events are applied
     await helpers.publish_inbound(app.rt.js, _events(helpers, sp, (bad, 4)))
@@ -213,33 +222,81 @@ async def test_a_contact_that_keeps_failing_is_dead_lettered_after_its_attempts_
     assert [mid for mid, _ in rows] == [f"{before}-1", f"{after}-1", f"{after}-2", f"{bad}-4"]
 
 
+async def test_a_contact_contacts_cannot_resolve_for_a_passing_reason_waits_without_using_up_its_attempts(
+    ingest: Any, helpers: Any
+) -> None:
+    app, fake = ingest
+    sp = f"sp-{uuid.uuid4().hex[:8]}"
+    bad, before, after, others = _layout(sp)
+    fake.fail_items = {bad: grpc.StatusCode.ABORTED}  # contacts' answer for a deadlock on that person's row
+    transient, retried = _identity_failures("transient"), _identity_failures("retried")
+    with _deliveries(app, lambda e: e.provider_message_id == f"{bad}-1") as delivered:
+        batch = _events(helpers, sp, (before, 1), (bad, 1), (after, 1), *((o, 1) for o in others))
+        await helpers.publish_inbound(app.rt.js, batch)
+        # As many failed deliveries as would dead-letter an identity failing on its own.
+        await helpers.wait_for(lambda: max(delivered, default=0) >= ATTEMPTS, timeout=60)
+    rows = await helpers.wait_for(_stored_with(app, sp, f"{before}-1", *(f"{o}-1" for o in others)))
+    assert not {f"{bad}-1", f"{after}-1"} & {mid for mid, _ in rows}  # its partition waits from it
+    assert await _dead_letters(app, sp) == []
+    assert _identity_failures("transient") >= transient + ATTEMPTS and _identity_failures("retried") == retried
+    home = app.ingest.workers[cg.inbound_partition(sp, _channel(sp), bad)]
+    assert (sp, _channel(sp), bad) not in home.identity_failures
+
+    fake.fail_items = {}
+    # Its next redelivery is 30 s away; a new event on its partition brings it in now, first.
+    await helpers.publish_inbound(app.rt.js, _events(helpers, sp, (before, 2)))
+    rows = await helpers.wait_for(_stored_with(app, sp, f"{before}-2"))
+    assert _of(rows, before, bad, after) == [f"{before}-1", f"{bad}-1", f"{after}-1", f"{before}-2"]
+    assert await _dead_letters(app, sp) == []
+
+
+async def test_the_owner_counts_a_bounded_number_of_identities_and_starts_over_after_a_dead_letter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ingest_module, "MAX_COUNTED_IDENTITIES", 2)
+    owner = InboundIngest(js=None, engine=None, repo=None, service=None, contacts=None, identity_attempts=3)  # type: ignore[arg-type]
+    worker = PartitionWorker(owner, 0)
+    sequence = 0
+
+    def fail(external_id: str, *, passing: bool = False) -> tuple[bool, bool]:
+        """One delivery on which contacts fails the identity: (partition stopped, events set aside)."""
+        nonlocal sequence
+        sequence += 1
+        item = InboundItem(uuid.uuid4().hex, "sp", "ch", "messenger", InboundKind.MESSAGE, external_id, NOW)
+        delivery = Delivery(None, b"", {}, "", "", "", 1, sequence, Context())
+        unit = ingest_module._Unit(sequence, None, delivery)
+        pending = ingest_module._Pending(worker, [unit], asyncio.get_running_loop().create_future())
+        reason = {item.contact_key: "contacts said no"}
+        resolution = Resolution(transient=reason) if passing else Resolution(failed=reason)
+        stops = owner._isolate([(pending, unit, item)], resolution)
+        return pending in stops, bool(unit.error)
+
+    def counted() -> dict[str, int]:
+        return {key[2]: n for key, n in worker.identity_failures.items()}
+
+    assert [fail("x"), fail("x")] == [(True, False)] * 2
+    assert fail("x") == (False, True)  # its third delivery in a row: set aside
+    assert counted() == {}  # and no longer counted: a fresh failure starts over
+    assert fail("x") == (True, False) and counted() == {"x": 1}
+    assert fail("x", passing=True) == (True, False) and counted() == {"x": 1}  # a passing failure is not counted
+    fail("y")
+    fail("z")  # a third identity: the one that failed least recently (x) is forgotten
+    assert counted() == {"y": 1, "z": 1}
+    fail("y")
+    fail("x")
+    assert counted() == {"y": 2, "x": 1}
+
+
 async def test_a_contacts_outage_holds_every_partition_back_and_dead_letters_nothing(ingest: Any, helpers: Any) -> None:
     app, fake = ingest
     sp = f"sp-{uuid.uuid4().hex[:8]}"
     bad, before, after, others = _layout(sp)
     fake.fail_with = grpc.StatusCode.UNAVAILABLE
-    delivered: list[int] = []  # delivery counts of this test's events, once their attempt is over
-    apply = app.ingest.apply
-
-    async def spy(conn, group):  # type: ignore[no-untyped-def]
-        try:
-            return await apply(conn, group)
-        finally:
-            delivered.extend(
-                u.delivery.num_delivered
-                for p in group
-                for u in p.units
-                if u.delivery is not None and u.event is not None and u.event.space_id == sp
-            )
-
-    app.ingest.apply = spy
-    try:
+    with _deliveries(app, lambda e: e.space_id == sp) as delivered:
         batch = _events(helpers, sp, (before, 1), (bad, 1), (after, 1), *((o, 1) for o in others))
         await helpers.publish_inbound(app.rt.js, batch)
         # As many failed deliveries as an identity failing on its own is given: none counts against one.
         await helpers.wait_for(lambda: max(delivered, default=0) >= ATTEMPTS, timeout=60)
-    finally:
-        del app.ingest.apply
     assert await _stored(app, sp) == []
     fake.fail_with = None
     # Their next redelivery is 30 s away; new events on their partitions bring them in now, first.
@@ -254,6 +311,31 @@ def test_the_runner_never_dead_letters_an_inbound_event_for_its_delivery_count_b
     spec = events.inbound_consumer(0)
     waited = sum(spec.retry_delay(n) or 0 for n in range(1, spec.max_deliver))
     assert waited >= cg.MAX_AGE.total_seconds()
+
+
+@contextlib.contextmanager
+def _deliveries(app: Conversations, matches: Callable[[gw.InboundEvent], bool]) -> Iterator[list[int]]:
+    """The delivery counts of the events `matches` picks, each recorded once an attempt to apply it is over."""
+    assert app.ingest is not None
+    delivered: list[int] = []
+    apply = app.ingest.apply
+
+    async def spy(conn, group):  # type: ignore[no-untyped-def]
+        try:
+            return await apply(conn, group)
+        finally:
+            delivered.extend(
+                u.delivery.num_delivered
+                for p in group
+                for u in p.units
+                if u.delivery is not None and u.event is not None and matches(u.event)
+            )
+
+    app.ingest.apply = spy  # type: ignore[method-assign]
+    try:
+        yield delivered
+    finally:
+        del app.ingest.apply
 
 
 def _partitions(sp: str, *contacts: str) -> set[int]:

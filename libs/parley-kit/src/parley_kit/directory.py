@@ -10,9 +10,14 @@ cached, so a user added a moment ago is assignable at once. When the workspace c
 Display names (`{{user.name}}` in shortcuts) come from `UserService.GetUser`, cached 5 minutes; a failed
 lookup gives an empty name (cosmetic, never an error).
 
+An id longer than `MAX_ASSIGNEE_ID` is no user's or team's: every check (also `accept_any_assignee`) refuses
+it with `InvalidArgument` before asking anything.
+
 When a member leaves a space or a team is deleted, what was assigned to them is released: `releases_consumer()`
 is the durable consumer of those WORKSPACE events and `AssigneeReleases` its handler, which calls the
-service's own release functions (each releasing in bounded transactions until nothing is left).
+service's own release functions (each releasing in bounded transactions until nothing is left). A release
+that fails for a passing reason (the workspace or the service's database down) is retried until it succeeds,
+however long that takes: only an event that can never be handled is dead-lettered.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -42,10 +47,13 @@ from parley.workspace.v1 import (
 
 from parley_kit import metrics
 from parley_kit.contracts import workspace as workspace_contract
-from parley_kit.errors import NotFound, Unavailable
+from parley_kit.errors import InvalidArgument, NotFound, Unavailable
 from parley_kit.grpc_client import create_channel
-from parley_kit.nats import ConsumerSpec, Delivery, PoisonMessage, dead_letter_subject
+from parley_kit.nats import ConsumerSpec, Delivery, PoisonMessage, dead_letter_subject, max_deliver_outlasting
 from parley_kit.settings import AssigneeSettings
+
+if TYPE_CHECKING:
+    from parley_kit.runtime import ServiceRuntime
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +61,12 @@ Release = Callable[[str, str, str], Awaitable[int]]
 """`release(space_id, user_or_team_id, actor)`: unassign it everywhere in the space; how many changed."""
 AssigneeCheck = Callable[[str, str, str], Awaitable[None]]
 """`check(space_id, user_id, team_id)`: returns when the (non-empty) user and team may be assigned in the
-space; raises `NotFound` naming each one that may not, `Unavailable` when it cannot tell."""
+space; raises `InvalidArgument` for an id longer than `MAX_ASSIGNEE_ID`, `NotFound` naming each one that may
+not, `Unavailable` when it cannot tell."""
 
+MAX_ASSIGNEE_ID = 64
+"""The longest user or team id a service keeps as an assignee (workspace ids are UUIDs)."""
+RELEASES_BACKOFF = (timedelta(seconds=1), timedelta(seconds=5), timedelta(seconds=30))
 NAME_TTL = 300.0
 MAX_CACHED = 50_000
 _K = TypeVar("_K")
@@ -63,7 +75,14 @@ _E = TypeVar("_E", bound=PbMessage)
 
 
 async def accept_any_assignee(space_id: str, user_id: str, team_id: str) -> None:
-    """The check of a service started with PARLEY_ASSIGNEE_CHECK=off: every id is accepted."""
+    """The check of a service started with PARLEY_ASSIGNEE_CHECK=off: every id that fits is accepted."""
+    _check_lengths(user_id, team_id)
+
+
+def _check_lengths(user_id: str, team_id: str) -> None:
+    for what, value in (("user_id", user_id), ("team_id", team_id)):
+        if len(value) > MAX_ASSIGNEE_ID:
+            raise InvalidArgument(f"{what} is longer than {MAX_ASSIGNEE_ID} characters; nothing was changed")
 
 
 class WorkspaceDirectory:
@@ -93,6 +112,7 @@ class WorkspaceDirectory:
 
     async def require_assignee(self, space_id: str, user_id: str, team_id: str) -> None:
         """An `AssigneeCheck`: the user must be a member of the space, the team one of its teams."""
+        _check_lengths(user_id, team_id)
         member, team = await asyncio.gather(
             self.is_member(space_id, user_id) if user_id else _true(),
             self.has_team(space_id, team_id) if team_id else _true(),
@@ -244,16 +264,21 @@ def releases_durable(service: str) -> str:
     return f"{service}--assignee-releases"
 
 
-def releases_consumer(service: str) -> ConsumerSpec:
-    """`<service>--assignee-releases`: member removals and team deletions, one at a time (in stream order)."""
+def releases_consumer(service: str, *, backoff: tuple[timedelta, ...] = RELEASES_BACKOFF) -> ConsumerSpec:
+    """`<service>--assignee-releases`: member removals and team deletions, one at a time (in stream order).
+
+    A release failing for a passing reason (the workspace asked whether the user is a member again, or the
+    service's own database, down for minutes or hours) is retried at `backoff` until it succeeds: max_deliver
+    outlasts the WORKSPACE stream's retention, so only a `PoisonMessage` is dead-lettered. A dead-lettered
+    removal would leave the departed member assigned."""
     durable = releases_durable(service)
     return ConsumerSpec(
         stream=workspace_contract.STREAM,
         durable=durable,
         filter_subjects=(workspace_contract.MEMBER_REMOVED, workspace_contract.TEAM_DELETED),
         ack_wait=timedelta(seconds=60),
-        max_deliver=10,
-        backoff=(timedelta(seconds=1), timedelta(seconds=5), timedelta(seconds=30)),
+        max_deliver=max_deliver_outlasting(workspace_contract.MAX_AGE, backoff),
+        backoff=backoff,
         max_ack_pending=20,
         dead_letter_subject=dead_letter_subject(service, durable),
     )
@@ -318,3 +343,14 @@ def from_settings(settings: AssigneeSettings) -> tuple[WorkspaceDirectory | None
         return directory, directory.require_assignee
     log.warning("PARLEY_ASSIGNEE_CHECK=off: users and teams are assigned without checking that they exist")
     return directory, accept_any_assignee
+
+
+async def attach(rt: ServiceRuntime, settings: AssigneeSettings) -> tuple[WorkspaceDirectory | None, AssigneeCheck]:
+    """`from_settings()` for a service's connected runtime: the directory follows the workspace's removals on
+    the runtime's NATS connection and is closed when the runtime shuts down."""
+    directory, check = from_settings(settings)
+    if directory is not None:
+        assert rt.nc is not None, "connect() the runtime first"
+        await directory.follow(rt.nc)
+        rt.add_closer(directory.close)
+    return directory, check

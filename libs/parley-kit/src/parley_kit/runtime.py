@@ -8,7 +8,8 @@ SERVING; a lost NATS connection turns it NOT_SERVING until reconnected. The heal
 
 Stop (SIGTERM or SIGINT): readiness NOT_SERVING, stop fetching new messages and let in-flight
 handlers finish and ack, let the relay finish its batch, `server.stop(grace)` so in-flight
-RPCs complete, drain NATS, dispose the engine.
+RPCs complete, close what the service handed to `add_closer` (its clients, its own engines),
+drain NATS, dispose the engine.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class ServiceRuntime:
         self._pending_consumers: list[tuple[ConsumerSpec, Callable[..., Awaitable[Any]], dict[str, Any]]] = []
         self._relay: OutboxRelay | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._closers: list[Callable[[], Awaitable[object]]] = []
         self._stop = asyncio.Event()
         self._ready = False
         self.ready = asyncio.Event()
@@ -122,6 +124,11 @@ class ServiceRuntime:
     def add_background(self, coro: Awaitable[None]) -> None:
         """A long-running task (e.g. a timer loop) cancelled at shutdown."""
         self._background.append(asyncio.ensure_future(coro))
+
+    def add_closer(self, close: Callable[[], Awaitable[object]]) -> None:
+        """Awaited at shutdown (in the order added) once consumers, background tasks and in-flight RPCs are
+        done, before NATS is drained: e.g. a client's `close` or an engine's `dispose`."""
+        self._closers.append(close)
 
     # -- life -------------------------------------------------------------------------------------
 
@@ -163,6 +170,11 @@ class ServiceRuntime:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.grpc.stop(self.settings.shutdown_grace_seconds)
+        for close in self._closers:
+            try:
+                await close()
+            except Exception:
+                log.warning("closing %r failed", close, exc_info=True)
         if isinstance(self._authenticator, WorkspaceAuthenticator):
             await self._authenticator.close()
         if self.nc is not None and not self.nc.is_closed:

@@ -17,9 +17,6 @@ from google.protobuf.message import Message
 from parley.common.v1 import common_pb2
 from parley.contacts.v1 import contact_pb2, events_pb2
 from parley_kit.contracts import contacts as contacts_contract
-from parley_kit.contracts import workspace as workspace_contract
-from parley_kit.directory import releases_consumer
-from parley_kit.nats import ConsumerSpec
 from parley_kit.nats.streams import StreamSpec
 from parley_kit.outbox import enqueue
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -47,16 +44,6 @@ SUBJECTS = {
 def stream(replicas: int = 1) -> StreamSpec:
     """The CONTACTS stream, declared once in the shared contract its consumers provision too."""
     return contacts_contract.stream_spec(replicas)
-
-
-def workspace_stream(replicas: int = 1) -> StreamSpec:
-    """The WORKSPACE stream this service consumes, provisioned alike by its publisher and every consumer."""
-    return workspace_contract.stream_spec(replicas)
-
-
-def releases() -> ConsumerSpec:
-    """contacts--assignee-releases: member removals and team deletions."""
-    return releases_consumer(SERVICE)
 
 
 def to_message(event: DomainEvent, event_id: str, occurred_at: datetime) -> Message:
@@ -92,6 +79,7 @@ def to_message(event: DomainEvent, event_id: str, occurred_at: datetime) -> Mess
             contact_id=str(d["contact_id"]),
             assignee=contact_pb2.Assignee(user_id=d["user_id"], team_id=d["team_id"]),
             previous=contact_pb2.Assignee(user_id=d["previous_user_id"], team_id=d["previous_team_id"]),
+            released=_released(d.get("released_user_id", ""), d.get("released_team_id", "")),
         )
     if kind in ("tag.added", "tag.removed"):
         return events_pb2.ContactTagChanged(meta=meta, contact_id=str(d["contact_id"]), tag=tag_to_pb(d["tag"]))
@@ -110,6 +98,11 @@ def to_message(event: DomainEvent, event_id: str, occurred_at: datetime) -> Mess
     if kind == "field.deleted":
         return events_pb2.FieldDeleted(meta=meta, field_id=str(d["field"].id), key=d["field"].key)
     raise ValueError(f"unknown event kind {kind!r}")
+
+
+def _released(user_id: str, team_id: str) -> contact_pb2.Assignee | None:
+    """A release's departed member or deleted team; None (field unset) for an assignment."""
+    return contact_pb2.Assignee(user_id=user_id, team_id=team_id) if user_id or team_id else None
 
 
 async def outbox_sink(session: AsyncSession, event: DomainEvent) -> None:

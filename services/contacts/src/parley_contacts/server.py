@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from parley_kit import db
+from parley_kit.contracts import workspace as workspace_contract
 from parley_kit.db import run_migrations
-from parley_kit.directory import AssigneeReleases, WorkspaceDirectory, from_settings
+from parley_kit.directory import AssigneeReleases, attach, releases_consumer
 from parley_kit.runtime import ServiceRuntime
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley_contacts import events
 from parley_contacts.config import Settings
@@ -24,21 +22,18 @@ async def build(settings: Settings) -> ServiceRuntime:
     replicas = settings.stream_replicas
     rt = ServiceRuntime(
         settings,
-        streams=[events.stream(replicas), events.workspace_stream(replicas)],
-        consumers=[events.releases()],
+        streams=[events.stream(replicas), workspace_contract.stream_spec(replicas)],
+        consumers=[releases_consumer(events.SERVICE)],
         outbox=outbox,
     )
     await rt.connect()
-    directory, check = from_settings(settings)
-    if directory is not None:
-        assert rt.nc is not None
-        await directory.follow(rt.nc)
+    directory, check = await attach(rt, settings)
     # The service's own pool without pre-ping: UpsertByIdentity's fast path is one round trip, and
     # asyncpg's pre-ping would add three to every checkout. A dropped connection fails one request.
     engine = db.create_engine(
         settings.database_url, pool_size=settings.contacts_pool_size, pre_ping=False, pool_recycle=300
     )
-    rt.add_background(_close_on_cancel(engine, directory))
+    rt.add_closer(engine.dispose)
     service = ContactsService(
         Repository(db.session_factory(engine), events.outbox_sink),
         count_limit=settings.contacts_count_limit or None,
@@ -47,7 +42,7 @@ async def build(settings: Settings) -> ServiceRuntime:
     )
     rt.add_servicer(register, ContactsApi(service), SERVICE_NAME)
     rt.add_consumer(
-        events.releases(),
+        releases_consumer(events.SERVICE),
         AssigneeReleases(release_member=service.release_member, release_team=service.release_team, directory=directory),
         message_type=None,
     )
@@ -56,15 +51,6 @@ async def build(settings: Settings) -> ServiceRuntime:
         service.run_tag_deletions(settings.contacts_tag_deletion_interval_seconds, settings.contacts_tag_deletion_chunk)
     )
     return rt
-
-
-async def _close_on_cancel(engine: AsyncEngine, directory: WorkspaceDirectory | None) -> None:
-    try:
-        await asyncio.Event().wait()
-    finally:
-        if directory is not None:
-            await directory.close()
-        await engine.dispose()
 
 
 async def serve(settings: Settings) -> None:

@@ -85,7 +85,6 @@ MAX_PAGE_SIZE = 500
 MAX_BULK = 1000
 MAX_LIST_OPTIONS = 200
 MAX_UPSERT_BATCH = 500
-MAX_ASSIGNEE_ID = 64
 # Contacts a tag deletion untags per transaction: the longest any of them waits behind it (about 0.4 s).
 TAG_DELETION_CHUNK = 1000
 # New identities of one UpsertByIdentities call created at once (each its own transaction and connection).
@@ -925,15 +924,13 @@ class ContactsService:
 
     async def assign(self, space_id: str, actor: Actor, contact_ids: Sequence[str], user_id: str, team_id: str) -> int:
         """Assign (or with both empty, unassign) contacts; one contact.assigned per contact that changed.
-        The user must be a member of the space and the team one of its teams (NOT_FOUND otherwise,
-        UNAVAILABLE when the workspace cannot say), checked before anything changes."""
+        The user must be a member of the space and the team one of its teams (the kit's check: INVALID_ARGUMENT
+        for an overlong id, NOT_FOUND otherwise, UNAVAILABLE when the workspace cannot say), checked before
+        anything changes."""
         if not contact_ids:
             raise InvalidArgument("give at least one contact id")
         if len(contact_ids) > MAX_BULK:
             raise InvalidArgument(f"at most {MAX_BULK} contacts per call; split the request")
-        for what, value in (("user_id", user_id), ("team_id", team_id)):
-            if len(value) > MAX_ASSIGNEE_ID:
-                raise InvalidArgument(f"{what} is longer than {MAX_ASSIGNEE_ID} characters")
         if user_id or team_id:
             if self.assignees is None:
                 raise FailedPrecondition("this process has no workspace directory to check assignees; nothing changed")
@@ -960,7 +957,8 @@ class ContactsService:
     async def release_member(self, space_id: str, user_id: str, actor: str) -> int:
         """A member left the space: unassign them from every contact of the space (a team assigned with
         them stays). Bounded transactions of `release_batch` contacts until none is left, so a redelivered
-        event finds nothing to do; one contact.assigned per contact. Returns how many changed."""
+        event finds nothing to do; one contact.assigned per contact, marked `released` (its followers remove
+        the member only where they still hold them). Returns how many changed."""
         return await self._release(space_id, Actor(actor), user_id=user_id)
 
     async def release_team(self, space_id: str, team_id: str, actor: str) -> int:
@@ -985,6 +983,8 @@ class ContactsService:
                         team_id="" if team_id else prev_team or "",
                         previous_user_id=prev_user or "",
                         previous_team_id=prev_team or "",
+                        released_user_id=user_id,
+                        released_team_id=team_id,
                     )
             if not changed:  # not "fewer than a batch": a row changed concurrently is skipped, not counted
                 return released

@@ -11,7 +11,8 @@ from parley.channel_gateway.v1 import events_pb2 as gw
 from parley.conversations.v1 import conversations_service_pb2_grpc as pb_grpc
 from parley_kit.contracts import channel_gateway as cg
 from parley_kit.contracts import contacts as contacts_contract
-from parley_kit.directory import AssigneeReleases, WorkspaceDirectory, from_settings
+from parley_kit.contracts import workspace as workspace_contract
+from parley_kit.directory import AssigneeReleases, attach, releases_consumer
 from parley_kit.runtime import ServiceRuntime
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -54,19 +55,20 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
             cg.stream_spec(replicas),
             contacts_contract.stream_spec(replicas),
             events.conversations_stream(replicas),
-            events.workspace_stream(replicas),
+            workspace_contract.stream_spec(replicas),
             events.dead_letters(replicas),
         ],
-        consumers=[events.outbound_status_consumer(), events.contacts_consumer(), events.releases(), *inbound],
+        consumers=[
+            events.outbound_status_consumer(),
+            events.contacts_consumer(),
+            releases_consumer(events.SERVICE),
+            *inbound,
+        ],
         outbox=outbox,
     )
     await rt.connect()
     repo = Repository(rt.sessions, events.write_events)
-    directory, check = from_settings(settings)
-    if directory is not None:
-        assert rt.nc is not None
-        await directory.follow(rt.nc)
-        rt.add_background(_close_on_cancel(directory))
+    directory, check = await attach(rt, settings)
     service = ConversationsService(
         repo,
         user_names=directory.display_name if directory else None,
@@ -84,7 +86,7 @@ async def build_app(settings: Settings, *, contacts: ContactsResolver | None = N
         events.contacts_consumer(), events.ContactsHandler(ContactFollower(service)), message_type=None, concurrency=4
     )
     rt.add_consumer(
-        events.releases(),
+        releases_consumer(events.SERVICE),
         AssigneeReleases(release_member=service.release_member, release_team=service.release_team, directory=directory),
         message_type=None,
     )
@@ -138,13 +140,6 @@ async def _run_ingest(rt: ServiceRuntime, ingest: InboundIngest) -> None:
         with contextlib.suppress(Exception):
             await asyncio.shield(ingest.stop())
         await ingest.engine.dispose()
-
-
-async def _close_on_cancel(directory: WorkspaceDirectory) -> None:
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await directory.close()
 
 
 async def _auto_close_loop(rt: ServiceRuntime, service: ConversationsService, settings: Settings) -> None:

@@ -155,6 +155,7 @@ class ContactChange:
     last_name: str | None = None
     fields: tuple[FieldValue, ...] = ()
     assignee: tuple[str, str] | None = None  # (user_id, team_id); ("", "") unassigns
+    released: tuple[str, str] | None = None  # a release's departed (user_id, "") or deleted ("", team_id)
 
 
 # The copy of a contact's custom values is keyed by field id. A value copied before field ids were kept

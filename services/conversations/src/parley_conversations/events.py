@@ -30,9 +30,15 @@ from parley.contacts.v1 import events_pb2 as cev
 from parley.conversations.v1 import events_pb2 as ev
 from parley_kit.contracts import channel_gateway as cg
 from parley_kit.contracts import contacts as contacts_contract
-from parley_kit.contracts import workspace as workspace_contract
-from parley_kit.directory import releases_consumer
-from parley_kit.nats import ConsumerSpec, Delivery, PoisonMessage, StreamSpec, dead_letter_stream, dead_letter_subject
+from parley_kit.nats import (
+    ConsumerSpec,
+    Delivery,
+    PoisonMessage,
+    StreamSpec,
+    dead_letter_stream,
+    dead_letter_subject,
+    max_deliver_outlasting,
+)
 from parley_kit.outbox import enqueue_many
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -91,7 +97,7 @@ INBOUND_BACKOFF = (timedelta(seconds=1), timedelta(seconds=5), timedelta(seconds
 # (failing) behind an earlier one, and all of them through a contacts outage, through no fault of their own,
 # and the ingest reads a dead-lettered event back from the stream anyway. The ingest sets aside the events
 # that do fail on their own (ingest.py); this bound outlasts the stream's retention at the longest backoff.
-INBOUND_MAX_DELIVER = cg.MAX_AGE // INBOUND_BACKOFF[-1] + len(INBOUND_BACKOFF)
+INBOUND_MAX_DELIVER = max_deliver_outlasting(cg.MAX_AGE, INBOUND_BACKOFF)
 
 
 def inbound_consumer(partition: int, *, ack_wait: float = 30.0, batch_size: int = 200) -> ConsumerSpec:
@@ -140,16 +146,6 @@ def contacts_consumer() -> ConsumerSpec:
         max_ack_pending=100,
         dead_letter_subject=dead_letter_subject(SERVICE, CONTACTS_DURABLE),
     )
-
-
-def workspace_stream(replicas: int = 1) -> StreamSpec:
-    """The WORKSPACE stream this service consumes, provisioned alike by its publisher and every consumer."""
-    return workspace_contract.stream_spec(replicas)
-
-
-def releases() -> ConsumerSpec:
-    """conversations--assignee-releases: member removals and team deletions."""
-    return releases_consumer(SERVICE)
 
 
 # -- domain events -> outbox -------------------------------------------------------------------
@@ -351,7 +347,10 @@ class ContactsHandler:
             await self.follower.field_deleted(space_id, _field_id(event.field_id, subject), key, at)
         elif isinstance(event, cev.ContactAssigned):
             assignee = (event.assignee.user_id, event.assignee.team_id)
-            await self.follower.changed(ContactChange(space_id, event.contact_id, at, actor, assignee=assignee))
+            released = (event.released.user_id, event.released.team_id) if event.HasField("released") else None
+            await self.follower.changed(
+                ContactChange(space_id, event.contact_id, at, actor, assignee=assignee, released=released)
+            )
         elif isinstance(event, cev.ContactDeleted):
             await self.follower.erased(space_id, [event.contact_id, *event.merged_ids])
         elif isinstance(event, cev.ContactMerged):

@@ -41,16 +41,22 @@ Design (the guarantees and why they hold):
    concerns one event is the ingest's to settle:
    - A refused identity (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION in its per-item answer),
      an undecodable or unmappable event: set aside at once, dead-lettered, the rest applied.
+   - An identity contacts could not resolve for a passing reason (a per-item ABORTED, e.g. a deadlock,
+     UNAVAILABLE, e.g. a lost database connection, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED) fails only
+     its partition, from the identity's first event in the group on: the other partitions' events and
+     its partition's earlier ones commit as usual, and it and everything after it in its partition are
+     redelivered, in order (PartitionNotApplied), for as long as it lasts, like an outage. It is never
+     dead-lettered for it, and it neither counts toward the identity's attempts nor resets them.
    - An identity contacts fails on its own (any other per-item code, e.g. INTERNAL for a bug with
-     that person's data) fails only its partition, from the identity's first event in the group on:
-     the other partitions' events and its partition's earlier ones commit as usual, and it and
-     everything after it in its partition are redelivered, in order (PartitionNotApplied). The
-     owner counts the deliveries in a row on which the identity failed (a group counts once; events
-     only read back to fill a gap do not count: they are still pending and come back as deliveries);
-     at `identity_attempts` (PARLEY_INGEST_IDENTITY_ATTEMPTS, 10: about four minutes of backoff) its
-     events are set aside, dead-lettered with the contacts error as reason, and the partition goes
-     on. Until the identity is resolved again, each later failure of it dead-letters at once. The
-     count lives with the partition's owner: a new owner starts over.
+     that person's data) fails only its partition in the same way. The owner counts the deliveries in
+     a row on which the identity failed (a group counts once; events only read back to fill a gap do
+     not count: they are still pending and come back as deliveries); at `identity_attempts`
+     (PARLEY_INGEST_IDENTITY_ATTEMPTS, 10: about four minutes of backoff) its events are set aside,
+     dead-lettered with the contacts error as reason, the partition goes on, and the count starts
+     over: a later failure of the identity holds its partition back again before its events are
+     dead-lettered. A resolution also starts it over. The count lives with the partition's owner (a
+     new owner starts over), for at most MAX_COUNTED_IDENTITIES identities per partition: past that,
+     the one that failed least recently is forgotten (it starts over).
    - A group the database can never apply as a whole is applied again event by event, each event
      with its partition's offset in its own transaction: an event that fails for good is
      dead-lettered (one bad event blocks neither its partition nor the others), one that fails
@@ -111,6 +117,7 @@ CLASS_PARTITION = 0x50430002
 MAX_MEMBER_SLOTS = 1024
 GAP_LIMIT = 2000
 GROUP_MAX_EVENTS = 2000  # most events one group commit takes (at least one partition's batch)
+MAX_COUNTED_IDENTITIES = 1000  # identities whose failures one partition's owner counts (least recent forgotten)
 
 
 IdentityKey = tuple[str, str, str]  # (space_id, channel_id, contact_external_id)
@@ -124,6 +131,8 @@ class Resolution:
     """The contact of each resolved identity."""
     refused: dict[IdentityKey, str] = dataclasses.field(default_factory=dict)
     """Identities contacts refused for good (its final word), with the reason."""
+    transient: dict[IdentityKey, str] = dataclasses.field(default_factory=dict)
+    """Identities contacts could not resolve this time for a passing reason (a TRANSIENT per-item code)."""
     failed: dict[IdentityKey, str] = dataclasses.field(default_factory=dict)
     """Identities contacts failed on their own (any other per-item code) while it answered the call."""
     reported: dict[IdentityKey, datetime] = dataclasses.field(default_factory=dict)
@@ -138,6 +147,17 @@ class ContactsResolver:
     REFUSED = frozenset(
         code.value[0]
         for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+    )
+    # Per-identity codes of a passing failure (a deadlock, a lost connection, contacts too slow or overloaded):
+    # worth waiting out, never the identity's fault.
+    TRANSIENT = frozenset(
+        code.value[0]
+        for code in (
+            grpc.StatusCode.ABORTED,
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
     )
     CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
@@ -168,7 +188,8 @@ class ContactsResolver:
         `known` (channel_id, external_id -> contact id and the interaction last reported) and that report
         is less than `report_every` older than this interaction: then the known contact id is used and
         contacts is not called. A per-item refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) goes
-        to `refused`, any other per-item code to `failed`: neither fails the other identities. Raises
+        to `refused`, a passing per-item failure (ABORTED, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED)
+        to `transient`, any other per-item code to `failed`: none fails the other identities. Raises
         TransientError when a call fails as a whole (contacts down or too slow), so nothing is blamed on
         an identity.
         """
@@ -233,6 +254,8 @@ class ContactsResolver:
                 name = self.CODE_NAMES.get(result.error_code, f"code {result.error_code}")
                 if result.error_code in self.REFUSED:
                     out.refused[k] = f"contacts refused the identity: {name}: {result.error_message}"
+                elif result.error_code in self.TRANSIENT:
+                    out.transient[k] = f"contacts could not resolve the identity now: {name}: {result.error_message}"
                 else:
                     out.failed[k] = f"contacts failed the identity: {name}: {result.error_message}"
 
@@ -291,7 +314,8 @@ class PartitionWorker:
         self.offset: int | None = None
         self.failed = False  # the lock connection was lost: the partition must be given up
         self.released = False  # the lock is released (or going): nothing more of it may be applied
-        # Deliveries, in a row, of events whose identity the contacts service failed (see the module docstring).
+        # Deliveries, in a row, of events whose identity the contacts service failed (see the module docstring),
+        # least recently failed first.
         self.identity_failures: dict[IdentityKey, int] = {}
         self._lock = asyncio.Lock()
 
@@ -786,14 +810,16 @@ class InboundIngest:
     def _isolate(
         self, triples: list[tuple[_Pending, _Unit, InboundItem]], resolution: Resolution
     ) -> dict[_Pending, tuple[int, str]]:
-        """Keep an identity the contacts service failed on its own from stalling anything but its partition.
+        """Keep an identity the contacts service failed from stalling anything but its partition.
 
         Its partition stops at the identity's first event (returned: partition -> that stream sequence and
-        the reason), unless the identity has now failed on `identity_attempts` deliveries in a row of this
-        partition's owner: then its events are set aside (dead-lettered) and the partition goes on. A
-        delivery counts once per group; an event only read from the stream to fill a gap does not count
-        (it is still pending, so it comes back as a delivery). An identity resolved again starts over.
-        `triples` are in stream order per partition, receipts included (they need no contact)."""
+        the reason). A passing failure (`resolution.transient`) does so every time, uncounted. A failure of
+        its own (`resolution.failed`) does so until the identity has failed on `identity_attempts`
+        deliveries in a row of this partition's owner: then its events are set aside (dead-lettered), the
+        partition goes on and the count starts over. A delivery counts once per group; an event only read
+        from the stream to fill a gap does not count (it is still pending, so it comes back as a delivery).
+        An identity resolved again starts over too. `triples` are in stream order per partition, receipts
+        included (they need no contact)."""
         stops: dict[_Pending, tuple[int, str]] = {}
         units_of: dict[IdentityKey, list[_Unit]] = {}  # an identity's events, all on one partition
         for p, u, it in triples:
@@ -804,19 +830,28 @@ class InboundIngest:
                 p.worker.identity_failures.pop(it.contact_key, None)
         for p, u, it in triples:
             key = it.contact_key
-            reason = resolution.failed.get(key)
+            passing = resolution.transient.get(key)
+            reason = passing or resolution.failed.get(key)
             if reason is None or u is not units_of[key][0] or p in stops:
                 continue  # resolved, not its first event, or after its partition's stop (retried with it)
+            if passing is not None:
+                stops[p] = (u.sequence, reason)
+                metrics.INGEST_IDENTITY_FAILURES.labels("transient").inc()
+                log.warning("partition %02d: #%d: %s; waiting for it", p.worker.partition, u.sequence, reason)
+                continue
             failures = p.worker.identity_failures
-            failures[key] = failures.get(key, 0) + any(v.delivery is not None for v in units_of[key])
-            if failures[key] >= self.identity_attempts:
+            count = failures.pop(key, 0) + any(v.delivery is not None for v in units_of[key])
+            if count >= self.identity_attempts:  # dead-lettered, and no longer counted: a new failure starts over
                 for v in units_of[key]:
-                    v.error = f"{reason} (on {failures[key]} deliveries in a row)"[:1000]
+                    v.error = f"{reason} (on {count} deliveries in a row)"[:1000]
                 metrics.INGEST_IDENTITY_FAILURES.labels("dead_lettered").inc()
                 log.error(
                     "partition %02d: %s; dead-lettering its %d events", p.worker.partition, reason, len(units_of[key])
                 )
             else:
+                failures[key] = count  # (re)inserted last: the dict stays in least-recently-failed order
+                if len(failures) > MAX_COUNTED_IDENTITIES:
+                    del failures[next(iter(failures))]
                 stops[p] = (u.sequence, reason)
                 metrics.INGEST_IDENTITY_FAILURES.labels("retried").inc()
                 log.warning("partition %02d: #%d: %s; retrying from it", p.worker.partition, u.sequence, reason)

@@ -53,11 +53,12 @@ INGEST_POISON = Counter(
 )
 INGEST_IDENTITY_FAILURES = Counter(
     "parley_conversations_ingest_identity_failures_total",
-    "Identities the contacts service failed on their own in a group commit, by outcome: retried (their "
-    "partition stops at their first event) or dead_lettered (their events, after too many attempts)",
+    "Identities the contacts service failed in a group commit, by outcome: retried (failed on their own: their "
+    "partition stops at their first event), dead_lettered (their events, after too many attempts) or transient "
+    "(a passing per-item error: their partition stops at their first event, not counted as an attempt)",
     ["outcome"],
 )
-for _outcome in ("retried", "dead_lettered"):
+for _outcome in ("retried", "dead_lettered", "transient"):
     INGEST_IDENTITY_FAILURES.labels(_outcome)
 PARTITIONS_OWNED = Gauge(
     "parley_conversations_ingest_partitions_owned", "Inbound partitions this replica currently consumes"

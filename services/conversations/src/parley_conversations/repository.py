@@ -290,13 +290,18 @@ class Tx:
         return list((await self.session.execute(stmt)).scalars().all())
 
     async def current_assignment(self, conversation_id: str) -> Assignment | None:
+        return (await self.current_assignments([conversation_id])).get(conversation_id)
+
+    async def current_assignments(self, conversation_ids: Sequence[str]) -> dict[str, Assignment]:
+        """The open assignment row of each of these conversations that has one, in one query."""
+        if not conversation_ids:
+            return {}
         stmt = (
             select(Assignment)
-            .where(Assignment.conversation_id == conversation_id, Assignment.ended_at.is_(None))
-            .order_by(Assignment.id.desc())
-            .limit(1)
+            .where(Assignment.conversation_id.in_(list(conversation_ids)), Assignment.ended_at.is_(None))
+            .order_by(Assignment.id)
         )
-        return (await self.session.execute(stmt)).scalar_one_or_none()
+        return {a.conversation_id: a for a in (await self.session.execute(stmt)).scalars()}  # the latest wins
 
     async def inbox_counts(self, space_id: str, user_id: str | None) -> dict[str, Any]:
         c = Conversation

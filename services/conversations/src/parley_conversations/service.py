@@ -94,7 +94,6 @@ TEXT_LIMITS = {
     messaging_window.CUSTOM: 10000,
 }
 PREVIEW = 200
-MAX_ASSIGNEE_ID = 64
 FRT_BUCKETS = ("<30s", "30s-2m", "2-5m", "5-10m", "10-30m", "30m-1h", ">1h")
 
 
@@ -272,7 +271,9 @@ class ConversationsService:
             tx.add(conv)
             await tx.flush()
             if assignee_user_id or assignee_team_id:
-                self._assign(tx, conv, actor, assignee_user_id or None, assignee_team_id or None, now, None)
+                self._assign(
+                    tx, conv, actor, assignee_user_id or None, assignee_team_id or None, now, None, event=False
+                )
             else:
                 await self._inherit_assignees(tx, [conv])
             tx.emit(ConversationOpened(actor, conv))
@@ -291,9 +292,7 @@ class ConversationsService:
             if (conv.assignee_user_id, conv.assignee_team_id) == (user_id or None, team_id or None):
                 return conv, False
             current = await tx.current_assignment(conv.id)
-            previous = (conv.assignee_user_id, conv.assignee_team_id)
             self._assign(tx, conv, actor, user_id or None, team_id or None, now, current)
-            tx.emit(ConversationAssigned(actor, conv, *previous))
         return conv, True
 
     async def unassign(self, actor: Actor, space_id: str, conversation_id: str) -> tuple[Conversation, bool]:
@@ -303,23 +302,15 @@ class ConversationsService:
             self._require_open(conv, "unassign")
             if conv.assignee_user_id is None and conv.assignee_team_id is None:
                 return conv, False
-            previous = (conv.assignee_user_id, conv.assignee_team_id)
-            current = await tx.current_assignment(conv.id)
-            if current is not None:
-                current.ended_at, current.ended_by = now, actor.subject
-            conv.assignee_user_id = conv.assignee_team_id = None
-            conv.assigned_at = None
-            tx.emit(ConversationAssigned(actor, conv, *previous))
+            self._assign(tx, conv, actor, None, None, now, await tx.current_assignment(conv.id))
         return conv, True
 
     async def _require_assignee(self, space_id: str, user_id: str, team_id: str) -> None:
-        """The user must be a member of the space and the team one of its teams (NOT_FOUND naming each; UNAVAILABLE
-        when the workspace cannot say), before anything changes."""
+        """The user must be a member of the space and the team one of its teams (the kit's check: INVALID_ARGUMENT
+        for an overlong id, NOT_FOUND naming each, UNAVAILABLE when the workspace cannot say), before anything
+        changes."""
         if not user_id and not team_id:
             return
-        for what, value in (("user_id", user_id), ("team_id", team_id)):
-            if len(value) > MAX_ASSIGNEE_ID:
-                raise InvalidArgument(f"{what} is longer than {MAX_ASSIGNEE_ID} characters")
         if self.assignees is None:
             raise FailedPrecondition("this process has no workspace directory to check assignees; nothing changed")
         await self.assignees(space_id, user_id, team_id)
@@ -342,19 +333,11 @@ class ConversationsService:
                 convs = await tx.open_conversations_assigned(
                     space_id, user_id or None, team_id or None, self.release_batch
                 )
+                current = await tx.current_assignments([conv.id for conv in convs])
                 for conv in convs:
-                    previous = (conv.assignee_user_id, conv.assignee_team_id)
-                    keep_user = None if user_id else conv.assignee_user_id
-                    keep_team = None if team_id else conv.assignee_team_id
-                    current = await tx.current_assignment(conv.id)
-                    if keep_user is None and keep_team is None:
-                        if current is not None:
-                            current.ended_at, current.ended_by = now, actor.subject
-                        conv.assignee_user_id = conv.assignee_team_id = None
-                        conv.assigned_at = None
-                    else:
-                        self._assign(tx, conv, actor, keep_user, keep_team, now, current)
-                    tx.emit(ConversationAssigned(actor, conv, *previous))
+                    remaining = _without(conv, user_id, team_id)
+                    assert remaining is not None  # it holds them: that is how it was found
+                    self._assign(tx, conv, actor, *remaining, now, current.get(conv.id))
             if not convs:  # not "fewer than a batch": a row changed concurrently is skipped, not counted
                 return released
             released += len(convs)
@@ -368,23 +351,34 @@ class ConversationsService:
         team_id: str | None,
         now: datetime,
         current: Assignment | None,
+        *,
+        event: bool = True,
     ) -> None:
+        """Give the conversation this assignee (both None: unassigned): its `current` assignment row ends, a new
+        one starts; one conversation.assigned, unless `event` is False (a conversation being opened, whose
+        opened event carries its assignee)."""
+        previous = (conv.assignee_user_id, conv.assignee_team_id)
         if current is not None:
             current.ended_at, current.ended_by = now, actor.subject
         conv.assignee_user_id, conv.assignee_team_id = user_id, team_id
-        conv.assigned_at = now
-        if conv.first_assigned_at is None:
-            conv.first_assigned_at = now
-        tx.add(
-            Assignment(
-                space_id=conv.space_id,
-                conversation_id=conv.id,
-                user_id=user_id,
-                team_id=team_id,
-                assigned_by=actor.subject,
-                assigned_at=now,
+        if user_id is None and team_id is None:
+            conv.assigned_at = None
+        else:
+            conv.assigned_at = now
+            if conv.first_assigned_at is None:
+                conv.first_assigned_at = now
+            tx.add(
+                Assignment(
+                    space_id=conv.space_id,
+                    conversation_id=conv.id,
+                    user_id=user_id,
+                    team_id=team_id,
+                    assigned_by=actor.subject,
+                    assigned_at=now,
+                )
             )
-        )
+        if event:
+            tx.emit(ConversationAssigned(actor, conv, *previous))
 
     @staticmethod
     def _require_open(conv: Conversation, action: str) -> None:
@@ -493,6 +487,7 @@ class ConversationsService:
                 contact.assignee_team_id,
                 conv.opened_at,
                 None,
+                event=False,
             )
 
     @staticmethod
@@ -1282,8 +1277,10 @@ class ConversationsService:
 
 class ContactFollower:
     """Keeps conversations in step with the contacts service's events: the contact's assignee is the
-    assignee of the contact's open conversations (and of new ones); names and custom field values feed
-    shortcuts; an erased contact's conversations are erased; a merged contact's are re-pointed."""
+    assignee of the contact's open conversations (and of new ones), except that a release (a member left, a
+    team was deleted) only removes that one from the conversations still holding them; names and custom
+    field values feed shortcuts; an erased contact's conversations are erased; a merged contact's are
+    re-pointed."""
 
     def __init__(self, service: ConversationsService) -> None:
         self.service = service
@@ -1326,20 +1323,17 @@ class ContactFollower:
                 user_id, team_id = (change.assignee[0] or None), (change.assignee[1] or None)
                 contact.assignee_user_id, contact.assignee_team_id, contact.assignee_at = user_id, team_id, at
                 actor = Actor(change.actor or "service:contacts")
+                moves: list[tuple[Conversation, tuple[str | None, str | None]]] = []
                 for conv in await tx.open_conversations_of_contact(change.space_id, change.contact_id):
-                    if (conv.assignee_user_id, conv.assignee_team_id) == (user_id, team_id):
-                        continue
-                    previous = (conv.assignee_user_id, conv.assignee_team_id)
-                    current = await tx.current_assignment(conv.id)
-                    if user_id is None and team_id is None:
-                        if current is not None:
-                            current.ended_at, current.ended_by = now, actor.subject
-                        conv.assignee_user_id = conv.assignee_team_id = None
-                        conv.assigned_at = None
-                    else:
-                        svc._assign(tx, conv, actor, user_id, team_id, now, current)
-                    tx.emit(ConversationAssigned(actor, conv, *previous))
-                    reassigned += 1
+                    # A release removes the departed one only where it still holds (this service releases its
+                    # own conversations too): a conversation someone else took stays theirs.
+                    target = (user_id, team_id) if change.released is None else _without(conv, *change.released)
+                    if target is not None and target != (conv.assignee_user_id, conv.assignee_team_id):
+                        moves.append((conv, target))
+                current = await tx.current_assignments([conv.id for conv, _ in moves])
+                for conv, (new_user, new_team) in moves:
+                    svc._assign(tx, conv, actor, new_user, new_team, now, current.get(conv.id))
+                reassigned = len(moves)
             contact.updated_at = now
         return reassigned
 
@@ -1373,6 +1367,15 @@ class ContactFollower:
             await tx.flush()
             await tx.repoint_contact(space_id, merged_id, survivor.contact_id)
         await self.changed(survivor)
+
+
+def _without(conv: Conversation, user_id: str, team_id: str) -> tuple[str | None, str | None] | None:
+    """The conversation's assignee without the departed user (or deleted team); None when it holds neither."""
+    if user_id and conv.assignee_user_id == user_id:
+        return None, conv.assignee_team_id
+    if team_id and conv.assignee_team_id == team_id:
+        return conv.assignee_user_id, None
+    return None
 
 
 def _pmid(it: InboundItem) -> str:

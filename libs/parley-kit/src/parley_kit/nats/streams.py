@@ -126,6 +126,16 @@ class ConsumerSpec:
         )
 
 
+def max_deliver_outlasting(retention: timedelta, backoff: tuple[timedelta, ...]) -> int:
+    """A `max_deliver` that a stream's `retention` runs out before: at the longest (last) backoff, a message
+    is retried for longer than the stream keeps it, so the runner never dead-letters it for its delivery
+    count; only a `PoisonMessage` is. For consumers whose every other failure is worth waiting out (a
+    dependency down for hours, a message stuck behind an earlier one through no fault of its own)."""
+    if not backoff:
+        raise ValueError("max_deliver_outlasting needs a backoff")
+    return retention // backoff[-1] + len(backoff)
+
+
 def dead_letter_subject(service: str, durable: str) -> str:
     """Where consumer `durable` of `service` puts messages it gave up on."""
     return f"dead_letter.{service}.{durable}"

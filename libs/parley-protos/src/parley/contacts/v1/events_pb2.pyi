@@ -188,6 +188,7 @@ class ContactAssigned(_message.Message):
     CONTACT_ID_FIELD_NUMBER: _builtins.int
     ASSIGNEE_FIELD_NUMBER: _builtins.int
     PREVIOUS_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
     contact_id: _builtins.str
     @_builtins.property
     def meta(self) -> _common_pb2.EventMeta: ...
@@ -195,6 +196,14 @@ class ContactAssigned(_message.Message):
     def assignee(self) -> _contact_pb2.Assignee: ...
     @_builtins.property
     def previous(self) -> _contact_pb2.Assignee: ...
+    @_builtins.property
+    def released(self) -> _contact_pb2.Assignee:
+        """Set when the change is a release, not an assignment: the member who left the space (user_id) or the
+        deleted team (team_id), removed from the contact; the rest of its assignee stays. A consumer that copies
+        the contact's assignee onto its own records removes that user or team only where it still holds them,
+        and leaves records assigned to someone else alone.
+        """
+
     def __init__(
         self,
         *,
@@ -202,10 +211,11 @@ class ContactAssigned(_message.Message):
         contact_id: _builtins.str = ...,
         assignee: _contact_pb2.Assignee | None = ...,
         previous: _contact_pb2.Assignee | None = ...,
+        released: _contact_pb2.Assignee | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "meta", b"meta", "previous", b"previous"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "meta", b"meta", "previous", b"previous", "released", b"released"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "contact_id", b"contact_id", "meta", b"meta", "previous", b"previous"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "contact_id", b"contact_id", "meta", b"meta", "previous", b"previous", "released", b"released"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
