@@ -201,6 +201,17 @@ def _violated(exc: IntegrityError) -> str | None:
     return getattr(exc.orig.__cause__, "constraint_name", None) if exc.orig is not None else None
 
 
+async def _execute_unless_violated(s: AsyncSession, stmt: Any, constraint: str) -> bool:
+    """Run `stmt`; False when it violates `constraint` (the transaction is then failed), True otherwise."""
+    try:
+        await s.execute(stmt)
+    except IntegrityError as exc:
+        if _violated(exc) == constraint:
+            return False
+        raise
+    return True
+
+
 def like_prefix(text: str) -> str:
     """A LIKE pattern matching strings starting with `text` literally (escape character '\\')."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -673,13 +684,7 @@ class Repository:
             index_elements=[V.contact_id, V.field_id],
             set_={c: stmt.excluded[c] for c in _VALUE_COLS},
         )
-        try:
-            await s.execute(stmt)
-        except IntegrityError as exc:
-            if _violated(exc) == "fk_field_values_field_id_field_definitions":
-                return False
-            raise
-        return True
+        return await _execute_unless_violated(s, stmt, "fk_field_values_field_id_field_definitions")
 
     async def delete_value(self, s: AsyncSession, contact_id: uuid.UUID, field_id: uuid.UUID) -> None:
         await s.execute(delete(m.FieldValue).where(V.contact_id == contact_id, V.field_id == field_id))
@@ -739,13 +744,7 @@ class Repository:
                 updated_at=definition.updated_at,
             )
         )
-        try:
-            await s.execute(stmt)
-        except IntegrityError as exc:
-            if _violated(exc) == "uq_field_definitions_space_key":
-                return False
-            raise
-        return True
+        return await _execute_unless_violated(s, stmt, "uq_field_definitions_space_key")
 
     async def delete_values(
         self, s: AsyncSession, definition: FieldDef, keep: Sequence[str] | None = None
@@ -832,13 +831,7 @@ class Repository:
         stmt = (
             update(m.Tag).where(m.Tag.id == tag.id).values(name=tag.name, color=tag.color, description=tag.description)
         )
-        try:
-            await s.execute(stmt)
-        except IntegrityError as exc:
-            if _violated(exc) == "uq_tags_space_name":
-                return False
-            raise
-        return True
+        return await _execute_unless_violated(s, stmt, "uq_tags_space_name")
 
     async def mark_tag_deleted(
         self, s: AsyncSession, space_id: str, tag_id: uuid.UUID, actor: str, now: datetime
