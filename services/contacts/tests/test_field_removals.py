@@ -13,7 +13,7 @@ from parley_contacts.domain import FieldDef
 from parley_contacts.repository import Repository
 from parley_contacts.service import Actor, ContactsService
 from parley_kit.db import session_factory
-from parley_kit.errors import NotFound
+from parley_kit.errors import InvalidArgument
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -84,7 +84,8 @@ async def test_a_value_written_while_its_field_is_deleted_never_vanishes_unannou
     engine: AsyncEngine, sink, space: str, manager: Actor
 ) -> None:
     """The definition is locked first: a first value written between the values' removal and the definition's
-    delete waits, then is NOT_FOUND, instead of being erased by the cascade without an event."""
+    delete waits for the deletion, then finds no such field, instead of being erased by the cascade without an
+    event."""
     slow = ContactsService(SlowRemovalRepository(session_factory(engine), sink))
     score = await slow.create_field(space, "score", "Score", "number")
     before = await slow.create_contact(space, manager, {}, {"score": "1"})
@@ -93,10 +94,29 @@ async def test_a_value_written_while_its_field_is_deleted_never_vanishes_unannou
     await asyncio.sleep(0.1)  # the values are gone, the definition not yet
     writing = asyncio.create_task(slow.update_contact(space, manager, str(late.id), {}, {"score": "2"}))
     await deleting
-    with pytest.raises(NotFound, match="custom field 'score' was deleted"):
+    with pytest.raises(InvalidArgument, match="unknown custom field 'score'"):
         await writing
     last = {str(e.data["contact_id"]): e.data["new"] for e in sink.of("field.updated", space)}
     assert last == {str(before.id): ""}
+
+
+async def test_a_value_changed_to_an_option_being_removed_is_refused_not_kept(
+    engine: AsyncEngine, sink, space: str, manager: Actor
+) -> None:
+    """A writer waits for an option removal in flight (the definition is locked FOR SHARE), then checks the value
+    against the options it left: an existing value moved to the removed option is refused, never stored outside
+    the field's options."""
+    slow = ContactsService(SlowRemovalRepository(session_factory(engine), sink))
+    plan = await slow.create_field(space, "plan", "Plan", "list", options=["free", "pro"])
+    ana = await slow.create_contact(space, manager, {}, {"plan": "free"})
+    removing = asyncio.create_task(slow.update_field(space, manager, str(plan.id), options=["free"]))
+    await asyncio.sleep(0.1)  # the removal's values are deleted, its transaction still open
+    writing = asyncio.create_task(slow.update_contact(space, manager, str(ana.id), {}, {"plan": "pro"}))
+    await removing
+    with pytest.raises(InvalidArgument, match="'pro'"):
+        await writing
+    got, _ = await slow.get_contact(space, str(ana.id))
+    assert got.values == {plan.id: "free"}
 
 
 async def test_removing_more_values_than_a_statement_has_parameters(

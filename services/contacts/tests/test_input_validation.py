@@ -20,7 +20,7 @@ from parley.contacts.v1 import contact_pb2, criteria_pb2, fields_pb2
 from parley.contacts.v1 import contacts_service_pb2 as pb
 from parley_contacts.domain import MAX_TAGS_PER_CONTACT
 from parley_contacts.service import ContactsService
-from parley_kit.errors import AlreadyExists, NotFound
+from parley_kit.errors import AlreadyExists, InvalidArgument
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -503,7 +503,9 @@ async def test_renaming_a_tag_to_a_name_taken_meanwhile_is_already_exists(servic
     assert sorted(t.name for t in await service.list_tags(space)) == ["Gold", "silver"]
 
 
-async def test_writing_a_value_of_a_field_deleted_meanwhile_is_not_found(service, engine, space, agent) -> None:
+async def test_writing_a_value_of_a_field_deleted_meanwhile_waits_then_is_an_unknown_field(
+    service, engine, space, agent
+) -> None:
     field = await service.create_field(space, "plan", "Plan", "text")
     ana = await service.create_contact(space, agent, {"first_name": "Ana"})
     async with engine.connect() as other:
@@ -513,7 +515,7 @@ async def test_writing_a_value_of_a_field_deleted_meanwhile_is_not_found(service
         )
         await _until_blocked(engine)
         await other.commit()
-    with pytest.raises(NotFound, match="custom field 'plan' was deleted while this change was made"):
+    with pytest.raises(InvalidArgument, match="unknown custom field 'plan'"):
         await write
     got, _ = await service.get_contact(space, str(ana.id))
     assert (got.first_name, got.values) == ("Ana", {})

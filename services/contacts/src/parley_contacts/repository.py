@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -691,8 +691,16 @@ class Repository:
 
     # -- field definitions ----------------------------------------------------------------------
 
-    async def list_fields(self, s: AsyncSession, space_id: str) -> list[FieldDef]:
+    async def list_fields(self, s: AsyncSession, space_id: str, *, share: Collection[str] = ()) -> list[FieldDef]:
+        """The space's definitions. `share` (keys whose values the transaction writes): those definitions are
+        locked FOR SHARE first, so a concurrent option removal, rename or deletion of them (FOR UPDATE) finishes
+        before the definitions are read, and the values are checked against what it left."""
         stmt = select(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id)
+        if share:
+            locking = select(m.FieldDefinition.id).where(
+                m.FieldDefinition.space_id == space_id, m.FieldDefinition.key.in_(sorted(share))
+            )
+            await s.execute(locking.order_by(m.FieldDefinition.id).with_for_update(read=True))
         rows = (await s.execute(stmt.order_by(m.FieldDefinition.key))).scalars()
         return [_field(r) for r in rows]
 

@@ -29,7 +29,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -233,8 +233,11 @@ class ContactsService:
             raise NotFound(f"contact {raw_id} not found in this space")
         return contact
 
-    async def _fields(self, unit: Unit, space_id: str) -> dict[str, FieldDef]:
-        return {f.key: f for f in await self.repo.list_fields(unit.session, space_id)}
+    async def _fields(self, unit: Unit, space_id: str, writing: Iterable[str] = ()) -> dict[str, FieldDef]:
+        """The space's definitions by key; those of the keys in `writing` locked until `unit` ends (see
+        Repository.list_fields), so the values written are checked against their committed definitions."""
+        share = {key for key in writing if key not in STANDARD_FIELDS}
+        return {f.key: f for f in await self.repo.list_fields(unit.session, space_id, share=share)}
 
     # -- UpsertByIdentity -----------------------------------------------------------------------
 
@@ -402,7 +405,7 @@ class ContactsService:
         _check_tag_count(len(set(tag_ids)))
         async with self.repo.unit() as unit:
             cleaned = _clean_profile(profile)
-            defs = await self._fields(unit, space_id)
+            defs = await self._fields(unit, space_id, writing=field_values or {})
             typed = _typed_values(field_values or {}, defs, cleaned.get("country"))
             tags = [t.id for t in await self._require_tags(unit, space_id, tag_ids)]
             return await self._insert_contact(unit, space_id, actor, cleaned, defs, typed, tags, identities)
@@ -498,7 +501,7 @@ class ContactsService:
             tags = [await self._tag_named(unit, space_id, names[lower]) for lower in sorted(names)]
             found = await self._dedupe_match(unit, space_id, dedupe_by, key) if key else None
             if found is None:
-                defs = await self._fields(unit, space_id)
+                defs = await self._fields(unit, space_id, writing=row.field_values)
                 typed = _typed_values(row.field_values, defs, cleaned.get("country"))
                 contact = await self._insert_contact(unit, space_id, actor, cleaned, defs, typed, [t.id for t in tags])
                 return ImportOutcome(contact.id)
@@ -591,7 +594,7 @@ class ContactsService:
             raise InvalidArgument(f"unknown contact field(s) {sorted(unknown)}; use custom field values for those")
         country = profile.get("country") if profile.get("country") is not None else contact.country
         cleaned = {k: clean_standard(k, v, country) for k, v in profile.items() if v is not None}
-        defs = await self._fields(unit, space_id)
+        defs = await self._fields(unit, space_id, writing=field_values)
         typed = _typed_values(field_values, defs, country)
         now = self.clock()
         changes = [Change(k, _s(getattr(contact, k)), _s(v)) for k, v in cleaned.items() if getattr(contact, k) != v]
