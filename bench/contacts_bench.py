@@ -40,7 +40,7 @@ from parley_contacts.domain import (
     resolve_criteria,
 )
 from parley_contacts.repository import DomainEvent, Repository
-from parley_contacts.service import Actor, ContactsService, IdentityInput, UpsertItem
+from parley_contacts.service import TAG_DELETION_CHUNK, Actor, ContactsService, IdentityInput, UpsertItem
 from parley_kit.db import create_engine, run_migrations, session_factory
 
 SPACE = "bench-space"
@@ -82,6 +82,7 @@ async def seed(url: str, service: ContactsService, n: int, rng: random.Random) -
     started = time.perf_counter()
     sample: list[IdentityInput] = []
     contact_ids: list[str] = []
+    sample_tags: list[set[uuid.UUID]] = []  # the tags of each sampled contact, as seeded
     searches: list[str] = []
     # Realistic diversity: thousands of first and last names, not a handful.
     firsts = sorted({"".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).title() for _ in range(4000)})
@@ -109,6 +110,7 @@ async def seed(url: str, service: ContactsService, n: int, rng: random.Random) -
                 if i % 97 == 0:
                     sample.append(IdentityInput(channel, ctype, f"ext-{i}"))
                     contact_ids.append(str(cid))
+                    sample_tags.append(set(tagged))
                 if i % 9973 == 0:  # what people type: a name and a bit, an email start, phone digits, an id
                     searches += [f"{first} {lastname[:2]}", f"{first.lower()}.{lastname.lower()[:3]}",
                                  f"+3361{i:07d}"[:9], f"ext-{i}", lastname[:4]]  # fmt: skip
@@ -150,7 +152,14 @@ async def seed(url: str, service: ContactsService, n: int, rng: random.Random) -
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
-    return {"tags": tags, "fields": fields, "identities": sample, "searches": searches, "contact_ids": contact_ids}
+    return {
+        "tags": tags,
+        "fields": fields,
+        "identities": sample,
+        "sample_tags": sample_tags,
+        "searches": searches,
+        "contact_ids": contact_ids,
+    }
 
 
 async def timed(fn: Callable[[], Awaitable[Any]], runs: int) -> list[float]:
@@ -191,6 +200,39 @@ async def batch_rate(service: ContactsService, idents: list[IdentityInput], conc
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return len(idents) / (time.perf_counter() - t0)
+
+
+async def tag_deletion(service: ContactsService, tag: Any, holders: list[IdentityInput], chunk: int) -> None:
+    """DeleteTag, then its contacts untagged `chunk` per transaction, while one caller keeps upserting the
+    identities of sampled holders (what the inbound path does): how long the deletion takes and how long an
+    upsert of a contact being untagged waits behind it."""
+    t0 = time.perf_counter()
+    carried_by = await service.delete_tag(SPACE, ACTOR, str(tag.id))
+    answered = (time.perf_counter() - t0) * 1000
+    waits: list[float] = []
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        k = 0
+        while not done.is_set():
+            t = time.perf_counter()
+            # A later interaction each time, so the upsert writes (and waits for) the contact's row.
+            await service.upsert_by_identity(SPACE, ACTOR, holders[k % len(holders)], {}, datetime.now(UTC))
+            waits.append((time.perf_counter() - t) * 1000)
+            k += 1
+
+    prober = asyncio.create_task(probe())
+    t0 = time.perf_counter()
+    untagged = await service.finish_tag_deletions(chunk)
+    took = time.perf_counter() - t0
+    done.set()
+    await prober
+    per = "one transaction" if chunk >= carried_by else f"{chunk:,} per transaction"
+    print(
+        f"  {tag.name} on {carried_by:,} contacts, {per:<22}: DeleteTag answered in {answered:.0f} ms; "
+        f"{untagged:,} untagged in {took:.1f} s; a holder's UpsertByIdentity ({len(waits):,} calls) "
+        f"p50 {_pct(waits, 50):.1f} ms, max {max(waits):.0f} ms"
+    )
 
 
 async def bench(url: str, n: int, runs: int, concurrency: int) -> None:
@@ -285,6 +327,12 @@ async def bench(url: str, n: int, runs: int, concurrency: int) -> None:
         f"ChangeTags, {size:,} contacts per call, ms: add p50 {_pct(added, 50):.0f} max {max(added):.0f}; "
         f"remove p50 {_pct(removed, 50):.0f} max {max(removed):.0f}"
     )
+
+    # Deleting a popular tag: in chunks (the service's default) against one transaction, on two similar tags.
+    print("\nDeleteTag, then untagging its contacts in the background, with inbound upserts of its contacts:")
+    for tag, chunk in ((tags[17], TAG_DELETION_CHUNK), (tags[18], 10**9)):
+        holders = [i for i, have in zip(sample, world["sample_tags"], strict=True) if tag.id in have]
+        await tag_deletion(service, tag, holders, chunk)
 
     slowest = max(results, key=lambda r: r[2])
     print(f"\nEXPLAIN ANALYZE of the slowest view ('{slowest[0]}'): page query, then count query")
