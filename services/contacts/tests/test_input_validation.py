@@ -370,17 +370,26 @@ async def test_import_reports_a_row_with_nul_or_too_many_tags_and_keeps_the_othe
     space = "sp_edge_import"
     manager = client("manager", space)
     rows = [
-        pb.ImportRow(profile=_profile(first_name="Ok"), tag_names=["csv"]),
+        pb.ImportRow(profile=_profile(first_name="Ok", email="ok@example.com"), tag_names=["csv"]),
         pb.ImportRow(profile=_profile(first_name="N\x00ul")),
         pb.ImportRow(profile=_profile(first_name="Tags"), tag_names=[f"t{i:03}" for i in range(101)]),
         pb.ImportRow(profile=_profile(first_name="Tag\x00"), tag_names=["t\x00"]),
+        pb.ImportRow(profile=_profile(first_name="Key", email="key@example.com"), field_values={"no\x00te": "x"}),
     ]
     resp = await manager.ImportContacts(pb.ImportContactsRequest(rows=rows))
-    assert (resp.created_count, resp.failed_count) == (1, 3)
+    assert (resp.created_count, resp.failed_count) == (1, 4)
     assert "field 'first_name' contains a NUL" in resp.results[1].error
     assert "101 tags given; a contact has at most 100 tags" in resp.results[2].error
     assert "contains a NUL" in resp.results[3].error
+    key_nul = "a custom field key contains a NUL character"
+    assert (resp.results[4].error_code, resp.results[4].error[: len(key_nul)]) == (INVALID.value[0], key_nul)
     assert [t.name for t in (await manager.ListTags(pb.ListTagsRequest())).tags] == ["csv"]  # none of the 101
+    # The same key on a row matching a contact (dedupe_by): refused alike, the contact unchanged.
+    before = await snapshot(space)
+    dedupe = pb.ImportRow(profile=_profile(email="OK@example.com"), field_values={"no\x00te": "x"})
+    resp = await manager.ImportContacts(pb.ImportContactsRequest(rows=[dedupe], dedupe_by=pb.IMPORT_DEDUPE_EMAIL))
+    assert (resp.results[0].error_code, resp.results[0].error[: len(key_nul)]) == (INVALID.value[0], key_nul)
+    assert await snapshot(space) == before
 
 
 async def test_a_contact_has_at_most_100_tags_whoever_adds_them(client, refused) -> None:

@@ -235,8 +235,10 @@ class ContactsService:
 
     async def _fields(self, unit: Unit, space_id: str, writing: Iterable[str] = ()) -> dict[str, FieldDef]:
         """The space's definitions by key; those of the keys in `writing` locked until `unit` ends (see
-        Repository.list_fields), so the values written are checked against their committed definitions."""
-        share = {key for key in writing if key not in STANDARD_FIELDS}
+        Repository.list_fields), so the values written are checked against their committed definitions. Only
+        keys that could name a custom field are locked: any other (a standard field's, one holding a NUL that
+        PostgreSQL would refuse) is then an unknown field, refused by `_typed_values`."""
+        share = {key for key in writing if KEY_RE.match(key) and key not in RESERVED_KEYS}
         return {f.key: f for f in await self.repo.list_fields(unit.session, space_id, share=share)}
 
     # -- UpsertByIdentity -----------------------------------------------------------------------
@@ -1359,6 +1361,7 @@ def _typed_values(raw: dict[str, str], defs: dict[str, FieldDef], country: str |
         if definition is None:
             if key in STANDARD_FIELDS:
                 raise InvalidArgument(f"'{key}' is a standard field; set it on the contact, not as a custom value")
+            check_text("a custom field key", key)  # an import's keys are checked here (grpc_api skips its rows)
             raise InvalidArgument(f"unknown custom field '{key}'; define it first (parley fields create)")
         value = value.strip()
         out[key] = None if not value else parse_value(key, definition.type, value, definition.options, region=country)
