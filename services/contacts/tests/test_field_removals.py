@@ -5,7 +5,7 @@ whose case changed (old spelling, new spelling)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -15,7 +15,8 @@ from parley_contacts.service import Actor, ContactsService
 from parley_kit.db import session_factory
 from parley_kit.errors import InvalidArgument
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 
 def _removals(sink, space: str) -> list[tuple[str, str, str]]:
@@ -117,6 +118,50 @@ async def test_a_value_changed_to_an_option_being_removed_is_refused_not_kept(
         await writing
     got, _ = await slow.get_contact(space, str(ana.id))
     assert got.values == {plan.id: "free"}
+
+
+class InterleavedSession(AsyncSession):
+    """Runs `after_lock` when a statement locking field definitions returns, and `before_value` before a statement
+    writing a value: another caller's commits at those two points of a write."""
+
+    after_lock: Callable[[], Awaitable[None]]
+    before_value: Callable[[], Awaitable[None]]
+
+    async def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        sql = str(statement.compile(dialect=postgresql.dialect()))
+        if sql.startswith("INSERT INTO field_values"):
+            await self.before_value()
+        result = await super().execute(statement, *args, **kwargs)
+        if "FROM field_definitions" in sql and sql.endswith("FOR SHARE"):
+            await self.after_lock()
+        return result
+
+
+async def test_a_field_renamed_to_the_written_key_after_the_lock_is_not_written_unlocked(
+    service: ContactsService, engine: AsyncEngine, sink, space: str, manager: Actor
+) -> None:
+    """The definitions a write uses are those its locking statement returned. Another field renamed to the written
+    key just after that statement (so not locked by it) is not used: if it were, its options could lose the value
+    before the value is stored, and a value outside the options would be kept."""
+    tier = await service.create_field(space, "tier", "Tier", "list", options=["gold", "silver"])
+    ana = await service.create_contact(space, manager, {"first_name": "Ana"})
+
+    async def rename() -> None:
+        await service.update_field(space, manager, str(tier.id), key="plan")
+
+    async def remove_gold() -> None:
+        await asyncio.wait_for(service.update_field(space, manager, str(tier.id), options=["silver"]), 10)
+
+    class Session(InterleavedSession):
+        after_lock = staticmethod(rename)
+        before_value = staticmethod(remove_gold)
+
+    writer = ContactsService(Repository(async_sessionmaker(engine, expire_on_commit=False, class_=Session), sink))
+    with pytest.raises(InvalidArgument, match="unknown custom field 'plan'"):
+        await writer.update_contact(space, manager, str(ana.id), {}, {"plan": "gold"})
+    got, _ = await service.get_contact(space, str(ana.id))
+    options = {f.id: f.options for f in await service.list_fields(space)}
+    assert {v for f, v in got.values.items() if v not in options[f]} == set()
 
 
 async def test_removing_more_values_than_a_statement_has_parameters(

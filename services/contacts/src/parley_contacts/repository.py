@@ -670,11 +670,9 @@ class Repository:
 
     async def set_value(
         self, s: AsyncSession, space_id: str, contact_id: uuid.UUID, definition: FieldDef, value: Any
-    ) -> bool:
-        """Set one custom value (a trigger gives it a copy of the contact's tags, see migration 0004).
-
-        False when the field's definition was deleted since it was read (the transaction is then failed).
-        """
+    ) -> None:
+        """Set one custom value of a definition the transaction holds locked (`lock_fields`); a trigger gives it a
+        copy of the contact's tags, see migration 0004."""
         column = value_column(definition.type)
         row: dict[str, Any] = {"contact_id": contact_id, "field_id": definition.id, "space_id": space_id}
         row.update({c: None for c in _VALUE_COLS})
@@ -684,24 +682,28 @@ class Repository:
             index_elements=[V.contact_id, V.field_id],
             set_={c: stmt.excluded[c] for c in _VALUE_COLS},
         )
-        return await _execute_unless_violated(s, stmt, "fk_field_values_field_id_field_definitions")
+        await s.execute(stmt)
 
     async def delete_value(self, s: AsyncSession, contact_id: uuid.UUID, field_id: uuid.UUID) -> None:
         await s.execute(delete(m.FieldValue).where(V.contact_id == contact_id, V.field_id == field_id))
 
     # -- field definitions ----------------------------------------------------------------------
 
-    async def list_fields(self, s: AsyncSession, space_id: str, *, share: Collection[str] = ()) -> list[FieldDef]:
-        """The space's definitions. `share` (keys whose values the transaction writes): those definitions are
-        locked FOR SHARE first, so a concurrent option removal, rename or deletion of them (FOR UPDATE) finishes
-        before the definitions are read, and the values are checked against what it left."""
+    async def list_fields(self, s: AsyncSession, space_id: str) -> list[FieldDef]:
         stmt = select(m.FieldDefinition).where(m.FieldDefinition.space_id == space_id)
-        if share:
-            locking = select(m.FieldDefinition.id).where(
-                m.FieldDefinition.space_id == space_id, m.FieldDefinition.key.in_(sorted(share))
-            )
-            await s.execute(locking.order_by(m.FieldDefinition.id).with_for_update(read=True))
         rows = (await s.execute(stmt.order_by(m.FieldDefinition.key))).scalars()
+        return [_field(r) for r in rows]
+
+    async def lock_fields(self, s: AsyncSession, space_id: str, keys: Collection[str]) -> list[FieldDef]:
+        """The definitions of `keys` (those whose values the transaction writes), locked FOR SHARE in id order and
+        returned by the locking statement itself: a concurrent option removal, rename or deletion of one (FOR
+        UPDATE) finishes first and what it left is returned; none can change or go until the transaction ends."""
+        if not keys:
+            return []
+        stmt = select(m.FieldDefinition).where(
+            m.FieldDefinition.space_id == space_id, m.FieldDefinition.key.in_(sorted(keys))
+        )
+        rows = (await s.execute(stmt.order_by(m.FieldDefinition.id).with_for_update(read=True))).scalars()
         return [_field(r) for r in rows]
 
     async def get_field(

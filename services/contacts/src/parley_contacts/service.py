@@ -233,13 +233,18 @@ class ContactsService:
             raise NotFound(f"contact {raw_id} not found in this space")
         return contact
 
-    async def _fields(self, unit: Unit, space_id: str, writing: Iterable[str] = ()) -> dict[str, FieldDef]:
-        """The space's definitions by key; those of the keys in `writing` locked until `unit` ends (see
-        Repository.list_fields), so the values written are checked against their committed definitions. Only
-        keys that could name a custom field are locked: any other (a standard field's, one holding a NUL that
-        PostgreSQL would refuse) is then an unknown field, refused by `_typed_values`."""
-        share = {key for key in writing if KEY_RE.match(key) and key not in RESERVED_KEYS}
-        return {f.key: f for f in await self.repo.list_fields(unit.session, space_id, share=share)}
+    async def _fields(self, unit: Unit, space_id: str) -> dict[str, FieldDef]:
+        """The space's definitions by key."""
+        return {f.key: f for f in await self.repo.list_fields(unit.session, space_id)}
+
+    async def _written_fields(self, unit: Unit, space_id: str, keys: Iterable[str]) -> dict[str, FieldDef]:
+        """The definitions of the custom fields whose values `unit` writes, by key, locked until it ends and taken
+        from the locking statement (Repository.lock_fields): the values are checked against, and stored for,
+        definitions that cannot change meanwhile. Only keys that could name a custom field are asked for: any
+        other (a standard field's, one holding a NUL that PostgreSQL would refuse) is absent, an unknown field
+        that `_typed_values` refuses."""
+        wanted = {key for key in keys if KEY_RE.match(key) and key not in RESERVED_KEYS}
+        return {f.key: f for f in await self.repo.lock_fields(unit.session, space_id, wanted)}
 
     # -- UpsertByIdentity -----------------------------------------------------------------------
 
@@ -407,7 +412,7 @@ class ContactsService:
         _check_tag_count(len(set(tag_ids)))
         async with self.repo.unit() as unit:
             cleaned = _clean_profile(profile)
-            defs = await self._fields(unit, space_id, writing=field_values or {})
+            defs = await self._written_fields(unit, space_id, field_values or {})
             typed = _typed_values(field_values or {}, defs, cleaned.get("country"))
             tags = [t.id for t in await self._require_tags(unit, space_id, tag_ids)]
             return await self._insert_contact(unit, space_id, actor, cleaned, defs, typed, tags, identities)
@@ -449,7 +454,7 @@ class ContactsService:
                 )
         for key, value in typed.items():
             if value is not None:
-                await self._set_value(unit, space_id, contact_id, defs[key], value)
+                await self.repo.set_value(s, space_id, contact_id, defs[key], value)
         contact = await self.repo.get_contact(s, space_id, contact_id)
         assert contact is not None
         self._event(
@@ -503,7 +508,7 @@ class ContactsService:
             tags = [await self._tag_named(unit, space_id, names[lower]) for lower in sorted(names)]
             found = await self._dedupe_match(unit, space_id, dedupe_by, key) if key else None
             if found is None:
-                defs = await self._fields(unit, space_id, writing=row.field_values)
+                defs = await self._written_fields(unit, space_id, row.field_values)
                 typed = _typed_values(row.field_values, defs, cleaned.get("country"))
                 contact = await self._insert_contact(unit, space_id, actor, cleaned, defs, typed, [t.id for t in tags])
                 return ImportOutcome(contact.id)
@@ -596,7 +601,7 @@ class ContactsService:
             raise InvalidArgument(f"unknown contact field(s) {sorted(unknown)}; use custom field values for those")
         country = profile.get("country") if profile.get("country") is not None else contact.country
         cleaned = {k: clean_standard(k, v, country) for k, v in profile.items() if v is not None}
-        defs = await self._fields(unit, space_id, writing=field_values)
+        defs = await self._written_fields(unit, space_id, field_values)
         typed = _typed_values(field_values, defs, country)
         now = self.clock()
         changes = [Change(k, _s(getattr(contact, k)), _s(v)) for k, v in cleaned.items() if getattr(contact, k) != v]
@@ -626,7 +631,7 @@ class ContactsService:
             if value is None:
                 await self.repo.delete_value(unit.session, contact.id, definition.id)
             else:
-                await self._set_value(unit, space_id, contact.id, definition, value)
+                await self.repo.set_value(unit.session, space_id, contact.id, definition, value)
             touched = True
             self._event(
                 unit,
@@ -640,12 +645,6 @@ class ContactsService:
             )
         if touched:
             await self.repo.update_contact(unit.session, contact.id, {"updated_at": now})
-
-    async def _set_value(
-        self, unit: Unit, space_id: str, contact_id: uuid.UUID, definition: FieldDef, value: Any
-    ) -> None:
-        if not await self.repo.set_value(unit.session, space_id, contact_id, definition, value):
-            raise NotFound(f"custom field '{definition.key}' was deleted while this change was made; nothing changed")
 
     async def delete_contact(self, space_id: str, actor: Actor, contact_id: str) -> uuid.UUID:
         """Erase a contact: its identities, field values and tags go with it; contact.deleted tells others."""
