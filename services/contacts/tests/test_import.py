@@ -12,7 +12,7 @@ from parley_contacts.repository import Repository
 from parley_contacts.service import Actor, ContactsService, ImportRow
 from parley_kit.db import session_factory
 from parley_kit.errors import Aborted, FailedPrecondition, Internal, InvalidArgument
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
@@ -113,6 +113,33 @@ async def test_rows_racing_to_create_one_tag_name_share_one_tag(
     (tag,) = await service.list_tags(space)
     contacts = (await service.list_contacts(space, manager)).contacts
     assert len(contacts) == 8 and all(c.tag_ids == (tag.id,) for c in contacts)
+
+
+async def test_an_import_row_reads_its_existing_tags_in_one_statement(
+    service: ContactsService, engine: AsyncEngine, space: str, manager: Actor
+) -> None:
+    """A row naming three existing tags and a new one: one statement finds (and locks) the three, one inserts the
+    new one; not a round trip per tag per row (3,000 for a file of 1,000 such rows)."""
+    for name in ("gold", "silver", "bronze"):
+        await service.create_tag(space, name)
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith(("SELECT tags.", "INSERT INTO tags ")):  # reads and writes of the tag catalog
+            statements.append(statement.split()[0])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        (outcome,) = await service.import_contacts(
+            space, manager, [row(("Silver", "new", "GOLD", "bronze", "gold"), first_name="Ana")]
+        )
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert outcome.error is None
+    assert statements == ["SELECT", "INSERT"]
+    tags = {t.id: t.name for t in await service.list_tags(space)}
+    got, _ = await service.get_contact(space, str(outcome.contact_id))
+    assert sorted(tags[t] for t in got.tag_ids) == ["bronze", "gold", "new", "silver"]
 
 
 async def test_dedupe_by_email_updates_the_existing_contact_instead_of_adding_one(

@@ -811,14 +811,22 @@ class Repository:
         stmt = stmt.order_by(m.Tag.id).with_for_update(key_share=True, read=not write)
         return {r.id: _tag(r) for r in (await s.execute(stmt)).scalars()}
 
-    async def tag_by_name(self, s: AsyncSession, space_id: str, name: str, *, lock: bool = False) -> Tag | None:
-        """The live tag so named (case-insensitively); `lock` locks it FOR KEY SHARE (a deletion waits, taggers
-        do not)."""
+    async def tag_by_name(self, s: AsyncSession, space_id: str, name: str) -> Tag | None:
+        """The live tag so named (case-insensitively)."""
         stmt = select(m.Tag).where(m.Tag.space_id == space_id, func.lower(m.Tag.name) == name.lower(), _LIVE)
-        if lock:
-            stmt = stmt.with_for_update(key_share=True, read=True)
         row = (await s.execute(stmt)).scalar()
         return _tag(row) if row else None
+
+    async def lock_tags_by_name(self, s: AsyncSession, space_id: str, names: Collection[str]) -> dict[str, Tag]:
+        """The live tags so named (`names` lowercase; matched case-insensitively), by lowercase name, locked FOR
+        KEY SHARE in id order in one statement (a deletion waits, taggers do not)."""
+        if not names:
+            return {}
+        lower = func.lower(m.Tag.name)
+        wanted = literal(sorted(names), ARRAY(m.Tag.name.type))
+        stmt = select(m.Tag, lower).where(m.Tag.space_id == space_id, lower == any_(wanted), _LIVE)
+        rows = await s.execute(stmt.order_by(m.Tag.id).with_for_update(key_share=True, read=True))
+        return {key: _tag(row) for row, key in rows}
 
     async def insert_tag(self, s: AsyncSession, space_id: str, tag: Tag) -> bool:
         stmt = (

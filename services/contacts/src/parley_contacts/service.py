@@ -502,10 +502,7 @@ class ContactsService:
         cleaned = _clean_profile(row.profile)
         key = cleaned.get(dedupe_by) if dedupe_by else None
         async with self.repo.unit() as unit:
-            # Tags before the contact (as every tag writer locks), each name in one order whatever the row's:
-            # creating a missing tag waits for another row creating the same name, so rows naming new tags in
-            # different orders would otherwise wait for each other (a deadlock).
-            tags = [await self._tag_named(unit, space_id, names[lower]) for lower in sorted(names)]
+            tags = await self._tags_named(unit, space_id, names)
             found = await self._dedupe_match(unit, space_id, dedupe_by, key) if key else None
             if found is None:
                 defs = await self._written_fields(unit, space_id, row.field_values)
@@ -546,23 +543,29 @@ class ContactsService:
             raise Aborted(f"the contact with {by} {value} changed concurrently; import the row again")
         return contact
 
-    async def _tag_named(self, unit: Unit, space_id: str, name: str) -> Tag:
-        """The tag with this name, created in `unit` when missing (so it goes if the unit rolls back).
+    async def _tags_named(self, unit: Unit, space_id: str, names: dict[str, str]) -> list[Tag]:
+        """The tags of `names` (lowercase name -> as given), in order of name; the missing ones created in `unit`
+        (so they go if it rolls back). Called before any contact is locked, as every tag writer locks.
 
-        Key-share locked: a concurrent DeleteTag of it waits for `unit`. Of concurrent units creating one
-        name, one inserts it and the others, once it commits, find it.
+        The existing ones are key-share locked in one statement (a concurrent DeleteTag of one waits for `unit`).
+        The missing ones are inserted one by one in order of name whatever the row's: an insert waits for another
+        unit inserting the same name, so units creating names in different orders would otherwise wait for each
+        other (a deadlock). Of concurrent units creating one name, one inserts it and the others, once it
+        commits, find it.
         """
         s = unit.session
-        found = await self.repo.tag_by_name(s, space_id, name, lock=True)
-        if found is not None:
-            return found
-        tag = Tag(uuid.uuid4(), name, "", "", self.clock())
-        if await self.repo.insert_tag(s, space_id, tag):
-            return tag
-        found = await self.repo.tag_by_name(s, space_id, name, lock=True)
-        if found is None:
-            raise Aborted(f"tag '{name}' changed concurrently; import the row again")
-        return found
+        found = await self.repo.lock_tags_by_name(s, space_id, names)
+        tags: list[Tag] = []
+        for lower in sorted(names):
+            tag = found.get(lower)
+            if tag is None:
+                tag = Tag(uuid.uuid4(), names[lower], "", "", self.clock())
+                if not await self.repo.insert_tag(s, space_id, tag):
+                    tag = (await self.repo.lock_tags_by_name(s, space_id, [lower])).get(lower)
+                    if tag is None:
+                        raise Aborted(f"tag '{names[lower]}' changed concurrently; import the row again")
+            tags.append(tag)
+        return tags
 
     async def get_contact(self, space_id: str, contact_id: str) -> tuple[Contact, dict[uuid.UUID, FieldDef]]:
         async with self.repo.unit() as unit:
