@@ -5,6 +5,8 @@ from __future__ import annotations
 from parley_kit.settings import AssigneeSettings
 from pydantic import Field
 
+from parley_contacts.service import TAG_DELETION_CHUNK, TAG_DELETION_INTERVAL
+
 
 class Settings(AssigneeSettings):
     """The kit's settings, with the workspace directory that checks assignees (PARLEY_WORKSPACE_ADDR)."""
@@ -21,13 +23,13 @@ class Settings(AssigneeSettings):
         description="Apply database migrations (under an advisory lock) before serving; `make run` migrates first",
     )
     contacts_tag_deletion_interval_seconds: float = Field(
-        default=60.0,
+        default=TAG_DELETION_INTERVAL,
         gt=0,
         description="How often the tag-deletion loop looks for deletions a restart or a failure interrupted "
         "(DeleteTag wakes it at once)",
     )
     contacts_tag_deletion_chunk: int = Field(
-        default=1000,
+        default=TAG_DELETION_CHUNK,
         ge=1,
         le=10_000,
         description="Contacts a tag deletion untags per transaction (each waits behind it; about 0.4 s per 1,000)",

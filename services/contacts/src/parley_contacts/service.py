@@ -87,6 +87,8 @@ MAX_LIST_OPTIONS = 200
 MAX_UPSERT_BATCH = 500
 # Contacts a tag deletion untags per transaction: the longest any of them waits behind it (about 0.4 s).
 TAG_DELETION_CHUNK = 1000
+# Seconds between the tag-deletion loop's looks for deletions a restart or a failure interrupted.
+TAG_DELETION_INTERVAL = 60.0
 # New identities of one UpsertByIdentities call created at once (each its own transaction and connection).
 NEW_IDENTITY_CONCURRENCY = 4
 # Standard fields an import can match existing contacts on (ImportContacts' dedupe_by).
@@ -872,7 +874,7 @@ class ContactsService:
         metrics.TAGS_PENDING_DELETION.set(count)
         metrics.TAG_DELETION_OLDEST.set(oldest.timestamp() if oldest else 0)
 
-    async def run_tag_deletions(self, interval: float = 60.0, chunk: int = TAG_DELETION_CHUNK) -> None:
+    async def run_tag_deletions(self, interval: float = TAG_DELETION_INTERVAL, chunk: int = TAG_DELETION_CHUNK) -> None:
         """Finish tag deletions (`chunk` contacts per transaction) whenever DeleteTag wakes this loop, and every
         `interval` seconds (the deletions a restart or a failure interrupted). Runs until cancelled."""
         while True:
