@@ -213,7 +213,8 @@ class UpsertByIdentitiesResult(_message.Message):
     """True for the item whose call created the contact (the first of repeated identities)."""
     error_code: _builtins.int
     """0 when the item succeeded; otherwise the status code the same UpsertByIdentity call would have
-    failed with (google.rpc.Code numbering: 3 INVALID_ARGUMENT, 5 NOT_FOUND, 7 PERMISSION_DENIED, ...).
+    failed with (google.rpc.Code numbering: 3 INVALID_ARGUMENT, 5 NOT_FOUND, 7 PERMISSION_DENIED, ...;
+    10 ABORTED and 14 UNAVAILABLE are worth retrying the item, 13 INTERNAL is an unexpected failure, logged).
     """
     error_message: _builtins.str
     def __init__(
@@ -732,8 +733,10 @@ class ImportResult(_message.Message):
     error: _builtins.str
     """Set when it was not: what was wrong with the row."""
     error_code: _builtins.int
-    """0 when the row was imported; otherwise its status code (google.rpc.Code numbering: 3 INVALID_ARGUMENT,
-    5 NOT_FOUND, 6 ALREADY_EXISTS, 9 FAILED_PRECONDITION, 13 INTERNAL for an unexpected failure, logged).
+    """0 when the row was imported; otherwise its status code (google.rpc.Code numbering): 3 INVALID_ARGUMENT,
+    5 NOT_FOUND, 6 ALREADY_EXISTS, 9 FAILED_PRECONDITION: the row must change; 10 ABORTED (a deadlock or a
+    concurrent change) and 14 UNAVAILABLE (database connection lost): import the row again as it is;
+    13 INTERNAL for an unexpected failure, logged.
     """
     updated: _builtins.bool
     """True when the row updated an existing contact (dedupe_by) instead of creating one."""
