@@ -205,7 +205,8 @@ async def batch_rate(service: ContactsService, idents: list[IdentityInput], conc
 async def tag_deletion(service: ContactsService, tag: Any, holders: list[IdentityInput], chunk: int) -> None:
     """DeleteTag, then its contacts untagged `chunk` per transaction, while one caller keeps upserting the
     identities of sampled holders (what the inbound path does): how long the deletion takes and how long an
-    upsert of a contact being untagged waits behind it."""
+    upsert of a contact being untagged waits behind it (no probe when no sampled contact carries the tag, as
+    with a small seed)."""
     t0 = time.perf_counter()
     carried_by = await service.delete_tag(SPACE, ACTOR, str(tag.id))
     answered = (time.perf_counter() - t0) * 1000
@@ -214,7 +215,7 @@ async def tag_deletion(service: ContactsService, tag: Any, holders: list[Identit
 
     async def probe() -> None:
         k = 0
-        while not done.is_set():
+        while holders and not done.is_set():
             t = time.perf_counter()
             # A later interaction each time, so the upsert writes (and waits for) the contact's row.
             await service.upsert_by_identity(SPACE, ACTOR, holders[k % len(holders)], {}, datetime.now(UTC))
@@ -228,10 +229,14 @@ async def tag_deletion(service: ContactsService, tag: Any, holders: list[Identit
     done.set()
     await prober
     per = "one transaction" if chunk >= carried_by else f"{chunk:,} per transaction"
+    probed = "no sampled holder to upsert"
+    if waits:
+        probed = (
+            f"a holder's UpsertByIdentity ({len(waits):,} calls) p50 {_pct(waits, 50):.1f} ms, max {max(waits):.0f} ms"
+        )
     print(
         f"  {tag.name} on {carried_by:,} contacts, {per:<22}: DeleteTag answered in {answered:.0f} ms; "
-        f"{untagged:,} untagged in {took:.1f} s; a holder's UpsertByIdentity ({len(waits):,} calls) "
-        f"p50 {_pct(waits, 50):.1f} ms, max {max(waits):.0f} ms"
+        f"{untagged:,} untagged in {took:.1f} s; {probed}"
     )
 
 
