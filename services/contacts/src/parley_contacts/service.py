@@ -85,7 +85,8 @@ MAX_PAGE_SIZE = 500
 MAX_BULK = 1000
 MAX_LIST_OPTIONS = 200
 MAX_UPSERT_BATCH = 500
-# Contacts a tag deletion untags per transaction: the longest any of them waits behind it (about 0.4 s).
+# Contacts a tag deletion untags per transaction, each waiting behind the whole chunk (what a chunk costs: the
+# bench's ChangeTags and DeleteTag lines). The default of PARLEY_CONTACTS_TAG_DELETION_CHUNK.
 TAG_DELETION_CHUNK = 1000
 # Seconds between the tag-deletion loop's looks for deletions a restart or a failure interrupted.
 TAG_DELETION_INTERVAL = 60.0
